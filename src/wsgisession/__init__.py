@@ -1,0 +1,10 @@
+"""Server-side sessions for any WSGI application.
+
+Wrap an application in :class:`SessionMiddleware` and its handlers find a
+dict-like :class:`Session` at ``environ["session"]``. The cookie carries only a
+signed session id; the data lives in a store chosen by URL.
+"""
+
+from .errors import ConfigError, SessionError, StoreError
+
+__all__ = ["ConfigError", "SessionError", "StoreError"]

@@ -1,0 +1,156 @@
+"""The store registry: which class serves which URL scheme.
+
+Built-in stores are imported only when a URL of theirs is opened, so
+``import wsgisession`` needs neither redis-py nor SQLAlchemy. Third-party packages
+add schemes with :func:`register_store` or the entry-point group
+``wsgisession.stores``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Final
+
+from ..errors import ConfigError
+from .base import Record, Store, mask_url
+
+__all__ = [
+    "Record",
+    "Store",
+    "StoreFactory",
+    "known_schemes",
+    "open_store",
+    "register_store",
+]
+
+#: ``factory(url, **store_options) -> Store``, such as ``MyStore.from_url``.
+StoreFactory = Callable[..., Store]
+
+# scheme -> ("module:Class", the extra that installs its driver)
+_BUILTIN: Final[dict[str, tuple[str, str | None]]] = {
+    "file": ("wsgisession.stores.file:FileStore", None),
+    "memory": ("wsgisession.stores.memory:MemoryStore", None),
+    "mariadb": ("wsgisession.stores.sql:SQLStore", "mysql"),
+    "mysql": ("wsgisession.stores.sql:SQLStore", "mysql"),
+    "postgresql": ("wsgisession.stores.sql:SQLStore", "postgres"),
+    "postgres": ("wsgisession.stores.sql:SQLStore", "postgres"),
+    "redis": ("wsgisession.stores.redis:RedisStore", "redis"),
+    "redis+cluster": ("wsgisession.stores.redis:RedisStore", "redis"),
+    "redis+sentinel": ("wsgisession.stores.redis:RedisStore", "redis"),
+    "rediss": ("wsgisession.stores.redis:RedisStore", "redis"),
+    "sqlite": ("wsgisession.stores.sql:SQLStore", "sql"),
+    "unix": ("wsgisession.stores.redis:RedisStore", "redis"),
+}
+
+_registered: dict[str, StoreFactory] = {}
+_entry_points: dict[str, StoreFactory] | None = None
+_lock = threading.Lock()
+
+
+def register_store(scheme: str, factory: StoreFactory, *, replace: bool = False) -> None:
+    """Serve URLs of *scheme* with ``factory(url, **store_options)``.
+
+    :param scheme: The URL scheme, without ``:``, such as ``"mongo"``.
+    :param factory: A callable returning a :class:`Store`, usually ``Class.from_url``.
+    :param replace: Allow replacing a scheme that is already registered or built in.
+    :raises ConfigError: The scheme is taken and *replace* is false.
+    """
+    scheme = scheme.lower()
+    if not replace and (scheme in _registered or scheme in _BUILTIN):
+        raise ConfigError(
+            f"store scheme {scheme!r} is already registered; pass replace=True to replace it"
+        )
+    with _lock:
+        _registered[scheme] = factory
+
+
+def known_schemes() -> list[str]:
+    """Return every scheme :func:`open_store` can serve, sorted."""
+    return sorted({*_BUILTIN, *_registered, *_load_entry_points()})
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """Build the store for *url*, passing it *options* (``store_options``).
+
+    The scheme is looked up as given (``redis+cluster``), then by the part before
+    ``+`` (``postgresql+psycopg`` is served by ``postgresql``), then among the
+    entry points of the group ``wsgisession.stores``. Nothing is contacted.
+
+    :raises ConfigError: The scheme is unknown, its driver is not installed, or the
+        store rejects the URL or an option.
+    """
+    scheme, sep, _ = url.partition(":")
+    scheme = scheme.lower()
+    if not sep or not scheme:
+        raise ConfigError(
+            f"store {mask_url(url)!r} is not a URL; use e.g. 'file:./sessions' or "
+            "'redis://localhost:6379/0'"
+        )
+    factory = _find_factory(scheme) or _find_factory(scheme.partition("+")[0])
+    if factory is None:
+        raise ConfigError(
+            f"unknown store scheme {scheme!r}; known: {', '.join(known_schemes())}"
+        )
+    store = factory(url, **options)
+    if not isinstance(store, Store):
+        raise ConfigError(
+            f"the factory for scheme {scheme!r} returned {type(store).__name__}, not a Store"
+        )
+    return store
+
+
+def _find_factory(scheme: str) -> StoreFactory | None:
+    if scheme in _registered:
+        return _registered[scheme]
+    if scheme in _BUILTIN:
+        return _import_builtin(scheme)
+    return _load_entry_points().get(scheme)
+
+
+def _import_builtin(scheme: str) -> StoreFactory:
+    target, extra = _BUILTIN[scheme]
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f": pip install 'wsgisession[{extra}]'" if extra else ""
+        raise ConfigError(
+            f"store scheme {scheme!r} needs a driver that is not installed"
+            f" ({exc.name or exc}){hint}"
+        ) from exc
+    store_class: type[Store] = getattr(module, class_name)
+    return store_class.from_url
+
+
+def _load_entry_points() -> dict[str, StoreFactory]:
+    global _entry_points
+    if _entry_points is None:
+        found: dict[str, StoreFactory] = {}
+        for entry in entry_points(group="wsgisession.stores"):
+            found[entry.name.lower()] = _lazy_entry_point(entry.name, entry.value)
+        _entry_points = found
+    return _entry_points
+
+
+def _lazy_entry_point(name: str, value: str) -> StoreFactory:
+    # Loading is deferred to the first URL of that scheme, so a broken plugin only
+    # breaks the applications that use it.
+    def factory(url: str, **options: Any) -> Store:
+        module_name, _, attr = value.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split(".") if attr else ():
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"store scheme {name!r}: entry point {value!r} cannot be loaded: {exc}"
+            ) from exc
+        if isinstance(target, type) and issubclass(target, Store):
+            target = target.from_url
+        result: Store = target(url, **options)
+        return result
+
+    return factory

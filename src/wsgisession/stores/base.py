@@ -1,0 +1,162 @@
+"""The record and the store interface that every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from ..errors import StoreError
+
+__all__ = ["Record", "Store", "mask_url", "translate_errors"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored session as a store sees it.
+
+    ``data`` is the serializer's output and ``meta`` a small blob the middleware
+    keeps beside it (the remember-me flag, client details); a store never looks
+    inside either. ``version`` is set by the caller, one more than the version it
+    replaces (``1`` for a new record), and is what :meth:`Store.save` compares.
+    Times are Unix timestamps from the application's clock.
+    """
+
+    data: bytes
+    version: int
+    created_at: float
+    #: The record must not be returned by :meth:`Store.load` once this has passed.
+    expires_at: float
+    #: When the session was last saved or refreshed.
+    last_seen: float
+    #: The user the session belongs to, kept for the store's user index.
+    user_id: str | None = None
+    meta: bytes = b""
+
+
+class Store(abc.ABC):
+    """Where session records live, keyed by the SHA-256 hex digest of the session id.
+
+    A store never sees a raw session id and never decodes a record. Concurrency is
+    handled by one primitive, the versioned compare-and-set of :meth:`save`; the
+    middleware merges a request's changes on top of the stored record and retries.
+
+    Every method raises :exc:`~wsgisession.StoreError`, chained to the driver's
+    exception, when the backend fails, and no other exception. Building a store never
+    contacts its backend: the first operation does.
+    """
+
+    #: True when the backend drops records at ``expires_at`` by itself (Redis TTL),
+    #: so the middleware's background purge has nothing to do.
+    native_expiry: ClassVar[bool] = False
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build the store from its URL and ``store_options``.
+
+        :raises ConfigError: The URL or an option is malformed or unknown.
+        """
+
+    @abc.abstractmethod
+    def load(self, key: str) -> Record | None:
+        """Return the live record under *key*, or ``None`` if it is missing or expired.
+
+        A record whose ``expires_at`` has passed by the application's clock is never
+        returned, whatever the backend's own expiry says.
+        """
+
+    @abc.abstractmethod
+    def save(
+        self,
+        key: str,
+        record: Record,
+        *,
+        expected_version: int | None,
+        replaces: str | None = None,
+    ) -> bool:
+        """Write *record* if the stored version still equals *expected_version*.
+
+        ``expected_version=None`` creates: it succeeds only if no live record exists
+        under *key* (an expired one is overwritten). With *replaces*
+        (``Session.regenerate()``), the record under that key is deleted in the same
+        atomic step where the backend allows it. Return ``False``, writing nothing,
+        when another writer got there first or the record is gone.
+        """
+
+    @abc.abstractmethod
+    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+        """Extend a live record's expiry without rewriting its data or its version.
+
+        Each of ``expires_at`` and ``last_seen`` becomes the later of the stored value
+        and the given one, so a refresh never shortens an expiry that another request
+        set. Return ``False`` if no live record is under *key*.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the record under *key*; return ``True`` if a live one was there."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Reach the backend once, creating what it needs (a table, a directory).
+
+        :raises StoreError: The backend cannot be reached or used.
+        """
+
+    @abc.abstractmethod
+    def cleanup(self, *, limit: int | None = None) -> int:
+        """Delete expired records, at most *limit* of them, and return how many.
+
+        A store with native expiry returns ``0``.
+        """
+
+    def count(self) -> int | None:
+        """Return the number of live records, or ``None`` if the store can't tell."""
+        return None
+
+    def claim_purge(self, interval: float) -> bool:
+        """Claim the right to purge expired records for the next *interval* seconds.
+
+        Workers that share a store call this before a background purge, and only the
+        one that gets ``True`` purges, so they never purge at the same time. The base
+        implementation suits stores that live in one process and always says yes.
+        """
+        return True
+
+    def close(self) -> None:
+        """Release connections and handles. Safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_PASSWORD = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
+
+
+def mask_url(url: str) -> str:
+    """Return *url* with any password replaced by ``***``, fit for messages and logs."""
+    return _PASSWORD.sub(r"\1:***@", url)
+
+
+@contextlib.contextmanager
+def translate_errors(
+    what: str, *errors: type[BaseException]
+) -> Iterator[None]:
+    """Turn the backend's *errors* raised inside the block into :exc:`StoreError`.
+
+    *what* names the store in the message, with any password masked. The original
+    exception stays attached as ``__cause__``.
+    """
+    try:
+        yield
+    except StoreError:
+        raise
+    except errors as exc:
+        raise StoreError(f"{mask_url(what)}: {type(exc).__name__}: {exc}") from exc

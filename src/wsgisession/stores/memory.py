@@ -1,0 +1,103 @@
+"""A store that keeps records in a dict of the current process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace as _replace
+from typing import Any, Self
+
+from ..errors import ConfigError
+from .base import Record, Store
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(Store):
+    """Keep sessions in this process's memory, guarded by a lock.
+
+    Sessions are lost when the process ends and are not shared between worker
+    processes, so this store is for tests, development and single-process servers.
+    Expired records are never served and are dropped by :meth:`cleanup`.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``memory://``; it takes no options."""
+        if url.rstrip("/") != "memory:":
+            raise ConfigError(f"store {url!r}: the memory store takes no path; use 'memory://'")
+        if options:
+            raise ConfigError(
+                f"store 'memory://' takes no store options, got {', '.join(sorted(options))}"
+            )
+        return cls()
+
+    def load(self, key: str) -> Record | None:
+        """Return the live record under *key*, or ``None``."""
+        record = self._records.get(key)
+        if record is None or record.expires_at <= time.time():
+            return None
+        return record
+
+    def save(
+        self,
+        key: str,
+        record: Record,
+        *,
+        expected_version: int | None,
+        replaces: str | None = None,
+    ) -> bool:
+        """Compare the stored version with *expected_version* and write, under the lock."""
+        with self._lock:
+            current = self.load(key)
+            stored_version = None if current is None else current.version
+            if stored_version != expected_version:
+                return False
+            self._records[key] = record
+            if replaces is not None and replaces != key:
+                self._records.pop(replaces, None)
+            return True
+
+    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+        """Move the expiry and ``last_seen`` of a live record forward, never back."""
+        with self._lock:
+            current = self.load(key)
+            if current is None:
+                return False
+            if expires_at > current.expires_at or last_seen > current.last_seen:
+                self._records[key] = _replace(
+                    current,
+                    expires_at=max(expires_at, current.expires_at),
+                    last_seen=max(last_seen, current.last_seen),
+                )
+            return True
+
+    def delete(self, key: str) -> bool:
+        """Remove the record under *key*; ``True`` if a live one was there."""
+        with self._lock:
+            live = self.load(key) is not None
+            self._records.pop(key, None)
+            return live
+
+    def ping(self) -> None:
+        """Do nothing: memory is always reachable."""
+
+    def cleanup(self, *, limit: int | None = None) -> int:
+        """Drop expired records, at most *limit*, and return how many."""
+        now = time.time()
+        with self._lock:
+            expired = [k for k, r in self._records.items() if r.expires_at <= now]
+            if limit is not None:
+                expired = expired[:limit]
+            for key in expired:
+                del self._records[key]
+        return len(expired)
+
+    def count(self) -> int:
+        """Return the number of live records."""
+        now = time.time()
+        return sum(1 for r in list(self._records.values()) if r.expires_at > now)

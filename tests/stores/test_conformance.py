@@ -1,0 +1,7 @@
+"""The public conformance suite, run over every store in conftest's ``store`` fixture."""
+
+from wsgisession.testing import StoreConformance
+
+
+class TestStoreConformance(StoreConformance):
+    """Runs the whole suite over every store."""
