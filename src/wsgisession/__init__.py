@@ -6,5 +6,14 @@ signed session id; the data lives in a store chosen by URL.
 """
 
 from .errors import ConfigError, SessionError, StoreError
+from .middleware import SessionMiddleware, get_session
+from .session import Session
 
-__all__ = ["ConfigError", "SessionError", "StoreError"]
+__all__ = [
+    "ConfigError",
+    "Session",
+    "SessionError",
+    "SessionMiddleware",
+    "StoreError",
+    "get_session",
+]

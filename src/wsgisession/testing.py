@@ -130,8 +130,9 @@ class StoreConformance:
     def test_arbitrary_bytes_round_trip(self, store: Store) -> None:
         key = new_key()
         data = bytes(range(256)) * 4
-        assert store.save(key, make_record(data, meta=bytes(range(255, -1, -1))),
-                          expected_version=None)
+        assert store.save(
+            key, make_record(data, meta=bytes(range(255, -1, -1))), expected_version=None
+        )
         loaded = store.load(key)
         assert loaded is not None
         assert loaded.data == data
@@ -185,8 +186,9 @@ class StoreConformance:
     def test_replaces_deletes_the_old_record(self, store: Store) -> None:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"data", user_id="u"), expected_version=None)
-        assert store.save(new, make_record(b"data", user_id="u"), expected_version=None,
-                          replaces=old)
+        assert store.save(
+            new, make_record(b"data", user_id="u"), expected_version=None, replaces=old
+        )
         assert store.load(old) is None
         loaded = store.load(new)
         assert loaded is not None and loaded.data == b"data"
@@ -267,9 +269,7 @@ class StoreConformance:
         assert abs(loaded.expires_at - later) < 0.01
         assert abs(loaded.last_seen - (record.last_seen + 5)) < 0.01
 
-    def test_refresh_keeps_the_version_so_a_pending_save_still_applies(
-        self, store: Store
-    ) -> None:
+    def test_refresh_keeps_the_version_so_a_pending_save_still_applies(self, store: Store) -> None:
         key = new_key()
         record = make_record(b"v1", ttl=60)
         assert store.save(key, record, expected_version=None)

@@ -91,9 +91,7 @@ def open_store(url: str, **options: Any) -> Store:
         )
     factory = _find_factory(scheme) or _find_factory(scheme.partition("+")[0])
     if factory is None:
-        raise ConfigError(
-            f"unknown store scheme {scheme!r}; known: {', '.join(known_schemes())}"
-        )
+        raise ConfigError(f"unknown store scheme {scheme!r}; known: {', '.join(known_schemes())}")
     store = factory(url, **options)
     if not isinstance(store, Store):
         raise ConfigError(

@@ -127,7 +127,7 @@ class Store(abc.ABC):
         """
         return True
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
         """Release connections and handles. Safe to call more than once."""
 
     def __enter__(self) -> Self:
@@ -146,9 +146,7 @@ def mask_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def translate_errors(
-    what: str, *errors: type[BaseException]
-) -> Iterator[None]:
+def translate_errors(what: str, *errors: type[BaseException]) -> Iterator[None]:
     """Turn the backend's *errors* raised inside the block into :exc:`StoreError`.
 
     *what* names the store in the message, with any password masked. The original

@@ -1,0 +1,347 @@
+"""Loading, merging and saving sessions: everything between a Session and its store."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from . import _clock
+from .config import Config
+from .cookies import CookieId, SessionCookie
+from .errors import SessionError, StoreError
+from .ids import new_session_id, store_key
+from .serializers import Serializer
+from .stores.base import Record, Store
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIEnvironment
+
+    from .session import Session
+
+log = logging.getLogger("wsgisession")
+
+#: The format of ``Record.meta``; a record of another format is a missing session.
+META_FORMAT: Final = 1
+# Enough for 16 threads writing one session at once, with the jittered backoff below.
+_SAVE_ATTEMPTS: Final = 40
+
+
+class Snapshot(NamedTuple):
+    """A stored record, decoded: the base a request's changes are merged onto."""
+
+    key: str
+    record: Record
+    data: dict[str, Any]
+    deadlines: dict[str, float]
+    remember: bool
+    ip: str | None
+
+
+class Engine:
+    """The policy of one middleware: timeouts, merging, saving and cookies."""
+
+    def __init__(
+        self, config: Config, store: Store, serializer: Serializer, cookie: SessionCookie
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.serializer = serializer
+        self.cookie = cookie
+        initializer = config.initializer
+        self._initializer: Callable[[], Mapping[str, Any]] | None
+        if initializer is None or callable(initializer):
+            self._initializer = initializer
+        else:
+            self._initializer = lambda: initializer
+
+    # -- reading ------------------------------------------------------------------
+
+    def read_cookie(self, environ: WSGIEnvironment) -> CookieId | None:
+        """Return the verified session id the request carries, if any."""
+        header = environ.get("HTTP_COOKIE")
+        if not header:
+            return None
+        return self.cookie.read(header)
+
+    def initial_data(self) -> dict[str, Any]:
+        """Return the data a new session starts with: a deep copy of ``initializer``."""
+        if self._initializer is None:
+            return {}
+        return copy.deepcopy(dict(self._initializer()))
+
+    def load(self, key: str, environ: WSGIEnvironment, now: float) -> tuple[Snapshot | None, bool]:
+        """Return the live session under *key* and whether a corrupt record is there."""
+        record = self.store.load(key)
+        if record is None or record.expires_at <= now:
+            return None, False
+        snapshot = self.decode(key, record)
+        if snapshot is None:
+            return None, True
+        absolute = self.config.absolute_timeout
+        if absolute is not None and record.created_at + absolute <= now:
+            return None, False
+        if self.config.bind_ip and snapshot.ip != environ.get("REMOTE_ADDR"):
+            log.info("session %s presented from another address; treated as expired", key[:8])
+            return None, False
+        return snapshot, False
+
+    def decode(self, key: str, record: Record) -> Snapshot | None:
+        """Decode *record*, or log it and return ``None`` if it is corrupt."""
+        try:
+            meta = json.loads(record.meta) if record.meta else None
+            if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
+                raise ValueError("unknown record format")
+            deadlines = meta.get("t", {})
+            if not isinstance(deadlines, dict):
+                raise ValueError("malformed key timeouts")
+            data = self.serializer.loads(record.data)
+            if not isinstance(data, dict):
+                raise ValueError(f"data is a {type(data).__name__}, not a dict")
+        # A custom serializer may raise anything on garbage; any failure is a corrupt
+        # record, which SPEC treats as a missing session.
+        except Exception as exc:
+            log.warning("session record %s is corrupt and was ignored: %s", key[:8], exc)
+            return None
+        return Snapshot(key, record, data, deadlines, bool(meta.get("r")), meta.get("ip"))
+
+    # -- time -------------------------------------------------------------------------
+
+    def lifetime(self, remember: bool) -> int:
+        """The idle lifetime of a session, remembered or not."""
+        return self.config.remember_me_timeout if remember else self.config.timeout
+
+    def expiry(self, created_at: float, now: float, *, remember: bool) -> float:
+        """When a session used at *now* expires, capped by ``absolute_timeout``."""
+        expires_at = now + self.lifetime(remember)
+        absolute = self.config.absolute_timeout
+        if absolute is not None:
+            expires_at = min(expires_at, created_at + absolute)
+        return expires_at
+
+    # -- writing --------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        """Delete the record under *key* (``invalidate()``)."""
+        self.store.delete(key)
+
+    def encode(self, data: dict[str, Any]) -> bytes:
+        """Serialize *data*, refusing more than ``max_size`` bytes."""
+        out = self.serializer.dumps(data)
+        if isinstance(out, str):
+            out = out.encode("utf-8")
+        if len(out) > self.config.max_size:
+            raise SessionError(
+                f"the session is {len(out)} bytes serialized, over max_size "
+                f"{self.config.max_size}; it was not saved"
+            )
+        return out
+
+    def _meta(self, remember: bool, ip: str | None, deadlines: dict[str, float]) -> bytes:
+        meta: dict[str, Any] = {"v": META_FORMAT}
+        if remember:
+            meta["r"] = 1
+        if ip is not None:
+            meta["ip"] = ip
+        if deadlines:
+            meta["t"] = deadlines
+        return json.dumps(meta, separators=(",", ":")).encode()
+
+    def save(self, session: Session, now: float) -> None:
+        """Write *session*'s changes on top of what the store holds, by compare-and-set.
+
+        A session that a concurrent request deleted (a logout) or that expired
+        meanwhile is not written again: a logout is never undone, and an expired
+        session's data is never served again, so its changes are dropped and logged.
+
+        :raises StoreError: The store failed, or too many concurrent saves won.
+        :raises SessionError: The session is larger than ``max_size``.
+        """
+        if session._snapshot is None:
+            self._create(session, now)
+            return
+        base = session._snapshot
+        session_id = session._id
+        assert session_id is not None
+        target = store_key(session_id)
+        moving = target != base.key
+        if moving:
+            # Regenerating writes a new key, which no compare-and-set protects; reading
+            # the old record first keeps a concurrent request's keys.
+            reloaded = self._reload(base.key)
+            if reloaded is None:
+                return
+            base = reloaded
+        changed, deleted = self._changes(session)
+        for attempt in range(_SAVE_ATTEMPTS):
+            data, deadlines = _merge(base, session, changed, deleted, now)
+            remember = session._remember if session._remember_changed else base.remember
+            user_id = session._user_id if session._user_changed else base.record.user_id
+            created_at = base.record.created_at
+            record = Record(
+                data=self.encode(data),
+                version=1 if moving else base.record.version + 1,
+                created_at=created_at,
+                expires_at=self.expiry(created_at, now, remember=remember),
+                last_seen=now,
+                user_id=user_id,
+                meta=self._meta(remember, base.ip, deadlines),
+            )
+            if self.store.save(
+                target,
+                record,
+                expected_version=None if moving else base.record.version,
+                replaces=base.key if moving else None,
+            ):
+                session._use_snapshot(
+                    session_id, Snapshot(target, record, data, deadlines, remember, base.ip)
+                )
+                return
+            reloaded = self._reload(base.key)
+            if reloaded is None:
+                return
+            base = reloaded
+            # Jittered, growing backoff spreads out writers that keep colliding.
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise StoreError(f"gave up saving the session after {_SAVE_ATTEMPTS} conflicting saves")
+
+    def _reload(self, key: str) -> Snapshot | None:
+        record = self.store.load(key)
+        snapshot = None if record is None else self.decode(key, record)
+        if snapshot is None:
+            log.info(
+                "session %s ended by another request; this request's changes dropped", key[:8]
+            )
+        return snapshot
+
+    def _create(self, session: Session, now: float) -> None:
+        data = {k: v for k, v in session._data.items() if session._live(k)}
+        deadlines = {k: t for k, t in session._deadlines.items() if k in data}
+        ip = self._client_ip(session._environ)
+        record = Record(
+            data=self.encode(data),
+            version=1,
+            created_at=session._created_at,
+            expires_at=self.expiry(session._created_at, now, remember=session._remember),
+            last_seen=now,
+            user_id=session._user_id,
+            meta=self._meta(session._remember, ip, deadlines),
+        )
+        while True:
+            session_id = new_session_id()
+            key = store_key(session_id)
+            if self.store.save(key, record, expected_version=None, replaces=session._stale_key):
+                break
+            # 256 random bits never collide in practice; if they do, draw again.
+        session._use_snapshot(
+            session_id, Snapshot(key, record, data, deadlines, session._remember, ip)
+        )
+
+    def _client_ip(self, environ: WSGIEnvironment) -> str | None:
+        if not self.config.bind_ip:
+            return None
+        address: str | None = environ.get("REMOTE_ADDR")
+        return address
+
+    def _changes(self, session: Session) -> tuple[set[str], set[str]]:
+        changed, deleted = set(session._changed), set(session._deleted)
+        if session._force and session._snapshot is not None:
+            # In-place changes to nested values are invisible to __setitem__, so compare
+            # against a fresh decode of what was loaded.
+            original = self.decode(session._snapshot.key, session._snapshot.record)
+            before = {} if original is None else original.data
+            changed |= {k for k, v in session._data.items() if k not in before or before[k] != v}
+            deleted |= before.keys() - session._data.keys()
+        return changed, deleted
+
+    def refresh(self, session: Session, now: float) -> bool:
+        """Extend an unchanged session past half its lifetime; ``True`` if it moved."""
+        snapshot = session._snapshot
+        if snapshot is None:
+            return False
+        lifetime = self.lifetime(snapshot.remember)
+        remaining = snapshot.record.expires_at - now
+        if not self.config.save_every_request and remaining >= lifetime / 2:
+            return False
+        expires_at = self.expiry(snapshot.record.created_at, now, remember=snapshot.remember)
+        if expires_at <= snapshot.record.expires_at:
+            return False
+        if not self.store.refresh(snapshot.key, expires_at, now):
+            return False
+        session._expires_at = expires_at
+        return True
+
+    # -- the response -------------------------------------------------------------------
+
+    def persistent(self, session: Session) -> bool:
+        """Whether the session's cookie outlives the browser."""
+        return session._remember or self.config.cookie_max_age is not None
+
+    def finish(self, session: Session, failed: bool) -> list[tuple[str, str]]:
+        """Save *session* as the response starts and return the headers to add."""
+        now = _clock.now()
+        https = session._environ.get("wsgi.url_scheme") == "https"
+        issue = False
+        if not failed:
+            if session._snapshot is None:
+                if session._user_id is not None or any(session._live(k) for k in session._data):
+                    self.save(session, now)
+                    issue = True
+            else:
+                moving = session._moving
+                if session.modified:
+                    remember_changed = session._remember_changed
+                    self.save(session, now)
+                    issue = moving or remember_changed or self.persistent(session)
+                elif self.refresh(session, now):
+                    issue = self.persistent(session)
+                if session._cookie is not None and session._cookie.stale_key:
+                    issue = True
+        headers: list[tuple[str, str]] = []
+        if issue and session._snapshot is not None and session._id is not None:
+            max_age = self._max_age(session, now)
+            headers.append(
+                ("Set-Cookie", self.cookie.set_header(session._id, max_age=max_age, https=https))
+            )
+        elif session._cookie is not None and (
+            session._invalidated or (session._expired and session._snapshot is None)
+        ):
+            headers.append(("Set-Cookie", self.cookie.expire_header(https=https)))
+        session._headers_sent = True
+        return headers
+
+    def _max_age(self, session: Session, now: float) -> int | None:
+        if session._remember:
+            return session.max_age(now)
+        return self.config.cookie_max_age
+
+    def finish_late(self, session: Session) -> None:
+        """Save changes made while the body was produced, once the response closes."""
+        if session._snapshot is not None and session.modified:
+            self.save(session, _clock.now())
+
+
+def _merge(
+    base: Snapshot, session: Session, changed: set[str], deleted: set[str], now: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Apply this request's *changed* and *deleted* keys on top of *base*."""
+    data = dict(base.data)
+    deadlines = dict(base.deadlines)
+    for key in deleted:
+        data.pop(key, None)
+        deadlines.pop(key, None)
+    for key in changed:
+        data[key] = session._data[key]
+        if key in session._deadlines:
+            deadlines[key] = session._deadlines[key]
+        else:
+            deadlines.pop(key, None)
+    for key, deadline in list(deadlines.items()):
+        if deadline <= now or key not in data:
+            data.pop(key, None)
+            del deadlines[key]
+    return data, deadlines

@@ -1,0 +1,85 @@
+"""The ``wsgisession`` command: check a configuration, purge expired records, count sessions.
+
+Exit status 0 on success, 1 when the store fails, 2 when the configuration is bad,
+with one line on stderr saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from .config import Config
+from .errors import ConfigError, StoreError
+from .purge import purge_expired
+from .stores.base import Store, mask_url
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_STORE: Final = 1
+EXIT_CONFIG: Final = 2
+
+
+def _describe(config: Config) -> str:
+    store = config.store
+    return mask_url(store) if isinstance(store, str) else type(store).__name__
+
+
+def _check(config: Config, store: Store) -> str:
+    store.ping()
+    return f"ok: configuration valid, store {_describe(config)} reachable"
+
+
+def _cleanup(config: Config, store: Store) -> str:
+    removed = purge_expired(store)
+    if store.native_expiry:
+        return f"0 expired sessions removed ({_describe(config)} expires them by itself)"
+    return f"{removed} expired session{'s' if removed != 1 else ''} removed"
+
+
+def _stats(config: Config, store: Store) -> str:
+    count = store.count()
+    if count is None:
+        return f"live sessions: unknown ({_describe(config)} can't count them)"
+    return f"live sessions: {count}"
+
+
+_COMMANDS: Final[dict[str, tuple[Callable[[Config, Store], str], str]]] = {
+    "check": (_check, "validate the options and reach the store"),
+    "cleanup": (_cleanup, "purge expired session records and print how many"),
+    "stats": (_stats, "print the number of live sessions, where the store can tell"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgisession", description="Manage the sessions of a wsgisession configuration."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in _COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", required=True, metavar="FILE", help="the ini file")
+        sub.add_argument("--section", default="session", help="the ini section (default: session)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with *argv* (``sys.argv[1:]`` by default); return the exit code."""
+    args = _parser().parse_args(argv)
+    action, _ = _COMMANDS[args.command]
+    try:
+        config = Config.from_ini(args.config, args.section)
+        store = config.open_store()
+    except ConfigError as exc:
+        print(f"wsgisession: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with store:
+            print(action(config, store))
+    except StoreError as exc:
+        print(f"wsgisession: store error: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    return EXIT_OK

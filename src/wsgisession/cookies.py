@@ -1,0 +1,119 @@
+"""Reading the signed session cookie from a request, and writing it to a response."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Final, NamedTuple
+
+from itsdangerous import BadSignature, Signer
+from werkzeug.http import dump_cookie, parse_cookie
+
+from .config import Config
+from .ids import is_session_id
+
+__all__ = ["CookieId", "SessionCookie"]
+
+log = logging.getLogger("wsgisession")
+
+_SALT: Final = b"wsgisession.session-id"
+# A signed id is 43 + 1 + 43 characters; anything much longer is not ours, and
+# checking it would only cost HMAC time an attacker chooses.
+_MAX_VALUE: Final = 128
+
+
+class CookieId(NamedTuple):
+    """A session id read from a verified cookie."""
+
+    session_id: str
+    #: True when only a ``secret_key_fallbacks`` key verified it, so it must be
+    #: re-issued under the current key.
+    stale_key: bool
+
+
+class SessionCookie:
+    """Sign, verify and format the session cookie for one :class:`Config`."""
+
+    def __init__(self, config: Config) -> None:
+        self.name = config.cookie_name
+        self._config = config
+        keys = (config.secret_key, *config.secret_key_fallbacks)
+        self._signers = [
+            Signer(key, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+            for key in keys
+        ]
+
+    def read(self, cookie_header: str) -> CookieId | None:
+        """Return the id of the first cookie of our name that verifies, or ``None``.
+
+        Browsers send one cookie per matching path, so several may share the name.
+        Rejected values are logged (never in full) and otherwise ignored.
+        """
+        values = parse_cookie(cookie_header).getlist(self.name)
+        for value in values:
+            found = self._verify(value)
+            if found is not None:
+                return found
+        if values:
+            log.info(
+                "ignored %d session cookie(s) that did not verify (first starts %r)",
+                len(values),
+                values[0][:8],
+            )
+        return None
+
+    def _verify(self, value: str) -> CookieId | None:
+        if not value or len(value) > _MAX_VALUE or not value.isascii():
+            return None
+        for index, signer in enumerate(self._signers):
+            try:
+                session_id = signer.unsign(value).decode("ascii")
+            except (BadSignature, UnicodeDecodeError):
+                continue
+            # A valid signature over a value we did not mint would mean a leaked key;
+            # refusing odd shapes keeps such ids away from the store anyway.
+            if not is_session_id(session_id):
+                return None
+            return CookieId(session_id, stale_key=index > 0)
+        return None
+
+    def sign(self, session_id: str) -> str:
+        """Return the cookie value for *session_id*, signed with the current key."""
+        return self._signers[0].sign(session_id).decode("ascii")
+
+    def set_header(self, session_id: str, *, max_age: int | None, https: bool) -> str:
+        """Return a ``Set-Cookie`` value carrying *session_id*.
+
+        ``max_age=None`` makes a browser-lifetime cookie.
+        """
+        return self._dump(self.sign(session_id), max_age=max_age, https=https)
+
+    def expire_header(self, *, https: bool) -> str:
+        """Return a ``Set-Cookie`` value that makes the browser drop the cookie."""
+        return self._dump("", max_age=0, https=https)
+
+    def _dump(self, value: str, *, max_age: int | None, https: bool) -> str:
+        config = self._config
+        if config.cookie_secure is None:
+            secure = https or config.secure_prefix
+        else:
+            secure = config.cookie_secure
+        samesite = config.cookie_samesite
+        partitioned = config.cookie_partitioned
+        if not secure:
+            # Browsers reject SameSite=None and Partitioned without Secure; over
+            # plain http (development) the cookie goes out with their default.
+            partitioned = False
+            if samesite == "None":
+                samesite = None
+        return dump_cookie(
+            self.name,
+            value,
+            max_age=max_age,
+            path=config.cookie_path,
+            domain=config.cookie_domain,
+            secure=secure,
+            httponly=config.cookie_httponly,
+            samesite=samesite,
+            partitioned=partitioned,
+        )

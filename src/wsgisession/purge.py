@@ -1,0 +1,91 @@
+"""The background purge of expired records, for stores without native expiry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import weakref
+from typing import Final
+
+from .errors import StoreError
+from .stores.base import Store
+
+__all__ = ["Purger", "purge_expired"]
+
+log = logging.getLogger("wsgisession")
+
+#: Records deleted per cleanup() call, so no purge holds a lock for long.
+BATCH: Final = 1000
+
+
+def purge_expired(store: Store, batch: int = BATCH) -> int:
+    """Delete every expired record of *store*, *batch* at a time; return how many."""
+    total = 0
+    while True:
+        removed = store.cleanup(limit=batch)
+        total += removed
+        if removed < batch:
+            return total
+
+
+class Purger:
+    """Purge a store every *interval* seconds from a daemon thread.
+
+    The thread starts with the first request, so each forked worker runs its own and
+    a pre-forking parent none. Workers sharing the store take turns through
+    :meth:`Store.claim_purge`, so only one purges per interval.
+    """
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = False
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_thread(ref))
+
+    def start(self) -> None:
+        """Start the thread if this process has none yet."""
+        with self._lock:
+            if self.started:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="wsgisession-purge", daemon=True
+            )
+            self._thread.start()
+            self.started = True
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self.started = False
+
+    def _run(self) -> None:
+        # The first purge comes soon, so workers that are recycled often still purge;
+        # the jitter keeps workers started together from asking at the same instant.
+        delay = random.uniform(0, min(self._interval, 60.0))
+        while not self._stop.wait(delay):
+            try:
+                if self._store.claim_purge(self._interval):
+                    removed = purge_expired(self._store)
+                    log.info("purged %d expired session record(s)", removed)
+            except StoreError as exc:
+                log.warning("background purge failed, will retry: %s", exc)
+            delay = self._interval * random.uniform(0.9, 1.1)
+
+
+def _forget_thread(ref: weakref.ref[Purger]) -> None:
+    # A forked child inherits the flag but not the thread.
+    purger = ref()
+    if purger is not None:
+        purger.started = False
+        purger._thread = None
+        purger._lock = threading.Lock()
