@@ -127,3 +127,28 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 def store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store of every kind in turn."""
     yield from open_test_store(store_kind, request, tmp_path)
+
+
+class FakeClock:
+    """The middleware's clock, moved by hand (stores keep the real one)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.offset = 0.0
+        self._time = time.time
+
+    def __call__(self) -> float:
+        return self._time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock *seconds* forward."""
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Move the middleware's clock with ``clock.advance(seconds)``."""
+    fake = FakeClock()
+    monkeypatch.setattr("wsgisession._clock.now", fake)
+    return fake

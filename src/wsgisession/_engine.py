@@ -288,7 +288,10 @@ class Engine:
         issue = False
         if not failed:
             if session._snapshot is None:
-                if session._user_id is not None or any(session._live(k) for k in session._data):
+                # Initializer items alone are not a change, so they store nothing.
+                if session.modified and (
+                    session._user_id is not None or any(session._live(k) for k in session._data)
+                ):
                     self.save(session, now)
                     issue = True
             else:

@@ -7,7 +7,7 @@ import logging
 from typing import Final, NamedTuple
 
 from itsdangerous import BadSignature, Signer
-from werkzeug.http import dump_cookie, parse_cookie
+from werkzeug.http import dump_cookie
 
 from .config import Config
 from .ids import is_session_id
@@ -49,7 +49,7 @@ class SessionCookie:
         Browsers send one cookie per matching path, so several may share the name.
         Rejected values are logged (never in full) and otherwise ignored.
         """
-        values = parse_cookie(cookie_header).getlist(self.name)
+        values = self._values(cookie_header)
         for value in values:
             found = self._verify(value)
             if found is not None:
@@ -61,6 +61,22 @@ class SessionCookie:
                 values[0][:8],
             )
         return None
+
+    def _values(self, cookie_header: str) -> list[str]:
+        # Only our cookie's values matter, so a plain split is enough; it also never
+        # fails on bytes that are not UTF-8, which werkzeug's parse_cookie rejects.
+        prefix = self.name + "="
+        if prefix not in cookie_header:
+            return []
+        values = []
+        for part in cookie_header.split(";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                value = part[len(prefix) :].strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                values.append(value)
+        return values
 
     def _verify(self, value: str) -> CookieId | None:
         if not value or len(value) > _MAX_VALUE or not value.isascii():

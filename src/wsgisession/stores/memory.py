@@ -38,6 +38,9 @@ class MemoryStore(Store):
 
     def load(self, key: str) -> Record | None:
         """Return the live record under *key*, or ``None``."""
+        return self._live(key)
+
+    def _live(self, key: str) -> Record | None:
         record = self._records.get(key)
         if record is None or record.expires_at <= time.time():
             return None
@@ -53,7 +56,7 @@ class MemoryStore(Store):
     ) -> bool:
         """Compare the stored version with *expected_version* and write, under the lock."""
         with self._lock:
-            current = self.load(key)
+            current = self._live(key)
             stored_version = None if current is None else current.version
             if stored_version != expected_version:
                 return False
@@ -65,7 +68,7 @@ class MemoryStore(Store):
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move the expiry and ``last_seen`` of a live record forward, never back."""
         with self._lock:
-            current = self.load(key)
+            current = self._live(key)
             if current is None:
                 return False
             if expires_at > current.expires_at or last_seen > current.last_seen:
@@ -79,7 +82,7 @@ class MemoryStore(Store):
     def delete(self, key: str) -> bool:
         """Remove the record under *key*; ``True`` if a live one was there."""
         with self._lock:
-            live = self.load(key) is not None
+            live = self._live(key) is not None
             self._records.pop(key, None)
             return live
 

@@ -1,0 +1,72 @@
+"""A tiny routed WSGI app and a test client around the middleware."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Request, Response
+
+from wsgisession import Session, SessionMiddleware
+
+Handler = Callable[[Session, Request], Any]
+
+SECRET = "test-secret-key-that-is-long-enough"
+
+
+def routed_app(routes: dict[str, Handler]) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app calling ``routes[path](session, request)``.
+
+    A handler may return a Response, or anything JSON-encodable, which becomes the
+    body of a 200 response.
+    """
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        result = routes[request.path](environ["session"], request)
+        if not isinstance(result, Response):
+            result = Response(json.dumps(result, default=str), mimetype="application/json")
+        return result(environ, start_response)
+
+    return app
+
+
+def counter(session: Session, request: Request) -> int:
+    """Add one to ``session["n"]`` and return it."""
+    session["n"] = session.get("n", 0) + 1
+    n: int = session["n"]
+    return n
+
+
+def dump(session: Session, request: Request) -> dict[str, Any]:
+    """Return the session's data."""
+    return dict(session)
+
+
+def make_client(routes: dict[str, Handler], **options: Any) -> tuple[Client, SessionMiddleware]:
+    """A werkzeug test client for the routes wrapped in the middleware (and the linter)."""
+    options.setdefault("secret_key", SECRET)
+    options.setdefault("store", "memory://")
+    middleware = SessionMiddleware(routed_app(routes), **options)
+    return Client(LintMiddleware(middleware)), middleware
+
+
+def get_with_cookie_header(
+    application: Any, path: str, cookie_header: str, **kwargs: Any
+) -> TestResponse:
+    """GET *path* sending *cookie_header* verbatim (the client's cookie jar is off)."""
+    client = Client(application, use_cookies=False)
+    return client.get(path, headers={"Cookie": cookie_header}, **kwargs)
+
+
+def set_cookies(response: TestResponse) -> list[str]:
+    """The Set-Cookie headers of *response*."""
+    return response.headers.getlist("Set-Cookie")
+
+
+def body(response: TestResponse) -> Any:
+    """The JSON body of *response*."""
+    return json.loads(response.get_data(as_text=True))

@@ -1,0 +1,516 @@
+"""What the file store does beyond the conformance suite.
+
+URLs and options, sharding, corrupt files, hostile keys, a broken or full disk,
+writers killed mid-write, and compare-and-set between processes. Child processes
+are started with :mod:`subprocess`, never forked from the (threaded) test process.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import wsgisession
+from wsgisession.errors import ConfigError, StoreError
+from wsgisession.stores import file as file_module
+from wsgisession.stores import open_store
+from wsgisession.stores.file import FileStore
+from wsgisession.testing import make_record, new_key
+
+_SRC = str(Path(wsgisession.__file__).resolve().parents[1])
+_CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
+}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Where the store under test keeps its files (not created beforehand)."""
+    return tmp_path / "sessions"
+
+
+@pytest.fixture
+def file_store(root: Path) -> Iterator[FileStore]:
+    """A fresh file store with the default options."""
+    with FileStore(root) as store:
+        yield store
+
+
+def _path_of(store: FileStore, key: str) -> Path:
+    shards = [key[2 * i : 2 * i + 2] for i in range(store.shard_depth)]
+    return Path(store.directory).joinpath(*shards, key)
+
+
+def _record_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return list(root.rglob(file_module._TEMP_PREFIX + "*"))
+
+
+def _python(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_CHILD_ENV,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    with proc:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out
+
+
+# -- URLs and options ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "relative"),
+    [
+        pytest.param("file:./sessions", "sessions", id="dot-slash"),
+        pytest.param("file:var/sessions", "var/sessions", id="bare"),
+    ],
+)
+def test_relative_url_is_resolved_against_the_directory_at_construction(
+    url: str, relative: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store(url)
+    monkeypatch.chdir("/")
+    assert isinstance(store, FileStore)
+    assert store.directory == str(tmp_path / relative)
+
+
+@pytest.mark.parametrize(
+    ("template", "relative"),
+    [
+        pytest.param("file:{}/s", "s", id="one-slash"),
+        pytest.param("file://{}/s", "s", id="three-slashes"),
+        pytest.param("file://localhost{}/s", "s", id="localhost"),
+        pytest.param("file://{}/a%20b", "a b", id="percent-encoded"),
+    ],
+)
+def test_absolute_url_names_its_directory(template: str, relative: str, tmp_path: Path) -> None:
+    store = open_store(template.format(tmp_path))
+    assert isinstance(store, FileStore)
+    assert store.directory == str(tmp_path / relative)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("file:", id="empty"),
+        pytest.param("file://", id="no-path"),
+        pytest.param("file://example.com/sessions", id="remote-host"),
+    ],
+)
+def test_url_without_a_local_directory_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="directory"):
+        FileStore.from_url(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        pytest.param({"shard_depth": "x"}, "shard_depth", id="depth-str"),
+        pytest.param({"shard_depth": 5}, "shard_depth", id="depth-too-deep"),
+        pytest.param({"shard_depth": -1}, "shard_depth", id="depth-negative"),
+        pytest.param({"shard_depth": True}, "shard_depth", id="depth-bool"),
+        pytest.param({"fsync": "true"}, "fsync", id="fsync-str"),
+        pytest.param({"fsync": 1}, "fsync", id="fsync-int"),
+        pytest.param({"file_mode": "0600"}, "file_mode", id="mode-str"),
+        pytest.param({"file_mode": 0o400}, "file_mode", id="mode-read-only"),
+        pytest.param({"file_mode": 0o4600}, "file_mode", id="mode-setuid"),
+        pytest.param({"mode": 0o600}, "mode", id="unknown"),
+    ],
+)
+def test_bad_option_is_a_config_error_naming_it(
+    options: dict[str, Any], name: str, root: Path
+) -> None:
+    with pytest.raises(ConfigError, match=f"'{name}'"):
+        open_store(f"file:{root}", **options)
+
+
+def test_options_reach_the_store(root: Path) -> None:
+    store = open_store(f"file:{root}", shard_depth=0, fsync=True, file_mode=0o640)
+    assert isinstance(store, FileStore)
+    assert (store.shard_depth, store.fsync, store.file_mode) == (0, True, 0o640)
+
+
+def test_building_and_reading_create_nothing(tmp_path: Path) -> None:
+    """An app starts while its disk is not mounted yet; reads must not create it either."""
+    root = tmp_path / "a" / "b"
+    store = open_store(f"file:{root}")
+    assert store.load(new_key()) is None
+    assert store.count() == 0
+    assert store.cleanup() == 0
+    assert not (tmp_path / "a").exists()
+    store.ping()
+    assert root.is_dir()
+    assert list(root.iterdir()) == []
+
+
+# -- layout ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 4])
+def test_record_lands_in_its_shard_directory(depth: int, root: Path) -> None:
+    store = FileStore(root, shard_depth=depth)
+    key = new_key()
+    assert store.save(key, make_record(b"x"), expected_version=None)
+    expected = root.joinpath(*[key[2 * i : 2 * i + 2] for i in range(depth)], key)
+    assert _record_files(root) == [expected]
+    assert store.count() == 1
+    assert store.save(new_key(), make_record(ttl=-5), expected_version=None)
+    assert store.cleanup() == 1
+    assert store.load(key) is not None
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_record_file_gets_file_mode(mode: int, root: Path) -> None:
+    store = FileStore(root, file_mode=mode)
+    key = new_key()
+    assert store.save(key, make_record(), expected_version=None)
+    assert stat.S_IMODE(_path_of(store, key).stat().st_mode) == mode
+
+
+def test_fsync_store_round_trips(root: Path) -> None:
+    store = FileStore(root, fsync=True)
+    old, key = new_key(), new_key()
+    assert store.save(old, make_record(b"a"), expected_version=None)
+    assert store.save(key, make_record(b"b", user_id="u"), expected_version=None, replaces=old)
+    record = store.load(key)
+    assert record is not None and (record.data, record.user_id) == (b"b", "u")
+    assert store.refresh(key, record.expires_at + 60, record.last_seen)
+    assert store.load(old) is None
+    assert store.delete(key)
+    assert _record_files(root) == []
+
+
+# -- corrupt files ---------------------------------------------------------------
+
+_CORRUPTIONS = [
+    pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
+    pytest.param(lambda b: b[:10], id="truncated-header"),
+    pytest.param(lambda b: b"", id="empty"),
+    pytest.param(lambda b: random.Random(0).randbytes(len(b)), id="random-bytes"),
+    pytest.param(lambda b: b"GIF8" + b[4:], id="wrong-magic"),
+    pytest.param(lambda b: b[:4] + bytes([99]) + b[5:], id="future-format"),
+    pytest.param(lambda b: b[:-1] + bytes([b[-1] ^ 1]), id="flipped-bit"),
+    pytest.param(lambda b: b + b"\0", id="trailing-byte"),
+]
+
+
+@pytest.mark.parametrize("corrupt", _CORRUPTIONS)
+def test_corrupt_file_is_a_logged_miss_and_can_be_overwritten(
+    corrupt: Callable[[bytes], bytes], file_store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = new_key()
+    assert file_store.save(key, make_record(b'{"a": 1}', user_id="u"), expected_version=None)
+    path = _path_of(file_store, key)
+    path.write_bytes(corrupt(path.read_bytes()))
+    caplog.set_level(logging.WARNING, logger="wsgisession")
+
+    assert file_store.load(key) is None
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "wsgisession"]
+    assert len(lines) == 1
+    assert key[:8] in lines[0] and key not in lines[0]
+    assert not file_store.refresh(key, time.time() + 60, time.time())
+    assert not file_store.save(key, make_record(b"v2", version=2), expected_version=1)
+    assert file_store.save(key, make_record(b"new"), expected_version=None)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"new"
+
+
+def test_cleanup_removes_corrupt_files_but_keeps_newer_formats(file_store: FileStore) -> None:
+    """A newer worker sharing the directory may have written a format this one can't read."""
+    corrupt, newer = new_key(), new_key()
+    for key in (corrupt, newer):
+        assert file_store.save(key, make_record(), expected_version=None)
+    path = _path_of(file_store, corrupt)
+    path.write_bytes(path.read_bytes()[:20])
+    path = _path_of(file_store, newer)
+    blob = path.read_bytes()
+    path.write_bytes(blob[:4] + bytes([blob[4] + 1]) + blob[5:])
+
+    assert file_store.cleanup() == 1
+    assert not _path_of(file_store, corrupt).exists()
+    assert _path_of(file_store, newer).exists()
+
+
+# -- hostile keys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_key",
+    [
+        pytest.param("../../etc/passwd", id="traversal"),
+        pytest.param("../" + "a" * 61, id="traversal-64-chars"),
+        pytest.param("/" + "a" * 63, id="absolute"),
+        pytest.param("A" * 64, id="uppercase"),
+        pytest.param("a" * 63, id="short"),
+        pytest.param("a" * 65, id="long"),
+        pytest.param("a" * 64 + "\n", id="trailing-newline"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_key_that_is_not_64_hex_digits_is_refused_before_any_write(
+    bad_key: str, tmp_path: Path
+) -> None:
+    """The middleware only passes SHA-256 digests; anything else must not reach a path."""
+    store = FileStore(tmp_path / "inner" / "sessions")
+    calls: list[Callable[[], object]] = [
+        lambda: store.save(bad_key, make_record(), expected_version=None),
+        lambda: store.save(new_key(), make_record(), expected_version=None, replaces=bad_key),
+        lambda: store.load(bad_key),
+        lambda: store.refresh(bad_key, time.time() + 60, time.time()),
+        lambda: store.delete(bad_key),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="not a store key"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- failures ----------------------------------------------------------------------
+
+
+def test_a_file_where_the_directory_should_be_is_a_store_error(root: Path) -> None:
+    root.write_text("not a directory")
+    store = FileStore(root)
+    with pytest.raises(StoreError) as info:
+        store.ping()
+    assert isinstance(info.value.__cause__, OSError)
+    calls: list[Callable[[], object]] = [
+        lambda: store.save(new_key(), make_record(), expected_version=None),
+        lambda: store.load(new_key()),
+        lambda: store.delete(new_key()),
+        store.cleanup,
+        store.count,
+        lambda: store.claim_purge(60),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError):
+            call()
+    assert root.read_text() == "not a directory"
+
+
+def test_a_file_where_a_shard_should_be_fails_only_that_shard(file_store: FileStore) -> None:
+    blocked, other = new_key(), new_key()
+    while other[:2] == blocked[:2]:
+        other = new_key()
+    file_store.ping()
+    (Path(file_store.directory) / blocked[:2]).write_text("in the way")
+    with pytest.raises(StoreError):
+        file_store.save(blocked, make_record(), expected_version=None)
+    assert file_store.save(other, make_record(), expected_version=None)
+
+
+_FULL_DISK_CHILD = """
+import resource, signal, sys
+from wsgisession.errors import StoreError
+from wsgisession.stores.file import FileStore
+from wsgisession.testing import make_record
+
+store = FileStore(sys.argv[1])
+big = make_record(b"x" * (1 << 20), version=2)
+# The write fails with EFBIG instead of the process being killed by SIGXFSZ.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    store.save(sys.argv[2], big, expected_version=1)
+except StoreError as exc:
+    print(type(exc.__cause__).__name__, exc.__cause__.errno)
+else:
+    sys.exit("the save succeeded past RLIMIT_FSIZE")
+"""
+
+
+def test_full_disk_is_a_store_error_and_keeps_the_old_record(
+    file_store: FileStore, root: Path
+) -> None:
+    key = new_key()
+    assert file_store.save(key, make_record(b"small"), expected_version=None)
+
+    out = _finish(_python(_FULL_DISK_CHILD, root, key))
+
+    assert out.split() == ["OSError", str(errno.EFBIG)]
+    loaded = file_store.load(key)
+    assert loaded is not None and (loaded.data, loaded.version) == (b"small", 1)
+    assert _temp_files(root) == []
+
+
+# -- crashes -----------------------------------------------------------------------
+
+_PAYLOAD_REPEAT = 32768  # 256 KiB records, so a kill often lands mid-write
+
+_LOOPING_WRITER_CHILD = f"""
+import sys
+from wsgisession.stores.file import FileStore
+from wsgisession.testing import make_record
+
+store = FileStore(sys.argv[1])
+key = sys.argv[2]
+ready = False
+while True:
+    current = store.load(key)
+    version = current.version + 1
+    data = b"%08d" % version * {_PAYLOAD_REPEAT}
+    if not store.save(key, make_record(data, version=version), expected_version=current.version):
+        sys.exit("a save lost a race with nobody")
+    if not ready:
+        print("ready", flush=True)
+        ready = True
+"""
+
+
+def test_writer_killed_at_random_moments_leaves_a_whole_record(
+    file_store: FileStore, root: Path
+) -> None:
+    """SIGKILL between the temp write and the rename must leave the old or the new record."""
+    key = new_key()
+    assert file_store.save(key, make_record(b"%08d" % 1 * _PAYLOAD_REPEAT), expected_version=None)
+    rng = random.Random()
+    for _ in range(20):
+        with _python(_LOOPING_WRITER_CHILD, root, key) as proc:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            assert ready == "ready\n", proc.stderr.read() if proc.stderr else ""
+            time.sleep(rng.uniform(0.005, 0.05))
+            proc.kill()
+            proc.wait()
+        loaded = file_store.load(key)
+        assert loaded is not None
+        assert loaded.data == b"%08d" % loaded.version * _PAYLOAD_REPEAT
+
+    assert loaded is not None and loaded.version > 20
+    # Leftover temp files are cleanup's once they are old enough to be surely dead.
+    hour_ago = time.time() - file_module._TEMP_MAX_AGE - 1
+    for temp in _temp_files(root):
+        os.utime(temp, (hour_ago, hour_ago))
+    assert file_store.cleanup() == 0
+    assert _temp_files(root) == []
+    assert _record_files(root) == [_path_of(file_store, key)]
+
+
+def test_cleanup_removes_only_stale_temp_files(file_store: FileStore, root: Path) -> None:
+    file_store.ping()
+    stale, fresh = root / ".tmp-stale", root / ".tmp-fresh"
+    stale.write_bytes(b"half a record")
+    fresh.write_bytes(b"being written")
+    hour_ago = time.time() - file_module._TEMP_MAX_AGE - 1
+    os.utime(stale, (hour_ago, hour_ago))
+    # At depth 0 the temp files sit in the shard cleanup scans.
+    store = FileStore(root, shard_depth=0)
+    assert store.cleanup() == 0
+    assert not stale.exists() and fresh.exists()
+
+
+def test_cleanup_rechecks_a_record_under_the_lock(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session re-created between cleanup's scan and its unlink must survive."""
+    key = new_key()
+    assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
+    real = file_module._header_expiry
+    raced: list[str] = []
+
+    def scan_then_race(path: str) -> float:
+        expires_at = real(path)
+        if not raced:
+            raced.append(path)
+            assert file_store.save(key, make_record(b"new"), expected_version=None)
+        return expires_at
+
+    monkeypatch.setattr(file_module, "_header_expiry", scan_then_race)
+    assert file_store.cleanup() == 0
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"new"
+
+
+# -- several processes -------------------------------------------------------------
+
+_MERGING_WRITER_CHILD = """
+import json, sys, time
+from wsgisession.stores.file import FileStore
+from wsgisession.testing import make_record
+
+store = FileStore(sys.argv[1])
+key, name, writes = sys.argv[2], sys.argv[3], int(sys.argv[4])
+time.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # start together
+for i in range(writes):
+    while True:
+        current = store.load(key)
+        data = json.loads(current.data)
+        data[name] = i
+        new = make_record(json.dumps(data).encode(), version=current.version + 1)
+        if store.save(key, new, expected_version=current.version):
+            break
+"""
+
+
+def test_processes_merging_disjoint_keys_lose_nothing(file_store: FileStore, root: Path) -> None:
+    """flock serializes compare-and-set between processes as it does between threads."""
+    key = new_key()
+    assert file_store.save(key, make_record(b"{}"), expected_version=None)
+    processes, writes = 6, 30
+    start = time.time() + 1.0
+    procs = [
+        _python(_MERGING_WRITER_CHILD, root, key, f"p{n}", writes, start) for n in range(processes)
+    ]
+    for proc in procs:
+        _finish(proc)
+    loaded = file_store.load(key)
+    assert loaded is not None
+    assert json.loads(loaded.data) == {f"p{n}": writes - 1 for n in range(processes)}
+    assert loaded.version == 1 + processes * writes
+
+
+_PURGE_CLAIM_CHILD = """
+import sys, time
+from wsgisession.stores.file import FileStore
+
+store = FileStore(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # claim together
+print(store.claim_purge(3600))
+"""
+
+
+def test_claim_purge_is_won_by_one_process(root: Path) -> None:
+    start = time.time() + 1.0
+    procs = [_python(_PURGE_CLAIM_CHILD, root, start) for _ in range(6)]
+    answers = sorted(_finish(proc).strip() for proc in procs)
+    assert answers == ["False"] * 5 + ["True"]
+
+
+def test_claim_purge_lease(file_store: FileStore, root: Path) -> None:
+    assert file_store.claim_purge(60)
+    assert not file_store.claim_purge(60)
+    assert file_store.claim_purge(0)
+    lease = root / ".purge"
+    lease.write_text(repr(time.time() - 120))
+    assert file_store.claim_purge(60)
+    assert not file_store.claim_purge(60)
+    lease.write_text("garbage")
+    assert file_store.claim_purge(60)
+    lease.write_text(repr(time.time() + 3600))  # the clock was set back
+    assert file_store.claim_purge(60)
