@@ -1,0 +1,270 @@
+"""Turn a Redis store URL and its ``store_options`` into a plan for building the client.
+
+Private to :mod:`wsgisession.stores.redis`. Everything here is checked without
+contacting a server, so a bad URL or option fails when the store is built, and a
+server that is down fails only the first operation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from ..errors import ConfigError
+from .base import mask_url
+
+__all__ = ["Client", "ClientPlan", "plan_client"]
+
+#: The clients a :class:`~wsgisession.stores.redis.RedisStore` drives.
+Client: TypeAlias = redis.Redis | RedisCluster
+
+_SSL_QUERY: Final = frozenset(
+    {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
+)
+
+
+@dataclass(frozen=True)
+class _Options:
+    key_prefix: str = "session:"
+    socket_timeout: float = 5.0
+    socket_connect_timeout: float = 5.0
+    health_check_interval: float = 0
+    retry_on_timeout: bool = False
+    retries: int = 2
+    max_connections: int | None = None
+    username: str | None = None
+    password: str | None = None
+    sentinel_kwargs: dict[str, Any] | None = None
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# name -> (test, what the value must be)
+_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "key_prefix": (lambda v: isinstance(v, str), "a string"),
+    "socket_timeout": (lambda v: _number(v) and v > 0, "a positive number of seconds"),
+    "socket_connect_timeout": (lambda v: _number(v) and v > 0, "a positive number of seconds"),
+    "health_check_interval": (lambda v: _number(v) and v >= 0, "a number of seconds, 0 or more"),
+    "retry_on_timeout": (lambda v: isinstance(v, bool), "true or false"),
+    "retries": (lambda v: _whole(v) and v >= 0, "a whole number, 0 or more"),
+    "max_connections": (lambda v: v is None or _whole(v) and v > 0, "a whole number above 0"),
+    "username": (lambda v: v is None or isinstance(v, str), "a string"),
+    "password": (lambda v: v is None or isinstance(v, str), "a string"),
+    "sentinel_kwargs": (
+        lambda v: v is None or isinstance(v, dict) and all(isinstance(k, str) for k in v),
+        "a dict of redis.Redis keyword arguments",
+    ),
+}
+
+
+@dataclass
+class ClientPlan:
+    """How to build a store's client, and what else to close with it."""
+
+    key_prefix: str
+    connect: Callable[[], Client]
+    #: RedisCluster asks its startup nodes for the slot map in its constructor, so it
+    #: is built on first use rather than with the store.
+    lazy: bool = False
+    #: Called after the client is closed (the Sentinel connections).
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
+    """Check *url* and *options* and return how to build the client, contacting nothing.
+
+    :raises ConfigError: The URL is malformed, or an option is unknown, of the wrong
+        type or out of range; the message names it.
+    """
+    shown = mask_url(url)
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ConfigError(f"store {shown!r}: a Redis URL starts with '{scheme}://'")
+    opts = _read_options(scheme, shown, options)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"store {shown!r} is not a valid URL: {exc}") from exc
+    opts = _credentials(parts.netloc, shown, opts)
+    kwargs = _connection_kwargs(opts)
+    if scheme in ("redis", "rediss", "unix"):
+        _check_standalone(scheme, parts, shown)
+        try:
+            client = redis.Redis.from_url(url, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"store {shown!r}: {exc}") from exc
+        return ClientPlan(opts.key_prefix, lambda: client)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"store {shown!r} takes no query string; use store options")
+    if scheme == "redis+sentinel":
+        hosts = _hosts(parts.netloc, 26379, shown)
+        service, db = _sentinel_path(parts.path, shown)
+        sentinel_kwargs = {
+            "socket_timeout": opts.socket_timeout,
+            "socket_connect_timeout": opts.socket_connect_timeout,
+            "retry": kwargs["retry"],
+            **(opts.sentinel_kwargs or {}),
+        }
+        # redis-py leaves Sentinel and ClusterNode unannotated.
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(service, db=db)  # type: ignore[no-untyped-call]
+        return ClientPlan(opts.key_prefix, lambda: master, closers=[sentinel.close])
+    if scheme == "redis+cluster":
+        hosts = _hosts(parts.netloc, 6379, shown)
+        nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call]
+        if parts.path not in ("", "/", "/0"):
+            raise ConfigError(f"store {shown!r}: Redis Cluster has only database 0")
+        return ClientPlan(
+            opts.key_prefix, lambda: RedisCluster(startup_nodes=nodes, **kwargs), lazy=True
+        )
+    raise ConfigError(
+        f"store {shown!r}: unknown Redis scheme {scheme!r}; use redis, rediss, unix, "
+        "redis+sentinel or redis+cluster"
+    )
+
+
+def _read_options(scheme: str, shown: str, options: Mapping[str, object]) -> _Options:
+    for name, value in options.items():
+        if name not in _CHECKS:
+            raise ConfigError(
+                f"store {shown!r}: unknown store option {name!r}; known: "
+                f"{', '.join(sorted(_CHECKS))}"
+            )
+        test, what = _CHECKS[name]
+        if not test(value):
+            raise ConfigError(f"store option {name!r} must be {what}, got {value!r}")
+    if options.get("sentinel_kwargs") is not None and scheme != "redis+sentinel":
+        raise ConfigError(
+            f"store {shown!r}: store option 'sentinel_kwargs' is only for redis+sentinel://"
+        )
+    checked: dict[str, Any] = dict(options)
+    return _Options(**checked)
+
+
+def _credentials(netloc: str, shown: str, opts: _Options) -> _Options:
+    userinfo, at, _ = netloc.rpartition("@")
+    user, colon, secret = userinfo.partition(":")
+    in_url = {
+        "username": unquote(user) if at and user else None,
+        "password": unquote(secret) if at and colon else None,
+    }
+    for name, value in in_url.items():
+        if value is not None and getattr(opts, name) is not None:
+            raise ConfigError(
+                f"store {shown!r}: give the {name} in the URL or as store option "
+                f"{name!r}, not both"
+            )
+    return dataclasses.replace(
+        opts,
+        username=in_url["username"] or opts.username,
+        password=in_url["password"] or opts.password,
+    )
+
+
+def _connection_kwargs(opts: _Options) -> dict[str, Any]:
+    retry_on: tuple[type[Exception], ...] = (ConnectionError,)
+    if opts.retry_on_timeout:
+        retry_on += (TimeoutError,)
+    # A short, capped retry: a connection the server dropped is redialled at once,
+    # and a server that is really down fails the request in well under a second.
+    retry = Retry(
+        ExponentialWithJitterBackoff(cap=0.25, base=0.02),
+        opts.retries,
+        supported_errors=retry_on,
+    )
+    kwargs: dict[str, Any] = {
+        "socket_timeout": opts.socket_timeout,
+        "socket_connect_timeout": opts.socket_connect_timeout,
+        "health_check_interval": opts.health_check_interval,
+        "retry": retry,
+    }
+    for name in ("max_connections", "username", "password"):
+        if getattr(opts, name) is not None:
+            kwargs[name] = getattr(opts, name)
+    return kwargs
+
+
+def _check_standalone(scheme: str, parts: SplitResult, shown: str) -> None:
+    try:
+        params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ConfigError(f"store {shown!r}: malformed query string: {exc}") from exc
+    allowed = {"db"} | (_SSL_QUERY if scheme == "rediss" else set())
+    for name, value in params:
+        if name not in allowed:
+            raise ConfigError(
+                f"store {shown!r}: unknown URL parameter {name!r}; use store options"
+            )
+        if name == "db":
+            _database(value, shown)
+    path = parts.path.strip("/")
+    if scheme == "unix":
+        if not path:
+            raise ConfigError(f"store {shown!r}: a unix:// URL needs a socket path")
+        return
+    if path:
+        if any(name == "db" for name, _ in params):
+            raise ConfigError(f"store {shown!r}: give the database in the path or as db=")
+        _database(path, shown)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"store {shown!r}: bad port: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"store {shown!r}: bad port 0")
+
+
+def _database(text: str, shown: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"store {shown!r}: the database must be a number, got {text!r}")
+    return int(text)
+
+
+def _hosts(netloc: str, default_port: int, shown: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ConfigError(f"store {shown!r}: bad host {item!r}")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ConfigError(f"store {shown!r} names no host, or an empty one")
+        if not port_text:
+            port = default_port
+        elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            raise ConfigError(f"store {shown!r}: bad port {port_text!r} for host {host!r}")
+        hosts.append((unquote(host), port))
+    return hosts
+
+
+def _sentinel_path(path: str, shown: str) -> tuple[str, int]:
+    segments = path.strip("/").split("/") if path.strip("/") else []
+    if not segments or len(segments) > 2:
+        raise ConfigError(
+            f"store {shown!r}: a Sentinel URL is "
+            "redis+sentinel://host:port[,host:port]/service[/db]"
+        )
+    db = _database(segments[1], shown) if len(segments) == 2 else 0
+    return unquote(segments[0]), db

@@ -1,0 +1,431 @@
+"""RedisStore beyond the conformance suite: URLs, key layout, round trips, outages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
+from redis.sentinel import SentinelConnectionPool
+
+from tests.conftest import SERVER, open_test_store, server_url, unreachable
+from tests.redis_servers import RedisServer
+from wsgisession.errors import ConfigError, StoreError
+from wsgisession.stores import open_store
+from wsgisession.stores import redis_url as redis_url_module
+from wsgisession.stores.redis import RedisStore
+from wsgisession.testing import make_record, new_key
+
+# -- URLs and options (no server) ----------------------------------------------
+
+
+def _pool_kwargs(store: RedisStore) -> dict[str, Any]:
+    client = store.client
+    assert isinstance(client, redis.Redis)
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    return kwargs
+
+
+def test_redis_url_sets_host_port_db_and_password() -> None:
+    with RedisStore.from_url("redis://:pw@example.invalid:6380/3") as store:
+        kwargs = _pool_kwargs(store)
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("example.invalid", 6380, 3)
+        assert kwargs["password"] == "pw"
+        assert kwargs["socket_timeout"] == 5 and kwargs["socket_connect_timeout"] == 5
+        assert store.key_prefix == "session:"
+
+
+def test_rediss_url_uses_tls() -> None:
+    with RedisStore.from_url("rediss://example.invalid/0?ssl_cert_reqs=none") as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        assert client.connection_pool.connection_class is SSLConnection
+        assert _pool_kwargs(store)["ssl_cert_reqs"] == "none"
+
+
+def test_unix_url_takes_the_database_from_the_query() -> None:
+    with RedisStore.from_url("unix:///run/redis/redis.sock?db=1") as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        assert client.connection_pool.connection_class is UnixDomainSocketConnection
+        kwargs = _pool_kwargs(store)
+        assert (kwargs["path"], kwargs["db"]) == ("/run/redis/redis.sock", 1)
+
+
+def test_sentinel_url_names_sentinels_service_and_database() -> None:
+    url = "redis+sentinel://u:pw@h1.invalid:26379,h2.invalid:26380/svc/2"
+    with RedisStore.from_url(url, sentinel_kwargs={"password": "s"}) as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert pool.service_name == "svc"
+        assert pool.connection_kwargs["db"] == 2
+        assert pool.connection_kwargs["password"] == "pw"
+        assert pool.connection_kwargs["username"] == "u"
+        sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+        assert [(s["host"], s["port"]) for s in sentinels] == [
+            ("h1.invalid", 26379),
+            ("h2.invalid", 26380),
+        ]
+        assert sentinels[0]["password"] == "s"
+
+
+def test_cluster_url_is_built_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RedisCluster contacts its nodes when built, so the store defers building it."""
+    built: list[dict[str, Any]] = []
+
+    class Built(Exception):
+        pass
+
+    def fake_cluster(**kwargs: Any) -> RedisCluster:
+        built.append(kwargs)
+        raise Built
+
+    monkeypatch.setattr(redis_url_module, "RedisCluster", fake_cluster)
+    store = RedisStore.from_url("redis+cluster://h1.invalid:7000,h2.invalid:7001", retries=1)
+    assert built == []
+    with pytest.raises(Built):
+        store.ping()
+    nodes = [(n.host, n.port) for n in built[0]["startup_nodes"]]
+    assert nodes == [("h1.invalid", 7000), ("h2.invalid", 7001)]
+    assert built[0]["retry"].get_retries() == 1
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis+sentinel://127.0.0.1:26379", id="sentinel-without-service"),
+        pytest.param("redis+sentinel://127.0.0.1:26379/", id="sentinel-empty-service"),
+        pytest.param("redis+sentinel://127.0.0.1:26379/svc/x", id="sentinel-bad-db"),
+        pytest.param("redis+sentinel://127.0.0.1:26379/svc/1/2", id="sentinel-extra-path"),
+        pytest.param("redis+sentinel://h:1,:2/svc", id="sentinel-empty-host"),
+        pytest.param("redis+cluster://", id="cluster-without-hosts"),
+        pytest.param("redis+cluster://h:70000", id="cluster-port-out-of-range"),
+        pytest.param("redis+cluster://h:port", id="cluster-bad-port"),
+        pytest.param("redis+cluster://h:7000/3", id="cluster-database"),
+        pytest.param("redis+cluster://h:7000?x=1", id="cluster-query"),
+        pytest.param("redis://localhost:99999/0", id="port-out-of-range"),
+        pytest.param("redis://localhost:abc/0", id="bad-port"),
+        pytest.param("redis://localhost/abc", id="bad-db"),
+        pytest.param("redis://localhost/0?db=1", id="db-twice"),
+        pytest.param("redis://localhost/0?socket_timeout=1", id="unknown-url-parameter"),
+        pytest.param("unix://", id="unix-without-path"),
+        pytest.param("unix:///tmp/r.sock?db=one", id="unix-bad-db"),
+        pytest.param("redis:localhost", id="no-slashes"),
+    ],
+)
+def test_malformed_url_raises_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="store"):
+        RedisStore.from_url(url)
+
+
+def test_config_error_masks_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store("redis://:secretpw@localhost:abc/0")
+    assert "secretpw" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"decode_responses": True}, "decode_responses", id="unknown"),
+        pytest.param({"socket_timeout": "5"}, "socket_timeout", id="timeout-as-string"),
+        pytest.param({"socket_timeout": 0}, "socket_timeout", id="timeout-zero"),
+        pytest.param({"socket_connect_timeout": None}, "socket_connect_timeout", id="none"),
+        pytest.param({"health_check_interval": True}, "health_check_interval", id="bool"),
+        pytest.param({"retries": -1}, "retries", id="negative-retries"),
+        pytest.param({"retry_on_timeout": "yes"}, "retry_on_timeout", id="bool-as-string"),
+        pytest.param({"max_connections": 0}, "max_connections", id="no-connections"),
+        pytest.param({"key_prefix": 1}, "key_prefix", id="prefix-not-str"),
+        pytest.param({"password": b"pw"}, "password", id="password-bytes"),
+        pytest.param({"sentinel_kwargs": "x"}, "sentinel_kwargs", id="sentinel-kwargs-type"),
+        pytest.param({"sentinel_kwargs": {}}, "sentinel_kwargs", id="sentinel-kwargs-scheme"),
+    ],
+)
+def test_bad_option_raises_config_error_naming_it(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        open_store("redis://localhost:6379/0", **options)
+
+
+def test_password_in_url_and_option_is_ambiguous() -> None:
+    with pytest.raises(ConfigError, match="password"):
+        RedisStore.from_url("redis://:a@localhost/0", password="b")
+
+
+def test_password_option_reaches_sentinel_master() -> None:
+    with RedisStore.from_url("redis+sentinel://h.invalid/svc", password="pw") as store:
+        assert _pool_kwargs(store)["password"] == "pw"
+
+
+def test_client_that_decodes_responses_is_refused() -> None:
+    client = redis.Redis(decode_responses=True)
+    with pytest.raises(ConfigError, match="decode_responses"):
+        RedisStore(client)
+    client.close()
+
+
+def test_building_with_a_dead_server_does_not_raise_and_use_raises_store_error() -> None:
+    store = open_store("redis://:secretpw@127.0.0.1:1/0", retries=0)
+    with store:
+        for use in (
+            lambda: store.load(new_key()),
+            lambda: store.save(new_key(), make_record(), expected_version=None),
+            lambda: store.refresh(new_key(), time.time() + 60, time.time()),
+            lambda: store.delete(new_key()),
+            store.ping,
+            store.count,
+        ):
+            with pytest.raises(StoreError) as info:
+                use()
+            assert isinstance(info.value.__cause__, redis.RedisError)
+            assert "secretpw" not in str(info.value)
+            assert "redis://:***@127.0.0.1:1/0" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis+cluster://127.0.0.1:1,127.0.0.1:2", id="cluster"),
+        pytest.param("redis+sentinel://127.0.0.1:1/mymaster/0", id="sentinel"),
+    ],
+)
+def test_dead_cluster_or_sentinel_raises_store_error_on_use(url: str) -> None:
+    with open_store(url, retries=0) as store:
+        with pytest.raises(StoreError):
+            store.load(new_key())
+
+
+# -- the shared server -----------------------------------------------------------
+
+
+@pytest.fixture
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
+    """A store on the shared server, under a prefix of this test alone."""
+    for store in open_test_store("redis", request, tmp_path):
+        assert isinstance(store, RedisStore)
+        yield store
+
+
+@SERVER
+def test_ready_client_and_key_layout() -> None:
+    url = server_url("redis")
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    client = redis.Redis.from_url(url)
+    store = RedisStore(client, key_prefix=prefix)
+    try:
+        store.ping()
+    except StoreError as exc:
+        store.close()
+        unreachable(url, exc)
+    with store:
+        key = new_key()
+        record = make_record(b"data", meta=b"meta", ttl=600)
+        assert store.save(key, record, expected_version=None)
+        try:
+            assert client.type(prefix + key) == b"hash"
+            fields = client.hgetall(prefix + key)
+            assert fields[b"data"] == b"data" and fields[b"meta"] == b"meta"
+            assert fields[b"version"] == b"1"
+            assert float(fields[b"expires_at"]) == record.expires_at
+            assert b"user_id" not in fields
+            remaining = (record.expires_at - time.time()) * 1000
+            assert abs(client.pttl(prefix + key) - remaining) < 2000
+            assert store.count() == 1
+        finally:
+            client.delete(prefix + key)
+
+
+@SERVER
+def test_empty_user_id_is_not_none(shared: RedisStore) -> None:
+    key = new_key()
+    assert shared.save(key, make_record(user_id=""), expected_version=None)
+    loaded = shared.load(key)
+    assert loaded is not None and loaded.user_id == ""
+
+
+@SERVER
+def test_expiry_is_judged_by_the_application_clock(shared: RedisStore) -> None:
+    """A record Redis still holds is gone once expires_at passes by time.time()."""
+    key = new_key()
+    name = shared.key_prefix + key
+    past = time.time() - 5
+    fields = {
+        "data": b"x",
+        "meta": b"",
+        "version": 1,
+        "created_at": past - 60,
+        "expires_at": past,
+        "last_seen": past - 60,
+    }
+    shared.client.hset(name, mapping=fields)
+    shared.client.expire(name, 3600)
+    assert shared.load(key) is None
+    assert shared.count() == 0
+    assert not shared.refresh(key, time.time() + 60, time.time())
+    assert not shared.save(key, make_record(b"y", version=2), expected_version=1)
+    assert shared.save(key, make_record(b"new"), expected_version=None)
+    loaded = shared.load(key)
+    assert loaded is not None and loaded.data == b"new"
+
+
+@SERVER
+def test_delete_of_an_expired_record_says_it_was_not_live(shared: RedisStore) -> None:
+    key = new_key()
+    name = shared.key_prefix + key
+    shared.client.hset(name, mapping={"version": 1, "expires_at": time.time() - 5})
+    assert not shared.delete(key)
+    assert shared.client.exists(name) == 0
+
+
+@SERVER
+def test_undecodable_hash_is_a_logged_miss(
+    shared: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = new_key()
+    shared.client.hset(shared.key_prefix + key, mapping={"data": b"x", "version": "one"})
+    assert shared.load(key) is None
+    assert key[:8] in caplog.text
+
+
+@SERVER
+def test_count_escapes_glob_characters_in_the_prefix(shared: RedisStore) -> None:
+    other = RedisStore(shared.client, key_prefix=shared.key_prefix + "*b:")
+    starry = RedisStore(shared.client, key_prefix=shared.key_prefix + "*:")
+    assert other.save(new_key(), make_record(), expected_version=None)
+    assert starry.save(new_key(), make_record(), expected_version=None)
+    assert starry.count() == 1
+
+
+# -- a private server -------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every command redis-py sends from now on, one per round trip."""
+    names: list[str] = []
+    original = AbstractConnection.send_command
+
+    def send_command(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        name = args[0]
+        names.append((name.decode() if isinstance(name, bytes) else str(name)).upper())
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_command", send_command)
+    return names
+
+
+@SERVER
+def test_each_operation_is_one_round_trip(private_redis: RedisServer, sent: list[str]) -> None:
+    with RedisStore.from_url(private_redis.url) as store:
+        store.ping()
+        warm, old, new = new_key(), new_key(), new_key()
+        # A fresh server does not know a script yet: NOSCRIPT, then it is loaded.
+        sent.clear()
+        assert store.save(warm, make_record(), expected_version=None)
+        assert sent == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
+        assert store.refresh(warm, time.time() + 7200, time.time())
+        assert store.delete(warm)
+        steps = [
+            (lambda: store.save(old, make_record(b"1"), expected_version=None), "EVALSHA"),
+            (lambda: store.load(old), "HGETALL"),
+            (lambda: store.save(old, make_record(b"2", version=2), expected_version=1), "EVALSHA"),
+            (lambda: store.refresh(old, time.time() + 7200, time.time()), "EVALSHA"),
+            (
+                lambda: store.save(new, make_record(b"3"), expected_version=None, replaces=old),
+                "EVALSHA",
+            ),
+            (lambda: store.delete(new), "EVALSHA"),
+        ]
+        for step, command in steps:
+            sent.clear()
+            assert step()
+            assert sent == [command]
+        assert store.load(old) is None
+
+
+@SERVER
+def test_server_down_is_store_error_and_the_same_store_recovers(
+    private_redis: RedisServer,
+) -> None:
+    with RedisStore.from_url(private_redis.url, key_prefix="s:") as store:
+        key = new_key()
+        assert store.save(key, make_record(b"kept", ttl=600), expected_version=None)
+        private_redis.stop()
+        for use in (
+            lambda: store.load(key),
+            lambda: store.save(new_key(), make_record(), expected_version=None),
+        ):
+            with pytest.raises(StoreError) as info:
+                use()
+            assert isinstance(info.value.__cause__, redis.ConnectionError)
+        private_redis.start()
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"kept"
+        assert store.save(key, make_record(b"after", version=2), expected_version=1)
+
+
+# -- Cluster and Sentinel ---------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(redis_cluster_url: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(redis_cluster_url, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        yield store
+    finally:
+        for name in list(store.client.scan_iter(match=store.key_prefix + "*")):
+            store.client.delete(name)
+        store.close()
+
+
+@SERVER
+def test_cluster_spreads_sessions_over_the_masters(cluster: RedisStore) -> None:
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    keys = [new_key() for _ in range(30)]
+    for n, key in enumerate(keys):
+        assert cluster.save(key, make_record(str(n).encode()), expected_version=None)
+    for n, key in enumerate(keys):
+        loaded = cluster.load(key)
+        assert loaded is not None and loaded.data == str(n).encode()
+    nodes = {client.get_node_from_key(cluster.key_prefix + key).name for key in keys}
+    assert len(nodes) == 3
+    assert cluster.count() == len(keys)
+
+
+@SERVER
+def test_cluster_regenerate_across_slots(cluster: RedisStore) -> None:
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    old = new_key()
+    new = next(
+        k
+        for k in iter(new_key, None)
+        if client.keyslot(cluster.key_prefix + k) != client.keyslot(cluster.key_prefix + old)
+    )
+    assert cluster.save(old, make_record(b"data", user_id="u"), expected_version=None)
+    assert cluster.save(
+        new, make_record(b"data", user_id="u"), expected_version=None, replaces=old
+    )
+    assert cluster.load(old) is None
+    loaded = cluster.load(new)
+    assert loaded is not None and (loaded.data, loaded.user_id) == (b"data", "u")
+
+
+@SERVER
+def test_sentinel_save_and_load(redis_sentinel_url: str) -> None:
+    with RedisStore.from_url(redis_sentinel_url, key_prefix=f"t{uuid.uuid4().hex[:8]}:") as store:
+        key = new_key()
+        assert store.save(key, make_record(b"via sentinel"), expected_version=None)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"via sentinel"
+        assert store.delete(key)
