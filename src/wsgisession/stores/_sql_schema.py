@@ -1,0 +1,235 @@
+"""The SQL store's table, its engine set-up, and the helpers its queries share.
+
+Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql
+
+from ..errors import ConfigError
+from .base import Record, mask_url
+
+__all__ = [
+    "LEASE_KEY",
+    "WRITE_OPTION",
+    "build_engine",
+    "check_cleanup_batch",
+    "check_table_name",
+    "must_retry",
+    "row_values",
+    "session_table",
+]
+
+#: The key of the purge lease row. It is not hex, so no session key can collide.
+LEASE_KEY: Final = "~purge-lease"
+
+#: The execution option that marks a connection whose transaction will write.
+WRITE_OPTION: Final = "wsgisession_write"
+
+# Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
+# PostgreSQL's 63 and MySQL's 64 characters.
+_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+
+# MySQL's BLOB holds 64 KiB; LONGBLOB holds 4 GiB, bounded by max_allowed_packet.
+_BLOB: Final = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+# MySQL compares strings case-insensitively by default, which would make "Alice" and
+# "alice" one user; binary collations compare them as the application does.
+_KEY: Final = sa.String(64).with_variant(
+    mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+)
+_USER: Final = sa.String(255).with_variant(
+    mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+
+# option -> (accepted types, description for messages)
+_OPTIONS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
+    "table_name": ((str,), "a str"),
+    "pool_size": ((int,), "an int"),
+    "max_overflow": ((int,), "an int"),
+    "pool_recycle": ((int, float), "a number of seconds"),
+    "pool_pre_ping": ((bool,), "a bool"),
+    "pool_timeout": ((int, float), "a number of seconds"),
+    "connect_args": ((dict,), "a dict"),
+    "cleanup_batch": ((int,), "an int"),
+    "echo": ((bool,), "a bool"),
+}
+
+_EXTRAS: Final = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+# The MySQL protocol's CLIENT_FOUND_ROWS flag, the same value in every driver.
+_CLIENT_FOUND_ROWS: Final = 2
+
+_SQLITE_TIMEOUT: Final = 5.0
+
+# A deadlock or serialization failure rolls the whole transaction back, so running
+# the operation again is safe; these are the codes that mean exactly that.
+_RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
+_RETRY_MYSQL_ERRNOS: Final = frozenset({1020, 1213})
+
+
+def check_table_name(name: object) -> str:
+    """Return *name* if it can name the sessions table, else raise :exc:`ConfigError`."""
+    if not isinstance(name, str) or _TABLE_NAME.fullmatch(name) is None:
+        raise ConfigError(
+            f"store option 'table_name' must be an identifier of letters, digits and"
+            f" underscores, at most 48 characters, not starting with a digit; got {name!r}"
+        )
+    return name
+
+
+def check_cleanup_batch(batch: object) -> int:
+    """Return *batch* if it is a positive int, else raise :exc:`ConfigError`."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"store option 'cleanup_batch' must be an int >= 1, got {batch!r}")
+    return batch
+
+
+def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
+    """Return the sessions table called *name*, with its indexes, in *metadata*."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id_hash", _KEY, primary_key=True),
+        sa.Column("data", _BLOB, nullable=False),
+        sa.Column("meta", _BLOB, nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=False),
+        sa.Column("last_seen", sa.Double(), nullable=False),
+        sa.Column("user_id", _USER, nullable=True),
+        sa.Index(f"ix_{name}_expires_at", "expires_at"),
+        sa.Index(f"ix_{name}_user_id", "user_id"),
+    )
+
+
+def row_values(record: Record) -> dict[str, Any]:
+    """Return the column values that store *record*, all but the key."""
+    return {
+        "data": record.data,
+        "meta": record.meta,
+        "version": record.version,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "last_seen": record.last_seen,
+        "user_id": record.user_id,
+    }
+
+
+def must_retry(exc: sa.exc.DBAPIError) -> bool:
+    """Whether *exc* is a deadlock or serialization failure, safe to run again."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _RETRY_SQLSTATES:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _RETRY_MYSQL_ERRNOS
+
+
+def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
+    """Check *options* and build an engine for *url* without connecting.
+
+    *options* keeps only ``table_name`` and ``cleanup_batch``, which are the
+    store's rather than the engine's.
+
+    :raises ConfigError: The URL can't be parsed, its driver is missing, or an
+        option is unknown or of the wrong type.
+    """
+    _check_types(options)
+    shown = mask_url(url)
+    if url.startswith(("postgres:", "postgres+")):
+        # Heroku-style URLs; SQLAlchemy knows only "postgresql".
+        url = "postgresql" + url[len("postgres") :]
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(
+            f"store {shown!r} is not a database URL SQLAlchemy can read: {exc}"
+        ) from exc
+    backend = parsed.get_backend_name()
+    kwargs: dict[str, Any] = {
+        "hide_parameters": True,
+        "pool_pre_ping": backend != "sqlite",
+    }
+    for name in ("pool_size", "max_overflow", "pool_recycle", "pool_pre_ping", "pool_timeout"):
+        if name in options:
+            kwargs[name] = options.pop(name)
+    kwargs["echo"] = options.pop("echo", False)
+    connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+            raise ConfigError(
+                f"store {shown!r}: an in-memory SQLite database lives in one connection"
+                " and can't be shared by threads and worker processes; use a file"
+                " such as 'sqlite:///sessions.db', or 'memory://'"
+            )
+        connect_args.setdefault("timeout", _SQLITE_TIMEOUT)
+    elif backend in ("mysql", "mariadb") and "client_flag" in connect_args:
+        # The dialect sets FOUND_ROWS itself unless connect_args replaces its
+        # client_flag; without it, a refresh that changes nothing counts no rows.
+        connect_args["client_flag"] = int(connect_args["client_flag"]) | _CLIENT_FOUND_ROWS
+    if connect_args:
+        kwargs["connect_args"] = connect_args
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        hint = _EXTRAS.get(backend, "sql")
+        raise ConfigError(
+            f"store {shown!r}: SQLAlchemy has no such dialect, or its driver is not"
+            f" installed ({exc}): pip install 'wsgisession[{hint}]'"
+        ) from exc
+    except (TypeError, sa.exc.ArgumentError) as exc:
+        raise ConfigError(f"store {shown!r}: {exc}") from exc
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _check_types(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown store option {', '.join(map(repr, unknown))} for an SQL store;"
+            f" known: {', '.join(_OPTIONS)}"
+        )
+    for name, value in options.items():
+        types, described = _OPTIONS[name]
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            raise ConfigError(
+                f"store option {name!r} must be {described}, not {type(value).__name__}"
+            )
+    if "connect_args" in options and not all(isinstance(k, str) for k in options["connect_args"]):
+        raise ConfigError("store option 'connect_args' must have str keys")
+    for name in ("pool_size", "pool_timeout"):
+        if options.get(name, 0) < 0:
+            raise ConfigError(f"store option {name!r} must not be negative")
+
+
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # pysqlite opens deferred transactions on its own, and a deferred transaction that
+    # must later take the write lock fails at once with "database is locked". Turning
+    # that off lets _sqlite_begin open every transaction itself.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers and one writer work at once, across processes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front, waiting out the busy timeout,
+    # so two writers queue instead of one failing halfway through.
+    if connection.get_execution_options().get(WRITE_OPTION):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,404 @@
+"""A store in one table of an SQL database, through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import ConfigError
+from ._sql_schema import (
+    LEASE_KEY,
+    WRITE_OPTION,
+    build_engine,
+    check_cleanup_batch,
+    check_table_name,
+    must_retry,
+    row_values,
+    session_table,
+)
+from .base import Record, Store, translate_errors
+
+__all__ = ["SQLStore"]
+
+_T = TypeVar("_T")
+
+_ATTEMPTS: Final = 8
+
+
+def _now() -> float:
+    # The application's clock, never the database server's; one seam for tests.
+    return time.time()
+
+
+class SQLStore(Store):
+    """Keep sessions in one table of SQLite, PostgreSQL, MySQL or MariaDB.
+
+    The table (``table_name``, default ``sessions``) is created on first use when it
+    is missing. Its columns are ``id_hash`` (the 64-character key, primary key),
+    ``data`` and ``meta`` (binary: ``bytea``, ``BLOB``, or ``LONGBLOB`` on MySQL),
+    ``version``, ``created_at``, ``expires_at`` (indexed) and ``last_seen`` (double
+    precision Unix times from the application's clock, never the server's) and
+    ``user_id`` (indexed, nullable). Each operation is one short transaction; a save
+    is a compare-and-set on ``version``.
+
+    The purge lease of :meth:`claim_purge` is a row in the same table under a key
+    that is not hex (``~purge-lease``), so dropping the table removes everything;
+    :meth:`count` and :meth:`cleanup` leave it out.
+
+    :param engine: A ready :class:`sqlalchemy.engine.Engine`, used as it is; the
+        store does not dispose of it on :meth:`close`. Build it with
+        :meth:`from_url` to get SQLite's WAL mode and write locking.
+    :param table_name: The table to use, created if missing.
+    :param cleanup_batch: How many expired rows :meth:`cleanup` deletes per
+        statement, so that a large purge never locks the table for long.
+    :raises ConfigError: *engine* is not a synchronous Engine, or the table name or
+        batch size is invalid.
+    """
+
+    #: The engine every operation goes through.
+    engine: sa.Engine
+    #: The sessions table.
+    table: sa.Table
+
+    def __init__(
+        self, engine: sa.Engine, *, table_name: str = "sessions", cleanup_batch: int = 1000
+    ) -> None:
+        if not isinstance(engine, sa.Engine):
+            raise ConfigError(
+                f"SQLStore needs a sqlalchemy.Engine, not {type(engine).__name__};"
+                " build one from a URL with SQLStore.from_url"
+            )
+        if engine.dialect.is_async:
+            raise ConfigError(
+                f"store {engine.url.render_as_string(hide_password=True)!r} uses an"
+                " asyncio driver; a WSGI application needs a synchronous one"
+            )
+        self.engine = engine
+        self.table = session_table(check_table_name(table_name), sa.MetaData())
+        self.cleanup_batch = check_cleanup_batch(cleanup_batch)
+        self._what = engine.url.render_as_string(hide_password=True)
+        dbapi_error = getattr(engine.dialect.loaded_dbapi, "Error", sa.exc.SQLAlchemyError)
+        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, dbapi_error)
+        self._owns_engine = False
+        self._table_ready = False
+        self._table_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build the store and its engine from an SQLAlchemy URL, without connecting.
+
+        Server databases get ``pool_pre_ping=True`` unless told otherwise, so a
+        connection lost while the database restarts is replaced instead of failing
+        a request. SQLite gets WAL mode, a 5 second busy timeout and ``BEGIN
+        IMMEDIATE`` for writes, so threads and processes can share one file. An
+        in-memory SQLite URL is refused: its one connection can't be shared.
+
+        :param url: ``sqlite:///path.db``, ``postgresql+psycopg://…``,
+            ``mysql+pymysql://…``, ``mariadb+pymysql://…`` or any SQLAlchemy URL.
+        :param options: ``table_name``, ``cleanup_batch``, ``pool_size``,
+            ``max_overflow``, ``pool_recycle``, ``pool_pre_ping``, ``pool_timeout``,
+            ``connect_args`` and ``echo``.
+        :raises ConfigError: The URL or an option is malformed or unknown, or the
+            driver is not installed.
+        """
+        options = dict(options)
+        engine = build_engine(url, options)
+        try:
+            store = cls(engine, **options)
+        except BaseException:
+            engine.dispose()
+            raise
+        store._owns_engine = True
+        return store
+
+    # -- the Store interface -------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        """Return the live record under *key*, or ``None``, in one query."""
+        t = self.table
+        query = sa.select(
+            t.c.data,
+            t.c.meta,
+            t.c.version,
+            t.c.created_at,
+            t.c.expires_at,
+            t.c.last_seen,
+            t.c.user_id,
+        ).where(t.c.id_hash == key, t.c.expires_at > _now())
+
+        def run(conn: sa.Connection) -> Record | None:
+            with conn.begin():
+                row = conn.execute(query).first()
+            if row is None:
+                return None
+            return Record(
+                data=bytes(row.data),
+                version=int(row.version),
+                created_at=float(row.created_at),
+                expires_at=float(row.expires_at),
+                last_seen=float(row.last_seen),
+                user_id=row.user_id,
+                meta=bytes(row.meta),
+            )
+
+        return self._run(run, write=False)
+
+    def save(
+        self,
+        key: str,
+        record: Record,
+        *,
+        expected_version: int | None,
+        replaces: str | None = None,
+    ) -> bool:
+        """Write *record* if the stored version is *expected_version*, in one statement.
+
+        A create (``expected_version=None``) overwrites an expired row. With
+        *replaces*, the old row is deleted in the same transaction, and only if the
+        write succeeded.
+        """
+        now = _now()
+        old = replaces if replaces is not None and replaces != key else None
+        if expected_version is None:
+            return self._run(lambda conn: self._create(conn, key, record, now, old), write=True)
+        t = self.table
+        update = (
+            sa.update(t)
+            .where(t.c.id_hash == key, t.c.version == expected_version, t.c.expires_at > now)
+            .values(**row_values(record))
+        )
+
+        def run(conn: sa.Connection) -> bool:
+            with conn.begin():
+                if conn.execute(update).rowcount != 1:
+                    return False
+                self._delete_replaced(conn, old)
+            return True
+
+        return self._run(run, write=True)
+
+    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+        """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
+        t = self.table
+        update = (
+            sa.update(t)
+            .where(t.c.id_hash == key, t.c.expires_at > _now())
+            .values(
+                expires_at=sa.case(
+                    (t.c.expires_at < expires_at, expires_at), else_=t.c.expires_at
+                ),
+                last_seen=sa.case((t.c.last_seen < last_seen, last_seen), else_=t.c.last_seen),
+            )
+        )
+
+        def run(conn: sa.Connection) -> bool:
+            with conn.begin():
+                return conn.execute(update).rowcount == 1
+
+        return self._run(run, write=True)
+
+    def delete(self, key: str) -> bool:
+        """Remove the row under *key*; ``True`` if it was live."""
+        t = self.table
+        now = _now()
+
+        def run(conn: sa.Connection) -> bool:
+            with conn.begin():
+                live = conn.execute(
+                    sa.delete(t).where(t.c.id_hash == key, t.c.expires_at > now)
+                ).rowcount
+                if not live:
+                    conn.execute(sa.delete(t).where(t.c.id_hash == key))
+            return live == 1
+
+        return self._run(run, write=True)
+
+    def ping(self) -> None:
+        """Connect, create the table if it is missing, and query it once."""
+        query = sa.select(self.table.c.version).where(sa.false())
+
+        def run(conn: sa.Connection) -> None:
+            with conn.begin():
+                conn.execute(query).all()
+
+        self._run(run, write=False)
+
+    def cleanup(self, *, limit: int | None = None) -> int:
+        """Delete expired rows, ``cleanup_batch`` per transaction, and return how many.
+
+        Each batch selects the keys of expired rows, then deletes those still
+        expired, so a row another request revived in between is kept.
+        """
+        t = self.table
+        now = _now()
+        expired = (t.c.expires_at <= now, t.c.id_hash != LEASE_KEY)
+        removed = 0
+        while limit is None or removed < limit:
+            batch = (
+                self.cleanup_batch if limit is None else min(self.cleanup_batch, limit - removed)
+            )
+            query = sa.select(t.c.id_hash).where(*expired).limit(batch)
+            keys = self._run(partial(_scalars, query), write=False)
+            if not keys:
+                break
+            delete = sa.delete(t).where(t.c.id_hash.in_(keys), *expired)
+            removed += self._run(partial(_rowcount, delete), write=True)
+            if len(keys) < batch:
+                break
+        return removed
+
+    def count(self) -> int:
+        """Return the number of live sessions."""
+        t = self.table
+        query = (
+            sa.select(sa.func.count())
+            .select_from(t)
+            .where(t.c.expires_at > _now(), t.c.id_hash != LEASE_KEY)
+        )
+
+        def run(conn: sa.Connection) -> int:
+            with conn.begin():
+                return int(conn.execute(query).scalar_one())
+
+        return self._run(run, write=False)
+
+    def claim_purge(self, interval: float) -> bool:
+        """Hold the purge lease for *interval* seconds if no other worker holds it.
+
+        The lease is the row ``~purge-lease``, taken the way a session is created:
+        only when no live row is under that key, so exactly one of the workers
+        sharing the table gets ``True`` per interval.
+        """
+        now = _now()
+        lease = Record(
+            data=b"", version=0, created_at=now, expires_at=now + interval, last_seen=now
+        )
+        return self._run(lambda conn: self._create(conn, LEASE_KEY, lease, now, None), write=True)
+
+    def close(self) -> None:
+        """Close the pooled connections of an engine this store built."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _run(self, operation: Callable[[sa.Connection], _T], *, write: bool) -> _T:
+        with translate_errors(self._what, *self._errors):
+            try:
+                self._ensure_table()
+                return self._attempt(operation, write)
+            except sa.exc.StatementError as exc:
+                # The parameters are session data; they must not reach a log
+                # through the message, even on an engine built without
+                # hide_parameters.
+                exc.hide_parameters = True
+                raise
+
+    def _attempt(self, operation: Callable[[sa.Connection], _T], write: bool) -> _T:
+        attempt = 1
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    if write:
+                        conn.execution_options(**{WRITE_OPTION: True})
+                    return operation(conn)
+            except sa.exc.DBAPIError as exc:
+                if attempt >= _ATTEMPTS or not must_retry(exc):
+                    raise
+            time.sleep(random.uniform(0, 0.002 * attempt))
+            attempt += 1
+
+    def _ensure_table(self) -> None:
+        if self._table_ready:
+            return
+        with self._table_lock:
+            if self._table_ready:
+                return
+            with self.engine.connect() as conn:
+                conn.execution_options(**{WRITE_OPTION: True})
+                attempt = 1
+                while True:
+                    try:
+                        with conn.begin():
+                            self.table.create(conn, checkfirst=True)
+                            if attempt > 1:
+                                # MySQL creates the indexes after the table, outside
+                                # its transaction: the winner may still be at it.
+                                for index in self.table.indexes:
+                                    index.create(conn, checkfirst=True)
+                        break
+                    except sa.exc.DBAPIError as exc:
+                        # Another process created the table or an index between
+                        # our check and our CREATE; checking again finds it.
+                        if attempt >= _ATTEMPTS or exc.connection_invalidated:
+                            raise
+                    attempt += 1
+            self._table_ready = True
+
+    def _create(
+        self, conn: sa.Connection, key: str, record: Record, now: float, old: str | None
+    ) -> bool:
+        t = self.table
+        values = row_values(record)
+        dialect = self.engine.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            # One statement: insert, or overwrite the row under the key if it expired.
+            insert: postgresql.Insert | sqlite.Insert
+            if dialect == "postgresql":
+                insert = postgresql.insert(t).values(id_hash=key, **values)
+                insert = insert.on_conflict_do_update(
+                    index_elements=[t.c.id_hash],
+                    set_={name: insert.excluded[name] for name in values},
+                    where=t.c.expires_at <= now,
+                )
+            else:
+                insert = sqlite.insert(t).values(id_hash=key, **values)
+                insert = insert.on_conflict_do_update(
+                    index_elements=[t.c.id_hash],
+                    set_={name: insert.excluded[name] for name in values},
+                    where=t.c.expires_at <= now,
+                )
+            # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+            insert = insert.execution_options(preserve_rowcount=True)
+            with conn.begin():
+                if conn.execute(insert).rowcount != 1:
+                    return False
+                self._delete_replaced(conn, old)
+            return True
+        try:
+            with conn.begin():
+                conn.execute(sa.insert(t).values(id_hash=key, **values))
+                self._delete_replaced(conn, old)
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        # The failed INSERT's transaction is over, so its shared lock on the row is
+        # gone: several losers taking the row's write lock now queue instead of
+        # deadlocking on MySQL.
+        overwrite = sa.update(t).where(t.c.id_hash == key, t.c.expires_at <= now).values(**values)
+        with conn.begin():
+            if conn.execute(overwrite).rowcount != 1:
+                return False
+            self._delete_replaced(conn, old)
+        return True
+
+    def _delete_replaced(self, conn: sa.Connection, old: str | None) -> None:
+        if old is not None:
+            conn.execute(sa.delete(self.table).where(self.table.c.id_hash == old))
+
+
+def _scalars(query: sa.Select[Any], conn: sa.Connection) -> list[str]:
+    with conn.begin():
+        return list(conn.scalars(query))
+
+
+def _rowcount(statement: sa.Delete, conn: sa.Connection) -> int:
+    with conn.begin():
+        return conn.execute(statement).rowcount

@@ -1,0 +1,554 @@
+"""SQLStore beyond the conformance suite: table creation, options, outages, processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import wsgisession.stores.sql as sql_module
+from tests.conftest import SERVER, open_test_store, server_url, store_url, unreachable
+from tests.tcp_proxy import TCPProxy
+from wsgisession.errors import ConfigError, StoreError
+from wsgisession.stores import open_store
+from wsgisession.stores.sql import SQLStore
+from wsgisession.testing import make_record, new_key
+
+SQL_KINDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+
+SERVER_KINDS = [
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+
+
+@pytest.fixture(params=SQL_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Narrow conftest's ``store`` fixture to the SQL stores."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def sql_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a reachable database of the kind under test."""
+    url = store_url(store_kind, request, tmp_path)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as exc:
+        unreachable(url, exc)
+    finally:
+        engine.dispose()
+    return url
+
+
+OpenSQL = Callable[..., SQLStore]
+
+
+@pytest.fixture
+def open_sql(sql_url: str) -> Iterator[OpenSQL]:
+    """Open SQLStores on one table no other test uses; drop it and close them after."""
+    table_name = f"test_sessions_{uuid.uuid4().hex[:12]}"
+    stores: list[SQLStore] = []
+
+    def open_(**options: Any) -> SQLStore:
+        store = SQLStore.from_url(sql_url, **{"table_name": table_name, **options})
+        stores.append(store)
+        return store
+
+    try:
+        yield open_
+    finally:
+        if stores:
+            stores[0].table.drop(stores[0].engine, checkfirst=True)
+        for store in stores:
+            store.close()
+
+
+@pytest.fixture
+def batch_store(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[SQLStore]:
+    """A fresh store that cleans up ten rows per batch."""
+    for store in open_test_store(store_kind, request, tmp_path, cleanup_batch=10):
+        assert isinstance(store, SQLStore)
+        yield store
+
+
+def _run_threads(count: int, target: Callable[[int], None]) -> None:
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+# -- the table -----------------------------------------------------------------
+
+
+def test_building_the_store_creates_nothing(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    assert not sa.inspect(store.engine).has_table(store.table.name)
+
+
+def test_first_operation_creates_the_missing_table(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    assert store.load(new_key()) is None
+    inspector = sa.inspect(store.engine)
+    assert inspector.has_table(store.table.name)
+    indexed = {tuple(index["column_names"]) for index in inspector.get_indexes(store.table.name)}
+    assert {("expires_at",), ("user_id",)} <= indexed
+
+
+def test_binary_columns_hold_large_values(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    store.ping()
+    columns = {c["name"]: c for c in sa.inspect(store.engine).get_columns(store.table.name)}
+    kinds = {str(columns[name]["type"]).upper() for name in ("data", "meta")}
+    expected = {
+        "mariadb": {"LONGBLOB"},
+        "mysql": {"LONGBLOB"},
+        "postgresql": {"BYTEA"},
+        "sqlite": {"BLOB"},
+    }
+    assert kinds == expected[store.engine.dialect.name]
+
+
+def test_a_second_store_uses_the_existing_table(open_sql: OpenSQL) -> None:
+    first = open_sql()
+    key = new_key()
+    assert first.save(key, make_record(b"kept"), expected_version=None)
+    second = open_sql()
+    second.ping()
+    loaded = second.load(key)
+    assert loaded is not None and loaded.data == b"kept"
+
+
+def test_stores_racing_to_create_the_table_all_succeed(open_sql: OpenSQL) -> None:
+    """Workers starting at once all find the table missing; none may fail."""
+    stores = [open_sql() for _ in range(6)]
+    keys = [new_key() for _ in stores]
+
+    def start(n: int) -> None:
+        assert stores[n].save(keys[n], make_record(str(n).encode()), expected_version=None)
+
+    _run_threads(len(stores), start)
+    for n, key in enumerate(keys):
+        loaded = stores[0].load(key)
+        assert loaded is not None and loaded.data == str(n).encode()
+
+
+def test_five_megabytes_round_trip(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    key = new_key()
+    data = os.urandom(5 << 20)
+    assert store.save(key, make_record(data, meta=data[:1000]), expected_version=None)
+    loaded = store.load(key)
+    assert loaded is not None
+    assert loaded.data == data and loaded.meta == data[:1000]
+
+
+def test_a_ready_engine_can_be_passed(sql_url: str) -> None:
+    engine = sa.create_engine(sql_url)
+    store = SQLStore(engine, table_name=f"test_sessions_{uuid.uuid4().hex[:12]}")
+    try:
+        key = new_key()
+        assert store.save(key, make_record(b"mine"), expected_version=None)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"mine"
+        store.close()
+        # The engine is the caller's: closing the store leaves it usable.
+        assert store.count() == 1
+    finally:
+        store.table.drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+# -- expiry, cleanup, counting, the purge lease ----------------------------------
+
+
+def test_expiry_is_judged_by_the_application_clock(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    assert store.save(key, make_record(b"live", ttl=60), expected_version=None)
+    assert store.load(key) is not None
+    later = time.time() + 120
+    monkeypatch.setattr(sql_module, "_now", lambda: later)
+    assert store.load(key) is None
+    assert not store.refresh(key, later + 60, later)
+    assert not store.save(key, make_record(b"v2", version=2), expected_version=1)
+    assert store.count() == 0
+    assert store.cleanup() == 1
+
+
+def test_cleanup_deletes_in_batches(batch_store: SQLStore) -> None:
+    store = batch_store
+    live = [new_key() for _ in range(5)]
+    for key in live:
+        assert store.save(key, make_record(b"live"), expected_version=None)
+    for _ in range(35):
+        assert store.save(new_key(), make_record(b"dead", ttl=-5), expected_version=None)
+    deletes: list[str] = []
+
+    def spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", spy)
+    try:
+        assert store.cleanup() == 35
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", spy)
+    assert len(deletes) == 4
+    assert store.count() == 5
+    for key in live:
+        assert store.load(key) is not None
+    assert store.cleanup() == 0
+
+
+def test_cleanup_stops_at_its_limit(batch_store: SQLStore) -> None:
+    store = batch_store
+    for _ in range(30):
+        assert store.save(new_key(), make_record(ttl=-5), expected_version=None)
+    assert store.cleanup(limit=12) == 12
+    assert store.cleanup(limit=0) == 0
+    assert store.cleanup() == 18
+
+
+def test_claim_purge_is_granted_once_per_interval(store: SQLStore) -> None:
+    assert store.claim_purge(60)
+    assert not store.claim_purge(60)
+
+
+def test_only_one_of_two_workers_gets_the_purge(open_sql: OpenSQL) -> None:
+    first, second = open_sql(), open_sql()
+    assert [first.claim_purge(60), second.claim_purge(60)] == [True, False]
+
+
+def test_one_of_many_racing_workers_gets_the_purge(open_sql: OpenSQL) -> None:
+    stores = [open_sql() for _ in range(8)]
+    for store in stores:
+        store.ping()
+    granted: list[int] = []
+
+    def claim(n: int) -> None:
+        if stores[n].claim_purge(60):
+            granted.append(n)
+
+    _run_threads(len(stores), claim)
+    assert len(granted) == 1
+
+
+def test_the_purge_lease_is_not_a_session(store: SQLStore) -> None:
+    assert store.claim_purge(0)
+    assert store.count() == 0
+    assert store.cleanup() == 0
+    # An expired lease is free again.
+    assert store.claim_purge(60)
+    assert store.count() == 0
+
+
+# -- options and URLs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"pool_sise": 5}, "pool_sise", id="unknown"),
+        pytest.param({"pool_size": "5"}, "pool_size", id="pool_size-str"),
+        pytest.param({"pool_size": True}, "pool_size", id="pool_size-bool"),
+        pytest.param({"pool_size": -1}, "pool_size", id="pool_size-negative"),
+        pytest.param({"max_overflow": 1.5}, "max_overflow", id="max_overflow-float"),
+        pytest.param({"pool_recycle": "1h"}, "pool_recycle", id="pool_recycle-str"),
+        pytest.param({"pool_pre_ping": 1}, "pool_pre_ping", id="pool_pre_ping-int"),
+        pytest.param({"pool_timeout": None}, "pool_timeout", id="pool_timeout-none"),
+        pytest.param({"connect_args": [("timeout", 1)]}, "connect_args", id="connect_args-list"),
+        pytest.param({"cleanup_batch": 0}, "cleanup_batch", id="cleanup_batch-zero"),
+        pytest.param({"cleanup_batch": "10"}, "cleanup_batch", id="cleanup_batch-str"),
+        pytest.param({"echo": "yes"}, "echo", id="echo-str"),
+        pytest.param({"table_name": "my sessions"}, "table_name", id="table-space"),
+        pytest.param({"table_name": "1sessions"}, "table_name", id="table-digit"),
+        pytest.param({"table_name": "s; DROP TABLE x"}, "table_name", id="table-injection"),
+        pytest.param({"table_name": "s" * 49}, "table_name", id="table-too-long"),
+        pytest.param({"table_name": 7}, "table_name", id="table-int"),
+    ],
+)
+def test_bad_options_raise_config_error(
+    options: dict[str, Any], named: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        open_store(f"sqlite:///{tmp_path / 'x.db'}", **options)
+
+
+def test_good_options_are_accepted(tmp_path: Path) -> None:
+    with open_store(
+        f"sqlite:///{tmp_path / 'x.db'}",
+        table_name="web_sessions",
+        pool_size=3,
+        max_overflow=2,
+        pool_recycle=1800,
+        pool_pre_ping=True,
+        pool_timeout=2.5,
+        connect_args={"timeout": 10},
+        cleanup_batch=50,
+        echo=False,
+    ) as store:
+        assert isinstance(store, SQLStore)
+        assert store.table.name == "web_sessions"
+        assert store.cleanup_batch == 50
+        store.ping()
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        pytest.param("nosuchdb://localhost/db", "wsgisession[sql]", id="dialect"),
+        pytest.param("postgresql+nosuchdriver://u@h/db", "wsgisession[postgres]", id="pg"),
+        pytest.param("mysql+nosuchdriver://u@h/db", "wsgisession[mysql]", id="mysql"),
+        pytest.param("mariadb+nosuchdriver://u@h/db", "wsgisession[mysql]", id="mariadb"),
+    ],
+)
+def test_a_missing_dialect_or_driver_names_the_extra(url: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"pip install '{hint}'")):
+        SQLStore.from_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("not a url", id="words"),
+        pytest.param("postgresql+psycopg://u:secretpw@h:port/db", id="port"),
+    ],
+)
+def test_an_unreadable_url_raises_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SQLStore.from_url(url)
+    assert "secretpw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"],
+)
+def test_in_memory_sqlite_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="in-memory"):
+        SQLStore.from_url(url)
+
+
+def test_a_url_is_not_an_engine() -> None:
+    with pytest.raises(ConfigError, match="from_url"):
+        SQLStore("sqlite:///x.db")  # type: ignore[arg-type]
+
+
+def test_an_asyncio_driver_is_refused() -> None:
+    with pytest.raises(ConfigError, match="asyncio"):
+        SQLStore.from_url("postgresql+psycopg_async://u@127.0.0.1/db")
+
+
+def test_postgres_scheme_is_read_as_postgresql() -> None:
+    with open_store("postgres://u@127.0.0.1:1/db") as store:
+        assert isinstance(store, SQLStore)
+        assert store.engine.dialect.name == "postgresql"
+
+
+def test_passwords_never_appear_in_errors() -> None:
+    """Building never connects; the failure on first use names the URL, masked."""
+    with SQLStore.from_url("postgresql+psycopg://postgres:secretpw@127.0.0.1:1/test") as store:
+        with pytest.raises(StoreError) as info:
+            store.ping()
+    assert "secretpw" not in str(info.value)
+    assert "***" in str(info.value)
+    assert isinstance(info.value.__cause__, sa.exc.SQLAlchemyError)
+
+
+@pytest.mark.parametrize("store_kind", SERVER_KINDS)
+def test_session_data_never_appears_in_errors(sql_url: str) -> None:
+    """Even on an engine built without hide_parameters, errors don't carry the data."""
+    engine = sa.create_engine(sql_url)
+    store = SQLStore(engine, table_name=f"test_sessions_{uuid.uuid4().hex[:12]}")
+    try:
+        too_long = make_record(b"topsecret-data", user_id="u" * 300)
+        with pytest.raises(StoreError) as info:
+            store.save(new_key(), too_long, expected_version=None)
+        assert "topsecret" not in str(info.value)
+        assert isinstance(info.value.__cause__, sa.exc.DBAPIError)
+    finally:
+        store.table.drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("store_kind", SERVER_KINDS)
+def test_a_custom_mysql_client_flag_keeps_found_rows(store_kind: str, open_sql: OpenSQL) -> None:
+    """A refresh that changes nothing must still count its row, or it looks gone."""
+    options: dict[str, Any] = {}
+    if store_kind == "mariadb":
+        options["connect_args"] = {"client_flag": 0}
+    store = open_sql(**options)
+    key = new_key()
+    record = make_record(ttl=600)
+    assert store.save(key, record, expected_version=None)
+    assert store.refresh(key, record.expires_at, record.last_seen)
+    assert store.refresh(key, record.expires_at - 60, record.last_seen - 60)
+
+
+# -- outages -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_store_recovers_when_the_database_comes_back(kind: str) -> None:
+    """A lost database is a StoreError, and the same store works once it is back."""
+    url = sa.make_url(server_url(kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    with TCPProxy((url.host or "127.0.0.1", url.port or default_port)) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        store = SQLStore.from_url(
+            proxied.render_as_string(hide_password=False),
+            table_name=f"test_sessions_{uuid.uuid4().hex[:12]}",
+        )
+        try:
+            try:
+                store.ping()
+            except StoreError as exc:
+                unreachable(server_url(kind), exc)
+            key = new_key()
+            assert store.save(key, make_record(b"before"), expected_version=None)
+
+            proxy.cut()
+            for operation in (
+                lambda: store.load(key),
+                lambda: store.save(new_key(), make_record(), expected_version=None),
+                lambda: store.refresh(key, time.time() + 60, time.time()),
+                store.ping,
+            ):
+                with pytest.raises(StoreError) as info:
+                    operation()
+                assert isinstance(info.value.__cause__, sa.exc.SQLAlchemyError)
+
+            proxy.restore()
+            loaded = store.load(key)
+            assert loaded is not None and loaded.data == b"before"
+            assert store.save(key, make_record(b"after", version=2), expected_version=1)
+        finally:
+            proxy.restore()
+            store.table.drop(store.engine, checkfirst=True)
+            store.close()
+
+
+# -- SQLite from several processes ---------------------------------------------------
+
+_MERGER = """
+import json, sys
+from wsgisession.stores.sql import SQLStore
+from wsgisession.testing import make_record
+
+url, key, name, writes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with SQLStore.from_url(url) as store:
+    for i in range(writes):
+        while True:
+            current = store.load(key)
+            data = json.loads(current.data)
+            data[name] = i
+            new = make_record(json.dumps(data).encode(), version=current.version + 1)
+            if store.save(key, new, expected_version=current.version):
+                break
+"""
+
+_SAVER = """
+import sys
+from wsgisession.stores.sql import SQLStore
+from wsgisession.testing import make_record
+
+url, key = sys.argv[1], sys.argv[2]
+with SQLStore.from_url(url) as store:
+    current = store.load(key)
+    print("ready", flush=True)
+    while True:
+        version = current.version + 1
+        new = make_record(b"state-%d" % version, version=version)
+        if store.save(key, new, expected_version=current.version):
+            current = new
+        else:
+            current = store.load(key)
+"""
+
+
+def _sqlite_store(tmp_path: Path) -> SQLStore:
+    return SQLStore.from_url(f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def test_sqlite_processes_merging_one_session_lose_nothing(tmp_path: Path) -> None:
+    with _sqlite_store(tmp_path) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"{}"), expected_version=None)
+        url = str(store.engine.url)
+        processes, writes = 4, 25
+        children = [
+            subprocess.Popen([sys.executable, "-c", _MERGER, url, key, f"p{n}", str(writes)])
+            for n in range(processes)
+        ]
+        for child in children:
+            assert child.wait(timeout=120) == 0
+        loaded = store.load(key)
+        assert loaded is not None
+        assert json.loads(loaded.data) == {f"p{n}": writes - 1 for n in range(processes)}
+        assert loaded.version == 1 + processes * writes
+
+
+def test_sqlite_survives_a_writer_killed_mid_save(tmp_path: Path) -> None:
+    """SIGKILL at a random moment leaves the old record or the new, never a broken one."""
+    with _sqlite_store(tmp_path) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"state-1"), expected_version=None)
+        url = str(store.engine.url)
+        seen = 1
+        for _ in range(15):
+            with subprocess.Popen(
+                [sys.executable, "-c", _SAVER, url, key], stdout=subprocess.PIPE
+            ) as child:
+                assert child.stdout is not None
+                assert child.stdout.readline() == b"ready\n"
+                time.sleep(random.uniform(0.005, 0.05))
+                child.send_signal(signal.SIGKILL)
+                child.wait(timeout=30)
+            loaded = store.load(key)
+            assert loaded is not None
+            assert loaded.data == b"state-%d" % loaded.version
+            assert loaded.version >= seen
+            seen = loaded.version
+        assert seen > 1
+    with sqlite3.connect(tmp_path / "shared.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
