@@ -24,6 +24,7 @@ __all__ = [
     "known_schemes",
     "open_store",
     "register_store",
+    "wrap_client",
 ]
 
 #: ``factory(url, **store_options) -> Store``, such as ``MyStore.from_url``.
@@ -59,11 +60,12 @@ def register_store(scheme: str, factory: StoreFactory, *, replace: bool = False)
     :raises ConfigError: The scheme is taken and *replace* is false.
     """
     scheme = scheme.lower()
-    if not replace and (scheme in _registered or scheme in _BUILTIN):
-        raise ConfigError(
-            f"store scheme {scheme!r} is already registered; pass replace=True to replace it"
-        )
     with _lock:
+        # Checked under the lock, so of two threads registering one scheme only one wins.
+        if not replace and (scheme in _registered or scheme in _BUILTIN):
+            raise ConfigError(
+                f"store scheme {scheme!r} is already registered; pass replace=True to replace it"
+            )
         _registered[scheme] = factory
 
 
@@ -98,6 +100,33 @@ def open_store(url: str, **options: Any) -> Store:
             f"the factory for scheme {scheme!r} returned {type(store).__name__}, not a Store"
         )
     return store
+
+
+def wrap_client(client: object, **options: Any) -> Store | None:
+    """Return a store around a ready driver object, or ``None`` if it is not one.
+
+    A :class:`sqlalchemy.Engine` becomes a ``SQLStore``; a ``redis.Redis`` or
+    ``redis.cluster.RedisCluster`` client becomes a ``RedisStore``. *options* are the
+    store's keyword arguments (``store_options``). The driver is already imported when
+    such an object exists, so nothing new is imported for other values.
+    """
+    module = type(client).__module__.partition(".")[0]
+    if module == "sqlalchemy":
+        import sqlalchemy
+
+        from .sql import SQLStore
+
+        if isinstance(client, sqlalchemy.Engine):
+            return SQLStore(client, **options)
+    elif module == "redis":
+        import redis
+        from redis.cluster import RedisCluster
+
+        from .redis import RedisStore
+
+        if isinstance(client, redis.Redis | RedisCluster):
+            return RedisStore(client, **options)
+    return None
 
 
 def _find_factory(scheme: str) -> StoreFactory | None:

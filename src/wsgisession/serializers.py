@@ -1,0 +1,309 @@
+"""Turning a session's data into the bytes a store keeps, and back."""
+
+from __future__ import annotations
+
+import binascii
+import datetime
+import decimal
+import hmac
+import json
+import pickle
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
+
+from .errors import ConfigError
+
+__all__ = ["JSONSerializer", "PickleSerializer", "Serializer", "dumps_bytes", "resolve_serializer"]
+
+_T = TypeVar("_T")
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """What the ``serializer`` option takes: an object with ``dumps`` and ``loads``.
+
+    ``dumps`` raises :exc:`TypeError` for a value it can't encode and may return
+    ``str``, stored as UTF-8. ``loads`` raises :exc:`ValueError` for data it can't
+    decode, and the session is then a miss.
+    """
+
+    def dumps(self, obj: Any) -> bytes | str: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+# A tagged value is {MARK: [tag, payload]}. A user's own one-key dict under MARK is
+# tagged too ("dict"), so user data is never mistaken for a tag.
+_MARK: Final = "\x00"
+_SCALARS: Final[frozenset[type]] = frozenset({str, int, float, bool, type(None)})
+_only_scalars: Final = _SCALARS.issuperset
+_ENCODE: Final = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, allow_nan=False, separators=(",", ":")
+).encode
+_ENCODE_ASCII: Final = json.JSONEncoder(
+    check_circular=False, allow_nan=False, separators=(",", ":")
+).encode
+
+
+def _tagged(tag: str, payload: Any) -> dict[str, list[Any]]:
+    return {_MARK: [tag, payload]}
+
+
+# _prep_list and _prep_dict are one loop written twice, with the common values (a
+# scalar, a list of scalars, a dict) handled inline: dumps() spends most of its time
+# here, and every call saved per value shows.
+def _prep_list(items: list[Any]) -> list[Any]:
+    out = items
+    for i, v in enumerate(items):
+        cls = type(v)
+        if cls in _SCALARS or (cls is list and _only_scalars(map(type, v))):
+            continue
+        e = _prep_dict(v) if cls is dict else _prep(v)
+        if e is not v:
+            if out is items:
+                out = items.copy()
+            out[i] = e
+    return out
+
+
+def _prep_dict(d: dict[Any, Any]) -> dict[str, Any]:
+    out = d
+    for k, v in d.items():
+        if type(k) is not str and not isinstance(k, str):
+            raise TypeError("a dict key is not a str")
+        cls = type(v)
+        if cls in _SCALARS or (cls is list and _only_scalars(map(type, v))):
+            continue
+        e = _prep_dict(v) if cls is dict else _prep(v)
+        if e is not v:
+            if out is d:
+                out = d.copy()
+            out[k] = e
+    if len(out) == 1 and _MARK in out:
+        return _tagged("dict", out[_MARK])
+    return out
+
+
+_PREPS: Final[dict[type, Callable[[Any], Any]]] = {
+    dict: _prep_dict,
+    list: _prep_list,
+    **dict.fromkeys(_SCALARS, lambda v: v),
+    tuple: lambda v: _tagged("tuple", _prep_list(list(v))),
+    set: lambda v: _tagged("set", _prep_list(list(v))),
+    frozenset: lambda v: _tagged("frozenset", _prep_list(list(v))),
+    bytes: lambda v: _tagged("bytes", binascii.b2a_base64(v, newline=False).decode("ascii")),
+    # datetime before date: for a subclass, the first isinstance() match wins.
+    datetime.datetime: lambda v: _tagged("datetime", v.isoformat()),
+    datetime.date: lambda v: _tagged("date", v.isoformat()),
+    datetime.time: lambda v: _tagged("time", v.isoformat()),
+    uuid.UUID: lambda v: _tagged("uuid", str(v)),
+    decimal.Decimal: lambda v: _tagged("decimal", str(v)),
+}
+
+
+def _prep(value: Any) -> Any:
+    """Return *value* with every tuple, set, bytes, ... in it replaced by its tag,
+    copying only the containers that change. A subclass (OrderedDict, IntEnum, a
+    namedtuple) is encoded as its base type."""
+    prep = _PREPS.get(type(value))
+    if prep is None:
+        prep = next((p for base, p in _PREPS.items() if isinstance(value, base)), None)
+        if prep is None:
+            raise TypeError(f"{type(value).__name__!r} is not encodable")
+    return prep(value)
+
+
+def _find(value: Any, path: list[Any], active: set[int]) -> tuple[list[Any], str] | None:
+    """Return the path to the first part of *value* JSON can't encode, and why."""
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        if id(value) in active:
+            return path, "holds a container that contains itself"
+        active.add(id(value))
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(value, dict) and not isinstance(k, str):
+                return path, f"has a key {k!r} of type {type(k).__name__!r}; keys must be str"
+            if found := _find(v, [*path, k], active):
+                return found
+        active.discard(id(value))
+    elif isinstance(value, str | int | float):
+        try:
+            _ENCODE(value)
+        except ValueError as exc:
+            return path, f"holds a {type(value).__name__} JSON can't encode: {exc}"
+    elif not isinstance(value, tuple(_PREPS)):
+        return path, f"holds a value of type {type(value).__name__!r} that JSON can't encode"
+    return None
+
+
+def _explain(obj: Any) -> str:
+    try:
+        found = _find(obj, [], set())
+    except RecursionError:
+        return "the session nests too deeply to encode as JSON"
+    if found is None:
+        return "the session can't be encoded as JSON"
+    path, problem = found
+    if not path:
+        return f"the session {problem}"
+    at = "".join(f"[{p!r}]" for p in path[1:])
+    return f"session key {path[0]!r}{f' at {at}' if at else ''} {problem}"
+
+
+def _of(cls: type[_T], payload: Any) -> _T:
+    if type(payload) is not cls:
+        raise TypeError(f"payload is not a {cls.__name__}")
+    return payload
+
+
+_UNTAGS: Final[dict[str, Callable[[Any], Any]]] = {
+    "tuple": lambda p: tuple(_of(list, p)),
+    "set": lambda p: set(_of(list, p)),
+    "frozenset": lambda p: frozenset(_of(list, p)),
+    "bytes": lambda p: binascii.a2b_base64(_of(str, p), strict_mode=True),
+    "datetime": lambda p: datetime.datetime.fromisoformat(_of(str, p)),
+    "date": lambda p: datetime.date.fromisoformat(_of(str, p)),
+    "time": lambda p: datetime.time.fromisoformat(_of(str, p)),
+    "uuid": lambda p: uuid.UUID(_of(str, p)),
+    "decimal": lambda p: decimal.Decimal(_of(str, p)),
+    "dict": lambda p: {_MARK: p},
+}
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) != 1 or _MARK not in obj:
+        return obj
+    try:
+        tag, payload = _of(list, obj[_MARK])
+        return _UNTAGS[tag](payload)
+    except (LookupError, TypeError, ValueError, ArithmeticError) as exc:
+        raise ValueError(f"malformed tagged value {obj[_MARK]!r:.80}") from exc
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODE: Final = json.JSONDecoder(object_hook=_object_hook, parse_constant=_reject_constant).decode
+
+
+class JSONSerializer:
+    """The default serializer: compact UTF-8 JSON that keeps more types.
+
+    ``tuple``, ``set``, ``frozenset``, ``bytes``, ``datetime`` (naive, or aware
+    with its UTC offset), ``date``, ``time``, ``uuid.UUID`` and ``decimal.Decimal``
+    come back as they went in, as tagged values ``{"\\u0000": [tag, payload]}``. A
+    dict of the user's whose one key is ``"\\u0000"`` is tagged as well, so it
+    can't pass for one. Dict keys must be ``str``.
+    """
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode *obj*; raise :exc:`TypeError` naming the key of a value that can't be."""
+        try:
+            text = _ENCODE(_prep(obj))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(_explain(obj)) from exc
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate has no UTF-8 form; a \u escape keeps it and stays valid.
+            return _ENCODE_ASCII(_prep(obj)).encode()
+
+    def loads(self, data: bytes) -> Any:
+        """Decode what :meth:`dumps` returned; raise :exc:`ValueError` for anything else."""
+        try:
+            return _DECODE(str(data, "utf-8"))
+        except RecursionError as exc:
+            raise ValueError("record nests too deeply to decode") from exc
+
+
+_TAG_SIZE: Final = 32
+# What pickle raises for a value it can't pickle ("Can't pickle local object" is an
+# AttributeError before Python 3.14).
+_PICKLING_ERRORS: Final = (pickle.PicklingError, TypeError, AttributeError, RecursionError)
+
+
+def _derive_key(secret: str | bytes) -> bytes:
+    # The cookie signer uses secret_key itself; records get a key of their own.
+    secret = secret.encode() if isinstance(secret, str) else secret
+    return hmac.digest(secret, b"wsgisession.pickle", "sha256")
+
+
+class PickleSerializer:
+    """Pickle, for data JSON can't carry, with every record signed.
+
+    A record is an HMAC-SHA256 tag, keyed from *secret_key*, then the pickle.
+    :meth:`loads` checks the tag against *secret_key* and then each of *fallbacks*
+    before it unpickles anything, so whoever can write to the store but doesn't
+    hold a key can't make the application run code.
+
+    :param secret_key: Signs new records and verifies them.
+    :param fallbacks: Older keys whose records still load.
+    """
+
+    def __init__(self, secret_key: str | bytes, fallbacks: Sequence[str | bytes] = ()) -> None:
+        if not secret_key:
+            raise ConfigError("option 'secret_key' must not be empty for the pickle serializer")
+        self._keys = [_derive_key(secret_key), *map(_derive_key, fallbacks)]
+
+    def dumps(self, obj: Any) -> bytes:
+        """Pickle and sign *obj*; raise :exc:`TypeError` naming a key that can't be pickled."""
+        try:
+            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        except _PICKLING_ERRORS as exc:
+            where = "the session"
+            for key, value in obj.items() if isinstance(obj, dict) else ():
+                try:
+                    pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+                except _PICKLING_ERRORS:
+                    where = f"session key {key!r}"
+                    break
+            raise TypeError(f"{where} holds a value pickle can't encode: {exc}") from exc
+        return hmac.digest(self._keys[0], data, "sha256") + data
+
+    def loads(self, data: bytes) -> Any:
+        """Verify, then unpickle, a record; raise :exc:`ValueError` if it isn't ours."""
+        tag, payload = data[:_TAG_SIZE], data[_TAG_SIZE:]
+        if len(tag) != _TAG_SIZE or not any(
+            hmac.compare_digest(tag, hmac.digest(key, payload, "sha256")) for key in self._keys
+        ):
+            raise ValueError("record signature does not verify")
+        try:
+            return pickle.loads(payload)
+        except Exception as exc:
+            # We signed it, so it is intact: the code it refers to has changed since.
+            raise ValueError(f"signed record does not unpickle: {exc!r}") from exc
+
+
+def resolve_serializer(
+    spec: str | object, secret_key: str | bytes, fallbacks: Sequence[str | bytes]
+) -> Serializer:
+    """Return the serializer the ``serializer`` option names: ``"json"``,
+    ``"pickle"`` (signed with *secret_key*, *fallbacks* accepted), or *spec* itself.
+
+    :raises ConfigError: *spec* is none of those, or a class rather than an instance.
+    """
+    if isinstance(spec, str):
+        if spec == "json":
+            return JSONSerializer()
+        if spec == "pickle":
+            return PickleSerializer(secret_key, fallbacks)
+    elif not isinstance(spec, type) and all(
+        callable(getattr(spec, name, None)) for name in ("dumps", "loads")
+    ):
+        return cast(Serializer, spec)
+    hint = " (a class; pass an instance)" if isinstance(spec, type) else ""
+    raise ConfigError(
+        "option 'serializer' must be 'json', 'pickle', or an object with dumps() and"
+        f" loads(), got {spec!r}{hint}"
+    )
+
+
+def dumps_bytes(serializer: Serializer, obj: Any) -> bytes:
+    """Return ``serializer.dumps(obj)`` as bytes, encoding ``str`` output as UTF-8."""
+    data = serializer.dumps(obj)
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes):
+        return data
+    raise TypeError(f"serializer's dumps() returned {type(data).__name__!r}, not bytes or str")

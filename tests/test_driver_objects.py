@@ -1,0 +1,55 @@
+"""A ready SQLAlchemy Engine or redis client can be passed as ``store``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy
+
+from tests.conftest import SERVER, server_url, unreachable
+from tests.helpers import body, counter, make_client
+from wsgisession import ConfigError
+from wsgisession.stores.redis import RedisStore
+from wsgisession.stores.sql import SQLStore
+
+
+def test_engine_becomes_a_sql_store(tmp_path: Path) -> None:
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    try:
+        client, middleware = make_client(
+            {"/inc": counter}, store=engine, store_options={"table_name": "web_sessions"}
+        )
+        assert isinstance(middleware.store, SQLStore)
+        assert [body(client.get("/inc")) for _ in range(2)] == [1, 2]
+        assert sqlalchemy.inspect(engine).has_table("web_sessions")
+    finally:
+        engine.dispose()
+
+
+@SERVER
+def test_redis_client_becomes_a_redis_store() -> None:
+    url = server_url("redis")
+    connection = redis.Redis.from_url(url)
+    try:
+        try:
+            connection.ping()
+        except redis.RedisError as exc:
+            unreachable(url, exc)
+        client, middleware = make_client(
+            {"/inc": counter}, store=connection, store_options={"key_prefix": "drv-test:"}
+        )
+        assert isinstance(middleware.store, RedisStore)
+        assert [body(client.get("/inc")) for _ in range(2)] == [1, 2]
+        assert connection.keys("drv-test:*")
+    finally:
+        for key in connection.scan_iter(match="drv-test:*"):
+            connection.delete(key)
+        connection.close()
+
+
+@pytest.mark.parametrize("value", [42, object(), ["memory://"]])
+def test_other_objects_are_refused_at_construction(value: object) -> None:
+    with pytest.raises(ConfigError, match="option 'store'"):
+        make_client({}, store=value)

@@ -1,0 +1,521 @@
+"""The JSON and pickle serializers, and how the ``serializer`` option is resolved."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import enum
+import hmac
+import json
+import math
+import pickle
+import sys
+import threading
+import types
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsgisession.errors import ConfigError
+from wsgisession.serializers import (
+    JSONSerializer,
+    PickleSerializer,
+    Serializer,
+    dumps_bytes,
+    resolve_serializer,
+)
+
+MARK = "\x00"
+TAGS = ["tuple", "set", "frozenset", "bytes", "datetime", "date", "time", "uuid", "decimal"]
+UTC_PLUS_5_30 = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+UTC_MINUS_ODD = datetime.timezone(-datetime.timedelta(hours=3, seconds=7, microseconds=9))
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b``, and every part of each has the same type (and offset, and sign)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, datetime.datetime | datetime.time):
+        naive = a.replace(tzinfo=None, fold=0) == b.replace(tzinfo=None, fold=0)
+        return naive and a.utcoffset() == b.utcoffset()
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return bool(a == b)
+
+
+def round_trip(value: Any) -> Any:
+    s = JSONSerializer()
+    return s.loads(s.dumps(value))
+
+
+# --- JSON: what round-trips ---------------------------------------------------------
+
+ROUND_TRIPS = [
+    pytest.param({"a": 1, "b": -2.5, "c": True, "d": None, "e": "é☃"}, id="scalars"),
+    pytest.param({"n": 10**40, "z": -0.0, "f": 1e308, "tiny": 5e-324}, id="big-and-odd-numbers"),
+    pytest.param({"t": (1, "a", None)}, id="tuple"),
+    pytest.param({"t": ()}, id="empty-tuple"),
+    pytest.param({"t": (1, (2, (3,)), [4, (5,)])}, id="nested-tuples"),
+    pytest.param({"l": [(1, 2), {"x": (3,)}]}, id="tuples-in-list-and-dict"),
+    pytest.param({"b": b"\x00\xff binary", "e": b""}, id="bytes"),
+    pytest.param({"d": datetime.datetime(2024, 2, 29, 23, 59, 58, 123456)}, id="naive-datetime"),
+    pytest.param(
+        {"d": datetime.datetime(2024, 1, 1, 12, 0, 0, 1, tzinfo=datetime.UTC)}, id="utc-datetime"
+    ),
+    pytest.param(
+        {"d": datetime.datetime(2024, 1, 1, 12, 30, tzinfo=UTC_PLUS_5_30)}, id="offset-datetime"
+    ),
+    pytest.param(
+        {"d": datetime.datetime(1, 1, 1, 0, 0, 1, 7, tzinfo=UTC_MINUS_ODD)},
+        id="second-and-microsecond-offset",
+    ),
+    pytest.param({"d": datetime.date(1999, 12, 31)}, id="date"),
+    pytest.param(
+        {"t": datetime.time(8, 15, 0, 999), "u": datetime.time(1, 2, tzinfo=UTC_PLUS_5_30)},
+        id="time",
+    ),
+    pytest.param({"u": uuid.UUID("12345678-1234-5678-1234-567812345678")}, id="uuid"),
+    pytest.param(
+        {"m": [Decimal("0.1"), Decimal("1.10"), Decimal("-0"), Decimal("1E+3")]}, id="decimal"
+    ),
+    pytest.param({"m": [Decimal("NaN"), Decimal("-Infinity")]}, id="decimal-specials"),
+    pytest.param({"s": {1, "a", (2, 3)}, "f": frozenset({b"x", frozenset()})}, id="sets"),
+    pytest.param({"s": set(), "f": frozenset()}, id="empty-sets"),
+    pytest.param({MARK: 1}, id="session-key-is-the-marker"),
+    pytest.param({"x": {MARK: ["tuple", [1, 2]]}}, id="user-dict-shaped-like-a-tag"),
+    pytest.param({"x": {MARK: {MARK: {MARK: "deep"}}}}, id="marker-dicts-nested"),
+    pytest.param({"x": {MARK: ["dict", 1]}}, id="user-dict-shaped-like-an-escape"),
+    pytest.param({"x": {MARK: 1, "y": 2}}, id="marker-key-among-others"),
+    pytest.param({"x": {"\\u0000": 1}}, id="escaped-looking-key"),
+    pytest.param({"lone": "\ud800 surrogate"}, id="lone-surrogate"),
+    pytest.param({}, id="empty-session"),
+]
+
+
+@pytest.mark.parametrize("value", ROUND_TRIPS)
+def test_json_round_trips_types_included(value: dict[str, Any]) -> None:
+    assert same(round_trip(value), value)
+
+
+def test_json_output_is_compact_utf8() -> None:
+    data = {"a": [1, "é"], "b": {"c": None}}
+    out = JSONSerializer().dumps(data)
+    assert out == '{"a":[1,"é"],"b":{"c":null}}'.encode()
+    assert out == json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_json_lone_surrogate_is_escaped_so_output_stays_utf8() -> None:
+    out = JSONSerializer().dumps({"s": "\udcff"})
+    assert out.decode("utf-8") == '{"s":"\\udcff"}'
+
+
+def test_json_dumps_leaves_its_input_alone() -> None:
+    inner = [(1, 2), {MARK: 3}]
+    data = {"k": inner}
+    JSONSerializer().dumps(data)
+    assert data == {"k": [(1, 2), {MARK: 3}]} and data["k"] is inner
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+def test_json_subclasses_come_back_as_their_base_type() -> None:
+    data = {
+        "o": collections.OrderedDict(a=1),
+        "c": Color.RED,
+        "p": Point(1, 2),
+    }
+    assert same(round_trip(data), {"o": {"a": 1}, "c": 1, "p": (1, 2)})
+
+
+# --- JSON: what can't be encoded ---------------------------------------------------
+
+
+class Widget:
+    pass
+
+
+def _cycle() -> dict[str, Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return {"loop": loop}
+
+
+def _deep() -> dict[str, Any]:
+    deep: list[Any] = []
+    for _ in range(sys.getrecursionlimit() * 2):
+        deep = [deep]
+    return {"deep": deep}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(
+            {"cart": Widget()},
+            "session key 'cart' holds a value of type 'Widget' that JSON can't encode",
+            id="object",
+        ),
+        pytest.param(
+            {"cart": {"items": [1, Widget()]}},
+            "session key 'cart' at ['items'][1] holds a value of type 'Widget'",
+            id="nested-object",
+        ),
+        pytest.param({"t": (1, Widget())}, "session key 't' at [1] ", id="object-in-tuple"),
+        pytest.param({"cb": lambda: 1}, "of type 'function'", id="function"),
+        pytest.param({"b": bytearray(b"x")}, "of type 'bytearray'", id="bytearray"),
+        pytest.param({"price": math.nan}, "session key 'price' holds a float", id="nan"),
+        pytest.param({"p": [-math.inf]}, "session key 'p' at [0] holds a float", id="infinity"),
+        pytest.param({"s": {math.inf}}, "session key 's' at [0] ", id="infinity-in-set"),
+        pytest.param({1: "x"}, "the session has a key 1 of type 'int'", id="int-session-key"),
+        pytest.param(
+            {"cart": {"n": {None: 1}}},
+            "session key 'cart' at ['n'] has a key None of type 'NoneType'",
+            id="nested-none-key",
+        ),
+        pytest.param({"k": {("a",): 1}}, "has a key ('a',) of type 'tuple'", id="tuple-key"),
+        pytest.param(
+            _cycle(),
+            "session key 'loop' at [0] holds a container that contains itself",
+            id="cycle",
+        ),
+        pytest.param(_deep(), "nests too deeply", id="too-deep"),
+    ],
+)
+def test_json_unencodable_raises_type_error_naming_the_key(value: Any, message: str) -> None:
+    with pytest.raises(TypeError) as info:
+        JSONSerializer().dumps(value)
+    assert message in str(info.value)
+
+
+# --- JSON: what can't be decoded ---------------------------------------------------
+
+
+def _tag(tag: Any, payload: Any = None, *, extra: int = 2) -> bytes:
+    value = [tag, payload][:extra] if extra <= 2 else [tag, payload, None]
+    return json.dumps({"k": {MARK: value}}).encode()
+
+
+MALFORMED = [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"\x89PNG\r\n\x1a\n\x00\x00", id="random-bytes"),
+    pytest.param(JSONSerializer().dumps({"t": (1, 2)})[:-3], id="truncated"),
+    pytest.param(b'{"a":"\xff\xfe"}', id="invalid-utf8"),
+    pytest.param(b'{"a":"\xed\xa0\x80"}', id="utf8-encoded-surrogate"),
+    pytest.param(b'{"a":1} x', id="trailing-garbage"),
+    pytest.param(b'{"a":NaN}', id="nan-literal"),
+    pytest.param(b'{"a":-Infinity}', id="infinity-literal"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="too-deep"),
+    pytest.param(_tag("nope", 1), id="unknown-tag"),
+    pytest.param(_tag(["tuple"], []), id="unhashable-tag"),
+    pytest.param(json.dumps({"k": {MARK: "tuple"}}).encode(), id="tag-not-a-list"),
+    pytest.param(_tag("tuple", extra=1), id="tag-without-payload"),
+    pytest.param(_tag("tuple", [], extra=3), id="tag-with-extra-item"),
+    pytest.param(_tag("tuple", "ab"), id="tuple-of-a-str"),
+    pytest.param(_tag("set", [[1]]), id="set-of-unhashable"),
+    pytest.param(_tag("bytes", "not base64!"), id="bad-base64"),
+    pytest.param(_tag("bytes", "QQ"), id="unpadded-base64"),
+    pytest.param(_tag("bytes", "é"), id="non-ascii-base64"),
+    pytest.param(_tag("bytes", 5), id="bytes-of-an-int"),
+    pytest.param(_tag("datetime", "2024-13-01T00:00:00"), id="bad-datetime"),
+    pytest.param(_tag("date", "yesterday"), id="bad-date"),
+    pytest.param(_tag("time", "25:00"), id="bad-time"),
+    pytest.param(_tag("date", 20240101), id="date-of-an-int"),
+    pytest.param(_tag("uuid", "1234"), id="bad-uuid"),
+    pytest.param(_tag("uuid", 5), id="uuid-of-an-int"),
+    pytest.param(_tag("decimal", "1.2.3"), id="bad-decimal"),
+    pytest.param(_tag("decimal", 1.5), id="decimal-of-a-float"),
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED)
+def test_json_malformed_input_raises_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        JSONSerializer().loads(data)
+
+
+# --- JSON: properties --------------------------------------------------------------
+
+_KEYS = st.text(max_size=6) | st.just(MARK)
+_OFFSETS = st.timedeltas(
+    min_value=-datetime.timedelta(hours=23, minutes=59),
+    max_value=datetime.timedelta(hours=23, minutes=59),
+).map(datetime.timezone)
+_DATETIMES = st.datetimes(timezones=st.none() | _OFFSETS | st.timezones())
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_HASHABLES = st.recursive(
+    _SCALARS | st.binary(max_size=8) | st.dates() | st.uuids(),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=6,
+)
+_LEAVES = (
+    _SCALARS
+    | st.binary()
+    | _DATETIMES
+    | st.dates()
+    | st.times(timezones=st.none() | _OFFSETS)
+    | st.uuids()
+    | st.decimals()
+    | st.sets(_HASHABLES, max_size=4)
+    | st.frozensets(_HASHABLES, max_size=4)
+)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(_KEYS, inner, max_size=4)
+        | st.builds(lambda v: {MARK: v}, inner)
+        | st.builds(lambda t, v: {MARK: [t, v]}, st.sampled_from([*TAGS, "dict", "?"]), inner)
+    )
+
+
+_VALUES = st.recursive(_LEAVES, _containers, max_leaves=25)
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_json_any_session_round_trips_exactly(session: dict[str, Any]) -> None:
+    assert same(round_trip(session), session)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(_KEYS, inner, max_size=3)
+        | st.builds(lambda t, v: {MARK: [t, v]}, st.sampled_from([*TAGS, "dict"]), inner)
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.binary() | _JSON.map(lambda v: json.dumps(v).encode()))
+def test_json_loads_raises_nothing_but_value_error(data: bytes) -> None:
+    try:
+        JSONSerializer().loads(data)
+    except ValueError:
+        pass
+
+
+# --- pickle --------------------------------------------------------------------------
+
+SIGNATURE = "record signature does not verify"
+
+
+def _spring(marker: str) -> None:
+    Path(marker).write_text("unpickled")
+
+
+class Trap:
+    """Unpickling this calls _spring(marker): a stand-in for os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _spring, (str(self.marker),)
+
+
+class Gone:
+    pass
+
+
+def test_pickle_round_trips() -> None:
+    s = PickleSerializer("key")
+    value = {"p": Point(1, 2), "d": datetime.date(2024, 1, 1), "s": {1, 2}, "c": Color.RED}
+    assert same(s.loads(s.dumps(value)), value)
+
+
+def test_pickle_str_and_bytes_keys_agree() -> None:
+    assert PickleSerializer(b"k\xc3\xa9").loads(PickleSerializer("ké").dumps({"a": 1})) == {"a": 1}
+
+
+def test_pickle_record_signed_with_a_fallback_key_loads() -> None:
+    record = PickleSerializer("old").dumps({"a": 1})
+    assert PickleSerializer("new", ["older", "old"]).loads(record) == {"a": 1}
+    with pytest.raises(ValueError, match=SIGNATURE):
+        PickleSerializer("new").loads(record)
+
+
+def test_pickle_signs_with_a_derived_key_not_the_secret() -> None:
+    """A leaked record tag must not double as a cookie signature over the same bytes."""
+    record = PickleSerializer("key").dumps({"a": 1})
+    assert record[:32] != hmac.digest(b"key", record[32:], "sha256")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda r: r[:-1] + bytes([r[-1] ^ 1]), id="payload-bit"),
+        pytest.param(lambda r: bytes([r[0] ^ 1]) + r[1:], id="tag-bit"),
+        pytest.param(lambda r: r[:40], id="truncated"),
+        pytest.param(lambda r: r[:31], id="shorter-than-a-tag"),
+        pytest.param(lambda r: b"", id="empty"),
+        pytest.param(lambda r: r[32:], id="tag-stripped"),
+    ],
+)
+def test_pickle_tampered_record_raises_value_error(tamper: Any) -> None:
+    s = PickleSerializer("key")
+    with pytest.raises(ValueError, match=SIGNATURE):
+        s.loads(tamper(s.dumps({"a": 1})))
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(pickle.dumps, id="bare-pickle"),
+        pytest.param(lambda obj: bytes(32) + pickle.dumps(obj), id="zero-tag"),
+        pytest.param(
+            lambda obj: hmac.digest(b"key", pickle.dumps(obj), "sha256") + pickle.dumps(obj),
+            id="signed-with-raw-secret",
+        ),
+        pytest.param(PickleSerializer("other").dumps, id="signed-with-other-key"),
+    ],
+)
+def test_pickle_forged_record_is_never_unpickled(forge: Any, tmp_path: Path) -> None:
+    """Whoever can write to the store but lacks the key must not get code run."""
+    marker = tmp_path / "sprung"
+    payload = pickle.dumps({"a": Trap(marker)})
+    with pytest.raises(ValueError, match=SIGNATURE):
+        PickleSerializer("key", ["fallback"]).loads(forge({"a": Trap(marker)}))
+    assert not marker.exists()
+    pickle.loads(payload)  # the trap is real: plain pickle does spring it
+    assert marker.exists()
+
+
+def test_pickle_signed_record_that_no_longer_unpickles_raises_value_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = PickleSerializer("key")
+    record = s.dumps({"g": Gone()})
+    monkeypatch.delattr(sys.modules[__name__], "Gone")
+    with pytest.raises(ValueError, match="does not unpickle"):
+        s.loads(record)
+
+
+def _local_class() -> object:
+    class Local:
+        pass
+
+    return Local()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(threading.Lock(), id="lock"),
+        pytest.param(lambda: 1, id="lambda"),
+        pytest.param(_local_class(), id="local-class"),
+    ],
+)
+def test_pickle_unpicklable_raises_type_error_naming_the_key(value: Any) -> None:
+    with pytest.raises(TypeError, match="session key 'bad' holds a value pickle can't encode"):
+        PickleSerializer("key").dumps({"ok": 1, "bad": value})
+
+
+def test_pickle_needs_a_secret_key() -> None:
+    with pytest.raises(ConfigError, match="secret_key"):
+        PickleSerializer("")
+
+
+# --- resolve_serializer and helpers ------------------------------------------------
+
+
+class Custom:
+    def dumps(self, obj: Any) -> str:
+        return repr(obj)
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+def test_resolve_json() -> None:
+    assert isinstance(resolve_serializer("json", "key", []), JSONSerializer)
+
+
+def test_resolve_pickle_uses_the_keys() -> None:
+    s = resolve_serializer("pickle", "new", ["old"])
+    assert isinstance(s, PickleSerializer)
+    assert s.loads(PickleSerializer("old").dumps([1])) == [1]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(Custom(), id="instance"),
+        pytest.param(types.SimpleNamespace(dumps=repr, loads=bytes), id="namespace"),
+        pytest.param(json, id="the-json-module"),
+    ],
+)
+def test_resolve_object_with_dumps_and_loads_is_returned_as_is(spec: object) -> None:
+    assert resolve_serializer(spec, "key", []) is spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("yaml", id="unknown-name"),
+        pytest.param("JSON", id="wrong-case"),
+        pytest.param(None, id="none"),
+        pytest.param(42, id="int"),
+        pytest.param(object(), id="plain-object"),
+        pytest.param(types.SimpleNamespace(dumps=repr), id="no-loads"),
+        pytest.param(types.SimpleNamespace(dumps=repr, loads="x"), id="loads-not-callable"),
+        pytest.param(Custom, id="a-class"),
+    ],
+)
+def test_resolve_anything_else_raises_config_error(spec: object) -> None:
+    with pytest.raises(ConfigError, match=r"^option 'serializer' must be 'json', 'pickle', or"):
+        resolve_serializer(spec, "key", [])
+
+
+def test_resolve_a_class_says_to_pass_an_instance() -> None:
+    with pytest.raises(ConfigError, match="pass an instance"):
+        resolve_serializer(JSONSerializer, "key", [])
+
+
+def test_built_in_serializers_satisfy_the_protocol() -> None:
+    assert isinstance(JSONSerializer(), Serializer)
+    assert isinstance(PickleSerializer("key"), Serializer)
+    assert isinstance(Custom(), Serializer)
+
+
+@pytest.mark.parametrize(
+    ("serializer", "expected"),
+    [
+        pytest.param(Custom(), "{'é': 1}".encode(), id="str-as-utf8"),
+        pytest.param(JSONSerializer(), b'{"\xc3\xa9":1}', id="bytes-as-is"),
+    ],
+)
+def test_dumps_bytes(serializer: Serializer, expected: bytes) -> None:
+    assert dumps_bytes(serializer, {"é": 1}) == expected
+
+
+def test_dumps_bytes_rejects_other_output() -> None:
+    odd = types.SimpleNamespace(dumps=lambda obj: 42, loads=bytes)
+    with pytest.raises(TypeError, match="returned 'int'"):
+        dumps_bytes(odd, {})
