@@ -50,6 +50,8 @@ def make_client(routes: dict[str, Handler], **options: Any) -> tuple[Client, Ses
     """A werkzeug test client for the routes wrapped in the middleware (and the linter)."""
     options.setdefault("secret_key", SECRET)
     options.setdefault("store", "memory://")
+    # No purge threads outliving the test; test_purge covers them.
+    options.setdefault("cleanup_interval", 0)
     middleware = SessionMiddleware(routed_app(routes), **options)
     return Client(LintMiddleware(middleware)), middleware
 

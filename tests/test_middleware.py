@@ -145,7 +145,9 @@ def test_get_session_and_environ_key() -> None:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    client = Client(SessionMiddleware(handler, secret_key=SECRET, environ_key="sess"))
+    client = Client(
+        SessionMiddleware(handler, secret_key=SECRET, environ_key="sess", cleanup_interval=0)
+    )
     assert client.get("/").status_code == 200
 
 
@@ -581,7 +583,9 @@ def test_changes_during_the_body_are_saved_when_the_response_closes() -> None:
             start_response("200 OK", [("Content-Type", "text/plain")])
             yield repr(sorted(session.items())).encode()
 
-    client = Client(SessionMiddleware(streaming, secret_key=SECRET, store="memory://"))
+    client = Client(
+        SessionMiddleware(streaming, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    )
     client.get("/inc", buffered=True)
     assert client.get("/").get_data(as_text=True) == "[('late', 'yes'), ('n', 1)]"
 
@@ -611,7 +615,9 @@ def test_what_needs_a_cookie_after_the_headers_raises(action: Any) -> None:
             errors.append(exc)
 
     store = MemoryStore()
-    client = Client(SessionMiddleware(streaming, secret_key=SECRET, store=store))
+    client = Client(
+        SessionMiddleware(streaming, secret_key=SECRET, store=store, cleanup_interval=0)
+    )
     client.get("/inc", buffered=True)
     fresh = Client(client.application)
     fresh.get("/late", buffered=True)  # a new session: all three need a cookie or can't change
