@@ -114,6 +114,19 @@ class Store(abc.ABC):
         A store with native expiry returns ``0``.
         """
 
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        """Return the live records whose ``user_id`` is *user_id*, as ``(key, record)``.
+
+        The store keeps a user index from ``Record.user_id``: :meth:`save` links a
+        record to its user (and unlinks it from a previous one), :meth:`delete`, the
+        ``replaces`` of a save, expiry and :meth:`cleanup` unlink it. Where the backend
+        allows, the index changes in the same atomic step as the record; where it can't,
+        entries are checked against the records when read, with the same result. An
+        expired or deleted record is never returned, and the index never grows without
+        bound. The order of the list is not defined.
+        """
+        raise NotImplementedError  # made abstract once every built-in store has it
+
     def count(self) -> int | None:
         """Return the number of live records, or ``None`` if the store can't tell."""
         return None

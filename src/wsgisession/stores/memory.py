@@ -23,6 +23,8 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
+        # user id -> keys of that user's records; entries leave with their record.
+        self._users: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -60,8 +62,12 @@ class MemoryStore(Store):
             stored_version = None if current is None else current.version
             if stored_version != expected_version:
                 return False
+            self._unlink(key)
             self._records[key] = record
+            if record.user_id is not None:
+                self._users.setdefault(record.user_id, set()).add(key)
             if replaces is not None and replaces != key:
+                self._unlink(replaces)
                 self._records.pop(replaces, None)
             return True
 
@@ -83,6 +89,7 @@ class MemoryStore(Store):
         """Remove the record under *key*; ``True`` if a live one was there."""
         with self._lock:
             live = self._live(key) is not None
+            self._unlink(key)
             self._records.pop(key, None)
             return live
 
@@ -97,8 +104,27 @@ class MemoryStore(Store):
             if limit is not None:
                 expired = expired[:limit]
             for key in expired:
+                self._unlink(key)
                 del self._records[key]
         return len(expired)
+
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        """Return the user's live records."""
+        with self._lock:
+            keys = list(self._users.get(user_id, ()))
+            found = [(key, record) for key in keys if (record := self._live(key)) is not None]
+        return found
+
+    def _unlink(self, key: str) -> None:
+        # Called under the lock, before the record under *key* is replaced or dropped.
+        record = self._records.get(key)
+        if record is None or record.user_id is None:
+            return
+        keys = self._users.get(record.user_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._users[record.user_id]
 
     def count(self) -> int:
         """Return the number of live records."""
