@@ -109,6 +109,25 @@ def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def record_columns(table: sa.Table) -> list[sa.Column[Any]]:
+    """The columns :func:`row_record` reads, in a select list."""
+    c = table.c
+    return [c.data, c.meta, c.version, c.created_at, c.expires_at, c.last_seen, c.user_id]
+
+
+def row_record(row: sa.Row[Any]) -> Record:
+    """Return the record a row selected with :func:`record_columns` holds."""
+    return Record(
+        data=bytes(row.data),
+        version=int(row.version),
+        created_at=float(row.created_at),
+        expires_at=float(row.expires_at),
+        last_seen=float(row.last_seen),
+        user_id=row.user_id,
+        meta=bytes(row.meta),
+    )
+
+
 def row_values(record: Record) -> dict[str, Any]:
     """Return the column values that store *record*, all but the key."""
     return {

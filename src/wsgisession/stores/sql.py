@@ -20,6 +20,8 @@ from ._sql_schema import (
     check_cleanup_batch,
     check_table_name,
     must_retry,
+    record_columns,
+    row_record,
     row_values,
     session_table,
 )
@@ -123,30 +125,31 @@ class SQLStore(Store):
     def load(self, key: str) -> Record | None:
         """Return the live record under *key*, or ``None``, in one query."""
         t = self.table
-        query = sa.select(
-            t.c.data,
-            t.c.meta,
-            t.c.version,
-            t.c.created_at,
-            t.c.expires_at,
-            t.c.last_seen,
-            t.c.user_id,
-        ).where(t.c.id_hash == key, t.c.expires_at > _now())
+        query = sa.select(*record_columns(t)).where(t.c.id_hash == key, t.c.expires_at > _now())
 
         def run(conn: sa.Connection) -> Record | None:
             with conn.begin():
                 row = conn.execute(query).first()
-            if row is None:
-                return None
-            return Record(
-                data=bytes(row.data),
-                version=int(row.version),
-                created_at=float(row.created_at),
-                expires_at=float(row.expires_at),
-                last_seen=float(row.last_seen),
-                user_id=row.user_id,
-                meta=bytes(row.meta),
-            )
+            return None if row is None else row_record(row)
+
+        return self._run(run, write=False)
+
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        """Return the user's live records, in one query on the indexed ``user_id``.
+
+        The index is the column itself, so it changes in the same statement as the
+        record and needs no pruning of its own.
+        """
+        t = self.table
+        query = sa.select(t.c.id_hash, *record_columns(t)).where(
+            t.c.user_id == user_id, t.c.expires_at > _now(), t.c.id_hash != LEASE_KEY
+        )
+
+        def run(conn: sa.Connection) -> list[tuple[str, Record]]:
+            with conn.begin():
+                rows = conn.execute(query).all()
+            # MySQL compares VARCHARs with trailing spaces ignored; "ann " is not "ann".
+            return [(row.id_hash, row_record(row)) for row in rows if row.user_id == user_id]
 
         return self._run(run, write=False)
 
