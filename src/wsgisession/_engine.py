@@ -8,15 +8,17 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from . import _clock
 from .config import Config
 from .cookies import CookieId, SessionCookie
 from .errors import SessionError, StoreError
+from .events import EventName, Metrics, SessionEvent, notify
 from .ids import new_session_id, store_key
 from .serializers import Serializer
 from .stores.base import Record, Store
+from .users import list_user_sessions
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIEnvironment
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger("wsgisession")
+
+_T = TypeVar("_T")
 
 #: The format of ``Record.meta``; a record of another format is a missing session.
 META_FORMAT: Final = 1
@@ -52,6 +56,8 @@ class Engine:
         self.store = store
         self.serializer = serializer
         self.cookie = cookie
+        self.metrics = Metrics()
+        self._listeners = config.listeners
         initializer = config.initializer
         self._initializer: Callable[[], Mapping[str, Any]] | None
         if initializer is None or callable(initializer):
@@ -59,10 +65,30 @@ class Engine:
         else:
             self._initializer = lambda: initializer
 
+    # -- instrumentation -------------------------------------------------------------
+
+    def emit(self, name: EventName, handle: str | None) -> None:
+        """Tell the listeners, if any, that *name* happened to the session *handle*."""
+        if self._listeners:
+            notify(self._listeners, SessionEvent(name, handle, _clock.now()))
+
+    def call(self, handle: str | None, operation: Callable[..., _T], *args: Any, **kw: Any) -> _T:
+        """Run a store *operation*, timing it and reporting a :exc:`StoreError`."""
+        start = time.perf_counter()
+        try:
+            return operation(*args, **kw)
+        except StoreError:
+            self.metrics.count("store_errors")
+            self.emit("store_error", handle)
+            raise
+        finally:
+            self.metrics.observe(time.perf_counter() - start)
+
     # -- reading ------------------------------------------------------------------
 
     def read_cookie(self, environ: WSGIEnvironment) -> CookieId | None:
         """Return the verified session id the request carries, if any."""
+        self.metrics.count("requests")
         header = environ.get("HTTP_COOKIE")
         if not header:
             return None
@@ -76,19 +102,28 @@ class Engine:
 
     def load(self, key: str, environ: WSGIEnvironment, now: float) -> tuple[Snapshot | None, bool]:
         """Return the live session under *key* and whether a corrupt record is there."""
-        record = self.store.load(key)
+        record = self._load(key)
         if record is None or record.expires_at <= now:
-            return None, False
+            return self._expired(key)
         snapshot = self.decode(key, record)
         if snapshot is None:
             return None, True
         absolute = self.config.absolute_timeout
         if absolute is not None and record.created_at + absolute <= now:
-            return None, False
+            return self._expired(key)
         if self.config.bind_ip and snapshot.ip != environ.get("REMOTE_ADDR"):
             log.info("session %s presented from another address; treated as expired", key[:8])
-            return None, False
+            return self._expired(key)
         return snapshot, False
+
+    def _load(self, key: str) -> Record | None:
+        self.metrics.count("loads")
+        return self.call(key, self.store.load, key)
+
+    def _expired(self, key: str) -> tuple[None, bool]:
+        self.metrics.count("expired")
+        self.emit("expired", key)
+        return None, False
 
     def decode(self, key: str, record: Record) -> Snapshot | None:
         """Decode *record*, or log it and return ``None`` if it is corrupt."""
@@ -97,7 +132,9 @@ class Engine:
             if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
                 raise ValueError("unknown record format")
             deadlines = meta.get("t", {})
-            if not isinstance(deadlines, dict):
+            if not isinstance(deadlines, dict) or not all(
+                isinstance(t, int | float) for t in deadlines.values()
+            ):
                 raise ValueError("malformed key timeouts")
             data = self.serializer.loads(record.data)
             if not isinstance(data, dict):
@@ -106,6 +143,8 @@ class Engine:
         # record, which SPEC treats as a missing session.
         except Exception as exc:
             log.warning("session record %s is corrupt and was ignored: %s", key[:8], exc)
+            self.metrics.count("corrupt")
+            self.emit("corrupt", key)
             return None
         return Snapshot(key, record, data, deadlines, bool(meta.get("r")), meta.get("ip"))
 
@@ -125,9 +164,11 @@ class Engine:
 
     # -- writing --------------------------------------------------------------------
 
-    def delete(self, key: str) -> None:
-        """Delete the record under *key* (``invalidate()``)."""
-        self.store.delete(key)
+    def delete(self, key: str) -> bool:
+        """End the session stored under *key*; ``True`` if it was live."""
+        ended = self.call(key, self.store.delete, key)
+        self.emit("invalidated", key)
+        return ended
 
     def encode(self, data: dict[str, Any]) -> bytes:
         """Serialize *data*, refusing more than ``max_size`` bytes."""
@@ -141,7 +182,13 @@ class Engine:
             )
         return out
 
-    def _meta(self, remember: bool, ip: str | None, deadlines: dict[str, float]) -> bytes:
+    def _meta(
+        self,
+        remember: bool,
+        ip: str | None,
+        deadlines: dict[str, float],
+        environ: WSGIEnvironment,
+    ) -> bytes:
         meta: dict[str, Any] = {"v": META_FORMAT}
         if remember:
             meta["r"] = 1
@@ -149,6 +196,9 @@ class Engine:
             meta["ip"] = ip
         if deadlines:
             meta["t"] = deadlines
+        if self.config.track_clients:
+            meta["ua"] = str(environ.get("HTTP_USER_AGENT", ""))[:200]
+            meta["ra"] = environ.get("REMOTE_ADDR")
         return json.dumps(meta, separators=(",", ":")).encode()
 
     def save(self, session: Session, now: float) -> None:
@@ -189,9 +239,11 @@ class Engine:
                 expires_at=self.expiry(created_at, now, remember=remember),
                 last_seen=now,
                 user_id=user_id,
-                meta=self._meta(remember, base.ip, deadlines),
+                meta=self._meta(remember, base.ip, deadlines, session._environ),
             )
-            if self.store.save(
+            if self.call(
+                target,
+                self.store.save,
                 target,
                 record,
                 expected_version=None if moving else base.record.version,
@@ -200,7 +252,11 @@ class Engine:
                 session._use_snapshot(
                     session_id, Snapshot(target, record, data, deadlines, remember, base.ip)
                 )
+                self.metrics.count("saves")
+                self.emit("regenerated" if moving else "saved", target)
                 return
+            self.metrics.count("conflicts")
+            self.emit("conflict", base.key)
             reloaded = self._reload(base.key)
             if reloaded is None:
                 return
@@ -210,7 +266,7 @@ class Engine:
         raise StoreError(f"gave up saving the session after {_SAVE_ATTEMPTS} conflicting saves")
 
     def _reload(self, key: str) -> Snapshot | None:
-        record = self.store.load(key)
+        record = self._load(key)
         snapshot = None if record is None else self.decode(key, record)
         if snapshot is None:
             log.info(
@@ -229,17 +285,20 @@ class Engine:
             expires_at=self.expiry(session._created_at, now, remember=session._remember),
             last_seen=now,
             user_id=session._user_id,
-            meta=self._meta(session._remember, ip, deadlines),
+            meta=self._meta(session._remember, ip, deadlines, session._environ),
         )
         while True:
             session_id = new_session_id()
             key = store_key(session_id)
-            if self.store.save(key, record, expected_version=None, replaces=session._stale_key):
+            stale = session._stale_key
+            if self.call(key, self.store.save, key, record, expected_version=None, replaces=stale):
                 break
             # 256 random bits never collide in practice; if they do, draw again.
         session._use_snapshot(
             session_id, Snapshot(key, record, data, deadlines, session._remember, ip)
         )
+        self.metrics.count("saves")
+        self.emit("created", key)
 
     def _client_ip(self, environ: WSGIEnvironment) -> str | None:
         if not self.config.bind_ip:
@@ -270,9 +329,11 @@ class Engine:
         expires_at = self.expiry(snapshot.record.created_at, now, remember=snapshot.remember)
         if expires_at <= snapshot.record.expires_at:
             return False
-        if not self.store.refresh(snapshot.key, expires_at, now):
+        if not self.call(snapshot.key, self.store.refresh, snapshot.key, expires_at, now):
             return False
         session._expires_at = expires_at
+        self.metrics.count("refreshes")
+        self.emit("refreshed", snapshot.key)
         return True
 
     # -- the response -------------------------------------------------------------------
@@ -286,6 +347,7 @@ class Engine:
         now = _clock.now()
         https = session._environ.get("wsgi.url_scheme") == "https"
         issue = False
+        linking = session._user_changed and session._user_id is not None
         if not failed:
             if session._snapshot is None:
                 # Initializer items alone are not a change, so they store nothing.
@@ -304,6 +366,8 @@ class Engine:
                     issue = self.persistent(session)
                 if session._cookie is not None and session._cookie.stale_key:
                     issue = True
+        if linking and session._snapshot is not None and self.config.max_sessions_per_user:
+            self.enforce_cap(session._snapshot.record.user_id, session._snapshot.key, now)
         headers: list[tuple[str, str]] = []
         if issue and session._snapshot is not None and session._id is not None:
             max_age = self._max_age(session, now)
@@ -316,6 +380,18 @@ class Engine:
             headers.append(("Set-Cookie", self.cookie.expire_header(https=https)))
         session._headers_sent = True
         return headers
+
+    def enforce_cap(self, user_id: str | None, current: str, now: float) -> None:
+        """End *user_id*'s oldest sessions beyond ``max_sessions_per_user``."""
+        cap = self.config.max_sessions_per_user
+        if user_id is None or cap is None:
+            return
+        infos = self.call(current, list_user_sessions, self.store, user_id, now)
+        if len(infos) <= cap:
+            return
+        # list_user_sessions is newest first, so the oldest are at the end.
+        for info in [i for i in infos if i.handle != current][cap - 1 :]:
+            self.delete(info.handle)
 
     def _max_age(self, session: Session, now: float) -> int | None:
         if session._remember:

@@ -1,4 +1,4 @@
-"""The ``wsgisession`` command: check a configuration, purge expired records, count sessions.
+"""The ``wsgisession`` command: check a configuration, purge and count sessions, manage users.
 
 Exit status 0 on success, 1 when the store fails, 2 when the configuration is bad,
 with one line on stderr saying why.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Final
 
 from .config import Config
 from .errors import ConfigError, StoreError
 from .purge import purge_expired
 from .stores.base import Store, mask_url
+from .users import list_user_sessions
 
 __all__ = ["main"]
 
@@ -28,29 +31,67 @@ def _describe(config: Config) -> str:
     return mask_url(store) if isinstance(store, str) else type(store).__name__
 
 
-def _check(config: Config, store: Store) -> str:
+def _check(config: Config, store: Store, args: argparse.Namespace) -> str:
     store.ping()
     return f"ok: configuration valid, store {_describe(config)} reachable"
 
 
-def _cleanup(config: Config, store: Store) -> str:
+def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
     removed = purge_expired(store)
     if store.native_expiry:
         return f"0 expired sessions removed ({_describe(config)} expires them by itself)"
     return f"{removed} expired session{'s' if removed != 1 else ''} removed"
 
 
-def _stats(config: Config, store: Store) -> str:
+def _stats(config: Config, store: Store, args: argparse.Namespace) -> str:
     count = store.count()
     if count is None:
         return f"live sessions: unknown ({_describe(config)} can't count them)"
     return f"live sessions: {count}"
 
 
-_COMMANDS: Final[dict[str, tuple[Callable[[Config, Store], str], str]]] = {
+def _sessions(config: Config, store: Store, args: argparse.Namespace) -> str:
+    infos = list_user_sessions(store, args.user, time.time())
+    if not infos:
+        return f"no live sessions for user {args.user!r}"
+    lines = [f"{len(infos)} live session{'s' if len(infos) != 1 else ''} of user {args.user!r}:"]
+    for info in infos:
+        details = [
+            f"created {_when(info.created_at)}",
+            f"last seen {_when(info.last_seen)}",
+            f"expires {_when(info.expires_at)}",
+        ]
+        if info.remembered:
+            details.append("remembered")
+        if info.remote_addr:
+            details.append(f"from {info.remote_addr}")
+        if info.user_agent:
+            details.append(repr(info.user_agent))
+        lines.append(f"{info.handle}  {', '.join(details)}")
+    return "\n".join(lines)
+
+
+def _logout(config: Config, store: Store, args: argparse.Namespace) -> str:
+    ended = sum(
+        1
+        for info in list_user_sessions(store, args.user, time.time())
+        if store.delete(info.handle)
+    )
+    return f"{ended} session{'s' if ended != 1 else ''} of user {args.user!r} ended"
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+_Action = Callable[[Config, Store, argparse.Namespace], str]
+
+_COMMANDS: Final[dict[str, tuple[_Action, str]]] = {
     "check": (_check, "validate the options and reach the store"),
     "cleanup": (_cleanup, "purge expired session records and print how many"),
     "stats": (_stats, "print the number of live sessions, where the store can tell"),
+    "sessions": (_sessions, "list a user's live sessions"),
+    "logout": (_logout, "end every session of a user and print how many"),
 }
 
 
@@ -63,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", required=True, metavar="FILE", help="the ini file")
         sub.add_argument("--section", default="session", help="the ini section (default: session)")
+        if name in ("sessions", "logout"):
+            sub.add_argument("--user", required=True, metavar="ID", help="the user id")
     return parser
 
 
@@ -78,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         with store:
-            print(action(config, store))
+            print(action(config, store, args))
     except StoreError as exc:
         print(f"wsgisession: store error: {exc}", file=sys.stderr)
         return EXIT_STORE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import importlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .errors import ConfigError
-from .stores import open_store
+from .stores import open_store, wrap_client
 from .stores.base import Store
 
 __all__ = ["OPTIONS", "Config", "Option", "options_markdown"]
@@ -26,6 +27,9 @@ SameSite = Literal["Strict", "Lax", "None"]
 
 # RFC 6265 token characters, the only ones a cookie name may use.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A host name or address; werkzeug writes Domain unquoted, so ';' or CRLF would
+# add attributes or headers.
+_DOMAIN: Final = re.compile(r"[0-9A-Za-z._-]+")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -41,7 +45,7 @@ class Option:
 
 
 OPTIONS: Final[tuple[Option, ...]] = (
-    Option("secret_key", None, "secret", "required; signs cookies"),
+    Option("secret_key", None, "secret", "signs cookies"),
     Option(
         "secret_key_fallbacks",
         (),
@@ -56,7 +60,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "extra keyword arguments for the store; in ini, keys `store.NAME`",
     ),
     Option("timeout", 3600, "seconds", "idle lifetime, seconds"),
-    Option("remember_me_timeout", 2592000, "seconds", "lifetime of remembered sessions"),
+    Option(
+        "remember_me_timeout",
+        2592000,
+        "seconds",
+        "lifetime of remembered sessions, seconds (30 days)",
+    ),
     Option("absolute_timeout", None, "seconds?", "hard cap from creation, seconds"),
     Option(
         "save_every_request",
@@ -64,12 +73,22 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "bool",
         "save (and so extend) on every request that touched the session",
     ),
-    Option("cookie_name", "session_id", "cookie_name", "`__Host-` names force Secure, `/`"),
-    Option("cookie_domain", None, "str?", "the cookie's Domain attribute"),
-    Option("cookie_path", "/", "path", "the cookie's Path attribute"),
+    Option(
+        "cookie_name",
+        "session_id",
+        "cookie_name",
+        "a `__Host-` name forces Secure, `Path=/` and no `Domain`",
+    ),
+    Option("cookie_domain", None, "domain", "the cookie's `Domain` attribute"),
+    Option("cookie_path", "/", "path", "the cookie's `Path` attribute"),
     Option("cookie_secure", None, "bool?", "`None`: Secure when the request came over https"),
-    Option("cookie_httponly", True, "bool", "the HttpOnly attribute"),
-    Option("cookie_samesite", "Lax", "samesite", '`"Strict"`, `"Lax"`, `"None"` or `None`'),
+    Option("cookie_httponly", True, "bool", "the `HttpOnly` attribute"),
+    Option(
+        "cookie_samesite",
+        "Lax",
+        "samesite",
+        '`"Strict"`, `"Lax"`, `"None"` or `None` (no attribute)',
+    ),
     Option("cookie_partitioned", False, "bool", "adds `Partitioned` (CHIPS); needs Secure"),
     Option(
         "cookie_max_age",
@@ -77,7 +96,12 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "seconds?",
         "`None`: a browser-lifetime cookie for sessions that are not remembered",
     ),
-    Option("serializer", "json", "serializer", '`"json"`, `"pickle"`, or dumps/loads object'),
+    Option(
+        "serializer",
+        "json",
+        "serializer",
+        '`"json"`, `"pickle"` (signed records), or an object with `dumps` and `loads`',
+    ),
     Option("environ_key", "session", "str", "where the session is put in the environ"),
     Option(
         "initializer",
@@ -85,13 +109,36 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "initializer",
         "a mapping, or a callable returning one, every new session starts with",
     ),
-    Option("bind_ip", False, "bool", "a session seen from another `REMOTE_ADDR` is expired"),
+    Option(
+        "bind_ip",
+        False,
+        "bool",
+        "a session presented from another `REMOTE_ADDR` is treated as expired",
+    ),
     Option("max_size", 1048576, "size", "largest serialized session saved, in bytes"),
     Option(
         "cleanup_interval",
         3600,
         "interval",
         "seconds between background purges of expired records; `0` disables",
+    ),
+    Option(
+        "max_sessions_per_user",
+        None,
+        "count?",
+        "linking a session to a user who has this many ends their oldest",
+    ),
+    Option(
+        "track_clients",
+        False,
+        "bool",
+        "record `User-Agent` and `REMOTE_ADDR` for `user_sessions()`",
+    ),
+    Option(
+        "listeners",
+        (),
+        "listeners",
+        "callables receiving an event per `created`, `saved`, `expired`, …",
     ),
 )
 
@@ -104,7 +151,7 @@ class Config:
 
     secret_key: str | bytes
     secret_key_fallbacks: tuple[str | bytes, ...] = ()
-    store: str | Store = "file:./sessions"
+    store: object = "file:./sessions"  # a URL, a Store, or a driver object to wrap
     store_options: Mapping[str, Any] = field(default_factory=dict)
     timeout: int = 3600
     remember_me_timeout: int = 2592000
@@ -124,6 +171,9 @@ class Config:
     bind_ip: bool = False
     max_size: int = 1048576
     cleanup_interval: int = 3600
+    max_sessions_per_user: int | None = None
+    track_clients: bool = False
+    listeners: tuple[Callable[[Any], object], ...] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Config:
@@ -158,19 +208,61 @@ class Config:
         Values are text parsed to each option's type; ``store.NAME`` keys become
         ``store_options``. Interpolation is off, so ``%`` in a secret is kept.
 
-        :raises ConfigError: The file or section is missing, or a value does not parse.
+        A file without that section is read as a PasteDeploy file: the keys of its
+        ``[app:main]`` section that start with *section* and a dot
+        (``session.secret_key``, ``session.store.table_name``) are the options, their
+        values interpolated as PasteDeploy does (``%(here)s`` is the file's directory,
+        ``%%`` a literal ``%``).
+
+        :raises ConfigError: The file is unreadable, has neither the section nor such
+            keys, or a value does not parse.
         """
-        parser = configparser.RawConfigParser()
+        name = os.fspath(path)
         try:
             with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc}") from exc
+                text = handle.read()
+            parser = configparser.RawConfigParser()
+            parser.read_string(text, source=name)
+            if parser.has_section(section):
+                items = dict(parser.items(section))
+            else:
+                items = _paste_items(text, name, section)
+                if not items:
+                    raise ConfigError(
+                        f"config file {name!r} has no [{section}] section and no "
+                        f"'{section}.' keys in [app:main]"
+                    )
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {name!r}: {exc}") from exc
         except configparser.Error as exc:
-            raise ConfigError(f"config file {os.fspath(path)!r} is malformed: {exc}") from exc
-        if not parser.has_section(section):
-            raise ConfigError(f"config file {os.fspath(path)!r} has no [{section}] section")
-        return cls.from_options(parse_text_options(dict(parser.items(section))))
+            raise ConfigError(f"config file {name!r} is malformed: {exc}") from exc
+        return cls.from_options(parse_text_options(items))
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "WSGISESSION_", environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Read the options from environment variables, parsed like ini values.
+
+        ``PREFIX`` + an option's name in capitals sets that option
+        (``WSGISESSION_TIMEOUT=1800``). Any other ``PREFIX + "STORE_" + NAME`` sets the
+        store option ``name`` in lower case (``WSGISESSION_STORE_TABLE_NAME`` is
+        ``store.table_name`` of an ini file). Other variables under the prefix are
+        ignored.
+
+        :param prefix: What every variable name starts with.
+        :param environ: The variables to read; :data:`os.environ` by default.
+        :raises ConfigError: A value does not parse or is out of range (the message
+            names the variable), ``PREFIX + "SECRET_KEY"`` is unset, or two options
+            contradict each other.
+        """
+        values = parse_env_options(prefix, os.environ if environ is None else environ)
+        if "secret_key" not in values:
+            raise ConfigError(
+                f"environment variable {prefix}SECRET_KEY is not set: option 'secret_key' "
+                "is required, a long random string"
+            )
+        return cls.from_options(values)
 
     def _check_consistency(self) -> None:
         if self.cookie_name.startswith("__Host-"):
@@ -210,7 +302,15 @@ class Config:
         """
         if isinstance(self.store, Store):
             return self.store
-        return open_store(self.store, **self.store_options)
+        if isinstance(self.store, str):
+            return open_store(self.store, **self.store_options)
+        store = wrap_client(self.store, **self.store_options)
+        if store is None:
+            raise ConfigError(
+                "option 'store' must be a store URL, a Store, a sqlalchemy.Engine or a "
+                f"redis client, got {type(self.store).__name__}"
+            )
+        return store
 
     @property
     def secure_prefix(self) -> bool:
@@ -240,6 +340,50 @@ def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse and check the options set by *environ*'s variables named *prefix* + ….
+
+    See :meth:`Config.from_env` for the naming rule. Each value is parsed as in an
+    ini file and checked on its own, so an error names its variable.
+    """
+    values: dict[str, Any] = {}
+    store_options: dict[str, Any] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(prefix):
+            continue
+        rest = variable[len(prefix) :]
+        option = _BY_NAME.get(rest.lower()) if rest.isupper() else None
+        text = environ[variable]
+        try:
+            if option is not None:
+                parsed = _PARSERS[option.kind](option.name, text.strip())
+                values[option.name] = _CHECKS[option.kind](option.name, parsed)
+            elif rest.startswith("STORE_") and len(rest) > len("STORE_"):
+                store_options[rest[len("STORE_") :].lower()] = parse_store_option(text)
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable {variable}: {exc}") from exc
+    if store_options:
+        values["store_options"] = {**values.get("store_options", {}), **store_options}
+    return values
+
+
+def _paste_items(text: str, name: str, section: str) -> dict[str, str]:
+    """Return the ``section.``-prefixed keys of ``[app:main]``, prefix removed."""
+    # PasteDeploy interpolates its files with these two defaults, so a value written
+    # for it (``%(here)s/sessions``, ``%%``) must mean the same here.
+    here = os.path.dirname(os.path.abspath(name))
+    parser = configparser.ConfigParser(defaults={"here": here, "__file__": os.path.abspath(name)})
+    parser.read_string(text, source=name)
+    if not parser.has_section("app:main"):
+        return {}
+    prefix = f"{section}."
+    return {
+        key[len(prefix) :]: parser.get("app:main", key)
+        for key in parser.options("app:main")
+        if key.startswith(prefix)
+    }
+
+
 def parse_store_option(text: str) -> Any:
     """Parse a ``store.NAME`` value: a bool, ``none``, a number, JSON, or the text."""
     text = text.strip()
@@ -250,9 +394,12 @@ def parse_store_option(text: str) -> Any:
         return None
     for number in (int, float):
         try:
-            return number(text)
+            value = number(text)
         except ValueError:
-            pass
+            continue
+        # float() also reads "nan" and "infinity", which are words here, not numbers.
+        if math.isfinite(value):
+            return value
     if text[:1] in ("{", "["):
         try:
             return json.loads(text)
@@ -265,11 +412,15 @@ def options_markdown() -> str:
     """Return the README's option table, generated from :data:`OPTIONS`."""
     lines = ["| name | default | meaning |", "|---|---|---|"]
     for option in OPTIONS:
-        default = "required" if option.name == "secret_key" else f"`{option.default!r}`"
-        if option.default == ():
-            default = "`[]`"
+        default = "required" if option.name == "secret_key" else _markdown_value(option.default)
         lines.append(f"| `{option.name}` | {default} | {option.doc} |")
     return "\n".join(lines) + "\n"
+
+
+def _markdown_value(value: object) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return "`[]`" if value == () else f"`{value!r}`"
 
 
 # -- strict checks of Python values ---------------------------------------------
@@ -338,6 +489,15 @@ def _check_cookie_name(name: str, value: object) -> str:
     return text
 
 
+def _check_domain(name: str, value: object) -> str | None:
+    text = _check_optional_str(name, value)
+    if text is not None and not _DOMAIN.fullmatch(text):
+        raise ConfigError(
+            f"option {name!r} must be a host name such as 'example.org', got {text!r}"
+        )
+    return text
+
+
 def _check_path(name: str, value: object) -> str:
     text = _check_str(name, value)
     if not text.startswith("/") or ";" in text:
@@ -355,8 +515,9 @@ def _check_samesite(name: str, value: object) -> SameSite | None:
     raise _type_error(name, "'Strict', 'Lax', 'None' or None", value)
 
 
-def _check_store(name: str, value: object) -> str | Store:
-    if isinstance(value, Store):
+def _check_store(name: str, value: object) -> object:
+    if isinstance(value, Store) or not isinstance(value, str):
+        # Store objects, and driver objects that open_store() wraps or refuses.
         return value
     return _check_str(name, value)
 
@@ -370,7 +531,13 @@ def _check_mapping(name: str, value: object) -> dict[str, Any]:
 def _check_serializer(name: str, value: object) -> object:
     if value in ("json", "pickle"):
         return value
-    if callable(getattr(value, "dumps", None)) and callable(getattr(value, "loads", None)):
+    # A class has callable dumps/loads too, but it is its instance that serializes;
+    # the middleware refuses a class, so this check (all that `check` runs) must too.
+    if (
+        not isinstance(value, str | type)
+        and callable(getattr(value, "dumps", None))
+        and callable(getattr(value, "loads", None))
+    ):
         return value
     raise _type_error(name, "'json', 'pickle', or an object with dumps() and loads()", value)
 
@@ -389,6 +556,19 @@ def _check_interval(name: str, value: object) -> int:
     return _check_int(name, value, 0)
 
 
+def _check_optional_count(name: str, value: object) -> int | None:
+    return None if value is None else _check_int(name, value, 1, "sessions")
+
+
+def _check_listeners(name: str, value: object) -> tuple[Callable[[Any], object], ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise _type_error(name, "a list of callables", value)
+    for item in value:
+        if not callable(item):
+            raise _type_error(name, "a list of callables", item)
+    return tuple(value)
+
+
 _CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "secret": _check_secret,
     "secrets": _check_secrets,
@@ -401,12 +581,15 @@ _CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "str": _check_str,
     "str?": _check_optional_str,
     "cookie_name": _check_cookie_name,
+    "domain": _check_domain,
     "path": _check_path,
     "samesite": _check_samesite,
     "serializer": _check_serializer,
     "initializer": _check_initializer,
     "size": _check_size,
     "interval": _check_interval,
+    "count?": _check_optional_count,
+    "listeners": _check_listeners,
 }
 
 
@@ -483,6 +666,10 @@ def import_object(name: str, target: str) -> object:
     return obj
 
 
+def _parse_listeners(name: str, text: str) -> list[object]:
+    return [import_object(name, target) for target in _parse_list(name, text)]
+
+
 _PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "secret": _parse_text,
     "secrets": _parse_list,
@@ -495,10 +682,13 @@ _PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "str": _parse_text,
     "str?": _parse_optional_text,
     "cookie_name": _parse_text,
+    "domain": _parse_optional_text,
     "path": _parse_text,
     "samesite": _parse_samesite,
     "serializer": _parse_serializer,
     "initializer": _parse_initializer,
     "size": _parse_int,
     "interval": _parse_int,
+    "count?": _parse_optional_int,
+    "listeners": _parse_listeners,
 }

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from . import _clock
 from ._engine import Engine
 from .config import Config
 from .cookies import SessionCookie
@@ -13,6 +14,7 @@ from .errors import SessionError
 from .purge import Purger
 from .serializers import resolve_serializer
 from .session import Session
+from .users import SessionInfo, is_handle, list_user_sessions
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -63,11 +65,36 @@ class SessionMiddleware:
     ) -> SessionMiddleware:
         """Build the middleware from *section* of the ini file at *path*.
 
-        Keys are the option names; ``store.NAME`` keys go to ``store_options``.
+        Keys are the option names; ``store.NAME`` keys go to ``store_options``. A
+        file without the section is read as a PasteDeploy file: the options are then
+        the keys of ``[app:main]`` that start with ``session.`` (*section* and a dot),
+        such as ``session.secret_key`` or ``session.store.table_name``.
 
         :raises ConfigError: The file, the section or an option is bad.
         """
         config = Config.from_ini(path, section)
+        return cls(app, {name: getattr(config, name) for name in config.__dataclass_fields__})
+
+    @classmethod
+    def from_env(
+        cls,
+        app: WSGIApplication,
+        prefix: str = "WSGISESSION_",
+        environ: Mapping[str, str] | None = None,
+    ) -> SessionMiddleware:
+        """Build the middleware from environment variables, for twelve-factor deployments.
+
+        ``WSGISESSION_SECRET_KEY``, ``WSGISESSION_TIMEOUT`` and so on set the options
+        of those names, parsed like ini values; ``WSGISESSION_STORE_NAME`` sets the
+        store option ``name``. Other variables under the prefix are ignored.
+
+        :param app: The WSGI application to wrap.
+        :param prefix: What every variable name starts with.
+        :param environ: The variables to read; :data:`os.environ` by default.
+        :raises ConfigError: A variable's value is bad (the message names it) or
+            ``WSGISESSION_SECRET_KEY`` is unset.
+        """
+        config = Config.from_env(prefix, environ)
         return cls(app, {name: getattr(config, name) for name in config.__dataclass_fields__})
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -99,6 +126,57 @@ class SessionMiddleware:
             session._failed = True
             raise
         return _Response(app_iter, session, engine)
+
+    def user_sessions(self, user_id: str) -> list[SessionInfo]:
+        """Return *user_id*'s live sessions, newest ``created_at`` first.
+
+        Sessions link to a user through :attr:`Session.user_id`. An expired or ended
+        session is never listed.
+
+        :raises StoreError: The store failed.
+        """
+        engine = self._engine
+        return engine.call(None, list_user_sessions, self.store, user_id, _clock.now())
+
+    def end_session(self, handle: str) -> bool:
+        """End the session whose :attr:`SessionInfo.handle` is *handle*.
+
+        Return ``True`` if it was live. A string that is not a handle ends nothing.
+
+        :raises StoreError: The store failed.
+        """
+        if not is_handle(handle):
+            return False
+        return self._engine.delete(handle)
+
+    def end_user_sessions(self, user_id: str, *, keep: str | Session | None = None) -> int:
+        """End every session of *user_id* except *keep*; return how many were ended.
+
+        *keep* is a handle or a :class:`Session` (typically the current request's, for
+        "log out other devices").
+
+        :raises StoreError: The store failed.
+        """
+        spared: set[str] = set()
+        if isinstance(keep, Session):
+            spared = set(keep._handles())
+        elif keep is not None:
+            spared = {keep}
+        ended = 0
+        for info in self.user_sessions(user_id):
+            if info.handle not in spared and self._engine.delete(info.handle):
+                ended += 1
+        return ended
+
+    def metrics(self) -> dict[str, Any]:
+        """Return counters since start and store latency percentiles.
+
+        The counters are ``requests`` (that touched a session), ``loads``, ``saves``,
+        ``refreshes``, ``conflicts`` (concurrent saves merged), ``expired``,
+        ``corrupt`` and ``store_errors``; ``store_latency`` holds ``count``, ``sum``,
+        ``p50`` and ``p99``, in seconds (``None`` before the first store call).
+        """
+        return self._engine.metrics.snapshot()
 
     def close(self) -> None:
         """Stop the background purge and close the store."""

@@ -214,6 +214,25 @@ class Session(MutableMapping[str, Any]):
         return self._id
 
     @property
+    def handle(self) -> str | None:
+        """The handle :meth:`SessionMiddleware.user_sessions` lists this session under.
+
+        ``None`` until the session is stored. It changes with :meth:`regenerate` once
+        the response is saved.
+        """
+        self._ensure()
+        return None if self._snapshot is None else self._snapshot.key
+
+    def _handles(self) -> list[str]:
+        """Every handle this session is or will be stored under in this request."""
+        handles = []
+        if self._loaded and self._snapshot is not None:
+            handles.append(self._snapshot.key)
+        if self._loaded and self._id is not None:
+            handles.append(store_key(self._id))
+        return handles
+
+    @property
     def new(self) -> bool:
         """``True`` when this request started the session."""
         self._ensure()
