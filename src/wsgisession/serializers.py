@@ -8,6 +8,7 @@ import decimal
 import hmac
 import json
 import pickle
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
@@ -156,14 +157,32 @@ def _of(cls: type[_T], payload: Any) -> _T:
     return payload
 
 
+# Python 3.11's fromisoformat() drops the microseconds of a UTC offset such as
+# "+00:00:00.000001", so offsets with a fraction are parsed here.
+_FRACTIONAL_OFFSET: Final = re.compile(r"([+-])(\d\d):(\d\d):(\d\d)\.(\d{6})$")
+_Iso = TypeVar("_Iso", datetime.datetime, datetime.time)
+
+
+def _from_iso(cls: type[_Iso], text: str) -> _Iso:
+    match = _FRACTIONAL_OFFSET.search(text)
+    if match is None:
+        return cls.fromisoformat(text)
+    sign, hours, minutes, seconds, micros = match.groups()
+    offset = datetime.timedelta(
+        hours=int(hours), minutes=int(minutes), seconds=int(seconds), microseconds=int(micros)
+    )
+    naive = cls.fromisoformat(text[: match.start()])
+    return naive.replace(tzinfo=datetime.timezone(-offset if sign == "-" else offset))
+
+
 _UNTAGS: Final[dict[str, Callable[[Any], Any]]] = {
     "tuple": lambda p: tuple(_of(list, p)),
     "set": lambda p: set(_of(list, p)),
     "frozenset": lambda p: frozenset(_of(list, p)),
     "bytes": lambda p: binascii.a2b_base64(_of(str, p), strict_mode=True),
-    "datetime": lambda p: datetime.datetime.fromisoformat(_of(str, p)),
+    "datetime": lambda p: _from_iso(datetime.datetime, _of(str, p)),
     "date": lambda p: datetime.date.fromisoformat(_of(str, p)),
-    "time": lambda p: datetime.time.fromisoformat(_of(str, p)),
+    "time": lambda p: _from_iso(datetime.time, _of(str, p)),
     "uuid": lambda p: uuid.UUID(_of(str, p)),
     "decimal": lambda p: decimal.Decimal(_of(str, p)),
     "dict": lambda p: {_MARK: p},
