@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Final
 
 from .errors import StoreError
@@ -20,14 +21,22 @@ log = logging.getLogger("wsgisession")
 BATCH: Final = 1000
 
 
-def purge_expired(store: Store, batch: int = BATCH) -> int:
-    """Delete every expired record of *store*, *batch* at a time; return how many."""
+def purge_expired(
+    store: Store, batch: int = BATCH, progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete every expired record of *store*, *batch* at a time; return how many.
+
+    *progress*, when given, is called with the running total after each full batch,
+    that is only while more may remain, so a purge of less than a batch never calls it.
+    """
     total = 0
     while True:
         removed = store.cleanup(limit=batch)
         total += removed
         if removed < batch:
             return total
+        if progress is not None:
+            progress(total)
 
 
 class Purger:
@@ -79,6 +88,9 @@ class Purger:
                     log.info("purged %d expired session record(s)", removed)
             except StoreError as exc:
                 log.warning("background purge failed, will retry: %s", exc)
+            # Nobody waits on this thread to hear of a bug; keep purging and say so.
+            except Exception:
+                log.exception("background purge failed unexpectedly, will retry")
             delay = self._interval * random.uniform(0.9, 1.1)
 
 
