@@ -250,6 +250,38 @@ def test_store_error_in_the_thread_is_logged_and_the_thread_goes_on(
     assert "the disk is on fire" in warnings[0].getMessage()
 
 
+class _BuggyStore(_CountingMemoryStore):
+    """A real memory store whose first cleanup hits a bug rather than an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def cleanup(self, *, limit: int | None = None) -> int:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("a bug in a third-party store")
+        return super().cleanup(limit=limit)
+
+
+def test_unexpected_error_in_the_thread_is_logged_and_the_thread_goes_on(
+    purgers: list[Purger],
+    caplog: pytest.LogCaptureFixture,
+    purge_threads: ThreadsStarted,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="wsgisession")
+    store = _BuggyStore()
+    _fill(store, expired=3, live=1)
+    purger = Purger(store, 0.05)
+    purgers.append(purger)
+
+    purger.start()
+
+    _wait_for(lambda: store.removed == 3)
+    assert purger.started and len(purge_threads()) == 1
+    assert any("a bug in a third-party store" in r.exc_text for r in caplog.records if r.exc_text)
+
+
 class _NoJitter:
     """Stands in for ``random`` in the purge module: always the low end of the range."""
 
