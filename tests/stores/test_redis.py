@@ -429,3 +429,175 @@ def test_sentinel_save_and_load(redis_sentinel_url: str) -> None:
         loaded = store.load(key)
         assert loaded is not None and loaded.data == b"via sentinel"
         assert store.delete(key)
+
+
+# -- the user index ---------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", pytest.param("redis-cluster", id="cluster")])
+def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
+    """A store on the shared standalone server, then on the cluster."""
+    for store in open_test_store(request.param, request, tmp_path):
+        assert isinstance(store, RedisStore)
+        yield store
+
+
+def _user_key(store: RedisStore, user_id: str) -> str:
+    return store.key_prefix + "u:" + user_id.encode().hex()
+
+
+@SERVER
+def test_user_index_is_a_sorted_set_scored_by_expiry_with_its_own_ttl(
+    indexed: RedisStore,
+) -> None:
+    client = indexed.client
+    user = "ann: *?[x]/\u00e9"
+    name = _user_key(indexed, user)
+    short, long = new_key(), new_key()
+    assert indexed.save(short, make_record(ttl=600, user_id=user), expected_version=None)
+    record = make_record(ttl=1200, user_id=user)
+    assert indexed.save(long, record, expected_version=None)
+    assert client.type(name) == b"zset"
+    answer: Any = client.zrange(name, 0, -1, withscores=True)
+    members = dict(answer)
+    assert sorted(members) == sorted([short.encode(), long.encode()])
+    assert members[long.encode()] == record.expires_at
+    assert abs(client.pttl(name) - (record.expires_at - time.time()) * 1000) < 2000
+    # A refresh moves the member's score and the set's TTL with it.
+    later = record.expires_at + 3600
+    assert indexed.refresh(long, later, time.time())
+    assert client.zscore(name, long) == later
+    assert abs(client.pttl(name) - (later - time.time()) * 1000) < 2000
+    # The sets are not sessions.
+    assert indexed.count() == 2
+    assert indexed.delete(short) and indexed.delete(long)
+    assert client.exists(name) == 0
+
+
+@SERVER
+def test_expired_members_are_pruned_by_the_next_write(indexed: RedisStore) -> None:
+    client = indexed.client
+    name = _user_key(indexed, "ann")
+    dead = new_key()
+    client.zadd(name, {dead: time.time() - 5})
+    live = new_key()
+    assert indexed.save(live, make_record(user_id="ann"), expected_version=None)
+    assert client.zscore(name, dead) is None
+    assert client.zrange(name, 0, -1) == [live.encode()]
+
+
+@SERVER
+def test_the_index_never_grows_without_bound(indexed: RedisStore) -> None:
+    """Sessions that expired unseen leave no entries once the user's set is written."""
+    client = indexed.client
+    name = _user_key(indexed, "ann")
+    for _ in range(40):
+        assert indexed.save(new_key(), make_record(ttl=0.5, user_id="ann"), expected_version=None)
+    live = [new_key() for _ in range(3)]
+    for key in live:
+        assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
+    time.sleep(0.6)
+    assert client.zcard(name) > len(live)  # they expired after the set was last written
+    assert sorted(k for k, _ in indexed.user_records("ann")) == sorted(live)
+    last = new_key()
+    assert indexed.save(last, make_record(user_id="ann"), expected_version=None)
+    assert client.zcard(name) == len(live) + 1
+
+
+@SERVER
+def test_an_entry_whose_session_went_behind_its_back_is_dropped_when_read(
+    indexed: RedisStore,
+) -> None:
+    """What a Cluster's separate index write leaves behind, or a key Redis evicted."""
+    client = indexed.client
+    name = _user_key(indexed, "ann")
+    live, gone, moved = new_key(), new_key(), new_key()
+    for key in (live, gone, moved):
+        assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
+    client.delete(indexed.key_prefix + gone)
+    client.hset(indexed.key_prefix + moved, "user_id", "bob")
+    assert [key for key, _ in indexed.user_records("ann")] == [live]
+    assert client.zrange(name, 0, -1) == [live.encode()]
+
+
+@SERVER
+def test_reading_keeps_an_entry_a_concurrent_save_renewed(
+    indexed: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale entry is dropped only if its score is still the one that was read."""
+    from wsgisession.stores import redis as redis_module
+
+    key = new_key()
+    assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
+    assert indexed.save(key, make_record(version=2, user_id="bob"), expected_version=1)
+    indexed.client.zadd(_user_key(indexed, "ann"), {key: time.time() + 3600})
+    decode = redis_module._decode
+
+    def racing_decode(name: str, fields: dict[Any, Any]) -> Any:
+        # Between reading the set and pruning it, the session moves back to ann.
+        monkeypatch.setattr(redis_module, "_decode", decode)
+        record = make_record(version=3, ttl=7200, user_id="ann")
+        assert indexed.save(key, record, expected_version=2)
+        return decode(name, fields)
+
+    monkeypatch.setattr(redis_module, "_decode", racing_decode)
+    assert indexed.user_records("ann") == []  # it read the session while it was bob's
+    assert [k for k, _ in indexed.user_records("ann")] == [key]
+
+
+@SERVER
+def test_a_user_change_and_a_regenerate_move_the_entry(indexed: RedisStore) -> None:
+    client = indexed.client
+    old, new = new_key(), new_key()
+    assert indexed.save(old, make_record(user_id="\u00e9l\u00e8ve"), expected_version=None)
+    assert indexed.save(new, make_record(user_id="prof"), expected_version=None, replaces=old)
+    assert client.exists(_user_key(indexed, "\u00e9l\u00e8ve")) == 0
+    assert client.zrange(_user_key(indexed, "prof"), 0, -1) == [new.encode()]
+    assert indexed.save(new, make_record(version=2), expected_version=1)
+    assert client.exists(_user_key(indexed, "prof")) == 0
+
+
+@SERVER
+def test_saves_with_users_are_one_round_trip(private_redis: RedisServer, sent: list[str]) -> None:
+    with RedisStore.from_url(private_redis.url) as store:
+        warm, old, new = new_key(), new_key(), new_key()
+        assert store.save(warm, make_record(user_id="ann"), expected_version=None)
+        assert store.refresh(warm, time.time() + 7200, time.time())
+        assert store.delete(warm)
+        steps = [
+            lambda: store.save(old, make_record(user_id="ann"), expected_version=None),
+            lambda: store.save(old, make_record(version=2, user_id="bob"), expected_version=1),
+            lambda: store.refresh(old, time.time() + 7200, time.time()),
+            lambda: store.save(
+                new, make_record(user_id="bob"), expected_version=None, replaces=old
+            ),
+            lambda: store.save(new, make_record(version=2), expected_version=1),
+            lambda: store.delete(new),
+        ]
+        for step in steps:
+            sent.clear()
+            assert step()
+            assert sent == ["EVALSHA"]
+        assert store.user_records("ann") == store.user_records("bob") == []
+
+
+@SERVER
+def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
+    cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = new_key()
+    cluster.ping()  # builds the client, and with it the scripts
+    script = cluster._scripts["index"]
+
+    def failing(**kwargs: Any) -> Any:
+        raise redis.ConnectionError("index node down")
+
+    monkeypatch.setitem(cluster._scripts, "index", failing)
+    with pytest.raises(StoreError, match="index node down"):
+        cluster.save(key, make_record(user_id="ann"), expected_version=None)
+    loaded = cluster.load(key)
+    assert loaded is not None and loaded.user_id == "ann"
+    assert cluster.user_records("ann") == []
+    monkeypatch.setitem(cluster._scripts, "index", script)
+    assert cluster.save(key, make_record(version=2, user_id="ann"), expected_version=1)
+    assert [k for k, _ in cluster.user_records("ann")] == [key]

@@ -4,6 +4,13 @@ Works with a standalone server (``redis://``, ``rediss://``, ``unix://``), a mas
 found through Sentinel (``redis+sentinel://``) and Redis Cluster
 (``redis+cluster://``). Every write is one Lua script, so a save is one round trip
 when nothing raced, and a load is one ``HGETALL``.
+
+Each user has a sorted set of their sessions' keys, scored by expiry (see
+:mod:`~wsgisession.stores.redis_scripts`). On a standalone server or a Sentinel
+master the scripts change it together with the session, atomically. On Redis Cluster
+a session and its user's set live in different slots, so the set is changed by a
+second command after the session write, and :meth:`RedisStore.user_records` checks
+every entry against the session it names, dropping the stale ones.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from . import redis_scripts
 from .base import Record, Store, translate_errors
 from .redis_url import Client, ClientPlan, plan_client
@@ -42,10 +49,20 @@ class RedisStore(Store):
     Redis drops it by itself when it expires, so :meth:`cleanup` has nothing to do;
     :meth:`load` still checks ``expires_at`` against the application's clock.
 
-    The store owns *client* and closes it in :meth:`close`. On Redis Cluster a
-    ``save`` that *replaces* an older key is two steps, as the two keys live in
-    different slots: the new record is written, then the old one deleted. A failure
-    between the two leaves the old record to expire on its own.
+    Each user's sessions are listed in a sorted set under ``<key_prefix>u:`` and the
+    hex of the user id's UTF-8, whose members are the sessions' keys scored by their
+    ``expires_at``; it drops expired members on every write and expires with its
+    latest member. On a standalone server or a Sentinel master it changes in the same
+    script as the session.
+
+    The store owns *client* and closes it in :meth:`close`. On Redis Cluster, where
+    keys live in different slots, a ``save`` that *replaces* an older key is two
+    steps: the new record is written, then the old one deleted. A failure between the
+    two leaves the old record to expire on its own. There, the user's set is changed
+    after the session: a save or refresh whose set update fails raises
+    :exc:`~wsgisession.StoreError` although the session was written (its next save or
+    refresh links it again), and a failed removal is left for :meth:`user_records`,
+    which drops entries whose session is gone or belongs to someone else.
 
     :param client: A ready :class:`redis.Redis` or :class:`~redis.cluster.RedisCluster`
         (with ``decode_responses`` off), or a callable that builds one on first use.
@@ -118,23 +135,8 @@ class RedisStore(Store):
         """Return the live record under *key*, or ``None``; one ``HGETALL``."""
         with self._errors():
             fields: dict[Any, Any] = self.client.hgetall(self.key_prefix + key)
-        if not fields:
-            return None
-        try:
-            user_id = fields.get(b"user_id")
-            record = Record(
-                data=fields[b"data"],
-                version=int(fields[b"version"]),
-                created_at=float(fields[b"created_at"]),
-                expires_at=float(fields[b"expires_at"]),
-                last_seen=float(fields[b"last_seen"]),
-                user_id=None if user_id is None else user_id.decode(),
-                meta=fields.get(b"meta", b""),
-            )
-        except (KeyError, ValueError) as exc:
-            log.warning("session %s in Redis cannot be decoded (%r); ignored", key[:8], exc)
-            return None
-        return record if record.expires_at > time.time() else None
+        record = _decode(key, fields)
+        return record if record is not None and record.expires_at > time.time() else None
 
     def save(
         self,
@@ -147,13 +149,16 @@ class RedisStore(Store):
         """Compare the version and write the record in one Lua script.
 
         With *replaces*, the old key is deleted in the same script, except on Redis
-        Cluster, where it is deleted right after a successful write.
+        Cluster, where it is deleted right after a successful write. The user index
+        changes in the same script too, except on Redis Cluster, where it changes
+        right after a successful write.
         """
         now = time.time()
         keys = [self.key_prefix + key]
-        cluster = isinstance(self.client, RedisCluster)
-        if replaces is not None and replaces != key and not cluster:
-            keys.append(self.key_prefix + replaces)
+        cluster = self._cluster()
+        replaced = replaces if replaces != key else None
+        if replaced is not None and not cluster:
+            keys.append(self.key_prefix + replaced)
         args: list[str | bytes | int] = [
             "" if expected_version is None else str(expected_version),
             repr(now),
@@ -166,27 +171,68 @@ class RedisStore(Store):
             repr(float(record.last_seen)),
             "0" if record.user_id is None else "1",
             record.user_id or "",
+            "" if cluster else self._index_prefix,
+            key,
+            replaces or "",
         ]
-        saved = self._run("save", keys, args) == 1
-        if saved and cluster and replaces is not None and replaces != key:
-            with self._errors():
-                self.client.delete(self.key_prefix + replaces)
+        result = self._run("save", keys, args)
+        saved: bool = result[0] == 1
+        if saved and cluster:
+            self._after_cluster_save(key, record, _user(result[1]), replaced)
         return saved
+
+    def _after_cluster_save(
+        self, key: str, record: Record, previous: bytes | None, replaces: str | None
+    ) -> None:
+        # Both steps are tried even if the first fails: a replaced session left alive
+        # would still open the session, and one missing from its user's set would
+        # escape a "log out everywhere". A stale entry is only dropped late, when read.
+        failed: StoreError | None = None
+        if replaces is not None:
+            try:
+                self._delete(replaces, cluster=True)
+            except StoreError as exc:
+                failed = exc
+        user_id = None if record.user_id is None else record.user_id.encode()
+        if user_id is not None:
+            self._index(user_id, "link", [(key, record.expires_at)])
+        if previous is not None and previous != user_id:
+            self._index(previous, "unlink", [(key, 0.0)], quiet=True)
+        if failed is not None:
+            raise failed
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back."""
         now = time.time()
+        cluster = self._cluster()
         args: list[str | bytes | int] = [
             repr(now),
             repr(float(expires_at)),
             repr(float(last_seen)),
             _ttl_ms(expires_at, now),
+            "" if cluster else self._index_prefix,
+            key,
         ]
-        return self._run("refresh", [self.key_prefix + key], args) == 1
+        result = self._run("refresh", [self.key_prefix + key], args)
+        if result[0] != 1:
+            return False
+        user_id = _user(result[2])
+        if cluster and result[1] == 1 and user_id is not None:
+            self._index(user_id, "link", [(key, float(expires_at))])
+        return True
 
     def delete(self, key: str) -> bool:
         """Remove the record under *key*; ``True`` if a live one was there."""
-        return self._run("delete", [self.key_prefix + key], [repr(time.time())]) == 1
+        return self._delete(key, cluster=self._cluster())
+
+    def _delete(self, key: str, *, cluster: bool) -> bool:
+        args = [repr(time.time()), "" if cluster else self._index_prefix, key]
+        result = self._run("delete", [self.key_prefix + key], args)
+        user_id = _user(result[1])
+        if cluster and user_id is not None:
+            self._index(user_id, "unlink", [(key, 0.0)], quiet=True)
+        live: bool = result[0] == 1
+        return live
 
     def ping(self) -> None:
         """Send ``PING`` (to every primary on Cluster).
@@ -200,6 +246,40 @@ class RedisStore(Store):
         """Return ``0``: Redis drops expired sessions by itself."""
         return 0
 
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        """Return the user's live records: their set, then one pipelined ``HGETALL``.
+
+        Each entry is checked against the session it names, on every deployment; an
+        entry whose session is gone, expired or now someone else's is left out and
+        dropped from the set (needed on Redis Cluster, and cheap insurance elsewhere
+        against keys Redis evicted or dropped early by its own clock).
+        """
+        name = self._user_key(user_id)
+        now = time.time()
+        client = self.client
+        with self._errors():
+            answer: Any = client.zrangebyscore(name, f"({now!r}", "+inf", withscores=True)
+            entries: list[tuple[bytes, float]] = [(m, float(s)) for m, s in answer]
+            if not entries:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for member, _ in entries:
+                pipe.hgetall(self.key_prefix.encode() + member)
+            hashes: list[dict[Any, Any]] = pipe.execute()
+            pipe.reset()
+        found: list[tuple[str, Record]] = []
+        stale: list[tuple[str | bytes, float]] = []
+        for (member, score), fields in zip(entries, hashes, strict=True):
+            key = member.decode(errors="replace")
+            record = _decode(key, fields)
+            if record is not None and record.expires_at > now and record.user_id == user_id:
+                found.append((key, record))
+            else:
+                stale.append((member, score))
+        if stale:
+            self._index(user_id, "prune", stale, quiet=True)
+        return found
+
     def count(self) -> int:
         """Count live sessions with ``SCAN`` over the prefix (every primary on Cluster).
 
@@ -209,7 +289,10 @@ class RedisStore(Store):
         total = 0
         with self._errors():
             batch: list[bytes] = []
+            index = self._index_prefix.encode()
             for name in self._scan():
+                if name.startswith(index):
+                    continue
                 batch.append(name)
                 if len(batch) >= _COUNT_BATCH:
                     total += self._count_live(batch, now)
@@ -241,14 +324,50 @@ class RedisStore(Store):
             "save": client.register_script(redis_scripts.SAVE),
             "refresh": client.register_script(redis_scripts.REFRESH),
             "delete": client.register_script(redis_scripts.DELETE),
+            "index": client.register_script(redis_scripts.INDEX),
         }
         self._client = client
 
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> int:
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
         client = self.client
         with self._errors():
-            result: int = self._scripts[name](keys=keys, args=args, client=client)
-        return result
+            return self._scripts[name](keys=keys, args=args, client=client)
+
+    def _cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    @property
+    def _index_prefix(self) -> str:
+        # Session keys are 64 hex digits after the prefix, so no user set's name is one.
+        return self.key_prefix + "u:"
+
+    def _user_key(self, user_id: str | bytes) -> str:
+        # Hex of the UTF-8, as the scripts build it: any user id makes a distinct name.
+        raw = user_id.encode() if isinstance(user_id, str) else user_id
+        return self._index_prefix + raw.hex()
+
+    def _index(
+        self,
+        user_id: str | bytes,
+        op: str,
+        members: Sequence[tuple[str | bytes, float]],
+        *,
+        quiet: bool = False,
+    ) -> None:
+        """Change one user's set on its own with the ``INDEX`` script.
+
+        *quiet* logs a failure instead of raising it: for removals, which
+        :meth:`user_records` makes up for when it reads the set.
+        """
+        args: list[str | bytes | int] = [repr(time.time()), op]
+        for member, score in members:
+            args += [member, repr(float(score))]
+        try:
+            self._run("index", [self._user_key(user_id)], args)
+        except StoreError as exc:
+            if not quiet:
+                raise
+            log.warning("could not %s sessions in a user's index in Redis: %s", op, exc)
 
     def _scan(self) -> Iterator[bytes]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix) + "*"
@@ -267,6 +386,31 @@ class RedisStore(Store):
 
     def _errors(self) -> AbstractContextManager[None]:
         return translate_errors(self._name, *_ERRORS)
+
+
+def _decode(key: str, fields: dict[Any, Any]) -> Record | None:
+    """Return the record a session hash holds, expired or not; ``None`` if none."""
+    if not fields:
+        return None
+    try:
+        user_id = fields.get(b"user_id")
+        return Record(
+            data=fields[b"data"],
+            version=int(fields[b"version"]),
+            created_at=float(fields[b"created_at"]),
+            expires_at=float(fields[b"expires_at"]),
+            last_seen=float(fields[b"last_seen"]),
+            user_id=None if user_id is None else user_id.decode(),
+            meta=fields.get(b"meta", b""),
+        )
+    except (KeyError, ValueError) as exc:
+        log.warning("session %s in Redis cannot be decoded (%r); ignored", key[:8], exc)
+        return None
+
+
+def _user(value: object) -> bytes | None:
+    """Return the user id a script answered, as stored, or ``None`` for nil."""
+    return value if isinstance(value, bytes) else None
 
 
 def _ttl_ms(expires_at: float, now: float) -> int:
