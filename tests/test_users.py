@@ -366,3 +366,26 @@ def test_command_line_user_commands_exit_codes(
     assert main(["sessions", "--user", "ann", "--config", str(down)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("wsgisession: store error") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        pytest.param(42, TypeError, id="int"),
+        pytest.param("", ValueError, id="empty"),
+        pytest.param("\ud800", ValueError, id="lone-surrogate"),
+    ],
+)
+def test_bad_user_ids_are_refused(value: Any, error: type[Exception]) -> None:
+    caught: list[BaseException] = []
+
+    def set_user(session: Session, request: Request) -> str:
+        try:
+            session.user_id = value
+        except Exception as exc:
+            caught.append(exc)
+        return "ok"
+
+    client, _ = make_client({"/": set_user})
+    client.get("/")
+    assert len(caught) == 1 and isinstance(caught[0], error)

@@ -312,6 +312,8 @@ class Session(MutableMapping[str, Any]):
     def user_id(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"user_id must be a str or None, got {type(value).__name__}")
+        if value is not None and (not value or not _encodable(value)):
+            raise ValueError("user_id must be a non-empty string of valid Unicode")
         self._ensure()
         if value == self._user_id:
             return
@@ -372,3 +374,12 @@ class Session(MutableMapping[str, Any]):
         self._force = self._remember_changed = self._user_changed = False
         self._stale_key = None
         self._invalidated = True
+
+
+def _encodable(text: str) -> bool:
+    # A lone surrogate can't be stored as UTF-8 by any store.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

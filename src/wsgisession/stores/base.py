@@ -114,6 +114,7 @@ class Store(abc.ABC):
         A store with native expiry returns ``0``.
         """
 
+    @abc.abstractmethod
     def user_records(self, user_id: str) -> list[tuple[str, Record]]:
         """Return the live records whose ``user_id`` is *user_id*, as ``(key, record)``.
 
@@ -125,7 +126,6 @@ class Store(abc.ABC):
         expired or deleted record is never returned, and the index never grows without
         bound. The order of the list is not defined.
         """
-        raise NotImplementedError  # made abstract once every built-in store has it
 
     def count(self) -> int | None:
         """Return the number of live records, or ``None`` if the store can't tell."""

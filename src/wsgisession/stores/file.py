@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import struct
 import tempfile
 import time
@@ -18,16 +17,16 @@ from typing import Any, Final, Self
 
 from ..errors import ConfigError
 from .base import Record, Store, translate_errors
+from .file_index import KEY as _KEY
+from .file_index import TEMP_PREFIX as _TEMP_PREFIX
+from .file_index import Tree, UserIndex
 
 __all__ = ["FileStore"]
 
 log = logging.getLogger("wsgisession")
 
-_KEY: Final = re.compile(r"[0-9a-f]{64}")
 _OPTIONS: Final = ("file_mode", "fsync", "shard_depth")
-_LOCK_NAME: Final = ".lock"
 _PURGE_NAME: Final = ".purge"
-_TEMP_PREFIX: Final = ".tmp-"
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
@@ -107,6 +106,10 @@ class FileStore(Store):
     threads and processes alike, so several workers can share the directory on one
     machine (not over NFS, where ``flock`` is unreliable).
 
+    The user index is a file per user under ``users/`` (see
+    :mod:`~wsgisession.stores.file_index`), changed under its own lock while the
+    records' locks are held, so it changes in the same step as the records.
+
     A record file that cannot be decoded counts as missing and is logged. Keys must
     be 64 lowercase hex digits, as :func:`wsgisession.ids.store_key` makes them;
     any other key raises :exc:`ValueError`, a programming error, so that no key can
@@ -145,7 +148,10 @@ class FileStore(Store):
         self.shard_depth: Final = shard_depth
         self.fsync: Final = fsync
         self.file_mode: Final = file_mode
-        self._dir_mode = file_mode | (file_mode & 0o444) >> 2
+        self._tree = Tree(
+            self.directory, shard_depth=shard_depth, fsync=fsync, file_mode=file_mode
+        )
+        self._users = UserIndex(self, self._tree)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -196,17 +202,24 @@ class FileStore(Store):
 
         With *replaces*, the old record's file is removed under its shard's lock
         too, after the new record is in place: a crash in between leaves both, and
-        the old one expires, rather than neither.
+        the old one expires, rather than neither. The user index changes under the
+        users' locks, taken after those: the key is linked before the write and
+        unlinked (from a previous user, and *replaces* from its user) after it.
         """
-        old = None if replaces is None or replaces == key else self._path(replaces)
+        old = None if replaces is None or replaces == key else replaces
         keys = (key,) if replaces is None else (key, replaces)
         with self._errors(), self._locked(*keys):
-            current = self._read(key)
-            if (None if current is None else current.version) != expected_version:
+            before = self._read(key, expired=True)
+            live = before is not None and before.expires_at > time.time()
+            if (before.version if before is not None and live else None) != expected_version:
                 return False
-            self._write(key, record)
+            changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
             if old is not None:
-                self._unlink(old)
+                changes.append((old, self._read(old, expired=True), None))
+            with self._users.change(changes):
+                self._write(key, record)
+                if old is not None:
+                    self._tree.unlink(self._path(old))
             return True
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
@@ -227,9 +240,10 @@ class FileStore(Store):
     def delete(self, key: str) -> bool:
         """Remove the record file under *key*; ``True`` if it held a live record."""
         with self._errors(), self._locked(key):
-            live = self._read(key) is not None
-            self._unlink(self._path(key))
-            return live
+            before = self._read(key, expired=True)
+            with self._users.change([(key, before, None)]):
+                self._tree.unlink(self._path(key))
+            return before is not None and before.expires_at > time.time()
 
     def ping(self) -> None:
         """Create the directory if needed and check that a file can be written in it.
@@ -237,7 +251,7 @@ class FileStore(Store):
         :raises StoreError: The directory cannot be created or written to.
         """
         with self._errors():
-            self._mkdir(self.directory)
+            self._tree.mkdir(self.directory)
             fd, probe = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.directory)
             try:
                 os.write(fd, b"ping")
@@ -251,7 +265,9 @@ class FileStore(Store):
         Temp files that crashed writers left behind are removed too once they are
         an hour old. Each file is judged by its header alone, then judged again
         under its shard's lock before it goes, so a record that a concurrent
-        request just refreshed or re-created survives.
+        request just refreshed or re-created survives. A removed record leaves its
+        user's index in the same step; a run that ends below *limit* then prunes
+        every user's index of stale entries and removes the empty ones.
         """
         removed = 0
         now = time.time()
@@ -261,11 +277,24 @@ class FileStore(Store):
                     break
                 if expires_at > now:
                     continue
-                with self._locked(os.path.basename(path)), contextlib.suppress(FileNotFoundError):
+                key = os.path.basename(path)
+                with self._locked(key), contextlib.suppress(FileNotFoundError):
                     if _header_expiry(path) <= now:
-                        self._unlink(path)
+                        with self._users.change([(key, self._read(key, expired=True), None)]):
+                            self._tree.unlink(path)
                         removed += 1
+            if limit is None or removed < limit:
+                self._users.sweep(stale_before=now - _TEMP_MAX_AGE)
         return removed
+
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        """Return the user's live records, read from its index file without a lock.
+
+        Entries found stale (a record gone, expired or another user's) are then
+        dropped under the user's lock.
+        """
+        with self._errors():
+            return self._users.records(user_id)
 
     def count(self) -> int:
         """Return the number of live records, reading the header of every file."""
@@ -281,7 +310,7 @@ class FileStore(Store):
         purges per interval. A claim dated in the future (a clock set back) is stale.
         """
         with self._errors():
-            self._mkdir(self.directory)
+            self._tree.mkdir(self.directory)
             path = os.path.join(self.directory, _PURGE_NAME)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
             try:
@@ -307,8 +336,7 @@ class FileStore(Store):
     def _shard(self, key: str) -> str:
         if not _KEY.fullmatch(key):
             raise ValueError("not a store key: expected 64 lowercase hex digits")
-        parts = [key[2 * i : 2 * i + 2] for i in range(self.shard_depth)]
-        return os.path.join(self.directory, *parts)
+        return self._tree.shard(self.directory, key)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._shard(key), key)
@@ -318,25 +346,18 @@ class FileStore(Store):
 
         Temp files last modified before *stale_before* are removed on the way.
         """
-        level = [self.directory]
-        for _ in range(self.shard_depth):
-            below: list[str] = []
-            for directory in level:
-                with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                    below.extend(e.path for e in entries if len(e.name) == 2 and e.is_dir())
-            level = below
-        for shard in level:
-            with contextlib.suppress(FileNotFoundError), os.scandir(shard) as entries:
-                for entry in entries:
-                    # Files come and go under a scan that takes no lock.
-                    with contextlib.suppress(FileNotFoundError):
-                        if _KEY.fullmatch(entry.name):
-                            yield entry.path, _header_expiry(entry.path)
-                        elif entry.name.startswith(_TEMP_PREFIX):
-                            if entry.stat().st_mtime < stale_before:
-                                self._unlink(entry.path)
+        for path in self._tree.files(self.directory, stale_before):
+            try:
+                expires_at = _header_expiry(path)
+            except FileNotFoundError:
+                continue  # files come and go under a scan that takes no lock
+            yield path, expires_at
 
-    def _read(self, key: str) -> Record | None:
+    def _read(self, key: str, *, expired: bool = False) -> Record | None:
+        """Return the live record under *key*, ``None`` if missing or unreadable.
+
+        With *expired*, an expired record is returned too, to unlink it from its user.
+        """
         try:
             with open(self._path(key), "rb") as f:
                 blob = f.read()
@@ -349,78 +370,12 @@ class FileStore(Store):
                 "file store: record %s… is unreadable (%s); treated as missing", key[:8], exc
             )
             return None
-        return record if record.expires_at > time.time() else None
+        return record if expired or record.expires_at > time.time() else None
 
-    @contextlib.contextmanager
-    def _locked(self, *keys: str) -> Iterator[None]:
-        """Hold the exclusive locks of the shards of *keys*, taken in sorted order.
-
-        The lock file is opened anew each time: ``flock`` belongs to the open file
-        description, so two threads of this process exclude each other as two
-        processes do. The sorted order keeps two writers from deadlocking.
-        """
-        fds: list[int] = []
-        try:
-            for shard in sorted({self._shard(key) for key in keys}):
-                self._mkdir(shard)
-                lock = os.path.join(shard, _LOCK_NAME)
-                fds.append(os.open(lock, os.O_RDWR | os.O_CREAT, self.file_mode))
-                fcntl.flock(fds[-1], fcntl.LOCK_EX)
-            yield
-        finally:
-            for fd in reversed(fds):
-                os.close(fd)
-
-    def _mkdir(self, path: str) -> None:
-        """Create *path* and any missing shard levels above it with the store's mode."""
-        try:
-            os.mkdir(path, self._dir_mode)
-        except FileExistsError:
-            pass  # a file in its place fails on first use, with the right error
-        except FileNotFoundError:
-            parent = os.path.dirname(path)
-            if path == self.directory:
-                os.makedirs(parent, exist_ok=True)
-            else:
-                self._mkdir(parent)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, self._dir_mode)
+    def _locked(self, *keys: str, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+        """Hold the locks of the shards of *keys*; see :meth:`Tree.lock`."""
+        shards = [self._shard(key) for key in keys]  # a bad key fails before any mkdir
+        return self._tree.lock(shards, wait=wait)
 
     def _write(self, key: str, record: Record) -> None:
-        """Replace the record file of *key* through a temp file in the same directory."""
-        shard = self._shard(key)
-        blob = memoryview(_encode(record))
-        fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=shard)
-        try:
-            try:
-                os.fchmod(fd, self.file_mode)
-                while blob:
-                    blob = blob[os.write(fd, blob) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            # os.replace is atomic on POSIX, so a reader sees the old record or the
-            # new one, never half of each.
-            os.replace(temp, os.path.join(shard, key))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        if self.fsync:
-            self._sync_dir(shard)
-
-    def _unlink(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            if self.fsync:
-                self._sync_dir(os.path.dirname(path))
-
-    def _sync_dir(self, directory: str) -> None:
-        # The rename or unlink lives in the directory's entries, which need their own
-        # fsync to survive a power loss.
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._tree.write(self._shard(key), key, _encode(record))
