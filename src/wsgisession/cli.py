@@ -7,6 +7,7 @@ with one line on stderr saying why.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,12 @@ def _check(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 
 def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
-    removed = purge_expired(store)
+    progress = _Progress() if sys.stderr is not None and sys.stderr.isatty() else None
+    try:
+        removed = purge_expired(store, progress=progress)
+    finally:
+        if progress is not None:
+            progress.clear()
     if store.native_expiry:
         return f"0 expired sessions removed ({_describe(config)} expires them by itself)"
     return f"{removed} expired session{'s' if removed != 1 else ''} removed"
@@ -45,6 +51,8 @@ def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 def _stats(config: Config, store: Store, args: argparse.Namespace) -> str:
     count = store.count()
+    if args.json:
+        return json.dumps({"live_sessions": count, "store": _describe(config)})
     if count is None:
         return f"live sessions: unknown ({_describe(config)} can't count them)"
     return f"live sessions: {count}"
@@ -80,6 +88,24 @@ def _logout(config: Config, store: Store, args: argparse.Namespace) -> str:
     return f"{ended} session{'s' if ended != 1 else ''} of user {args.user!r} ended"
 
 
+class _Progress:
+    """A running count on one terminal line of stderr, for purges of many batches."""
+
+    def __init__(self) -> None:
+        self._shown = False
+
+    def __call__(self, total: int) -> None:
+        sys.stderr.write(f"\r{total} expired sessions removed so far...")
+        sys.stderr.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        """Erase the line, so the result or an error prints on a clean one."""
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -104,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", required=True, metavar="FILE", help="the ini file")
         sub.add_argument("--section", default="session", help="the ini section (default: session)")
+        if name == "stats":
+            sub.add_argument(
+                "--json",
+                action="store_true",
+                help='print {"live_sessions": N or null, "store": URL} as JSON',
+            )
         if name in ("sessions", "logout"):
             sub.add_argument("--user", required=True, metavar="ID", help="the user id")
     return parser

@@ -1,0 +1,105 @@
+"""A complete store of one's own: the example of the guide to writing a store.
+
+It keeps records in a dict of this process, as ``MemoryStore`` does, so that every
+line is about the contract rather than a backend. A real store does the same steps
+against its backend, inside ``translate_errors`` so that the backend's exceptions
+reach the application as ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Self
+
+from wsgisession.errors import ConfigError
+from wsgisession.stores import Record, Store
+
+
+class DictStore(Store):
+    """Sessions in a dict of this process, served for ``dict://`` URLs."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build the store from ``dict://``; it takes no options."""
+        if url != "dict://":
+            raise ConfigError(f"store {url!r} is not a dict store URL: use 'dict://'")
+        if options:
+            raise ConfigError(f"unknown store option {next(iter(options))!r} for dict://")
+        return cls()
+
+    def _live(self, key: str) -> Record | None:
+        # Expiry is judged by the application's clock: a record past its expires_at
+        # is never returned, even before cleanup() has removed it.
+        record = self._records.get(key)
+        if record is None or record.expires_at <= time.time():
+            return None
+        return record
+
+    def load(self, key: str) -> Record | None:
+        with self._lock:
+            return self._live(key)
+
+    def save(
+        self,
+        key: str,
+        record: Record,
+        *,
+        expected_version: int | None,
+        replaces: str | None = None,
+    ) -> bool:
+        with self._lock:
+            current = self._live(key)
+            if expected_version is None:
+                if current is not None:
+                    return False
+            elif current is None or current.version != expected_version:
+                return False
+            self._records[key] = record
+            if replaces is not None:
+                self._records.pop(replaces, None)
+            return True
+
+    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+        with self._lock:
+            current = self._live(key)
+            if current is None:
+                return False
+            self._records[key] = dataclasses.replace(
+                current,
+                expires_at=max(current.expires_at, expires_at),
+                last_seen=max(current.last_seen, last_seen),
+            )
+            return True
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            live = self._live(key) is not None
+            self._records.pop(key, None)
+            return live
+
+    def ping(self) -> None:
+        """Nothing to reach: the dict is always there."""
+
+    def cleanup(self, *, limit: int | None = None) -> int:
+        with self._lock:
+            now = time.time()
+            expired = [key for key, r in self._records.items() if r.expires_at <= now]
+            for key in expired[:limit]:
+                del self._records[key]
+            return len(expired[:limit])
+
+    def user_records(self, user_id: str) -> list[tuple[str, Record]]:
+        # A scan is this store's user index; a real backend keeps an index instead.
+        with self._lock:
+            found = ((key, self._live(key)) for key in list(self._records))
+            return [(key, r) for key, r in found if r is not None and r.user_id == user_id]
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(1 for key in list(self._records) if self._live(key) is not None)
