@@ -118,6 +118,9 @@ class SessionMiddleware:
             elif session._loaded:
                 headers = _with_headers(headers, [])
             session._headers_sent = True
+            if exc_info is None:
+                # Some start_response callables (web.py's test helper) take two arguments.
+                return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
         try:

@@ -1,0 +1,103 @@
+"""A one-file Django project on wsgisession: a counter, a login with "remember me", a flash.
+
+Run it with ``python examples/django_app.py`` and open http://127.0.0.1:8000/.
+Sessions go to ``./sessions`` (the default file store). Set ``SECRET_KEY`` and
+``SESSION_STORE`` (a store URL) in the environment to change either.
+
+``django.contrib.sessions`` is not installed: views read the wsgisession session
+with ``get_session(request.META)``, and the WSGI application is wrapped in
+:class:`SessionMiddleware`, as a project's ``wsgi.py`` would do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        # Django signs its own things with it; the sessions have their own key.
+        SECRET_KEY=os.environ.get("SECRET_KEY", "dev-only-change-me"),
+        ALLOWED_HOSTS=["127.0.0.1", "localhost"],
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=[],
+        MIDDLEWARE=["django.middleware.common.CommonMiddleware"],
+        USE_TZ=True,
+    )
+
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path
+from django.utils.html import escape
+from django.views.decorators.http import require_GET, require_POST
+
+from wsgisession import Session, SessionMiddleware, get_session
+
+#: Seconds the "signed in" message stays, as a per-key timeout.
+FLASH_SECONDS = int(os.environ.get("FLASH_SECONDS", "5"))
+
+
+def session(request: HttpRequest) -> Session:
+    """The request's session (``request.META`` is the WSGI environ)."""
+    return get_session(request.META)
+
+
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    s = session(request)
+    s["count"] = s.get("count", 0) + 1
+    parts = ["<!doctype html><title>wsgisession demo</title><h1>wsgisession + Django</h1>"]
+    if "flash" in s:
+        parts.append(f'<p id="flash"><b>{escape(s["flash"])}</b></p>')
+    parts.append(f'<p>Visits: <span id="count">{s["count"]}</span></p>')
+    if "user" in s:
+        parts.append(
+            f'<p>Signed in as <span id="user">{escape(s["user"])}</span>'
+            f"{' (remembered)' if s.remember else ''}.</p>"
+            '<form method="post" action="/logout"><button id="logout">Log out</button></form>'
+        )
+    else:
+        parts.append(
+            '<form method="post" action="/login"><input name="username" required>'
+            '<label><input type="checkbox" name="remember"> Remember me</label>'
+            "<button>Log in</button></form>"
+        )
+    return HttpResponse("".join(parts))
+
+
+@require_POST
+def login(request: HttpRequest) -> HttpResponse:
+    s = session(request)
+    s.regenerate()  # a new id on login defeats session fixation
+    s["user"] = request.POST.get("username", "")
+    s.user_id = s["user"]
+    s.remember = request.POST.get("remember") == "on"
+    s.set("flash", f"Welcome, {s['user']}!", timeout=FLASH_SECONDS)
+    return HttpResponseRedirect("/")
+
+
+@require_POST
+def logout(request: HttpRequest) -> HttpResponse:
+    session(request).invalidate()
+    return HttpResponseRedirect("/")
+
+
+urlpatterns = [path("", index), path("login", login), path("logout", logout)]
+
+
+def create_app(**options: Any) -> SessionMiddleware:
+    """Build the demo as a WSGI app; *options* go to :class:`SessionMiddleware`."""
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
+    return SessionMiddleware(get_wsgi_application(), **options)
+
+
+if __name__ == "__main__":
+    from wsgiref.simple_server import make_server
+
+    port = int(os.environ.get("PORT", "8000"))
+    print(f"Serving on http://127.0.0.1:{port}/")
+    make_server("127.0.0.1", port, create_app()).serve_forever()

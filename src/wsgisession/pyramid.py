@@ -1,0 +1,169 @@
+"""Pyramid helpers: make ``request.session`` the wsgisession session.
+
+``config.include("wsgisession.pyramid")`` registers a session factory whose
+sessions implement Pyramid's ``ISession`` over the request's :class:`Session`, so
+code written against ``request.session`` (flash messages, CSRF tokens,
+``invalidate()``, ``changed()``) works unchanged. The middleware still wraps the app:
+
+.. code-block:: python
+
+    from pyramid.config import Configurator
+    from wsgisession import SessionMiddleware
+
+    with Configurator() as config:
+        config.include("wsgisession.pyramid")
+        config.add_route("home", "/")
+        config.scan()
+        app = SessionMiddleware(config.make_wsgi_app(), secret_key=KEY)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Final
+
+from pyramid.interfaces import ISession
+from zope.interface import classImplements
+
+from .middleware import get_session
+from .session import Session
+
+__all__ = ["PyramidSession", "includeme", "session_factory"]
+
+# The keys Pyramid's own cookie sessions use, so data moved between them keeps meaning.
+_FLASH_PREFIX: Final = "_f_"
+_CSRF_KEY: Final = "_csrft_"
+
+
+class PyramidSession(MutableMapping[str, Any]):
+    """Pyramid's ``ISession`` over a wsgisession :class:`Session`.
+
+    The mapping is the session's own data. :meth:`set`, :meth:`regenerate`,
+    :attr:`remember` and :attr:`user_id` reach the wsgisession features Pyramid has
+    no name for; :attr:`wsgi_session` is the session itself.
+
+    :param session: The request's session.
+    """
+
+    __slots__ = ("wsgi_session",)
+
+    def __init__(self, session: Session) -> None:
+        #: The wsgisession :class:`Session` behind this one.
+        self.wsgi_session = session
+
+    def __getitem__(self, key: str) -> Any:
+        return self.wsgi_session[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.wsgi_session[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.wsgi_session[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.wsgi_session)
+
+    def __len__(self) -> int:
+        return len(self.wsgi_session)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.wsgi_session
+
+    def __repr__(self) -> str:
+        return f"<PyramidSession over {self.wsgi_session!r}>"
+
+    def clear(self) -> None:
+        """Remove every key (the session lives on, empty)."""
+        self.wsgi_session.clear()
+
+    # -- ISession ---------------------------------------------------------------------
+
+    @property
+    def created(self) -> float:
+        """When the session started, as a Unix timestamp."""
+        return self.wsgi_session.created_at
+
+    @property
+    def new(self) -> bool:
+        """``True`` when this request started the session."""
+        return self.wsgi_session.new
+
+    def invalidate(self) -> None:
+        """End the session: delete its record and expire its cookie."""
+        self.wsgi_session.invalidate()
+
+    def changed(self) -> None:
+        """Save the session even though only a nested value was changed in place."""
+        self.wsgi_session.modified = True
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Add *msg* to the flash *queue*; without *allow_duplicate*, only once."""
+        key = _FLASH_PREFIX + queue
+        messages = list(self.wsgi_session.get(key, ()))
+        if allow_duplicate or msg not in messages:
+            messages.append(msg)
+            self.wsgi_session[key] = messages
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """Return the messages of *queue* and empty it."""
+        return list(self.wsgi_session.pop(_FLASH_PREFIX + queue, ()))
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """Return the messages of *queue* and leave them there."""
+        return list(self.wsgi_session.get(_FLASH_PREFIX + queue, ()))
+
+    def new_csrf_token(self) -> str:
+        """Store a fresh CSRF token and return it."""
+        token = secrets.token_hex(20)
+        self.wsgi_session[_CSRF_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        """Return the session's CSRF token, making one if it has none."""
+        token: str | None = self.wsgi_session.get(_CSRF_KEY)
+        return token if token is not None else self.new_csrf_token()
+
+    # -- wsgisession ------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> None:
+        """Store *value*; with *timeout* (seconds), *key* vanishes that long after."""
+        self.wsgi_session.set(key, value, timeout=timeout)
+
+    def regenerate(self) -> None:
+        """Give the session a new id, keeping its data (call it on login)."""
+        self.wsgi_session.regenerate()
+
+    @property
+    def remember(self) -> bool:
+        """Whether the cookie persists for ``remember_me_timeout`` (remember-me)."""
+        return self.wsgi_session.remember
+
+    @remember.setter
+    def remember(self, value: bool) -> None:
+        self.wsgi_session.remember = value
+
+    @property
+    def user_id(self) -> str | None:
+        """The user this session belongs to, or ``None``."""
+        return self.wsgi_session.user_id
+
+    @user_id.setter
+    def user_id(self, value: str | None) -> None:
+        self.wsgi_session.user_id = value
+
+
+classImplements(PyramidSession, ISession)
+
+
+def session_factory(request: Any) -> PyramidSession:
+    """Pyramid session factory: the session the middleware put in *request*'s environ.
+
+    :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
+    """
+    return PyramidSession(get_session(request.environ))
+
+
+def includeme(config: Any) -> None:
+    """Make ``request.session`` a :class:`PyramidSession` (``config.include`` hook)."""
+    config.set_session_factory(session_factory)

@@ -1,0 +1,69 @@
+"""Flask: the example over real servers, and ``wsgisession.flask``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import flask
+import pytest
+from werkzeug.test import Client
+
+from tests.frameworks.flows import ExampleFlows
+from tests.frameworks.servers import SECRET, SERVERS, Server, serve_example
+from wsgisession import Session, SessionError, SessionMiddleware
+from wsgisession.flask import current_session, init_app
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """``examples/flask_app.py`` under each server, shared by the module's flows."""
+    with serve_example(request.param, "flask_app", tmp_path_factory.mktemp("flask")) as running:
+        yield running
+
+
+class TestFlaskExample(ExampleFlows):
+    """The Flask example's flows over waitress and gunicorn."""
+
+
+def _app() -> flask.Flask:
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    def index() -> str:
+        s = current_session()
+        assert isinstance(s, Session)
+        s["n"] = s.get("n", 0) + 1
+        return str(s["n"])
+
+    return app
+
+
+def test_init_app_wraps_the_app_and_keeps_the_middleware() -> None:
+    app = _app()
+    middleware = init_app(app, {"secret_key": SECRET}, store="memory://", cleanup_interval=0)
+    assert isinstance(middleware, SessionMiddleware)
+    assert app.wsgi_app is middleware
+    assert app.extensions["wsgisession"] is middleware
+    client = Client(app)
+    assert client.get("/").get_data(as_text=True) == "1"
+    assert client.get("/").get_data(as_text=True) == "2"
+
+
+def test_init_app_twice_is_refused() -> None:
+    app = _app()
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    with pytest.raises(SessionError, match="already"):
+        init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+
+
+def test_current_session_without_the_middleware_names_it() -> None:
+    app = _app()
+    with app.test_request_context("/"), pytest.raises(SessionError, match="SessionMiddleware"):
+        current_session()
+
+
+def test_current_session_outside_a_request_is_flasks_error() -> None:
+    with pytest.raises(RuntimeError, match="request context"):
+        current_session()
