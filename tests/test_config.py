@@ -799,3 +799,11 @@ def test_the_ini_section_text_is_read_verbatim(tmp_path: Path) -> None:
     )
 
     assert Config.from_ini(path) == Config.from_options(secret_key=KEY, store="memory://")
+
+
+def test_ini_default_section_keys_are_not_options(tmp_path: Path) -> None:
+    """A PasteDeploy file's [DEFAULT] (debug, email_to) must not leak into [session]."""
+    ini = tmp_path / "app.ini"
+    ini.write_text("[DEFAULT]\ndebug = true\n\n[session]\nsecret_key = s3cret\ntimeout = 60\n")
+    config = Config.from_ini(ini)
+    assert (config.secret_key, config.timeout) == ("s3cret", 60)

@@ -221,7 +221,9 @@ class Config:
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-            parser = configparser.RawConfigParser()
+            # [DEFAULT] often holds the app's own keys (PasteDeploy's debug), which are
+            # not options: read it as a section of its own rather than merged in.
+            parser = configparser.RawConfigParser(default_section="\x00none")
             parser.read_string(text, source=name)
             if parser.has_section(section):
                 items = dict(parser.items(section))
