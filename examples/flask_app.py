@@ -1,4 +1,5 @@
-"""A Flask app on wsgisession: a counter, a login with "remember me", a flash, a logout.
+"""A Flask app on wsgisession: a counter, a login with "remember me", a flash, a logout,
+and a "your sessions" page that ends a session on another device.
 
 Run it with ``python examples/flask_app.py`` and open http://127.0.0.1:5000/.
 Sessions go to ``./sessions`` (the default file store). Set ``SECRET_KEY`` and
@@ -8,6 +9,7 @@ Sessions go to ``./sessions`` (the default file store). Set ``SECRET_KEY`` and
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from flask import Flask, redirect, render_template_string, request, url_for
@@ -22,6 +24,7 @@ PAGE = """<!doctype html>
 {% if user %}
   <p>Signed in as <span id="user">{{ user }}</span>
      {% if remembered %}(remembered){% endif %}.</p>
+  <p><a href="{{ url_for('sessions') }}" id="sessions">Your sessions</a></p>
   <form method="post" action="{{ url_for('logout') }}"><button id="logout">Log out</button></form>
 {% else %}
   <form method="post" action="{{ url_for('login') }}">
@@ -30,6 +33,33 @@ PAGE = """<!doctype html>
     <button id="login">Log in</button>
   </form>
 {% endif %}
+"""
+
+SESSIONS_PAGE = """<!doctype html>
+<title>Your sessions</title>
+<h1>Your sessions, {{ user }}</h1>
+<table>
+  <tr><th>started</th><th>last seen</th><th>device</th><th>address</th><th></th></tr>
+  {% for info in infos %}
+  <tr class="session" id="s-{{ info.handle[:12] }}">
+    <td>{{ when(info.created_at) }}</td>
+    <td>{{ when(info.last_seen) }}</td>
+    <td>{{ info.user_agent or "?" }}{% if info.remembered %} (remembered){% endif %}</td>
+    <td>{{ info.remote_addr or "?" }}</td>
+    <td>
+      {% if info.handle == current %}<b class="current">this device</b>{% else %}
+      <form method="post" action="{{ url_for('end_session') }}">
+        <input type="hidden" name="handle" value="{{ info.handle }}">
+        <button class="end">End</button>
+      </form>{% endif %}
+    </td>
+  </tr>
+  {% endfor %}
+</table>
+<form method="post" action="{{ url_for('end_others') }}">
+  <button id="end-others">Log out all other devices</button>
+</form>
+<p><a href="{{ url_for('index') }}">Back</a></p>
 """
 
 #: Seconds the "signed in" message stays, as a per-key timeout.
@@ -72,9 +102,42 @@ def create_app(**options: Any) -> Flask:
         session().invalidate()
         return redirect(url_for("index"))
 
+    @app.get("/sessions")
+    def sessions() -> Any:
+        s = session()
+        if s.user_id is None:
+            return redirect(url_for("index"))
+        return render_template_string(
+            SESSIONS_PAGE,
+            user=s.user_id,
+            infos=middleware.user_sessions(s.user_id),
+            current=s.handle,
+            when=lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)),
+        )
+
+    @app.post("/sessions/end")
+    def end_session() -> Any:
+        s = session()
+        handle = request.form.get("handle", "")
+        # Only a handle from this user's own list may be ended.
+        if s.user_id is not None and any(
+            info.handle == handle for info in middleware.user_sessions(s.user_id)
+        ):
+            middleware.end_session(handle)
+        return redirect(url_for("sessions"))
+
+    @app.post("/sessions/end-others")
+    def end_others() -> Any:
+        s = session()
+        if s.user_id is not None:
+            middleware.end_user_sessions(s.user_id, keep=s)
+        return redirect(url_for("sessions"))
+
     options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
-    app.wsgi_app = SessionMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    options.setdefault("track_clients", True)
+    middleware = SessionMiddleware(app.wsgi_app, **options)
+    app.wsgi_app = middleware  # type: ignore[method-assign]
     return app
 
 

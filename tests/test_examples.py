@@ -110,3 +110,35 @@ def test_flask_demo_runs_as_the_readme_says(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_flask_your_sessions_page_ends_another_device(tmp_path: Path) -> None:
+    app = make_wsgi("flask_app", tmp_path)
+    phone, laptop = Client(app), Client(app)
+    phone.post("/login", data={"username": "ann"}, headers={"User-Agent": "Phone"})
+    laptop.post("/login", data={"username": "ann"}, headers={"User-Agent": "Laptop"})
+    page = laptop.get("/sessions").get_data(as_text=True)
+    assert page.count('class="session"') == 2
+    assert "Phone" in page and "Laptop" in page and "this device" in page
+
+    phone_handle = page.split('name="handle" value="')[1].split('"')[0]
+    laptop.post("/sessions/end", data={"handle": phone_handle})
+    assert "Log in" in phone.get("/").get_data(as_text=True)
+    assert laptop.get("/sessions").get_data(as_text=True).count('class="session"') == 1
+
+    intruder = Client(app)
+    intruder.post("/login", data={"username": "eve"})
+    laptop_handle = laptop.application.wsgi_app.user_sessions("ann")[0].handle
+    intruder.post("/sessions/end", data={"handle": laptop_handle})
+    assert 'id="user">ann<' in laptop.get("/").get_data(as_text=True)
+
+
+def test_flask_log_out_all_other_devices(tmp_path: Path) -> None:
+    app = make_wsgi("flask_app", tmp_path)
+    clients = [Client(app) for _ in range(3)]
+    for client in clients:
+        client.post("/login", data={"username": "ann"})
+    clients[0].post("/sessions/end-others")
+    assert 'id="user">ann<' in clients[0].get("/").get_data(as_text=True)
+    for client in clients[1:]:
+        assert "Log in" in client.get("/").get_data(as_text=True)
