@@ -8,30 +8,17 @@ Everything is checked when the middleware is built, never on a request.
 from __future__ import annotations
 
 import configparser
-import importlib
-import json
-import math
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
+from ._kinds import CHECKS, PARSERS, SameSite, parse_store_option
 from .errors import ConfigError
 from .stores import open_store, wrap_client
 from .stores.base import Store
 
 __all__ = ["OPTIONS", "Config", "Option", "options_markdown"]
-
-SameSite = Literal["Strict", "Lax", "None"]
-
-# RFC 6265 token characters, the only ones a cookie name may use.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# A host name or address; werkzeug writes Domain unquoted, so ';' or CRLF would
-# add attributes or headers.
-_DOMAIN: Final = re.compile(r"[0-9A-Za-z._-]+")
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +179,7 @@ class Config:
             raise ConfigError(
                 f"unknown option {unknown[0]!r}; known options: {', '.join(_BY_NAME)}"
             )
-        values = {
-            name: _CHECKS[_BY_NAME[name].kind](name, value) for name, value in merged.items()
-        }
+        values = {name: CHECKS[_BY_NAME[name].kind](name, value) for name, value in merged.items()}
         if "secret_key" not in values:
             raise ConfigError("option 'secret_key' is required: a long random string")
         config = cls(**values)
@@ -336,7 +321,7 @@ def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:
         option = _BY_NAME.get(name)
         if option is None:
             raise ConfigError(f"unknown option {name!r}; known options: {', '.join(_BY_NAME)}")
-        values[name] = _PARSERS[option.kind](name, text.strip())
+        values[name] = PARSERS[option.kind](name, text.strip())
     if store_options:
         values["store_options"] = {**values.get("store_options", {}), **store_options}
     return values
@@ -358,8 +343,8 @@ def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]
         text = environ[variable]
         try:
             if option is not None:
-                parsed = _PARSERS[option.kind](option.name, text.strip())
-                values[option.name] = _CHECKS[option.kind](option.name, parsed)
+                parsed = PARSERS[option.kind](option.name, text.strip())
+                values[option.name] = CHECKS[option.kind](option.name, parsed)
             elif rest.startswith("STORE_") and len(rest) > len("STORE_"):
                 store_options[rest[len("STORE_") :].lower()] = parse_store_option(text)
         except ConfigError as exc:
@@ -386,30 +371,6 @@ def _paste_items(text: str, name: str, section: str) -> dict[str, str]:
     }
 
 
-def parse_store_option(text: str) -> Any:
-    """Parse a ``store.NAME`` value: a bool, ``none``, a number, JSON, or the text."""
-    text = text.strip()
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for number in (int, float):
-        try:
-            value = number(text)
-        except ValueError:
-            continue
-        # float() also reads "nan" and "infinity", which are words here, not numbers.
-        if math.isfinite(value):
-            return value
-    if text[:1] in ("{", "["):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"store option value {text!r} is not valid JSON: {exc}") from exc
-    return text
-
-
 def options_markdown() -> str:
     """Return the README's option table, generated from :data:`OPTIONS`."""
     lines = ["| name | default | meaning |", "|---|---|---|"]
@@ -423,274 +384,3 @@ def _markdown_value(value: object) -> str:
     if isinstance(value, str):
         return f'`"{value}"`'
     return "`[]`" if value == () else f"`{value!r}`"
-
-
-# -- strict checks of Python values ---------------------------------------------
-
-
-def _type_error(name: str, expected: str, value: object) -> ConfigError:
-    return ConfigError(f"option {name!r} must be {expected}, got {value!r}")
-
-
-def _check_secret(name: str, value: object) -> str | bytes:
-    if not isinstance(value, str | bytes):
-        raise _type_error(name, "a string", value)
-    if not value:
-        raise ConfigError(f"option {name!r} must not be empty: use a long random string")
-    return value
-
-
-def _check_secrets(name: str, value: object) -> tuple[str | bytes, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise _type_error(name, "a list of strings", value)
-    return tuple(_check_secret(name, item) for item in value)
-
-
-def _check_int(name: str, value: object, minimum: int, unit: str = "seconds") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(name, f"a whole number of {unit}", value)
-    if value < minimum:
-        raise ConfigError(f"option {name!r} must be at least {minimum}, got {value}")
-    return value
-
-
-def _check_seconds(name: str, value: object) -> int:
-    return _check_int(name, value, 1)
-
-
-def _check_optional_seconds(name: str, value: object) -> int | None:
-    return None if value is None else _check_int(name, value, 1)
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _type_error(name, "True or False", value)
-    return value
-
-
-def _check_optional_bool(name: str, value: object) -> bool | None:
-    return None if value is None else _check_bool(name, value)
-
-
-def _check_str(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _type_error(name, "a non-empty string", value)
-    return value
-
-
-def _check_optional_str(name: str, value: object) -> str | None:
-    return None if value is None else _check_str(name, value)
-
-
-def _check_cookie_name(name: str, value: object) -> str:
-    text = _check_str(name, value)
-    if not _TOKEN.fullmatch(text):
-        raise ConfigError(
-            f"option {name!r} must be a cookie token (letters, digits, -_.), got {text!r}"
-        )
-    return text
-
-
-def _check_domain(name: str, value: object) -> str | None:
-    text = _check_optional_str(name, value)
-    if text is not None and not _DOMAIN.fullmatch(text):
-        raise ConfigError(
-            f"option {name!r} must be a host name such as 'example.org', got {text!r}"
-        )
-    return text
-
-
-def _check_path(name: str, value: object) -> str:
-    text = _check_str(name, value)
-    if not text.startswith("/") or ";" in text:
-        raise ConfigError(f"option {name!r} must be a URL path starting with '/', got {text!r}")
-    return text
-
-
-def _check_samesite(name: str, value: object) -> SameSite | None:
-    if value is None:
-        return None
-    allowed: SameSite
-    for allowed in ("Strict", "Lax", "None"):
-        if isinstance(value, str) and value.lower() == allowed.lower():
-            return allowed
-    raise _type_error(name, "'Strict', 'Lax', 'None' or None", value)
-
-
-def _check_store(name: str, value: object) -> object:
-    if isinstance(value, Store) or not isinstance(value, str):
-        # Store objects, and driver objects that open_store() wraps or refuses.
-        return value
-    return _check_str(name, value)
-
-
-def _check_mapping(name: str, value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _type_error(name, "a mapping of option names to values", value)
-    return dict(value)
-
-
-def _check_serializer(name: str, value: object) -> object:
-    if value in ("json", "pickle"):
-        return value
-    # A class has callable dumps/loads too, but it is its instance that serializes;
-    # the middleware refuses a class, so this check (all that `check` runs) must too.
-    if (
-        not isinstance(value, str | type)
-        and callable(getattr(value, "dumps", None))
-        and callable(getattr(value, "loads", None))
-    ):
-        return value
-    raise _type_error(name, "'json', 'pickle', or an object with dumps() and loads()", value)
-
-
-def _check_initializer(name: str, value: object) -> object:
-    if value is None or isinstance(value, Mapping) or callable(value):
-        return value
-    raise _type_error(name, "a mapping or a callable returning one", value)
-
-
-def _check_size(name: str, value: object) -> int:
-    return _check_int(name, value, 1, "bytes")
-
-
-def _check_interval(name: str, value: object) -> int:
-    return _check_int(name, value, 0)
-
-
-def _check_optional_count(name: str, value: object) -> int | None:
-    return None if value is None else _check_int(name, value, 1, "sessions")
-
-
-def _check_listeners(name: str, value: object) -> tuple[Callable[[Any], object], ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise _type_error(name, "a list of callables", value)
-    for item in value:
-        if not callable(item):
-            raise _type_error(name, "a list of callables", item)
-    return tuple(value)
-
-
-_CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
-    "secret": _check_secret,
-    "secrets": _check_secrets,
-    "store": _check_store,
-    "mapping": _check_mapping,
-    "seconds": _check_seconds,
-    "seconds?": _check_optional_seconds,
-    "bool": _check_bool,
-    "bool?": _check_optional_bool,
-    "str": _check_str,
-    "str?": _check_optional_str,
-    "cookie_name": _check_cookie_name,
-    "domain": _check_domain,
-    "path": _check_path,
-    "samesite": _check_samesite,
-    "serializer": _check_serializer,
-    "initializer": _check_initializer,
-    "size": _check_size,
-    "interval": _check_interval,
-    "count?": _check_optional_count,
-    "listeners": _check_listeners,
-}
-
-
-# -- parsing of text values ---------------------------------------------------------
-
-
-def _parse_bool(name: str, text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise _type_error(name, "true or false", text)
-
-
-def _parse_optional_bool(name: str, text: str) -> bool | None:
-    return None if text.lower() in ("", "none") else _parse_bool(name, text)
-
-
-def _parse_int(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise _type_error(name, "a whole number", text) from None
-
-
-def _parse_optional_int(name: str, text: str) -> int | None:
-    return None if text.lower() in ("", "none") else _parse_int(name, text)
-
-
-def _parse_text(name: str, text: str) -> str:
-    return text
-
-
-def _parse_optional_text(name: str, text: str) -> str | None:
-    return None if text.lower() in ("", "none") else text
-
-
-def _parse_list(name: str, text: str) -> list[str]:
-    parts = text.splitlines() if "\n" in text else text.split(",")
-    return [part.strip() for part in parts if part.strip()]
-
-
-def _parse_samesite(name: str, text: str) -> str | None:
-    # In ini files the empty value means "no attribute"; "None" is the attribute.
-    return None if text == "" else text
-
-
-def _parse_mapping(name: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"option {name!r} must be a JSON object in ini files: {exc}") from exc
-
-
-def _parse_serializer(name: str, text: str) -> object:
-    return text if text in ("json", "pickle") else import_object(name, text)
-
-
-def _parse_initializer(name: str, text: str) -> object:
-    return None if text.lower() in ("", "none") else import_object(name, text)
-
-
-def import_object(name: str, target: str) -> object:
-    """Import ``package.module:name`` for option *name*, as ini files spell objects."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"option {name!r} must be written 'package.module:name', got {target!r}")
-    try:
-        obj: object = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"option {name!r}: cannot import {target!r}: {exc}") from exc
-    return obj
-
-
-def _parse_listeners(name: str, text: str) -> list[object]:
-    return [import_object(name, target) for target in _parse_list(name, text)]
-
-
-_PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
-    "secret": _parse_text,
-    "secrets": _parse_list,
-    "store": _parse_text,
-    "mapping": _parse_mapping,
-    "seconds": _parse_int,
-    "seconds?": _parse_optional_int,
-    "bool": _parse_bool,
-    "bool?": _parse_optional_bool,
-    "str": _parse_text,
-    "str?": _parse_optional_text,
-    "cookie_name": _parse_text,
-    "domain": _parse_optional_text,
-    "path": _parse_text,
-    "samesite": _parse_samesite,
-    "serializer": _parse_serializer,
-    "initializer": _parse_initializer,
-    "size": _parse_int,
-    "interval": _parse_int,
-    "count?": _parse_optional_int,
-    "listeners": _parse_listeners,
-}
