@@ -901,3 +901,39 @@ def test_a_concurrent_logout_is_never_undone() -> None:
     inner["client"] = twin
     client.get("/slow")
     assert store.count() == 0
+
+
+@pytest.mark.parametrize("regenerate", [False, True], ids=["save", "regenerate"])
+def test_a_session_ended_meanwhile_gets_its_cookie_expired(regenerate: bool) -> None:
+    """A remembered session would re-issue its cookie on save; ended, it must expire it."""
+    store = MemoryStore()
+    inner: dict[str, Client] = {}
+
+    def remember(session: Session, request: Request) -> str:
+        session.remember = True
+        session["n"] = 1
+        return "ok"
+
+    def slow(session: Session, request: Request) -> str:
+        session.get("n")
+        inner["client"].get("/logout")
+        if regenerate:
+            session.regenerate()
+        session["late"] = "write"
+        return "ok"
+
+    def logout(session: Session, request: Request) -> str:
+        session.invalidate()
+        return "ok"
+
+    client, middleware = make_client(
+        {"/remember": remember, "/slow": slow, "/logout": logout}, store=store
+    )
+    client.get("/remember")
+    twin = Client(middleware)
+    twin.set_cookie("session_id", cookie_value(client))
+    inner["client"] = twin
+    response = client.get("/slow")
+    [header] = set_cookies(response)
+    assert "Max-Age=0" in header
+    assert store.count() == 0

@@ -31,6 +31,9 @@ _T = TypeVar("_T")
 
 #: The format of ``Record.meta``; a record of another format is a missing session.
 META_FORMAT: Final = 1
+# The meta of most records (not remembered, no key timeouts, no client details), which
+# needs no JSON either way.
+_PLAIN_META: Final = json.dumps({"v": META_FORMAT}, separators=(",", ":")).encode()
 # Enough for 16 threads writing one session at once, with the jittered backoff below.
 _SAVE_ATTEMPTS: Final = 40
 
@@ -128,14 +131,7 @@ class Engine:
     def decode(self, key: str, record: Record) -> Snapshot | None:
         """Decode *record*, or log it and return ``None`` if it is corrupt."""
         try:
-            meta = json.loads(record.meta) if record.meta else None
-            if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
-                raise ValueError("unknown record format")
-            deadlines = meta.get("t", {})
-            if not isinstance(deadlines, dict) or not all(
-                isinstance(t, int | float) for t in deadlines.values()
-            ):
-                raise ValueError("malformed key timeouts")
+            deadlines, remember, ip = _decode_meta(record.meta)
             data = self.serializer.loads(record.data)
             if not isinstance(data, dict):
                 raise ValueError(f"data is a {type(data).__name__}, not a dict")
@@ -146,7 +142,7 @@ class Engine:
             self.metrics.count("corrupt")
             self.emit("corrupt", key)
             return None
-        return Snapshot(key, record, data, deadlines, bool(meta.get("r")), meta.get("ip"))
+        return Snapshot(key, record, data, deadlines, remember, ip)
 
     # -- time -------------------------------------------------------------------------
 
@@ -199,21 +195,24 @@ class Engine:
         if self.config.track_clients:
             meta["ua"] = str(environ.get("HTTP_USER_AGENT", ""))[:200]
             meta["ra"] = environ.get("REMOTE_ADDR")
+        if len(meta) == 1:
+            return _PLAIN_META
         return json.dumps(meta, separators=(",", ":")).encode()
 
-    def save(self, session: Session, now: float) -> None:
+    def save(self, session: Session, now: float) -> bool:
         """Write *session*'s changes on top of what the store holds, by compare-and-set.
 
         A session that a concurrent request deleted (a logout) or that expired
         meanwhile is not written again: a logout is never undone, and an expired
-        session's data is never served again, so its changes are dropped and logged.
+        session's data is never served again, so its changes are dropped and logged,
+        the session is marked ended, and ``False`` is returned.
 
         :raises StoreError: The store failed, or too many concurrent saves won.
         :raises SessionError: The session is larger than ``max_size``.
         """
         if session._snapshot is None:
             self._create(session, now)
-            return
+            return True
         base = session._snapshot
         session_id = session._id
         assert session_id is not None
@@ -224,7 +223,7 @@ class Engine:
             # the old record first keeps a concurrent request's keys.
             reloaded = self._reload(base.key)
             if reloaded is None:
-                return
+                return _ended(session)
             base = reloaded
         changed, deleted = self._changes(session)
         for attempt in range(_SAVE_ATTEMPTS):
@@ -254,12 +253,12 @@ class Engine:
                 )
                 self.metrics.count("saves")
                 self.emit("regenerated" if moving else "saved", target)
-                return
+                return True
             self.metrics.count("conflicts")
             self.emit("conflict", base.key)
             reloaded = self._reload(base.key)
             if reloaded is None:
-                return
+                return _ended(session)
             base = reloaded
             # Jittered, growing backoff spreads out writers that keep colliding.
             time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
@@ -330,6 +329,7 @@ class Engine:
         if expires_at <= snapshot.record.expires_at:
             return False
         if not self.call(snapshot.key, self.store.refresh, snapshot.key, expires_at, now):
+            _ended(session)
             return False
         session._expires_at = expires_at
         self.metrics.count("refreshes")
@@ -360,12 +360,12 @@ class Engine:
                 moving = session._moving
                 if session.modified:
                     remember_changed = session._remember_changed
-                    self.save(session, now)
-                    issue = moving or remember_changed or self.persistent(session)
+                    saved = self.save(session, now)
+                    issue = saved and (moving or remember_changed or self.persistent(session))
                 elif self.refresh(session, now):
                     issue = self.persistent(session)
-                if session._cookie is not None and session._cookie.stale_key:
-                    issue = True
+                if session._snapshot is not None and session._cookie is not None:
+                    issue = issue or session._cookie.stale_key
         if linking and session._snapshot is not None and self.config.max_sessions_per_user:
             self.enforce_cap(session._snapshot.record.user_id, session._snapshot.key, now)
         headers: list[tuple[str, str]] = []
@@ -402,6 +402,31 @@ class Engine:
         """Save changes made while the body was produced, once the response closes."""
         if session._snapshot is not None and session.modified:
             self.save(session, _clock.now())
+
+
+def _decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
+    """Return the key deadlines, the remember-me flag and the bound address in *blob*.
+
+    :raises ValueError: *blob* is not meta of :data:`META_FORMAT`.
+    """
+    if blob == _PLAIN_META:
+        return {}, False, None
+    meta = json.loads(blob) if blob else None
+    if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
+        raise ValueError("unknown record format")
+    deadlines = meta.get("t", {})
+    if not isinstance(deadlines, dict) or not all(
+        isinstance(t, int | float) for t in deadlines.values()
+    ):
+        raise ValueError("malformed key timeouts")
+    return deadlines, bool(meta.get("r")), meta.get("ip")
+
+
+def _ended(session: Session) -> bool:
+    """Mark *session* as ended by another request; its cookie is then expired."""
+    session._snapshot = None
+    session._expired = True
+    return False
 
 
 def _merge(
