@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
 from . import _clock
 from .config import Config
@@ -36,6 +36,11 @@ META_FORMAT: Final = 1
 _PLAIN_META: Final = json.dumps({"v": META_FORMAT}, separators=(",", ":")).encode()
 # Enough for 16 threads writing one session at once, with the jittered backoff below.
 _SAVE_ATTEMPTS: Final = 40
+
+
+#: Why a validly signed cookie brought no session: it expired or was ended ("gone"),
+#: its record is undecodable ("corrupt"), or ``bind_ip`` refused it ("foreign").
+Miss = Literal["gone", "corrupt", "foreign"]
 
 
 class Snapshot(NamedTuple):
@@ -103,30 +108,32 @@ class Engine:
             return {}
         return copy.deepcopy(dict(self._initializer()))
 
-    def load(self, key: str, environ: WSGIEnvironment, now: float) -> tuple[Snapshot | None, bool]:
-        """Return the live session under *key* and whether a corrupt record is there."""
+    def load(
+        self, key: str, environ: WSGIEnvironment, now: float
+    ) -> tuple[Snapshot | None, Miss | None]:
+        """Return the live session under *key*, or ``None`` and why there is none."""
         record = self._load(key)
         if record is None or record.expires_at <= now:
-            return self._expired(key)
+            return self._expired(key, "gone")
         snapshot = self.decode(key, record)
         if snapshot is None:
-            return None, True
+            return None, "corrupt"
         absolute = self.config.absolute_timeout
         if absolute is not None and record.created_at + absolute <= now:
-            return self._expired(key)
+            return self._expired(key, "gone")
         if self.config.bind_ip and snapshot.ip != environ.get("REMOTE_ADDR"):
             log.info("session %s presented from another address; treated as expired", key[:8])
-            return self._expired(key)
-        return snapshot, False
+            return self._expired(key, "foreign")
+        return snapshot, None
 
     def _load(self, key: str) -> Record | None:
         self.metrics.count("loads")
         return self.call(key, self.store.load, key)
 
-    def _expired(self, key: str) -> tuple[None, bool]:
+    def _expired(self, key: str, miss: Miss) -> tuple[None, Miss]:
         self.metrics.count("expired")
         self.emit("expired", key)
-        return None, False
+        return None, miss
 
     def decode(self, key: str, record: Record) -> Snapshot | None:
         """Decode *record*, or log it and return ``None`` if it is corrupt."""
@@ -163,7 +170,8 @@ class Engine:
     def delete(self, key: str) -> bool:
         """End the session stored under *key*; ``True`` if it was live."""
         ended = self.call(key, self.store.delete, key)
-        self.emit("invalidated", key)
+        if ended:
+            self.emit("invalidated", key)
         return ended
 
     def encode(self, data: dict[str, Any]) -> bytes:
@@ -193,8 +201,12 @@ class Engine:
         if deadlines:
             meta["t"] = deadlines
         if self.config.track_clients:
-            meta["ua"] = str(environ.get("HTTP_USER_AGENT", ""))[:200]
-            meta["ra"] = environ.get("REMOTE_ADDR")
+            # What user_sessions() shows; a missing header is left out rather than "".
+            agent = environ.get("HTTP_USER_AGENT")
+            if agent:
+                meta["ua"] = str(agent)[:200]
+            if environ.get("REMOTE_ADDR"):
+                meta["ra"] = environ["REMOTE_ADDR"]
         if len(meta) == 1:
             return _PLAIN_META
         return json.dumps(meta, separators=(",", ":")).encode()
@@ -216,8 +228,8 @@ class Engine:
         base = session._snapshot
         session_id = session._id
         assert session_id is not None
-        target = store_key(session_id)
-        moving = target != base.key
+        moving = session._moving
+        target = store_key(session_id) if moving else base.key
         if moving:
             # Regenerating writes a new key, which no compare-and-set protects; reading
             # the old record first keeps a concurrent request's keys.
@@ -375,7 +387,8 @@ class Engine:
                 ("Set-Cookie", self.cookie.set_header(session._id, max_age=max_age, https=https))
             )
         elif session._cookie is not None and (
-            session._invalidated or (session._expired and session._snapshot is None)
+            session._invalidated
+            or (session._expired and session._snapshot is None and not session._foreign)
         ):
             headers.append(("Set-Cookie", self.cookie.expire_header(https=https)))
         session._headers_sent = True
@@ -399,9 +412,21 @@ class Engine:
         return self.config.cookie_max_age
 
     def finish_late(self, session: Session) -> None:
-        """Save changes made while the body was produced, once the response closes."""
-        if session._snapshot is not None and session.modified:
-            self.save(session, _clock.now())
+        """Save changes made while the body was produced, once the response closes.
+
+        No header can be sent any more, so only what needs none happens: saving a
+        stored session, refreshing one first read during the body, and ending a
+        user's oldest sessions when this one was linked to them.
+        """
+        if session._snapshot is None:
+            return
+        now = _clock.now()
+        if session.modified:
+            linking = session._user_changed and session._user_id is not None
+            if self.save(session, now) and linking:
+                self.enforce_cap(session._user_id, session._snapshot.key, now)
+        else:
+            self.refresh(session, now)
 
 
 def _decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Final, Literal
 
 from .errors import ConfigError
@@ -31,14 +32,20 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 def parse_store_option(text: str) -> Any:
-    """Parse a ``store.NAME`` value: a bool, ``none``, a number, JSON, or the text."""
+    """Parse a ``store.NAME`` value: a bool, ``none``, a number, JSON, or the text.
+
+    Integers may be written as Python writes them (``0o640``, ``0x1f``). A value in
+    double quotes is text whatever it looks like (``"123456"`` for a numeric password).
+    """
     text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered == "none":
         return None
-    for number in (int, float):
+    for number in (partial(int, base=0), float):
         try:
             value = number(text)
         except ValueError:
@@ -292,7 +299,8 @@ def import_object(name: str, target: str) -> object:
         obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    # Importing runs the module, which may fail in any way; all of it is a bad option.
+    except Exception as exc:
         raise ConfigError(f"option {name!r}: cannot import {target!r}: {exc}") from exc
     return obj
 

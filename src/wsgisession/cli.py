@@ -18,7 +18,7 @@ from .config import Config
 from .errors import ConfigError, StoreError
 from .purge import purge_expired
 from .stores.base import Store, mask_url
-from .users import list_user_sessions
+from .users import check_user_id, list_user_sessions
 
 __all__ = ["main"]
 
@@ -145,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (``sys.argv[1:]`` by default); return the exit code."""
     args = _parser().parse_args(argv)
     action, _ = _COMMANDS[args.command]
+    if getattr(args, "user", None) is not None:
+        try:
+            check_user_id(args.user)
+        except ValueError as exc:
+            print(f"wsgisession: bad --user: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         config = Config.from_ini(args.config, args.section)
         store = config.open_store()

@@ -252,7 +252,7 @@ class Config:
         return cls.from_options(values)
 
     def _check_consistency(self) -> None:
-        if self.cookie_name.startswith("__Host-"):
+        if self.cookie_name.lower().startswith("__host-"):
             if self.cookie_secure is False:
                 raise ConfigError(
                     "option 'cookie_secure' can't be False with a '__Host-' cookie_name"
@@ -261,7 +261,7 @@ class Config:
                 raise ConfigError("option 'cookie_domain' must be None with a '__Host-' cookie")
             if self.cookie_path != "/":
                 raise ConfigError("option 'cookie_path' must be '/' with a '__Host-' cookie")
-        if self.cookie_name.startswith("__Secure-") and self.cookie_secure is False:
+        if self.cookie_name.lower().startswith("__secure-") and self.cookie_secure is False:
             raise ConfigError(
                 "option 'cookie_secure' can't be False with a '__Secure-' cookie_name"
             )
@@ -302,7 +302,7 @@ class Config:
     @property
     def secure_prefix(self) -> bool:
         """Whether the cookie name demands the Secure attribute whatever the scheme."""
-        return self.cookie_name.startswith(("__Host-", "__Secure-"))
+        return self.cookie_name.lower().startswith(("__host-", "__secure-"))
 
 
 def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
@@ -98,37 +98,33 @@ class SessionMiddleware:
         return cls(app, {name: getattr(config, name) for name in config.__dataclass_fields__})
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Handle one request: a lazy session in, its cookie and its save out."""
+        """Handle one request: a lazy session in, its cookie and its save out.
+
+        The application's ``start_response`` is held back until the application has
+        returned (or, for a generator that calls it lazily, produced its first chunk),
+        and the session is saved then: an application that raises after calling
+        ``start_response`` saves nothing, and the cookie always reflects what was
+        really stored.
+        """
         purger = self._purger
         if purger is not None and not purger.started:
             purger.start()
-        engine = self._engine
-        session = Session(engine, environ)
+        session = Session(self._engine, environ)
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
-
-        def session_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-        ) -> Any:
-            failed = (exc_info is not None and exc_info[0] is not None) or status[:1] == "5"
-            if failed:
-                session._failed = True
-            if session._loaded and not session._headers_sent:
-                headers = _with_headers(headers, engine.finish(session, failed))
-            elif session._loaded:
-                headers = _with_headers(headers, [])
-            session._headers_sent = True
-            if exc_info is None:
-                # Some start_response callables (web.py's test helper) take two arguments.
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
-
+        response = _Response(session, self._engine, start_response)
         try:
-            app_iter = self.app(environ, session_start_response)
+            response.iterable = self.app(environ, response.start_response)
         except BaseException:
             session._failed = True
             raise
-        return _Response(app_iter, session, engine)
+        if response.pending is not None:
+            try:
+                response.flush()
+            except BaseException:
+                response.close_iterable()
+                raise
+        return response
 
     def user_sessions(self, user_id: str) -> list[SessionInfo]:
         """Return *user_id*'s live sessions, newest ``created_at`` first.
@@ -233,32 +229,121 @@ def _with_headers(
     return out
 
 
+#: Bodies whose iteration runs no application code, so nothing can happen during it.
+_PLAIN_BODIES: Final = (list, tuple)
+
+
 class _Response:
-    """The application's response, saving late changes when the server closes it."""
+    """One response: holds back the headers until the session is saved, then streams.
 
-    __slots__ = ("_engine", "_iterable", "_session")
+    It saves changes made while a streaming body is produced when the server closes
+    it, unless the body failed or was abandoned (the client went away).
+    """
 
-    def __init__(self, iterable: Iterable[bytes], session: Session, engine: Engine) -> None:
-        self._iterable = iterable
+    __slots__ = (
+        "_engine",
+        "_exhausted",
+        "_server_start_response",
+        "_server_write",
+        "_session",
+        "iterable",
+        "pending",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        engine: Engine,
+        start_response: StartResponse,
+    ) -> None:
         self._session = session
         self._engine = engine
+        self._server_start_response = start_response
+        self._server_write: Callable[[bytes], object] | None = None
+        self._exhausted = False
+        self.iterable: Iterable[bytes] = ()
+        #: The status and headers the application gave, not yet passed on.
+        self.pending: tuple[str, list[tuple[str, str]]] | None = None
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        """The ``start_response`` the application calls; it only takes note, mostly."""
+        if exc_info is None or exc_info[0] is None:
+            self.pending = (status, headers)
+            return self._write
+        # An error page replaces whatever was pending, and goes out at once.
+        self.pending = None
+        self._session._failed = True
+        headers = self._headers(headers, failed=True)
+        self._server_write = self._server_start_response(status, headers, exc_info)
+        return self._server_write
+
+    def flush(self) -> None:
+        """Save the session and pass the held-back status and headers on to the server."""
+        pending = self.pending
+        if pending is None:
+            return
+        self.pending = None
+        status, headers = pending
+        failed = self._session._failed or status[:1] == "5"
+        headers = self._headers(headers, failed=failed)
+        # Some start_response callables (web.py's test helper) take two arguments.
+        self._server_write = self._server_start_response(status, headers)
+
+    def _headers(self, headers: list[tuple[str, str]], *, failed: bool) -> list[tuple[str, str]]:
+        session = self._session
+        if failed:
+            session._failed = True
+        if session._loaded and not session._headers_sent:
+            headers = _with_headers(headers, self._engine.finish(session, failed))
+        elif session._loaded:
+            headers = _with_headers(headers, [])
+        session._headers_sent = True
+        return headers
+
+    def _write(self, data: bytes) -> object:
+        # The legacy write() callable sends headers, so the session is saved first.
+        self.flush()
+        assert self._server_write is not None
+        return self._server_write(data)
 
     def __iter__(self) -> Iterator[bytes]:
+        iterable = self.iterable
+        if self.pending is None and type(iterable) in _PLAIN_BODIES:
+            # Iterating a list runs no application code: nothing to guard or flush.
+            self._exhausted = True
+            return iter(iterable)
+        return self._guarded(iterable)
+
+    def _guarded(self, iterable: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            yield from self._iterable
+            for chunk in iterable:
+                # A generator calls start_response during its first step.
+                if self.pending is not None:
+                    self.flush()
+                yield chunk
+            self.flush()
         except BaseException:
             self._session._failed = True
             raise
+        self._exhausted = True
+
+    def close_iterable(self) -> None:
+        """Close the application's iterable, as the server would have."""
+        close = getattr(self.iterable, "close", None)
+        if close is not None:
+            close()
 
     def close(self) -> None:
         """Close the application's iterable, then save what changed during the body."""
         session = self._session
-        close = getattr(self._iterable, "close", None)
-        if close is not None:
-            try:
-                close()
-            except BaseException:
-                session._failed = True
-                raise
+        try:
+            self.close_iterable()
+        except BaseException:
+            session._failed = True
+            raise
+        if not self._exhausted:
+            session._failed = True  # the client went away before the body ended
         if session._loaded and session._headers_sent and not session._failed:
             self._engine.finish_late(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import _clock
 from .errors import SessionError
 from .ids import new_session_id, store_key
+from .users import check_user_id
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIEnvironment
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from .cookies import CookieId
 
 __all__ = ["Session"]
+
+log = logging.getLogger("wsgisession")
 
 
 class Session(MutableMapping[str, Any]):
@@ -44,6 +48,7 @@ class Session(MutableMapping[str, Any]):
         "_expires_at",
         "_failed",
         "_force",
+        "_foreign",
         "_headers_sent",
         "_id",
         "_invalidated",
@@ -53,6 +58,7 @@ class Session(MutableMapping[str, Any]):
         "_remember_changed",
         "_snapshot",
         "_stale_key",
+        "_stored_id",
         "_user_changed",
         "_user_id",
     )
@@ -69,10 +75,18 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
+        if self._headers_sent:
+            # The response can no longer say Vary: Cookie, so a shared cache might hand
+            # what this body shows to another user.
+            log.warning(
+                "session first used after the response headers were sent: the response "
+                "has no Vary: Cookie; read the session before start_response"
+            )
         engine = self._engine
         now = _clock.now()
         self._cookie: CookieId | None = engine.read_cookie(self._environ)
         self._expired = False
+        self._foreign = False
         self._invalidated = False
         # A corrupt record is deleted when this request stores its fresh session.
         self._stale_key: str | None = None
@@ -84,10 +98,12 @@ class Session(MutableMapping[str, Any]):
         snapshot = None
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
-            snapshot, corrupt = engine.load(key, self._environ, now)
+            snapshot, miss = engine.load(key, self._environ, now)
             if snapshot is None:
                 self._expired = True
-                if corrupt:
+                # bind_ip: the session lives on for its own address, so its cookie stays.
+                self._foreign = miss == "foreign"
+                if miss == "corrupt":
                     self._stale_key = key
         if snapshot is None:
             self._start_fresh(now, engine.initial_data())
@@ -109,7 +125,7 @@ class Session(MutableMapping[str, Any]):
 
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
         """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""
-        self._id = session_id
+        self._id = self._stored_id = session_id
         self._snapshot = snapshot
         self._data = dict(snapshot.data)
         self._deadlines = dict(snapshot.deadlines)
@@ -155,7 +171,10 @@ class Session(MutableMapping[str, Any]):
         if not isinstance(key, str):
             raise TypeError(f"session keys must be str, got {type(key).__name__}")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
         ):
             raise ValueError(f"timeout for session key {key!r} must be positive seconds")
         self._ensure()
@@ -164,7 +183,10 @@ class Session(MutableMapping[str, Any]):
         if timeout is None:
             self._deadlines.pop(key, None)
         else:
-            self._deadlines[key] = _clock.now() + timeout
+            now = _clock.now()
+            # Capped by the session's own lifetime, as it stands when the key is set.
+            ceiling = self._engine.expiry(self._created_at, now, remember=self._remember)
+            self._deadlines[key] = min(now + timeout, ceiling)
         self._changed.add(key)
         self._deleted.discard(key)
 
@@ -225,6 +247,7 @@ class Session(MutableMapping[str, Any]):
 
     def _handles(self) -> list[str]:
         """Every handle this session is or will be stored under in this request."""
+        self._ensure()
         handles = []
         if self._loaded and self._snapshot is not None:
             handles.append(self._snapshot.key)
@@ -275,10 +298,8 @@ class Session(MutableMapping[str, Any]):
     @property
     def _moving(self) -> bool:
         """Whether :meth:`regenerate` gave a stored session an id it isn't stored under."""
-        snapshot = self._snapshot
-        return (
-            snapshot is not None and self._id is not None and snapshot.key != store_key(self._id)
-        )
+        # The id the snapshot is stored under is kept, so this costs no hashing.
+        return self._snapshot is not None and self._id is not None and self._id != self._stored_id
 
     @property
     def remember(self) -> bool:
@@ -310,10 +331,8 @@ class Session(MutableMapping[str, Any]):
 
     @user_id.setter
     def user_id(self, value: str | None) -> None:
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"user_id must be a str or None, got {type(value).__name__}")
-        if value is not None and (not value or not _encodable(value)):
-            raise ValueError("user_id must be a non-empty string of valid Unicode")
+        if value is not None:
+            check_user_id(value)
         self._ensure()
         if value == self._user_id:
             return
@@ -375,11 +394,3 @@ class Session(MutableMapping[str, Any]):
         self._stale_key = None
         self._invalidated = True
 
-
-def _encodable(text: str) -> bool:
-    # A lone surrogate can't be stored as UTF-8 by any store.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

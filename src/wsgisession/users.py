@@ -9,9 +9,30 @@ from typing import Final
 
 from .stores.base import Record, Store
 
-__all__ = ["SessionInfo", "is_handle", "list_user_sessions"]
+__all__ = ["MAX_USER_ID", "SessionInfo", "check_user_id", "is_handle", "list_user_sessions"]
 
 _HANDLE: Final = re.compile(r"[0-9a-f]{64}")
+
+#: The longest user id, in characters; the SQL store's column holds this many.
+MAX_USER_ID: Final = 255
+
+
+def check_user_id(value: object) -> str:
+    """Return *value* if it can be a user id on every store, else raise.
+
+    :raises TypeError: It is not a ``str``.
+    :raises ValueError: It is empty, longer than :data:`MAX_USER_ID` characters, or
+        not valid Unicode (a lone surrogate).
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a user id must be a str, got {type(value).__name__}")
+    if not value or len(value) > MAX_USER_ID:
+        raise ValueError(f"a user id must be 1 to {MAX_USER_ID} characters, got {len(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a user id must be valid Unicode (it has a lone surrogate)") from None
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +80,11 @@ def session_info(handle: str, record: Record) -> SessionInfo:
 
 
 def list_user_sessions(store: Store, user_id: str, now: float) -> list[SessionInfo]:
-    """Return *user_id*'s sessions live at *now*, newest ``created_at`` first."""
+    """Return *user_id*'s sessions live at *now*, newest ``created_at`` first.
+
+    :raises ValueError: *user_id* can't be a user id (:func:`check_user_id`).
+    """
+    check_user_id(user_id)
     infos = [
         session_info(key, record)
         for key, record in store.user_records(user_id)

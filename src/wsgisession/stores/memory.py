@@ -30,7 +30,7 @@ class MemoryStore(Store):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build a store from ``memory://``; it takes no options."""
-        if url.rstrip("/") != "memory:":
+        if url.rstrip("/").lower() != "memory:":
             raise ConfigError(f"store {url!r}: the memory store takes no path; use 'memory://'")
         if options:
             raise ConfigError(
@@ -55,20 +55,26 @@ class MemoryStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
-        """Compare the stored version with *expected_version* and write, under the lock."""
+        """Compare the stored versions (and *replaces_version*) and write, under the lock."""
+        old = None if replaces == key else replaces
         with self._lock:
             current = self._live(key)
             stored_version = None if current is None else current.version
             if stored_version != expected_version:
                 return False
+            if old is not None and replaces_version is not None:
+                replaced = self._live(old)
+                if replaced is None or replaced.version != replaces_version:
+                    return False
             self._unlink(key)
             self._records[key] = record
             if record.user_id is not None:
                 self._users.setdefault(record.user_id, set()).add(key)
-            if replaces is not None and replaces != key:
-                self._unlink(replaces)
-                self._records.pop(replaces, None)
+            if old is not None:
+                self._unlink(old)
+                self._records.pop(old, None)
             return True
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
