@@ -60,10 +60,15 @@ class RecordingStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
-        kwargs = {"expected_version": expected_version, "replaces": replaces}
+        kwargs = {
+            "expected_version": expected_version,
+            "replaces": replaces,
+            "replaces_version": replaces_version,
+        }
         self.calls.append(("save", key, kwargs))
-        return self.inner.save(key, record, expected_version=expected_version, replaces=replaces)
+        return self.inner.save(key, record, **kwargs)
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         self.calls.append(("refresh", key, {}))
@@ -245,7 +250,10 @@ def check_hostile_cookie(
     assert response.status_code == 200
     assert body(response) == FRESH
     [(name, key, kwargs)] = recording.calls
-    assert (name, kwargs) == ("save", {"expected_version": None, "replaces": None})
+    assert (name, kwargs) == (
+        "save",
+        {"expected_version": None, "replaces": None, "replaces_version": None},
+    )
     assert key != victim_key
     assert store.load(victim_key) == victim
 

@@ -52,6 +52,7 @@ class DictStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
         with self._lock:
             current = self._live(key)
@@ -60,8 +61,13 @@ class DictStore(Store):
                     return False
             elif current is None or current.version != expected_version:
                 return False
+            if replaces is not None and replaces != key and replaces_version is not None:
+                # A regenerate: the old record must still be the version it merged onto.
+                old = self._live(replaces)
+                if old is None or old.version != replaces_version:
+                    return False
             self._records[key] = record
-            if replaces is not None:
+            if replaces is not None and replaces != key:
                 self._records.pop(replaces, None)
             return True
 

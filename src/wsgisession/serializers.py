@@ -204,6 +204,10 @@ def _reject_constant(name: str) -> float:
 
 
 _DECODE: Final = json.JSONDecoder(object_hook=_object_hook, parse_constant=_reject_constant).decode
+_DECODE_UNTAGGED: Final = json.JSONDecoder(parse_constant=_reject_constant).decode
+# How MARK, a control character, is always spelled in JSON text. A record without it
+# holds no tagged value, so it decodes without calling _object_hook on every dict.
+_MARK_ESCAPED: Final = json.dumps(_MARK)[1:-1]
 
 
 class JSONSerializer:
@@ -230,8 +234,9 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         """Decode what :meth:`dumps` returned; raise :exc:`ValueError` for anything else."""
+        text = str(data, "utf-8")
         try:
-            return _DECODE(str(data, "utf-8"))
+            return (_DECODE if _MARK_ESCAPED in text else _DECODE_UNTAGGED)(text)
         except RecursionError as exc:
             raise ValueError("record nests too deeply to decode") from exc
 

@@ -393,4 +393,3 @@ class Session(MutableMapping[str, Any]):
         self._force = self._remember_changed = self._user_changed = False
         self._stale_key = None
         self._invalidated = True
-

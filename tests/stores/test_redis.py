@@ -421,6 +421,69 @@ def test_cluster_regenerate_across_slots(cluster: RedisStore) -> None:
     assert loaded is not None and (loaded.data, loaded.user_id) == (b"data", "u")
 
 
+def _other_slot(cluster: RedisStore, key: str) -> str:
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    slot = client.keyslot(cluster.key_prefix + key)
+    return next(k for k in iter(new_key, None) if client.keyslot(cluster.key_prefix + k) != slot)
+
+
+@SERVER
+def test_cluster_regenerate_with_a_version_moves_the_session_and_its_index_entry(
+    cluster: RedisStore,
+) -> None:
+    old = new_key()
+    new = _other_slot(cluster, old)
+    assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
+    assert cluster.save(old, make_record(b"v2", version=2, user_id="u"), expected_version=1)
+    record = make_record(b"moved", user_id="u")
+    assert not cluster.save(new, record, expected_version=None, replaces=old, replaces_version=1)
+    assert cluster.load(new) is None
+    assert [k for k, _ in cluster.user_records("u")] == [old]
+    assert cluster.save(new, record, expected_version=None, replaces=old, replaces_version=2)
+    assert cluster.load(old) is None
+    loaded = cluster.load(new)
+    assert loaded is not None and loaded.data == b"moved"
+    assert cluster.client.zrange(_user_key(cluster, "u"), 0, -1) == [new.encode()]
+
+
+@SERVER
+def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
+    cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old key goes first: a failure before the new one is written logs the user
+    out, and never leaves two live ids for the session."""
+    old = new_key()
+    new = _other_slot(cluster, old)
+    assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
+
+    def failing(**kwargs: Any) -> Any:
+        raise redis.ConnectionError("node of the new key down")
+
+    monkeypatch.setitem(cluster._scripts, "save", failing)
+    with pytest.raises(StoreError, match="node of the new key down"):
+        cluster.save(
+            new, make_record(user_id="u"), expected_version=None, replaces=old, replaces_version=1
+        )
+    assert cluster.load(old) is None
+    assert cluster.load(new) is None
+    assert cluster.user_records("u") == []
+    assert cluster.client.exists(_user_key(cluster, "u")) == 0
+
+
+@SERVER
+def test_cluster_regenerate_onto_a_taken_key_deletes_nothing(cluster: RedisStore) -> None:
+    old = new_key()
+    new = _other_slot(cluster, old)
+    assert cluster.save(old, make_record(b"old"), expected_version=None)
+    assert cluster.save(new, make_record(b"taken"), expected_version=None)
+    assert not cluster.save(
+        new, make_record(b"mine"), expected_version=None, replaces=old, replaces_version=1
+    )
+    loaded = cluster.load(old)
+    assert loaded is not None and loaded.data == b"old"
+
+
 @SERVER
 def test_sentinel_save_and_load(redis_sentinel_url: str) -> None:
     with RedisStore.from_url(redis_sentinel_url, key_prefix=f"t{uuid.uuid4().hex[:8]}:") as store:
@@ -560,7 +623,7 @@ def test_a_user_change_and_a_regenerate_move_the_entry(indexed: RedisStore) -> N
 @SERVER
 def test_saves_with_users_are_one_round_trip(private_redis: RedisServer, sent: list[str]) -> None:
     with RedisStore.from_url(private_redis.url) as store:
-        warm, old, new = new_key(), new_key(), new_key()
+        warm, old, new, third = new_key(), new_key(), new_key(), new_key()
         assert store.save(warm, make_record(user_id="ann"), expected_version=None)
         assert store.refresh(warm, time.time() + 7200, time.time())
         assert store.delete(warm)
@@ -572,7 +635,14 @@ def test_saves_with_users_are_one_round_trip(private_redis: RedisServer, sent: l
                 new, make_record(user_id="bob"), expected_version=None, replaces=old
             ),
             lambda: store.save(new, make_record(version=2), expected_version=1),
-            lambda: store.delete(new),
+            lambda: store.save(
+                third,
+                make_record(user_id="ann"),
+                expected_version=None,
+                replaces=new,
+                replaces_version=2,
+            ),
+            lambda: store.delete(third),
         ]
         for step in steps:
             sent.clear()

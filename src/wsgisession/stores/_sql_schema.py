@@ -6,22 +6,26 @@ Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import ConfigError
 from .base import Record, mask_url
 
 __all__ = [
     "LEASE_KEY",
+    "SINGLE_OPTION",
     "WRITE_OPTION",
+    "Statements",
     "build_engine",
+    "build_statements",
     "check_cleanup_batch",
     "check_table_name",
     "must_retry",
+    "record_params",
     "row_values",
     "session_table",
 ]
@@ -31,6 +35,10 @@ LEASE_KEY: Final = "~purge-lease"
 
 #: The execution option that marks a connection whose transaction will write.
 WRITE_OPTION: Final = "wsgisession_write"
+
+#: The execution option that marks a connection sending one statement, atomic by
+#: itself, which SQLite then runs without a transaction of ours around it.
+SINGLE_OPTION: Final = "wsgisession_single"
 
 # Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
 # PostgreSQL's 63 and MySQL's 64 characters.
@@ -141,6 +149,87 @@ def row_values(record: Record) -> dict[str, Any]:
     }
 
 
+class Statements(NamedTuple):
+    """The statements of the request path, built once per store.
+
+    Building a statement and its cache key costs SQLAlchemy more than running it on a
+    local database, so they are built here with bound parameters: ``key``, ``now``,
+    ``expected`` (a version), ``expires`` and ``seen`` (times), and ``new_<column>``
+    for the values of a record (see :func:`record_params`).
+    """
+
+    #: The live row under ``key``.
+    load: sa.Select[Any]
+    #: The compare-and-set: write the row if its version is ``expected`` and it is live.
+    update: sa.Update
+    #: Move ``expires_at`` and ``last_seen`` of a live row forward, never back.
+    refresh: sa.Update
+    #: Insert, or overwrite an expired row, in one statement; ``None`` on dialects
+    #: without ``ON CONFLICT``, which use :attr:`insert` then :attr:`overwrite`.
+    create: sa.Insert | None
+    insert: sa.Insert
+    #: Overwrite the row under ``key`` if it has expired.
+    overwrite: sa.Update
+    #: Delete the row under ``key`` if its version is ``expected`` and it is live:
+    #: the compare-and-delete of a save that replaces a given version.
+    take: sa.Delete
+    #: Delete the row under ``key``, whatever it holds.
+    drop: sa.Delete
+
+
+def build_statements(table: sa.Table, dialect: str) -> Statements:
+    """Build the request path's statements on *table* for the *dialect* named."""
+    c = table.c
+    key = sa.bindparam("key", type_=c.id_hash.type)
+    now: sa.BindParameter[float] = sa.bindparam("now", type_=sa.Double())
+    expires: sa.BindParameter[float] = sa.bindparam("expires", type_=sa.Double())
+    seen: sa.BindParameter[float] = sa.bindparam("seen", type_=sa.Double())
+    new = {name: sa.bindparam(f"new_{name}", type_=c[name].type) for name in _VALUE_COLUMNS}
+    expected = sa.bindparam("expected", type_=c.version.type)
+    create: sa.Insert | None = None
+    if dialect in ("postgresql", "sqlite"):
+        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        upsert = upsert.values(id_hash=key, **new)
+        create = upsert.on_conflict_do_update(
+            index_elements=[c.id_hash],
+            set_={name: upsert.excluded[name] for name in new},
+            where=c.expires_at <= now,
+        ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount, when asked
+    return Statements(
+        load=sa.select(*record_columns(table)).where(c.id_hash == key, c.expires_at > now),
+        update=sa.update(table)
+        .where(c.id_hash == key, c.version == expected, c.expires_at > now)
+        .values(new),
+        refresh=sa.update(table)
+        .where(c.id_hash == key, c.expires_at > now)
+        .values(
+            expires_at=sa.case((c.expires_at < expires, expires), else_=c.expires_at),
+            last_seen=sa.case((c.last_seen < seen, seen), else_=c.last_seen),
+        ),
+        create=create,
+        insert=sa.insert(table).values(id_hash=key, **new),
+        overwrite=sa.update(table).where(c.id_hash == key, c.expires_at <= now).values(new),
+        take=sa.delete(table).where(c.id_hash == key, c.version == expected, c.expires_at > now),
+        drop=sa.delete(table).where(c.id_hash == key),
+    )
+
+
+_VALUE_COLUMNS: Final = (
+    "data",
+    "meta",
+    "version",
+    "created_at",
+    "expires_at",
+    "last_seen",
+    "user_id",
+)
+
+
+def record_params(record: Record) -> dict[str, Any]:
+    """Return the ``new_<column>`` parameters that store *record* with :class:`Statements`."""
+    return {f"new_{name}": value for name, value in row_values(record).items()}
+
+
 def must_retry(exc: sa.exc.DBAPIError) -> bool:
     """Whether *exc* is a deadlock or serialization failure, safe to run again."""
     orig = exc.orig
@@ -172,10 +261,9 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
             f"store {shown!r} is not a database URL SQLAlchemy can read: {exc}"
         ) from exc
     backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {
-        "hide_parameters": True,
-        "pool_pre_ping": backend != "sqlite",
-    }
+    # No pool_pre_ping by default: SQLStore replaces a dropped connection when an
+    # operation finds it, instead of paying a round trip per operation to look.
+    kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": False}
     for name in ("pool_size", "max_overflow", "pool_recycle", "pool_pre_ping", "pool_timeout"):
         if name in options:
             kwargs[name] = options.pop(name)
@@ -246,9 +334,14 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
+    options = connection.get_execution_options()
+    if options.get(SINGLE_OPTION):
+        # SQLite runs a lone statement in a transaction of its own, taking the locks
+        # it needs at its start and waiting out the busy timeout for them.
+        return
     # BEGIN IMMEDIATE takes the write lock up front, waiting out the busy timeout,
     # so two writers queue instead of one failing halfway through.
-    if connection.get_execution_options().get(WRITE_OPTION):
+    if options.get(WRITE_OPTION):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         connection.exec_driver_sql("BEGIN")

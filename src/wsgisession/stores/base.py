@@ -77,6 +77,7 @@ class Store(abc.ABC):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
         """Write *record* if the stored version still equals *expected_version*.
 
@@ -85,6 +86,15 @@ class Store(abc.ABC):
         (``Session.regenerate()``), the record under that key is deleted in the same
         atomic step where the backend allows it. Return ``False``, writing nothing,
         when another writer got there first or the record is gone.
+
+        With *replaces* and *replaces_version* both given, the save also requires a
+        live record under *replaces* whose version is exactly *replaces_version*,
+        checked in the same atomic step as the write and the delete; otherwise it
+        returns ``False`` and neither writes nor deletes anything. That is how a
+        regenerate moves a session without losing a concurrent request's write to
+        the old key, or undoing a logout that deleted it. With
+        ``replaces_version=None``, whatever is under *replaces* is deleted (a corrupt
+        record, for one). A *replaces* equal to *key* is ignored, with its version.
         """
 
     @abc.abstractmethod

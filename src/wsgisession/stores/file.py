@@ -197,25 +197,36 @@ class FileStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
         """Compare versions and write, under the lock of the key's shard.
 
         With *replaces*, the old record's file is removed under its shard's lock
         too, after the new record is in place: a crash in between leaves both, and
-        the old one expires, rather than neither. The user index changes under the
-        users' locks, taken after those: the key is linked before the write and
-        unlinked (from a previous user, and *replaces* from its user) after it.
+        the old one expires, rather than neither. Its version is compared with
+        *replaces_version*, if given, under that same lock, before anything is
+        written. The user index changes under the users' locks, taken after those:
+        the key is linked before the write and unlinked (from a previous user, and
+        *replaces* from its user) after it.
         """
         old = None if replaces is None or replaces == key else replaces
-        keys = (key,) if replaces is None else (key, replaces)
+        keys = (key,) if old is None else (key, old)
         with self._errors(), self._locked(*keys):
+            now = time.time()
             before = self._read(key, expired=True)
-            live = before is not None and before.expires_at > time.time()
+            live = before is not None and before.expires_at > now
             if (before.version if before is not None and live else None) != expected_version:
                 return False
             changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
             if old is not None:
-                changes.append((old, self._read(old, expired=True), None))
+                replaced = self._read(old, expired=True)
+                if replaces_version is not None and (
+                    replaced is None
+                    or replaced.expires_at <= now
+                    or replaced.version != replaces_version
+                ):
+                    return False
+                changes.append((old, replaced, None))
             with self._users.change(changes):
                 self._write(key, record)
                 if old is not None:

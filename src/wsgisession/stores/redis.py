@@ -57,8 +57,12 @@ class RedisStore(Store):
 
     The store owns *client* and closes it in :meth:`close`. On Redis Cluster, where
     keys live in different slots, a ``save`` that *replaces* an older key is two
-    steps: the new record is written, then the old one deleted. A failure between the
-    two leaves the old record to expire on its own. There, the user's set is changed
+    steps. With ``replaces_version`` (a regenerate), the old record is first deleted
+    by compare-and-delete, and the new one written only if that succeeded: a failure
+    between the two loses the session (its user is logged out), never a concurrent
+    write, and never leaves two live ids. Without it, the new record is written, then
+    the old one deleted, and a failure between the two leaves the old record to
+    expire on its own. There, the user's set is changed
     after the session: a save or refresh whose set update fails raises
     :exc:`~wsgisession.StoreError` although the session was written (its next save or
     refresh links it again), and a failed removal is left for :meth:`user_records`,
@@ -145,13 +149,15 @@ class RedisStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
         """Compare the version and write the record in one Lua script.
 
-        With *replaces*, the old key is deleted in the same script, except on Redis
-        Cluster, where it is deleted right after a successful write. The user index
-        changes in the same script too, except on Redis Cluster, where it changes
-        right after a successful write.
+        With *replaces*, the old key is deleted in the same script (once its version
+        is checked against *replaces_version*, if given), except on Redis Cluster,
+        where the two keys live in different slots; see :meth:`_cluster_move`. The
+        user index changes in the same script too, except on Redis Cluster, where it
+        changes right after a successful write.
         """
         now = time.time()
         keys = [self.key_prefix + key]
@@ -174,12 +180,69 @@ class RedisStore(Store):
             "" if cluster else self._index_prefix,
             key,
             replaces or "",
+            "" if replaces_version is None else str(replaces_version),
         ]
+        if cluster and replaced is not None and replaces_version is not None:
+            return self._cluster_move(
+                key, record, expected_version, replaced, replaces_version, now, args
+            )
         result = self._run("save", keys, args)
         saved: bool = result[0] == 1
         if saved and cluster:
             self._after_cluster_save(key, record, _user(result[1]), replaced)
         return saved
+
+    def _cluster_move(
+        self,
+        key: str,
+        record: Record,
+        expected_version: int | None,
+        replaces: str,
+        replaces_version: int,
+        now: float,
+        args: list[str | bytes | int],
+    ) -> bool:
+        """Save *record* under *key* in place of version *replaces_version* of *replaces*.
+
+        On Redis Cluster, where no script can touch both keys, this is two steps in
+        the safe order: first the old record is deleted if it is still live and of
+        that version (one script, an atomic compare-and-delete), and only then is the
+        new one written. A concurrent write to the old key therefore makes this save
+        fail rather than be lost, and a logout that deleted it is never undone. A
+        crash or failure between the two steps loses the session (its user is logged
+        out) instead of leaving two live ids for it: the safe direction. The new key
+        is checked first, so that a save bound to fail on it deletes nothing; only a
+        writer of that same key racing this save (a regenerate's key is fresh, known
+        to no one else) could still make the second step fail after the first.
+        """
+        if not self._may_write(key, expected_version, now):
+            return False
+        taken = self._run(
+            "delete",
+            [self.key_prefix + replaces],
+            [repr(now), "", replaces, str(replaces_version)],
+        )
+        if taken[0] != 1:
+            return False
+        gone = _user(taken[1])
+        try:
+            result = self._run("save", [self.key_prefix + key], args)
+        finally:
+            if gone is not None:
+                self._index(gone, "unlink", [(replaces, 0.0)], quiet=True)
+        saved: bool = result[0] == 1
+        if saved:
+            self._after_cluster_save(key, record, _user(result[1]), None)
+        return saved
+
+    def _may_write(self, key: str, expected_version: int | None, now: float) -> bool:
+        """Whether a save of *key* expecting *expected_version* would pass its check now."""
+        with self._errors():
+            answer: list[Any] = self.client.hmget(self.key_prefix + key, ["version", "expires_at"])
+        version, expires = answer
+        if version is None or expires is None or not _is_after(expires, now):
+            return expected_version is None
+        return bool(version == str(expected_version).encode())
 
     def _after_cluster_save(
         self, key: str, record: Record, previous: bytes | None, replaces: str | None

@@ -63,9 +63,11 @@ end
 #: ARGV: expected version ('' to create), now, TTL in ms (0 or less deletes), data,
 #: meta, version, created_at, expires_at, last_seen, '1' and the user id or '0' and '',
 #: the index prefix ('' to leave the index alone), the key and the replaced key
-#: without the store's prefix (the members of the user sets).
+#: without the store's prefix (the members of the user sets), and the version the
+#: replaced record must have ('' to delete whatever is there).
 #: Returns {1, the user id the stored hash had (nil if none)} when written, {0} when
-#: the stored version did not match.
+#: the stored version did not match, or the replaced record is not live with the
+#: version given.
 SAVE: Final = (
     _INDEX_FUNCTIONS
     + """
@@ -76,6 +78,11 @@ if cur[1] and expires and expires > tonumber(now) then
   if cur[1] ~= ARGV[1] then return {0} end
 elseif ARGV[1] ~= '' then
   return {0}
+end
+if KEYS[2] and ARGV[15] and ARGV[15] ~= '' then
+  local was = redis.call('HMGET', KEYS[2], 'version', 'expires_at')
+  local until_ = tonumber(was[2])
+  if not (was[1] == ARGV[15] and until_ and until_ > tonumber(now)) then return {0} end
 end
 local old = cur[3]
 local new = false
@@ -125,12 +132,18 @@ return {1, moved, cur[3]}
 )
 
 #: KEYS: the key. ARGV: now, the index prefix ('' to leave the index alone), the key
-#: without the store's prefix. Returns {1 if a live record was deleted else 0, the
-#: user id the hash had or nil}.
+#: without the store's prefix, and optionally a version: then only a live record of
+#: that version is deleted (the compare-and-delete of a regenerate on Redis Cluster),
+#: and anything else is left as it is and answered {0}. Returns {1 if a live record
+#: was deleted else 0, the user id the hash had or nil}.
 DELETE: Final = (
     _INDEX_FUNCTIONS
     + """
-local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'user_id')
+local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'user_id', 'version')
+if ARGV[4] and ARGV[4] ~= '' then
+  local until_ = tonumber(cur[1])
+  if not (cur[3] == ARGV[4] and until_ and until_ > tonumber(ARGV[1])) then return {0} end
+end
 local removed = redis.call('DEL', KEYS[1])
 if cur[2] and ARGV[2] ~= '' then unlink(ARGV[2], cur[2], ARGV[3], ARGV[1]) end
 local expires = tonumber(cur[1])

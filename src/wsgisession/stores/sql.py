@@ -7,22 +7,23 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigError
 from ._sql_schema import (
     LEASE_KEY,
+    SINGLE_OPTION,
     WRITE_OPTION,
     build_engine,
+    build_statements,
     check_cleanup_batch,
     check_table_name,
     must_retry,
     record_columns,
+    record_params,
     row_record,
-    row_values,
     session_table,
 )
 from .base import Record, Store, translate_errors
@@ -37,6 +38,14 @@ _ATTEMPTS: Final = 8
 def _now() -> float:
     # The application's clock, never the database server's; one seam for tests.
     return time.time()
+
+
+class _Replaced(NamedTuple):
+    """The row a save replaces: its key, the version it must have (if any), and now."""
+
+    key: str
+    version: int | None
+    now: float
 
 
 class SQLStore(Store):
@@ -91,16 +100,21 @@ class SQLStore(Store):
         self._owns_engine = False
         self._table_ready = False
         self._table_lock = threading.Lock()
+        self._sql = build_statements(self.table, engine.dialect.name)
+        # psycopg switches autocommit without a round trip; other drivers send a SET.
+        self._autocommit = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build the store and its engine from an SQLAlchemy URL, without connecting.
 
-        Server databases get ``pool_pre_ping=True`` unless told otherwise, so a
-        connection lost while the database restarts is replaced instead of failing
-        a request. SQLite gets WAL mode, a 5 second busy timeout and ``BEGIN
-        IMMEDIATE`` for writes, so threads and processes can share one file. An
-        in-memory SQLite URL is refused: its one connection can't be shared.
+        Connections are not pinged before use (``pool_pre_ping``, off by default,
+        would cost a round trip per operation): an operation that finds its pooled
+        connection dropped (the database restarted, an idle timeout) gets a fresh one
+        and runs once more, so a restart fails no request. SQLite gets WAL mode, a 5
+        second busy timeout and ``BEGIN IMMEDIATE`` for writes, so threads and
+        processes can share one file. An in-memory SQLite URL is refused: its one
+        connection can't be shared.
 
         :param url: ``sqlite:///path.db``, ``postgresql+psycopg://…``,
             ``mysql+pymysql://…``, ``mariadb+pymysql://…`` or any SQLAlchemy URL.
@@ -124,15 +138,14 @@ class SQLStore(Store):
 
     def load(self, key: str) -> Record | None:
         """Return the live record under *key*, or ``None``, in one query."""
-        t = self.table
-        query = sa.select(*record_columns(t)).where(t.c.id_hash == key, t.c.expires_at > _now())
+        params = {"key": key, "now": _now()}
 
         def run(conn: sa.Connection) -> Record | None:
             with conn.begin():
-                row = conn.execute(query).first()
+                row = conn.execute(self._sql.load, params).first()
             return None if row is None else row_record(row)
 
-        return self._run(run, write=False)
+        return self._run(run, write=False, single=True)
 
     def user_records(self, user_id: str) -> list[tuple[str, Record]]:
         """Return the user's live records, in one query on the indexed ``user_id``.
@@ -160,52 +173,49 @@ class SQLStore(Store):
         *,
         expected_version: int | None,
         replaces: str | None = None,
+        replaces_version: int | None = None,
     ) -> bool:
         """Write *record* if the stored version is *expected_version*, in one statement.
 
         A create (``expected_version=None``) overwrites an expired row. With
-        *replaces*, the old row is deleted in the same transaction, and only if the
-        write succeeded.
+        *replaces*, the old row is deleted first in the same transaction (only if it
+        is live and of *replaces_version*, when that is given), and the transaction
+        is rolled back, deleting nothing, unless both the delete and the write
+        succeed.
         """
         now = _now()
-        old = replaces if replaces is not None and replaces != key else None
+        old: _Replaced | None = None
+        if replaces is not None and replaces != key:
+            old = _Replaced(replaces, replaces_version, now)
+        single = old is None
         if expected_version is None:
-            return self._run(lambda conn: self._create(conn, key, record, now, old), write=True)
-        t = self.table
-        update = (
-            sa.update(t)
-            .where(t.c.id_hash == key, t.c.version == expected_version, t.c.expires_at > now)
-            .values(**row_values(record))
-        )
+            return self._run(
+                lambda conn: self._create(conn, key, record, now, old),
+                write=True,
+                single=single and self._sql.create is not None,
+            )
+        params = {"key": key, "expected": expected_version, "now": now, **record_params(record)}
 
         def run(conn: sa.Connection) -> bool:
-            with conn.begin():
-                if conn.execute(update).rowcount != 1:
+            with conn.begin() as transaction:
+                if not self._delete_replaced(conn, old):
                     return False
-                self._delete_replaced(conn, old)
+                if conn.execute(self._sql.update, params).rowcount != 1:
+                    transaction.rollback()
+                    return False
             return True
 
-        return self._run(run, write=True)
+        return self._run(run, write=True, single=single)
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
-        t = self.table
-        update = (
-            sa.update(t)
-            .where(t.c.id_hash == key, t.c.expires_at > _now())
-            .values(
-                expires_at=sa.case(
-                    (t.c.expires_at < expires_at, expires_at), else_=t.c.expires_at
-                ),
-                last_seen=sa.case((t.c.last_seen < last_seen, last_seen), else_=t.c.last_seen),
-            )
-        )
+        params = {"key": key, "now": _now(), "expires": expires_at, "seen": last_seen}
 
         def run(conn: sa.Connection) -> bool:
             with conn.begin():
-                return conn.execute(update).rowcount == 1
+                return conn.execute(self._sql.refresh, params).rowcount == 1
 
-        return self._run(run, write=True)
+        return self._run(run, write=True, single=True)
 
     def delete(self, key: str) -> bool:
         """Remove the row under *key*; ``True`` if it was live."""
@@ -292,11 +302,19 @@ class SQLStore(Store):
 
     # -- helpers ---------------------------------------------------------------
 
-    def _run(self, operation: Callable[[sa.Connection], _T], *, write: bool) -> _T:
+    def _run(
+        self, operation: Callable[[sa.Connection], _T], *, write: bool, single: bool = False
+    ) -> _T:
+        """Run *operation* on a pooled connection, translating errors.
+
+        *single* says it sends one statement, atomic by itself, which then runs
+        without ``BEGIN`` and ``COMMIT`` around it: in autocommit mode on PostgreSQL
+        (two round trips fewer), in SQLite's own autocommit otherwise on SQLite.
+        """
         with translate_errors(self._what, *self._errors):
             try:
                 self._ensure_table()
-                return self._attempt(operation, write)
+                return self._attempt(operation, write, single)
             except sa.exc.StatementError as exc:
                 # The parameters are session data; they must not reach a log
                 # through the message, even on an engine built without
@@ -304,16 +322,25 @@ class SQLStore(Store):
                 exc.hide_parameters = True
                 raise
 
-    def _attempt(self, operation: Callable[[sa.Connection], _T], write: bool) -> _T:
+    def _attempt(self, operation: Callable[[sa.Connection], _T], write: bool, single: bool) -> _T:
         attempt = 1
         while True:
             try:
                 with self.engine.connect() as conn:
-                    if write:
+                    if single and self._autocommit:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                    elif single:
+                        conn.execution_options(**{SINGLE_OPTION: True})
+                    elif write:
                         conn.execution_options(**{WRITE_OPTION: True})
                     return operation(conn)
             except sa.exc.DBAPIError as exc:
-                if attempt >= _ATTEMPTS or not must_retry(exc):
+                # A pooled connection the server dropped (a restart, an idle timeout)
+                # is replaced, with the rest of the pool, and the operation runs once
+                # more: cheaper than pinging before every operation, and safe, as a
+                # save is a compare-and-set and the other writes are idempotent.
+                dropped = exc.connection_invalidated and attempt == 1
+                if attempt >= _ATTEMPTS or not (dropped or must_retry(exc)):
                     raise
             time.sleep(random.uniform(0, 0.002 * attempt))
             attempt += 1
@@ -346,55 +373,53 @@ class SQLStore(Store):
             self._table_ready = True
 
     def _create(
-        self, conn: sa.Connection, key: str, record: Record, now: float, old: str | None
+        self, conn: sa.Connection, key: str, record: Record, now: float, old: _Replaced | None
     ) -> bool:
-        t = self.table
-        values = row_values(record)
-        dialect = self.engine.dialect.name
-        if dialect in ("postgresql", "sqlite"):
+        params = {"key": key, "now": now, **record_params(record)}
+        if self._sql.create is not None:
             # One statement: insert, or overwrite the row under the key if it expired.
-            insert: postgresql.Insert | sqlite.Insert
-            if dialect == "postgresql":
-                insert = postgresql.insert(t).values(id_hash=key, **values)
-                insert = insert.on_conflict_do_update(
-                    index_elements=[t.c.id_hash],
-                    set_={name: insert.excluded[name] for name in values},
-                    where=t.c.expires_at <= now,
-                )
-            else:
-                insert = sqlite.insert(t).values(id_hash=key, **values)
-                insert = insert.on_conflict_do_update(
-                    index_elements=[t.c.id_hash],
-                    set_={name: insert.excluded[name] for name in values},
-                    where=t.c.expires_at <= now,
-                )
-            # SQLAlchemy keeps an INSERT's rowcount only when asked to.
-            insert = insert.execution_options(preserve_rowcount=True)
-            with conn.begin():
-                if conn.execute(insert).rowcount != 1:
+            with conn.begin() as transaction:
+                if not self._delete_replaced(conn, old):
                     return False
-                self._delete_replaced(conn, old)
+                if conn.execute(self._sql.create, params).rowcount != 1:
+                    transaction.rollback()
+                    return False
             return True
         try:
             with conn.begin():
-                conn.execute(sa.insert(t).values(id_hash=key, **values))
-                self._delete_replaced(conn, old)
+                if not self._delete_replaced(conn, old):
+                    return False
+                conn.execute(self._sql.insert, params)
             return True
         except sa.exc.IntegrityError:
-            pass
+            pass  # rolled back, the replaced row with it
         # The failed INSERT's transaction is over, so its shared lock on the row is
         # gone: several losers taking the row's write lock now queue instead of
         # deadlocking on MySQL.
-        overwrite = sa.update(t).where(t.c.id_hash == key, t.c.expires_at <= now).values(**values)
-        with conn.begin():
-            if conn.execute(overwrite).rowcount != 1:
+        with conn.begin() as transaction:
+            if not self._delete_replaced(conn, old):
                 return False
-            self._delete_replaced(conn, old)
+            if conn.execute(self._sql.overwrite, params).rowcount != 1:
+                transaction.rollback()
+                return False
         return True
 
-    def _delete_replaced(self, conn: sa.Connection, old: str | None) -> None:
-        if old is not None:
-            conn.execute(sa.delete(self.table).where(self.table.c.id_hash == old))
+    def _delete_replaced(self, conn: sa.Connection, old: _Replaced | None) -> bool:
+        """Delete the row a save replaces, first in its transaction; whether it may go on.
+
+        With a version, only the live row of that version goes, and a missing one
+        ends the save (its transaction has changed nothing yet). Deleting first
+        takes the old row's lock before the new row is written, so a concurrent
+        write to the old row either lands before (and the version no longer
+        matches) or waits until this transaction is over.
+        """
+        if old is None:
+            return True
+        if old.version is None:
+            conn.execute(self._sql.drop, {"key": old.key})
+            return True
+        params = {"key": old.key, "expected": old.version, "now": old.now}
+        return conn.execute(self._sql.take, params).rowcount == 1
 
 
 def _scalars(query: sa.Select[Any], conn: sa.Connection) -> list[str]:
