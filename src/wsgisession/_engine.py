@@ -337,11 +337,13 @@ class Engine:
         if snapshot is None:
             return False
         lifetime = self.lifetime(snapshot.remember)
-        remaining = snapshot.record.expires_at - now
+        # The session's expiry, not the snapshot's: once refreshed in this request (at
+        # start_response), it is not refreshed again when the response closes.
+        remaining = session._expires_at - now
         if not self.config.save_every_request and remaining >= lifetime / 2:
             return False
         expires_at = self.expiry(snapshot.record.created_at, now, remember=snapshot.remember)
-        if expires_at <= snapshot.record.expires_at:
+        if expires_at <= session._expires_at:
             return False
         if not self.call(snapshot.key, self.store.refresh, snapshot.key, expires_at, now):
             _ended(session)

@@ -98,7 +98,13 @@ class Session(MutableMapping[str, Any]):
         snapshot = None
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
-            snapshot, miss = engine.load(key, self._environ, now)
+            try:
+                snapshot, miss = engine.load(key, self._environ, now)
+            except BaseException:
+                # Left unloaded, the next touch asks the store again (and fails loudly
+                # while it is down), and the response does not save a half-made session.
+                self._loaded = False
+                raise
             if snapshot is None:
                 self._expired = True
                 # bind_ip: the session lives on for its own address, so its cookie stays.
