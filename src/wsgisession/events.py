@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 __all__ = ["EVENT_NAMES", "EventName", "Metrics", "SessionEvent"]
 
@@ -27,17 +27,7 @@ EventName = Literal[
 ]
 
 #: Every event name, in the order SPEC section 7 lists them.
-EVENT_NAMES: Final[tuple[EventName, ...]] = (
-    "created",
-    "saved",
-    "refreshed",
-    "conflict",
-    "expired",
-    "invalidated",
-    "regenerated",
-    "corrupt",
-    "store_error",
-)
+EVENT_NAMES: Final[tuple[EventName, ...]] = get_args(EventName)
 
 #: The counters :meth:`Metrics.snapshot` reports.
 COUNTERS: Final = (

@@ -1,0 +1,62 @@
+"""Helpers of the conformance suite: keys, records, and threads started together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ..ids import new_session_id, store_key
+from ..stores.base import Record
+
+__all__ = ["THREADS", "make_record", "new_key", "run_threads"]
+
+#: How many threads the race tests start at once.
+THREADS: Final = 16
+
+
+def new_key() -> str:
+    """Return a store key as the middleware makes them: the SHA-256 of a fresh id."""
+    return store_key(new_session_id())
+
+
+def make_record(
+    data: bytes = b"{}",
+    *,
+    version: int = 1,
+    ttl: float = 3600.0,
+    user_id: str | None = None,
+    meta: bytes = b"",
+) -> Record:
+    """Return a record that expires *ttl* seconds from now (in the past if negative)."""
+    now = time.time()
+    return Record(
+        data=data,
+        version=version,
+        created_at=now,
+        expires_at=now + ttl,
+        last_seen=now,
+        user_id=user_id,
+        meta=meta,
+    )
+
+
+def run_threads(count: int, target: Callable[[int], None]) -> None:
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # reported to the test below, not swallowed
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
