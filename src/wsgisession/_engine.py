@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from . import _clock
+from ._record import Snapshot, decode_meta, encode_meta, merge
 from .config import Config
 from .cookies import CookieId, SessionCookie
 from .errors import SessionError, StoreError
@@ -29,11 +29,6 @@ log = logging.getLogger("wsgisession")
 
 _T = TypeVar("_T")
 
-#: The format of ``Record.meta``; a record of another format is a missing session.
-META_FORMAT: Final = 1
-# The meta of most records (not remembered, no key timeouts, no client details), which
-# needs no JSON either way.
-_PLAIN_META: Final = json.dumps({"v": META_FORMAT}, separators=(",", ":")).encode()
 # Enough for 16 threads writing one session at once, with the jittered backoff below.
 _SAVE_ATTEMPTS: Final = 40
 
@@ -41,17 +36,6 @@ _SAVE_ATTEMPTS: Final = 40
 #: Why a validly signed cookie brought no session: it expired or was ended ("gone"),
 #: its record is undecodable ("corrupt"), or ``bind_ip`` refused it ("foreign").
 Miss = Literal["gone", "corrupt", "foreign"]
-
-
-class Snapshot(NamedTuple):
-    """A stored record, decoded: the base a request's changes are merged onto."""
-
-    key: str
-    record: Record
-    data: dict[str, Any]
-    deadlines: dict[str, float]
-    remember: bool
-    ip: str | None
 
 
 class Engine:
@@ -138,7 +122,7 @@ class Engine:
     def decode(self, key: str, record: Record) -> Snapshot | None:
         """Decode *record*, or log it and return ``None`` if it is corrupt."""
         try:
-            deadlines, remember, ip = _decode_meta(record.meta)
+            deadlines, remember, ip = decode_meta(record.meta)
             data = self.serializer.loads(record.data)
             if not isinstance(data, dict):
                 raise ValueError(f"data is a {type(data).__name__}, not a dict")
@@ -193,23 +177,11 @@ class Engine:
         deadlines: dict[str, float],
         environ: WSGIEnvironment,
     ) -> bytes:
-        meta: dict[str, Any] = {"v": META_FORMAT}
-        if remember:
-            meta["r"] = 1
-        if ip is not None:
-            meta["ip"] = ip
-        if deadlines:
-            meta["t"] = deadlines
+        agent = address = None
         if self.config.track_clients:
-            # What user_sessions() shows; a missing header is left out rather than "".
             agent = environ.get("HTTP_USER_AGENT")
-            if agent:
-                meta["ua"] = str(agent)[:200]
-            if environ.get("REMOTE_ADDR"):
-                meta["ra"] = environ["REMOTE_ADDR"]
-        if len(meta) == 1:
-            return _PLAIN_META
-        return json.dumps(meta, separators=(",", ":")).encode()
+            address = environ.get("REMOTE_ADDR")
+        return encode_meta(remember, ip, deadlines, agent, address)
 
     def save(self, session: Session, now: float) -> bool:
         """Write *session*'s changes on top of what the store holds, by compare-and-set.
@@ -241,7 +213,7 @@ class Engine:
             base = reloaded
         changed, deleted = self._changes(session)
         for attempt in range(_SAVE_ATTEMPTS):
-            data, deadlines = _merge(base, session, changed, deleted, now)
+            data, deadlines = merge(base, session._data, session._deadlines, changed, deleted, now)
             remember = session._remember if session._remember_changed else base.remember
             user_id = session._user_id if session._user_changed else base.record.user_id
             created_at = base.record.created_at
@@ -434,48 +406,8 @@ class Engine:
             self.refresh(session, now)
 
 
-def _decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
-    """Return the key deadlines, the remember-me flag and the bound address in *blob*.
-
-    :raises ValueError: *blob* is not meta of :data:`META_FORMAT`.
-    """
-    if blob == _PLAIN_META:
-        return {}, False, None
-    meta = json.loads(blob) if blob else None
-    if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
-        raise ValueError("unknown record format")
-    deadlines = meta.get("t", {})
-    if not isinstance(deadlines, dict) or not all(
-        isinstance(t, int | float) for t in deadlines.values()
-    ):
-        raise ValueError("malformed key timeouts")
-    return deadlines, bool(meta.get("r")), meta.get("ip")
-
-
 def _ended(session: Session) -> bool:
     """Mark *session* as ended by another request; its cookie is then expired."""
     session._snapshot = None
     session._expired = True
     return False
-
-
-def _merge(
-    base: Snapshot, session: Session, changed: set[str], deleted: set[str], now: float
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Apply this request's *changed* and *deleted* keys on top of *base*."""
-    data = dict(base.data)
-    deadlines = dict(base.deadlines)
-    for key in deleted:
-        data.pop(key, None)
-        deadlines.pop(key, None)
-    for key in changed:
-        data[key] = session._data[key]
-        if key in session._deadlines:
-            deadlines[key] = session._deadlines[key]
-        else:
-            deadlines.pop(key, None)
-    for key, deadline in list(deadlines.items()):
-        if deadline <= now or key not in data:
-            data.pop(key, None)
-            del deadlines[key]
-    return data, deadlines

@@ -15,7 +15,8 @@ from .users import check_user_id
 if TYPE_CHECKING:
     from wsgiref.types import WSGIEnvironment
 
-    from ._engine import Engine, Snapshot
+    from ._engine import Engine
+    from ._record import Snapshot
     from .cookies import CookieId
 
 __all__ = ["Session"]

@@ -1,0 +1,110 @@
+"""The stored form of a session beside its data: the meta blob, and merging by key.
+
+``Record.data`` is the serializer's output of the session's keys. ``Record.meta`` is a
+small JSON object the middleware keeps beside it, in a format of its own so that it is
+readable whatever the serializer: the format version, the remember-me flag, the address
+a ``bind_ip`` session is bound to, per-key deadlines, and client details for
+``user_sessions()``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, NamedTuple
+
+from .stores.base import Record
+
+__all__ = ["META_FORMAT", "Snapshot", "decode_meta", "encode_meta", "merge"]
+
+#: The format of ``Record.meta``; a record of another format is a missing session.
+META_FORMAT: Final = 1
+# The meta of most records (not remembered, no key timeouts, no client details), which
+# needs no JSON either way.
+PLAIN_META: Final = json.dumps({"v": META_FORMAT}, separators=(",", ":")).encode()
+
+#: Longest ``User-Agent`` kept for ``user_sessions()``.
+MAX_USER_AGENT: Final = 200
+
+
+class Snapshot(NamedTuple):
+    """A stored record, decoded: the base a request's changes are merged onto."""
+
+    key: str
+    record: Record
+    data: dict[str, Any]
+    deadlines: dict[str, float]
+    remember: bool
+    ip: str | None
+
+
+def encode_meta(
+    remember: bool,
+    ip: str | None,
+    deadlines: dict[str, float],
+    user_agent: str | None = None,
+    remote_addr: str | None = None,
+) -> bytes:
+    """Return the meta blob of a record; absent details are left out, not written empty."""
+    meta: dict[str, Any] = {"v": META_FORMAT}
+    if remember:
+        meta["r"] = 1
+    if ip is not None:
+        meta["ip"] = ip
+    if deadlines:
+        meta["t"] = deadlines
+    if user_agent:
+        meta["ua"] = str(user_agent)[:MAX_USER_AGENT]
+    if remote_addr:
+        meta["ra"] = remote_addr
+    if len(meta) == 1:
+        return PLAIN_META
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
+def decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
+    """Return the key deadlines, the remember-me flag and the bound address in *blob*.
+
+    :raises ValueError: *blob* is not meta of :data:`META_FORMAT`.
+    """
+    if blob == PLAIN_META:
+        return {}, False, None
+    meta = json.loads(blob) if blob else None
+    if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
+        raise ValueError("unknown record format")
+    deadlines = meta.get("t", {})
+    if not isinstance(deadlines, dict) or not all(
+        isinstance(t, int | float) for t in deadlines.values()
+    ):
+        raise ValueError("malformed key timeouts")
+    return deadlines, bool(meta.get("r")), meta.get("ip")
+
+
+def merge(
+    base: Snapshot,
+    data_now: dict[str, Any],
+    deadlines_now: dict[str, float],
+    changed: set[str],
+    deleted: set[str],
+    now: float,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Apply a request's *changed* and *deleted* keys on top of *base*.
+
+    *data_now* and *deadlines_now* are the request's view of the session; keys whose
+    deadline has passed by *now* are left out of the result.
+    """
+    data = dict(base.data)
+    deadlines = dict(base.deadlines)
+    for key in deleted:
+        data.pop(key, None)
+        deadlines.pop(key, None)
+    for key in changed:
+        data[key] = data_now[key]
+        if key in deadlines_now:
+            deadlines[key] = deadlines_now[key]
+        else:
+            deadlines.pop(key, None)
+    for key, deadline in list(deadlines.items()):
+        if deadline <= now or key not in data:
+            data.pop(key, None)
+            del deadlines[key]
+    return data, deadlines
