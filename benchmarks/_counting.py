@@ -1,0 +1,207 @@
+"""Counting what a request sends to its store, in an untimed pass.
+
+* Redis client round trips: every ``send_packed_command`` of a connection, so a
+  pipeline or one ``EVALSHA`` is one. Clients get :class:`CountingConnection`.
+* Redis server commands: ``INFO commandstats`` deltas, commands run inside Lua scripts
+  included. The server is shared, so the pass is repeated and the smallest delta kept:
+  other clients' traffic only ever adds.
+* SQL: statements sent (``before_cursor_execute``), transaction control (``begin``,
+  ``commit``, ``rollback``), the pool's reset on return, and pre-ping queries; on
+  PostgreSQL also the network round trips themselves, from libpq's protocol trace.
+* Files opened: calls of ``open`` and ``os.open`` (temp files and lock files included).
+* Bytes sent: what went to Redis, into SQL parameters, or through ``os.write``; it
+  tells an expiry update from a rewrite of the whole record.
+
+Counting hooks are installed only for the pass and removed after it, so timed runs
+never pay for them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import default as sa_default
+
+#: What the current pass has seen; reset by :func:`counting`.
+SEEN: Counter[str] = Counter()
+_ON = [False]
+
+
+class CountingConnection(redis.Connection):
+    """A redis-py connection that counts what it sends, one per round trip."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if _ON[0]:
+            SEEN["redis_round_trips"] += 1
+            parts = [command] if isinstance(command, bytes | str) else command
+            SEEN["bytes_sent"] += sum(len(part) for part in parts)
+        super().send_packed_command(command, check_health)
+
+
+def count_redis(client: Any) -> None:
+    """Make *client*'s future connections count their round trips."""
+    pool = client.connection_pool
+    if pool.connection_class is redis.Connection:
+        pool.connection_class = CountingConnection
+        pool.disconnect()
+
+
+def _statement(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> None:
+    word = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
+    SEEN["sql_statements"] += 1
+    SEEN["sql:" + word] += 1
+    rows = parameters if many else [parameters]
+    for row in rows:
+        values = row.values() if isinstance(row, dict) else row or ()
+        SEEN["bytes_sent"] += sum(len(v) for v in values if isinstance(v, bytes | str))
+
+
+def _begin(conn: Any) -> None:
+    SEEN["sql_begin"] += 1
+
+
+def _commit(conn: Any) -> None:
+    SEEN["sql_commit"] += 1
+
+
+def _rollback(conn: Any) -> None:
+    SEEN["sql_rollback"] += 1
+
+
+def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+    # The pool rolls back on return only if the connection left a transaction open.
+    if not state.transaction_was_reset:
+        SEEN["sql_pool_reset"] += 1
+
+
+class _PgTrace:
+    """libpq's protocol trace of every PostgreSQL connection checked out meanwhile.
+
+    Each simple ``Query`` and each ``Sync`` the client sends ends in one wait for the
+    server: the exact number of network round trips, transaction control and pings
+    included (psycopg sends ``BEGIN`` and ``COMMIT`` as queries of their own).
+    """
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile("w+")
+
+    def checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        if pgconn is not None:
+            pgconn.trace(self.file.fileno())
+
+    def checkin(self, dbapi_connection: Any, record: Any) -> None:
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        if pgconn is not None:
+            pgconn.untrace()
+
+    def round_trips(self) -> int:
+        self.file.flush()
+        self.file.seek(0)
+        count = 0
+        for line in self.file:
+            fields = line.rstrip("\n").split("\t")
+            if "F" in fields[:2]:
+                kind = fields[fields.index("F") + 2] if len(fields) > 3 else ""
+                count += kind in ("Query", "Sync")
+        return count
+
+
+_SQL_HOOKS: list[tuple[Any, str, Callable[..., None]]] = [
+    (sa.engine.Engine, "before_cursor_execute", _statement),
+    (sa.engine.Engine, "begin", _begin),
+    (sa.engine.Engine, "commit", _commit),
+    (sa.engine.Engine, "rollback", _rollback),
+    (sa.pool.Pool, "reset", _reset),
+]
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[Counter[str]]:
+    """Count store traffic inside the block into the returned (fresh) counter."""
+    SEEN.clear()
+    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+    real_write = os.write
+    real_ping = sa_default.DefaultDialect._do_ping_w_event
+
+    def counted_open(*args: Any, **kwargs: Any) -> Any:
+        SEEN["files_opened"] += 1
+        return real_open(*args, **kwargs)
+
+    def counted_os_open(*args: Any, **kwargs: Any) -> int:
+        SEEN["files_opened"] += 1
+        return real_os_open(*args, **kwargs)
+
+    def counted_write(fd: int, data: Any) -> int:
+        SEEN["bytes_sent"] += len(data)
+        return real_write(fd, data)
+
+    def counted_ping(self: Any, dbapi_connection: Any) -> bool:
+        SEEN["sql_ping"] += 1
+        return real_ping(self, dbapi_connection)
+
+    trace = _PgTrace()
+    hooks = [
+        *_SQL_HOOKS,
+        (sa.pool.Pool, "checkout", trace.checkout),
+        (sa.pool.Pool, "checkin", trace.checkin),
+    ]
+    for target, name, fn in hooks:
+        event.listen(target, name, fn)
+    builtins.open = io.open = counted_open
+    os.open = counted_os_open
+    os.write = counted_write
+    sa_default.DefaultDialect._do_ping_w_event = counted_ping  # type: ignore[method-assign]
+    _ON[0] = True
+    try:
+        yield SEEN
+    finally:
+        _ON[0] = False
+        builtins.open, io.open, os.open = real_open, real_io_open, real_os_open
+        os.write = real_write
+        sa_default.DefaultDialect._do_ping_w_event = real_ping  # type: ignore[method-assign]
+        for target, name, fn in hooks:
+            event.remove(target, name, fn)
+        if trips := trace.round_trips():
+            SEEN["pg_round_trips"] += trips
+        trace.file.close()
+
+
+def commandstats(client: redis.Redis) -> Counter[str]:
+    """The server's ``INFO commandstats`` calls, by command name."""
+    info: dict[str, Any] = client.info("commandstats")
+    return Counter(
+        {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in info.items()}
+    )
+
+
+def server_commands(client: redis.Redis, work: Callable[[], None], repeats: int) -> Counter[str]:
+    """Commands the Redis server ran for *work*: the smallest delta over *repeats* runs.
+
+    ``INFO`` itself is subtracted. Other clients of a shared server only ever add to a
+    delta, so the smallest one is the closest to this process's own traffic.
+    """
+    best: Counter[str] | None = None
+    for _ in range(repeats):
+        before = commandstats(client)
+        work()
+        after = commandstats(client)
+        delta = Counter({k: after[k] - before.get(k, 0) for k in after})
+        delta["info"] -= 1
+        delta = +delta
+        if best is None or sum(delta.values()) < sum(best.values()):
+            best = delta
+    assert best is not None
+    return best
