@@ -53,7 +53,7 @@ def create_app(**options: Any) -> SessionMiddleware:
         s = session()
         s.regenerate()
         s["user"] = bottle.request.forms.get("username", "")
-        s.user_id = s["user"]
+        s.user_id = s["user"] or None  # an empty name is no user
         s.remember = bottle.request.forms.get("remember") == "on"
         s.set("flash", f"Welcome, {s['user']}!", timeout=FLASH_SECONDS)
         bottle.redirect("/")

@@ -73,7 +73,7 @@ def login(request: HttpRequest) -> HttpResponse:
     s = session(request)
     s.regenerate()  # a new id on login defeats session fixation
     s["user"] = request.POST.get("username", "")
-    s.user_id = s["user"]
+    s.user_id = s["user"] or None  # an empty name is no user
     s.remember = request.POST.get("remember") == "on"
     s.set("flash", f"Welcome, {s['user']}!", timeout=FLASH_SECONDS)
     return HttpResponseRedirect("/")

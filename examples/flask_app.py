@@ -92,7 +92,7 @@ def create_app(**options: Any) -> Flask:
         s = session()
         s.regenerate()  # a new id on login defeats session fixation
         s["user"] = request.form["username"]
-        s.user_id = request.form["username"]
+        s.user_id = request.form["username"] or None  # an empty name is no user
         s.remember = request.form.get("remember") == "on"
         s.set("flash", f"Welcome, {s['user']}!", timeout=FLASH_SECONDS)
         return redirect(url_for("index"))

@@ -51,7 +51,7 @@ def login(request: Request) -> Response:
     s = request.session
     s.regenerate()  # a new id on login defeats session fixation
     s["user"] = request.POST.get("username", "")
-    s.user_id = s["user"]
+    s.user_id = s["user"] or None  # an empty name is no user
     s.remember = request.POST.get("remember") == "on"
     s.set("flash", f"Welcome, {s['user']}!", timeout=FLASH_SECONDS)
     return HTTPSeeOther(location="/")

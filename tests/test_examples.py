@@ -142,3 +142,11 @@ def test_flask_log_out_all_other_devices(tmp_path: Path) -> None:
     assert 'id="user">ann<' in clients[0].get("/").get_data(as_text=True)
     for client in clients[1:]:
         assert "Log in" in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name", ["flask_app", "bottle_app"])
+def test_login_with_an_empty_name_links_no_user(name: str, tmp_path: Path) -> None:
+    """An empty user id is refused by the session; the examples link no user instead."""
+    client = Client(make_wsgi(name, tmp_path))
+    response = client.post("/login", data={"username": ""})
+    assert response.status_code in (302, 303)
