@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import abc
-import contextlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ..errors import StoreError
@@ -168,16 +167,29 @@ def mask_url(url: str) -> str:
     return _PASSWORD.sub(r"\1:***@", url)
 
 
-@contextlib.contextmanager
-def translate_errors(what: str, *errors: type[BaseException]) -> Iterator[None]:
+class translate_errors:
     """Turn the backend's *errors* raised inside the block into :exc:`StoreError`.
 
     *what* names the store in the message, with any password masked. The original
-    exception stays attached as ``__cause__``.
+    exception stays attached as ``__cause__``. A plain class rather than a
+    generator-based context manager, as every store call enters one.
     """
-    try:
-        yield
-    except StoreError:
-        raise
-    except errors as exc:
-        raise StoreError(f"{mask_url(what)}: {type(exc).__name__}: {exc}") from exc
+
+    __slots__ = ("_errors", "_what")
+
+    def __init__(self, what: str, *errors: type[BaseException]) -> None:
+        self._what = what
+        self._errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, StoreError) or not isinstance(exc, self._errors):
+            return
+        raise StoreError(f"{mask_url(self._what)}: {type(exc).__name__}: {exc}") from exc
