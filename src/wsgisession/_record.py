@@ -14,7 +14,7 @@ from typing import Any, Final, NamedTuple
 
 from .stores.base import Record
 
-__all__ = ["META_FORMAT", "Snapshot", "decode_meta", "encode_meta", "merge"]
+__all__ = ["META_FORMAT", "Snapshot", "client_details", "decode_meta", "encode_meta", "merge"]
 
 #: The format of ``Record.meta``; a record of another format is a missing session.
 META_FORMAT: Final = 1
@@ -77,6 +77,25 @@ def decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
     ):
         raise ValueError("malformed key timeouts")
     return deadlines, bool(meta.get("r")), meta.get("ip")
+
+
+def client_details(blob: bytes) -> tuple[bool, str | None, str | None]:
+    """Return the remember-me flag, user agent and address a meta blob records.
+
+    Lenient, for listings: a blob that can't be read describes nothing.
+    """
+    try:
+        meta = json.loads(blob) if blob else {}
+    except ValueError:
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    agent, address = meta.get("ua"), meta.get("ra")
+    return (
+        bool(meta.get("r")),
+        agent if isinstance(agent, str) else None,
+        address if isinstance(address, str) else None,
+    )
 
 
 def merge(

@@ -140,6 +140,10 @@ class Session(MutableMapping[str, Any]):
         self._expires_at = snapshot.record.expires_at
         self._remember = snapshot.remember
         self._user_id = snapshot.record.user_id
+        self._forget_changes()
+
+    def _forget_changes(self) -> None:
+        """Start tracking changes afresh: the session now matches what is stored, or nothing."""
         self._changed.clear()
         self._deleted.clear()
         self._force = self._remember_changed = self._user_changed = False
@@ -395,8 +399,5 @@ class Session(MutableMapping[str, Any]):
         if self._stale_key is not None:
             self._engine.delete(self._stale_key)
         self._start_fresh(_clock.now(), {})
-        self._changed.clear()
-        self._deleted.clear()
-        self._force = self._remember_changed = self._user_changed = False
-        self._stale_key = None
+        self._forget_changes()
         self._invalidated = True

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Final
 
+from ._record import client_details
 from .stores.base import Record, Store
 
 __all__ = ["MAX_USER_ID", "SessionInfo", "check_user_id", "is_handle", "list_user_sessions"]
@@ -61,21 +61,15 @@ def is_handle(value: object) -> bool:
 
 def session_info(handle: str, record: Record) -> SessionInfo:
     """Describe the session stored as *record* under *handle*."""
-    try:
-        meta = json.loads(record.meta) if record.meta else {}
-    except ValueError:
-        meta = {}
-    if not isinstance(meta, dict):
-        meta = {}
-    user_agent, remote_addr = meta.get("ua"), meta.get("ra")
+    remembered, user_agent, remote_addr = client_details(record.meta)
     return SessionInfo(
         handle=handle,
         created_at=record.created_at,
         last_seen=record.last_seen,
         expires_at=record.expires_at,
-        remembered=bool(meta.get("r")),
-        user_agent=user_agent if isinstance(user_agent, str) else None,
-        remote_addr=remote_addr if isinstance(remote_addr, str) else None,
+        remembered=remembered,
+        user_agent=user_agent,
+        remote_addr=remote_addr,
     )
 
 
