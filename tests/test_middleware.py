@@ -625,6 +625,49 @@ def test_what_needs_a_cookie_after_the_headers_raises(action: Any) -> None:
     assert "headers" in str(errors[0])
 
 
+def _late_writer(body: str) -> tuple[Any, list[Session]]:
+    """An app answering with a list or a generator, keeping each request's session."""
+    sessions: list[Session] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        session = environ["session"]
+        sessions.append(session)
+        if environ["PATH_INFO"] == "/start":
+            session["n"] = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"] if body == "list" else iter([b"ok"])
+
+    return app, sessions
+
+
+@pytest.mark.parametrize("body", ["list", "generator"])
+@pytest.mark.parametrize(
+    "action",
+    [
+        pytest.param(lambda s: s.__setitem__("n", 2), id="set"),
+        pytest.param(lambda s: s.__delitem__("n"), id="delete"),
+        pytest.param(lambda s: setattr(s, "modified", True), id="modified"),
+        pytest.param(lambda s: setattr(s, "user_id", "ann"), id="user_id"),
+    ],
+)
+def test_a_change_once_the_response_is_finished_raises_and_stores_nothing(
+    body: str, action: Any
+) -> None:
+    """With the response closed, nothing could save a change: it must not vanish silently."""
+    app, sessions = _late_writer(body)
+    store = MemoryStore()
+    client = Client(SessionMiddleware(app, secret_key=SECRET, store=store, cleanup_interval=0))
+    client.get("/start", buffered=True)
+    client.get("/read", buffered=True)  # untouched by the app: used only once it is over
+    finished = sessions[-1]
+    assert finished["n"] == 1  # reading stays allowed
+    with pytest.raises(SessionError, match="response is finished"):
+        action(finished)
+    client.get("/read", buffered=True)
+    assert sessions[-1]["n"] == 1
+    assert sessions[-1].user_id is None
+
+
 def test_max_size_refuses_an_oversized_session_and_keeps_the_old_one() -> None:
     def big(session: Session, request: Request) -> str:
         session["blob"] = "x" * 2000

@@ -368,7 +368,6 @@ class Engine:
             or (session._expired and session._snapshot is None and not session._foreign)
         ):
             headers.append(("Set-Cookie", self.cookie.expire_header(https=https)))
-        session._headers_sent = True
         return headers
 
     def enforce_cap(self, user_id: str | None, current: str, now: float) -> None:

@@ -13,7 +13,7 @@ from .cookies import SessionCookie
 from .errors import SessionError
 from .purge import Purger
 from .serializers import resolve_serializer
-from .session import Session
+from .session import FINISHED, HEADERS_SENT, Session
 from .users import SessionInfo, is_handle, list_user_sessions
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class SessionMiddleware:
         environ[ENVIRON_KEY] = session
         response = _Response(session, self._engine, start_response)
         try:
-            response.iterable = self.app(environ, response.start_response)
+            iterable = self.app(environ, response.start_response)
         except BaseException:
             session._failed = True
             raise
@@ -122,8 +122,14 @@ class SessionMiddleware:
             try:
                 response.flush()
             except BaseException:
-                response.close_iterable()
+                _close(iterable)
                 raise
+        if session._stage and type(iterable) in _PLAIN_BODIES:
+            # The headers are out and iterating a list runs no application code:
+            # nothing is left to save, so the server gets the list itself.
+            session._stage = FINISHED
+            return iterable
+        response.iterable = iterable
         return response
 
     def user_sessions(self, user_id: str) -> list[SessionInfo]:
@@ -233,6 +239,13 @@ def _with_headers(
 _PLAIN_BODIES: Final = (list, tuple)
 
 
+def _close(iterable: Iterable[bytes]) -> None:
+    """Close the application's iterable, as the server would have."""
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()
+
+
 class _Response:
     """One response: holds back the headers until the session is saved, then streams.
 
@@ -240,6 +253,8 @@ class _Response:
     it, unless the body failed or was abandoned (the client went away).
     """
 
+    # The request path creates one per request: only what every request needs is set
+    # in __init__; _server_write, iterable and _exhausted are set before any read.
     __slots__ = (
         "_engine",
         "_exhausted",
@@ -259,11 +274,11 @@ class _Response:
         self._session = session
         self._engine = engine
         self._server_start_response = start_response
-        self._server_write: Callable[[bytes], object] | None = None
         self._exhausted = False
-        self.iterable: Iterable[bytes] = ()
         #: The status and headers the application gave, not yet passed on.
         self.pending: tuple[str, list[tuple[str, str]]] | None = None
+        self.iterable: Iterable[bytes]
+        self._server_write: Callable[[bytes], object]
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
@@ -286,8 +301,11 @@ class _Response:
             return
         self.pending = None
         status, headers = pending
-        failed = self._session._failed or status[:1] == "5"
-        headers = self._headers(headers, failed=failed)
+        if self._session._loaded:
+            failed = self._session._failed or status[:1] == "5"
+            headers = self._headers(headers, failed=failed)
+        else:
+            self._session._stage = HEADERS_SENT
         # Some start_response callables (web.py's test helper) take two arguments.
         self._server_write = self._server_start_response(status, headers)
 
@@ -295,17 +313,16 @@ class _Response:
         session = self._session
         if failed:
             session._failed = True
-        if session._loaded and not session._headers_sent:
+        if session._loaded and not session._stage:
             headers = _with_headers(headers, self._engine.finish(session, failed))
         elif session._loaded:
             headers = _with_headers(headers, [])
-        session._headers_sent = True
+        session._stage = HEADERS_SENT
         return headers
 
     def _write(self, data: bytes) -> object:
         # The legacy write() callable sends headers, so the session is saved first.
         self.flush()
-        assert self._server_write is not None
         return self._server_write(data)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -323,27 +340,27 @@ class _Response:
                 if self.pending is not None:
                     self.flush()
                 yield chunk
-            self.flush()
+            if self.pending is not None:  # a generator that called it and yielded nothing
+                self.flush()
         except BaseException:
             self._session._failed = True
             raise
         self._exhausted = True
 
-    def close_iterable(self) -> None:
-        """Close the application's iterable, as the server would have."""
-        close = getattr(self.iterable, "close", None)
-        if close is not None:
-            close()
-
     def close(self) -> None:
         """Close the application's iterable, then save what changed during the body."""
         session = self._session
-        try:
-            self.close_iterable()
-        except BaseException:
-            session._failed = True
-            raise
+        close = getattr(self.iterable, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException:
+                session._failed = True
+                raise
         if not self._exhausted:
             session._failed = True  # the client went away before the body ended
-        if session._loaded and session._headers_sent and not session._failed:
-            self._engine.finish_late(session)
+        try:
+            if session._loaded and session._stage and not session._failed:
+                self._engine.finish_late(session)
+        finally:
+            session._stage = FINISHED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
 from .errors import SessionError
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("wsgisession")
+
+# Where a session's response is (Session._stage). Changes made once the response is
+# finished could never be saved, so they raise rather than vanish.
+OPEN: Final = 0
+HEADERS_SENT: Final = 1
+FINISHED: Final = 2
 
 
 class Session(MutableMapping[str, Any]):
@@ -50,7 +56,6 @@ class Session(MutableMapping[str, Any]):
         "_failed",
         "_force",
         "_foreign",
-        "_headers_sent",
         "_id",
         "_invalidated",
         "_loaded",
@@ -58,6 +63,7 @@ class Session(MutableMapping[str, Any]):
         "_remember",
         "_remember_changed",
         "_snapshot",
+        "_stage",
         "_stale_key",
         "_stored_id",
         "_user_changed",
@@ -68,7 +74,7 @@ class Session(MutableMapping[str, Any]):
         self._engine = engine
         self._environ = environ
         self._loaded = False
-        self._headers_sent = False
+        self._stage = OPEN
         self._failed = False
 
     # -- loading -------------------------------------------------------------------
@@ -76,7 +82,7 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
-        if self._headers_sent:
+        if self._stage:
             # The response can no longer say Vary: Cookie, so a shared cache might hand
             # what this body shows to another user.
             log.warning(
@@ -203,6 +209,7 @@ class Session(MutableMapping[str, Any]):
 
     def __delitem__(self, key: str) -> None:
         self._ensure()
+        self._check_open()
         if not self._live(key):
             raise KeyError(key)
         del self._data[key]
@@ -231,8 +238,16 @@ class Session(MutableMapping[str, Any]):
             return "<Session (not loaded)>"
         return f"<Session {'new' if self._new else 'stored'} keys={sorted(self)!r}>"
 
+    def _check_open(self) -> None:
+        if self._stage == FINISHED:
+            raise SessionError(
+                "the response is finished: this change to the session could no longer "
+                "be saved; make it before the response ends"
+            )
+
     def _check_writable(self) -> None:
-        if self._headers_sent and self._snapshot is None:
+        self._check_open()
+        if self._stage and self._snapshot is None:
             raise SessionError(
                 "can't start a session after the response headers were sent: "
                 "its cookie could no longer be set; write to it before start_response"
@@ -304,6 +319,7 @@ class Session(MutableMapping[str, Any]):
     @modified.setter
     def modified(self, value: bool) -> None:
         self._ensure()
+        self._check_open()
         self._force = bool(value)
 
     @property
@@ -324,7 +340,7 @@ class Session(MutableMapping[str, Any]):
         value = bool(value)
         if value == self._remember:
             return
-        if self._headers_sent:
+        if self._stage:
             raise SessionError(
                 "can't change 'remember' after the response headers were sent: "
                 "the cookie's lifetime could no longer change"
@@ -347,7 +363,9 @@ class Session(MutableMapping[str, Any]):
         self._ensure()
         if value == self._user_id:
             return
-        if value is not None:
+        if value is None:
+            self._check_open()
+        else:
             self._check_writable()
         self._user_id = value
         self._user_changed = True
@@ -380,7 +398,7 @@ class Session(MutableMapping[str, Any]):
         :raises SessionError: The response headers were already sent.
         """
         self._ensure()
-        if self._headers_sent:
+        if self._stage:
             raise SessionError("can't regenerate the session id after the headers were sent")
         if self._snapshot is not None:
             self._id = new_session_id()
