@@ -22,6 +22,8 @@ _SALT: Final = b"wsgisession.session-id"
 # A signed id is 43 + 1 + 43 characters; anything much longer is not ours, and
 # checking it would only cost HMAC time an attacker chooses.
 _MAX_VALUE: Final = 128
+#: SHA-256's block size, which HMAC pads its key to.
+_BLOCK: Final = 64
 
 
 class CookieId(NamedTuple):
@@ -38,22 +40,29 @@ class _Key:
 
     The signature is ``value.base64url(HMAC-SHA256(derived key, value))``, the
     derived key being ``HMAC-SHA256(secret, salt)``. itsdangerous derives that key
-    and sets up a new HMAC on every call; here both are done once and each signature
-    starts from a copy of the keyed HMAC, which makes a cookie check about five times
+    and sets up a new HMAC on every call. Here the key is derived once, and so are
+    the two SHA-256 states HMAC starts from (RFC 2104: the key XOR ipad, and XOR
+    opad): each signature copies them, which makes a cookie check about five times
     cheaper. Cookies stay interchangeable with itsdangerous's.
     """
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, secret: str | bytes) -> None:
         signer = Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
-        self._mac = hmac.new(signer.derive_key(), digestmod=hashlib.sha256)
+        # The derived key is a SHA-256 digest, shorter than the 64-byte block, so
+        # RFC 2104 pads it with zeros rather than hashing it.
+        key = signer.derive_key().ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
 
     def signature(self, value: bytes) -> bytes:
         """Return the base64url signature (unpadded) of *value*."""
-        mac = self._mac.copy()
-        mac.update(value)
-        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+        inner = self._inner.copy()
+        inner.update(value)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return base64.urlsafe_b64encode(outer.digest()).rstrip(b"=")
 
 
 class SessionCookie:
