@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,107 @@ def test_the_purge_lease_is_not_a_session(store: SQLStore) -> None:
     # An expired lease is free again.
     assert store.claim_purge(60)
     assert store.count() == 0
+
+
+# -- what the request path sends ---------------------------------------------------
+
+# The statement that opens a transaction of several statements, where the store sends
+# one itself (an engine in autocommit); MariaDB's driver opens its own.
+_OPENED_BY = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "BEGIN", "mariadb": None}
+
+
+class _Sent:
+    """The statements and commits an engine sends, seen through SQLAlchemy's events."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.statements: list[str] = []
+        self.commits = 0
+        sa.event.listen(engine, "before_cursor_execute", self._statement)
+        sa.event.listen(engine, "commit", self._commit)
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def _commit(self, conn: Any) -> None:
+        self.commits += 1
+
+
+def test_a_load_sends_one_select_and_commits_nothing(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    key = new_key()
+    assert store.save(key, make_record(b"x"), expected_version=None)
+    sent = _Sent(store.engine)
+    assert store.load(key) is not None
+    assert store.load(new_key()) is None
+    assert [statement.split()[0] for statement in sent.statements] == ["SELECT", "SELECT"]
+    assert sent.commits == 0
+
+
+def test_one_statement_writes_open_no_transaction(open_sql: OpenSQL) -> None:
+    store = open_sql()
+    store.ping()  # creates the table
+    sent = _Sent(store.engine)
+    key = new_key()
+    assert store.save(key, make_record(b"v1"), expected_version=None)
+    assert store.save(key, make_record(b"v2", version=2), expected_version=1)
+    assert store.refresh(key, time.time() + 7200, time.time())
+    assert [statement.split()[0] for statement in sent.statements] == [
+        "INSERT",
+        "UPDATE",
+        "UPDATE",
+    ]
+
+
+def test_a_save_that_replaces_a_key_opens_its_transaction(
+    store_kind: str, open_sql: OpenSQL
+) -> None:
+    store = open_sql()
+    old, new = new_key(), new_key()
+    assert store.save(old, make_record(b"old"), expected_version=None)
+    sent = _Sent(store.engine)
+    assert store.save(new, make_record(b"new"), expected_version=None, replaces=old)
+    begin = _OPENED_BY[store_kind]
+    if begin is not None:
+        assert sent.statements[0] == begin
+    assert not any(statement.startswith("BEGIN") for statement in sent.statements[1:])
+    assert sent.commits == 1
+    assert store.load(old) is None
+
+
+def test_a_ready_engine_keeps_a_failed_replacing_save_atomic(sql_url: str) -> None:
+    """An engine not built by the store opens transactions its own way, all the same."""
+    engine = sa.create_engine(sql_url)
+    store = SQLStore(engine, table_name=f"test_sessions_{uuid.uuid4().hex[:12]}")
+    try:
+        old, new = new_key(), new_key()
+        assert store.save(old, make_record(b"old"), expected_version=None)
+        assert store.save(new, make_record(b"taken"), expected_version=None)
+        # The old row is deleted first, then the create finds a live row and fails.
+        assert not store.save(new, make_record(b"mine"), expected_version=None, replaces=old)
+        kept = store.load(old)
+        assert kept is not None and kept.data == b"old"
+        assert store.save(new, make_record(b"v2", version=2), expected_version=1)
+    finally:
+        store.table.drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+def _ping(stores: list[SQLStore], n: int) -> None:
+    stores[n].ping()
+
+
+def test_connections_opening_a_new_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL fails at once while another connection holds a lock."""
+    for n in range(10):
+        stores = [SQLStore.from_url(f"sqlite:///{tmp_path / f'new{n}.db'}") for _ in range(6)]
+        try:
+            _run_threads(len(stores), partial(_ping, stores))
+        finally:
+            for store in stores:
+                store.close()
+        with sqlite3.connect(tmp_path / f"new{n}.db") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.close()
 
 
 # -- options and URLs ------------------------------------------------------------------

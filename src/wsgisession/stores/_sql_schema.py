@@ -5,7 +5,10 @@ Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries.
 
 from __future__ import annotations
 
+import random
 import re
+import time
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
@@ -17,15 +20,15 @@ from .base import Record, mask_url
 
 __all__ = [
     "LEASE_KEY",
-    "SINGLE_OPTION",
-    "WRITE_OPTION",
     "Statements",
+    "begin_statement",
     "build_engine",
     "build_statements",
     "check_cleanup_batch",
     "check_table_name",
     "must_retry",
     "record_params",
+    "row_record",
     "row_values",
     "session_table",
 ]
@@ -33,12 +36,9 @@ __all__ = [
 #: The key of the purge lease row. It is not hex, so no session key can collide.
 LEASE_KEY: Final = "~purge-lease"
 
-#: The execution option that marks a connection whose transaction will write.
-WRITE_OPTION: Final = "wsgisession_write"
-
-#: The execution option that marks a connection sending one statement, atomic by
-#: itself, which SQLite then runs without a transaction of ours around it.
-SINGLE_OPTION: Final = "wsgisession_single"
+# The engine execution option in which build_engine leaves the statement that opens
+# a transaction, on an engine whose driver it has told to open none by itself.
+_BEGIN_OPTION: Final = "wsgisession_begin"
 
 # Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
 # PostgreSQL's 63 and MySQL's 64 characters.
@@ -123,16 +123,22 @@ def record_columns(table: sa.Table) -> list[sa.Column[Any]]:
     return [c.data, c.meta, c.version, c.created_at, c.expires_at, c.last_seen, c.user_id]
 
 
-def row_record(row: sa.Row[Any]) -> Record:
-    """Return the record a row selected with :func:`record_columns` holds."""
+def row_record(row: Sequence[Any]) -> Record:
+    """Return the record a row selected with :func:`record_columns` holds.
+
+    Further columns after those are ignored.
+    """
+    # Unpacking by position skips the name lookup of each Row attribute, which costs
+    # more than the conversions.
+    data, meta, version, created_at, expires_at, last_seen, user_id = row[:7]
     return Record(
-        data=bytes(row.data),
-        version=int(row.version),
-        created_at=float(row.created_at),
-        expires_at=float(row.expires_at),
-        last_seen=float(row.last_seen),
-        user_id=row.user_id,
-        meta=bytes(row.meta),
+        data=bytes(data),
+        version=int(version),
+        created_at=float(created_at),
+        expires_at=float(expires_at),
+        last_seen=float(last_seen),
+        user_id=user_id,
+        meta=bytes(meta),
     )
 
 
@@ -244,7 +250,10 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
     """Check *options* and build an engine for *url* without connecting.
 
     *options* keeps only ``table_name`` and ``cleanup_batch``, which are the
-    store's rather than the engine's.
+    store's rather than the engine's. On SQLite and on PostgreSQL through psycopg,
+    the driver is told to open no transaction by itself, so a lone statement runs
+    without ``BEGIN`` and ``COMMIT`` around it; :func:`begin_statement` then names
+    the statement that opens one.
 
     :raises ConfigError: The URL can't be parsed, its driver is missing, or an
         option is unknown or of the wrong type.
@@ -283,6 +292,17 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         connect_args["client_flag"] = int(connect_args["client_flag"]) | _CLIENT_FOUND_ROWS
     if connect_args:
         kwargs["connect_args"] = connect_args
+    begin: str | None = None
+    if backend == "sqlite":
+        # BEGIN IMMEDIATE takes the write lock up front, waiting out the busy
+        # timeout, so two writers queue instead of one failing halfway through.
+        begin = "BEGIN IMMEDIATE"
+    elif backend == "postgresql" and parsed.get_driver_name() == "psycopg":
+        # Autocommit set once, when a connection is made, instead of switched on and
+        # back off around every statement. psycopg's commit() and rollback() still
+        # end a transaction that a BEGIN of ours opened; not every driver's would.
+        kwargs["isolation_level"] = "AUTOCOMMIT"
+        begin = "BEGIN"
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
@@ -294,9 +314,24 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
     except (TypeError, sa.exc.ArgumentError) as exc:
         raise ConfigError(f"store {shown!r}: {exc}") from exc
     if backend == "sqlite":
+        # A pool event: unlike a "begin" listener on the engine, it leaves every
+        # statement free of SQLAlchemy's event dispatch.
         event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+    if begin is not None:
+        engine.update_execution_options(**{_BEGIN_OPTION: begin})
     return engine
+
+
+def begin_statement(engine: sa.Engine) -> str | None:
+    """The statement that opens a transaction on *engine*, if its driver opens none.
+
+    That is the case for an engine from :func:`build_engine` on SQLite or on
+    PostgreSQL through psycopg: a transaction of several statements must then send
+    this first, or each of them commits on its own. ``None`` for any other engine,
+    whose driver begins a transaction before the first statement by itself.
+    """
+    begin: str | None = engine.get_execution_options().get(_BEGIN_OPTION)
+    return begin
 
 
 def _check_types(options: dict[str, Any]) -> None:
@@ -323,25 +358,28 @@ def _check_types(options: dict[str, Any]) -> None:
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # pysqlite opens deferred transactions on its own, and a deferred transaction that
     # must later take the write lock fails at once with "database is locked". Turning
-    # that off lets _sqlite_begin open every transaction itself.
+    # that off lets the store open every transaction itself (see begin_statement).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # WAL lets readers and one writer work at once, across processes.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
     finally:
         cursor.close()
 
 
-def _sqlite_begin(connection: sa.Connection) -> None:
-    options = connection.get_execution_options()
-    if options.get(SINGLE_OPTION):
-        # SQLite runs a lone statement in a transaction of its own, taking the locks
-        # it needs at its start and waiting out the busy timeout for them.
-        return
-    # BEGIN IMMEDIATE takes the write lock up front, waiting out the busy timeout,
-    # so two writers queue instead of one failing halfway through.
-    if options.get(WRITE_OPTION):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        connection.exec_driver_sql("BEGIN")
+def _use_wal(cursor: Any) -> None:
+    # WAL lets readers and one writer work at once, across processes. Switching a new
+    # file to it fails at once, without waiting out the busy timeout, while another
+    # connection holds a lock, as when several processes start on a new file
+    # together; the mode is kept in the file, so later connections find it set.
+    import sqlite3  # here, as a Python built without it can still use other databases
+
+    deadline = time.monotonic() + _SQLITE_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.001, 0.01))

@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from ..errors import ConfigError
 from ._sql_schema import (
     LEASE_KEY,
-    SINGLE_OPTION,
-    WRITE_OPTION,
+    begin_statement,
     build_engine,
     build_statements,
     check_cleanup_batch,
@@ -101,8 +100,12 @@ class SQLStore(Store):
         self._table_ready = False
         self._table_lock = threading.Lock()
         self._sql = build_statements(self.table, engine.dialect.name)
-        # psycopg switches autocommit without a round trip; other drivers send a SET.
-        self._autocommit = engine.dialect.name == "postgresql"
+        self._begin = begin_statement(engine)
+        # An engine of the store's own is in autocommit already. On any other
+        # PostgreSQL engine a lone statement switches its connection to autocommit,
+        # to save the round trips of BEGIN and COMMIT; other databases' drivers
+        # would send a SET for it, which saves nothing.
+        self._switch_autocommit = self._begin is None and engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -115,6 +118,12 @@ class SQLStore(Store):
         second busy timeout and ``BEGIN IMMEDIATE`` for writes, so threads and
         processes can share one file. An in-memory SQLite URL is refused: its one
         connection can't be shared.
+
+        Operations of one statement, which is every operation of the request path,
+        run in autocommit on SQLite and on PostgreSQL through psycopg: the engine
+        is built in that mode (on PostgreSQL, ``isolation_level="AUTOCOMMIT"``),
+        and the store sends ``BEGIN`` itself where it needs a transaction. Keep that
+        in mind when using :attr:`engine` for anything else.
 
         :param url: ``sqlite:///path.db``, ``postgresql+psycopg://…``,
             ``mysql+pymysql://…``, ``mariadb+pymysql://…`` or any SQLAlchemy URL.
@@ -141,11 +150,10 @@ class SQLStore(Store):
         params = {"key": key, "now": _now()}
 
         def run(conn: sa.Connection) -> Record | None:
-            with conn.begin():
-                row = conn.execute(self._sql.load, params).first()
+            row = conn.execute(self._sql.load, params).first()
             return None if row is None else row_record(row)
 
-        return self._run(run, write=False, single=True)
+        return self._run(run, single=True)
 
     def user_records(self, user_id: str) -> list[tuple[str, Record]]:
         """Return the user's live records, in one query on the indexed ``user_id``.
@@ -154,17 +162,16 @@ class SQLStore(Store):
         record and needs no pruning of its own.
         """
         t = self.table
-        query = sa.select(t.c.id_hash, *record_columns(t)).where(
+        query = sa.select(*record_columns(t), t.c.id_hash).where(
             t.c.user_id == user_id, t.c.expires_at > _now(), t.c.id_hash != LEASE_KEY
         )
 
         def run(conn: sa.Connection) -> list[tuple[str, Record]]:
-            with conn.begin():
-                rows = conn.execute(query).all()
+            rows = conn.execute(query).all()
             # MySQL compares VARCHARs with trailing spaces ignored; "ann " is not "ann".
             return [(row.id_hash, row_record(row)) for row in rows if row.user_id == user_id]
 
-        return self._run(run, write=False)
+        return self._run(run, single=True)
 
     def save(
         self,
@@ -187,17 +194,15 @@ class SQLStore(Store):
         old: _Replaced | None = None
         if replaces is not None and replaces != key:
             old = _Replaced(replaces, replaces_version, now)
-        single = old is None
         if expected_version is None:
             return self._run(
                 lambda conn: self._create(conn, key, record, now, old),
-                write=True,
-                single=single and self._sql.create is not None,
+                single=old is None and self._sql.create is not None,
             )
         params = {"key": key, "expected": expected_version, "now": now, **record_params(record)}
 
         def run(conn: sa.Connection) -> bool:
-            with conn.begin() as transaction:
+            with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
                 if conn.execute(self._sql.update, params).rowcount != 1:
@@ -205,17 +210,17 @@ class SQLStore(Store):
                     return False
             return True
 
-        return self._run(run, write=True, single=single)
+        return self._run(run, single=old is None)
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
         params = {"key": key, "now": _now(), "expires": expires_at, "seen": last_seen}
 
         def run(conn: sa.Connection) -> bool:
-            with conn.begin():
+            with self._transaction(conn, single=True):
                 return conn.execute(self._sql.refresh, params).rowcount == 1
 
-        return self._run(run, write=True, single=True)
+        return self._run(run, single=True)
 
     def delete(self, key: str) -> bool:
         """Remove the row under *key*; ``True`` if it was live."""
@@ -223,7 +228,7 @@ class SQLStore(Store):
         now = _now()
 
         def run(conn: sa.Connection) -> bool:
-            with conn.begin():
+            with self._transaction(conn):
                 live = conn.execute(
                     sa.delete(t).where(t.c.id_hash == key, t.c.expires_at > now)
                 ).rowcount
@@ -231,17 +236,16 @@ class SQLStore(Store):
                     conn.execute(sa.delete(t).where(t.c.id_hash == key))
             return live == 1
 
-        return self._run(run, write=True)
+        return self._run(run)
 
     def ping(self) -> None:
         """Connect, create the table if it is missing, and query it once."""
         query = sa.select(self.table.c.version).where(sa.false())
 
         def run(conn: sa.Connection) -> None:
-            with conn.begin():
-                conn.execute(query).all()
+            conn.execute(query).all()
 
-        self._run(run, write=False)
+        self._run(run, single=True)
 
     def cleanup(self, *, limit: int | None = None) -> int:
         """Delete expired rows, ``cleanup_batch`` per transaction, and return how many.
@@ -258,11 +262,11 @@ class SQLStore(Store):
                 self.cleanup_batch if limit is None else min(self.cleanup_batch, limit - removed)
             )
             query = sa.select(t.c.id_hash).where(*expired).limit(batch)
-            keys = self._run(partial(_scalars, query), write=False)
+            keys = self._run(partial(_scalars, query), single=True)
             if not keys:
                 break
             delete = sa.delete(t).where(t.c.id_hash.in_(keys), *expired)
-            removed += self._run(partial(_rowcount, delete), write=True)
+            removed += self._run(partial(self._rowcount, delete), single=True)
             if len(keys) < batch:
                 break
         return removed
@@ -277,10 +281,9 @@ class SQLStore(Store):
         )
 
         def run(conn: sa.Connection) -> int:
-            with conn.begin():
-                return int(conn.execute(query).scalar_one())
+            return int(conn.execute(query).scalar_one())
 
-        return self._run(run, write=False)
+        return self._run(run, single=True)
 
     def claim_purge(self, interval: float) -> bool:
         """Hold the purge lease for *interval* seconds if no other worker holds it.
@@ -293,7 +296,10 @@ class SQLStore(Store):
         lease = Record(
             data=b"", version=0, created_at=now, expires_at=now + interval, last_seen=now
         )
-        return self._run(lambda conn: self._create(conn, LEASE_KEY, lease, now, None), write=True)
+        return self._run(
+            lambda conn: self._create(conn, LEASE_KEY, lease, now, None),
+            single=self._sql.create is not None,
+        )
 
     def close(self) -> None:
         """Close the pooled connections of an engine this store built."""
@@ -302,19 +308,20 @@ class SQLStore(Store):
 
     # -- helpers ---------------------------------------------------------------
 
-    def _run(
-        self, operation: Callable[[sa.Connection], _T], *, write: bool, single: bool = False
-    ) -> _T:
+    def _run(self, operation: Callable[[sa.Connection], _T], *, single: bool = False) -> _T:
         """Run *operation* on a pooled connection, translating errors.
 
-        *single* says it sends one statement, atomic by itself, which then runs
-        without ``BEGIN`` and ``COMMIT`` around it: in autocommit mode on PostgreSQL
-        (two round trips fewer), in SQLite's own autocommit otherwise on SQLite.
+        *single* says it sends one statement, atomic by itself, which then runs in
+        autocommit, without ``BEGIN`` and ``COMMIT`` around it: two round trips fewer
+        on PostgreSQL. An operation that writes opens its transaction with
+        :meth:`_transaction`. One that only reads opens none: it runs in the one
+        SQLAlchemy begins by itself, which closing the connection ends with a single
+        rollback, where a commit would be followed by the pool's rollback on return.
         """
         with translate_errors(self._what, *self._errors):
             try:
                 self._ensure_table()
-                return self._attempt(operation, write, single)
+                return self._attempt(operation, single)
             except sa.exc.StatementError as exc:
                 # The parameters are session data; they must not reach a log
                 # through the message, even on an engine built without
@@ -322,17 +329,13 @@ class SQLStore(Store):
                 exc.hide_parameters = True
                 raise
 
-    def _attempt(self, operation: Callable[[sa.Connection], _T], write: bool, single: bool) -> _T:
+    def _attempt(self, operation: Callable[[sa.Connection], _T], single: bool) -> _T:
         attempt = 1
         while True:
             try:
                 with self.engine.connect() as conn:
-                    if single and self._autocommit:
+                    if single and self._switch_autocommit:
                         conn.execution_options(isolation_level="AUTOCOMMIT")
-                    elif single:
-                        conn.execution_options(**{SINGLE_OPTION: True})
-                    elif write:
-                        conn.execution_options(**{WRITE_OPTION: True})
                     return operation(conn)
             except sa.exc.DBAPIError as exc:
                 # A pooled connection the server dropped (a restart, an idle timeout)
@@ -345,6 +348,20 @@ class SQLStore(Store):
             time.sleep(random.uniform(0, 0.002 * attempt))
             attempt += 1
 
+    def _transaction(self, conn: sa.Connection, *, single: bool = False) -> sa.RootTransaction:
+        """Begin a transaction on *conn* for one statement or, unless *single*, several.
+
+        On an engine in autocommit (see :func:`begin_statement`) a single statement
+        needs no transaction on the server, and several get one that the store
+        opens itself: ``BEGIN IMMEDIATE`` on SQLite, which takes the write lock up
+        front. Every transaction of several statements writes.
+        """
+        transaction = conn.begin()
+        if not single and self._begin is not None:
+            # Should this fail, closing the connection rolls the transaction back.
+            conn.exec_driver_sql(self._begin)
+        return transaction
+
     def _ensure_table(self) -> None:
         if self._table_ready:
             return
@@ -352,11 +369,10 @@ class SQLStore(Store):
             if self._table_ready:
                 return
             with self.engine.connect() as conn:
-                conn.execution_options(**{WRITE_OPTION: True})
                 attempt = 1
                 while True:
                     try:
-                        with conn.begin():
+                        with self._transaction(conn):
                             self.table.create(conn, checkfirst=True)
                             if attempt > 1:
                                 # MySQL creates the indexes after the table, outside
@@ -378,7 +394,7 @@ class SQLStore(Store):
         params = {"key": key, "now": now, **record_params(record)}
         if self._sql.create is not None:
             # One statement: insert, or overwrite the row under the key if it expired.
-            with conn.begin() as transaction:
+            with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
                 if conn.execute(self._sql.create, params).rowcount != 1:
@@ -386,7 +402,7 @@ class SQLStore(Store):
                     return False
             return True
         try:
-            with conn.begin():
+            with self._transaction(conn, single=old is None):
                 if not self._delete_replaced(conn, old):
                     return False
                 conn.execute(self._sql.insert, params)
@@ -396,7 +412,7 @@ class SQLStore(Store):
         # The failed INSERT's transaction is over, so its shared lock on the row is
         # gone: several losers taking the row's write lock now queue instead of
         # deadlocking on MySQL.
-        with conn.begin() as transaction:
+        with self._transaction(conn, single=old is None) as transaction:
             if not self._delete_replaced(conn, old):
                 return False
             if conn.execute(self._sql.overwrite, params).rowcount != 1:
@@ -421,12 +437,10 @@ class SQLStore(Store):
         params = {"key": old.key, "expected": old.version, "now": old.now}
         return conn.execute(self._sql.take, params).rowcount == 1
 
+    def _rowcount(self, statement: sa.Delete, conn: sa.Connection) -> int:
+        with self._transaction(conn, single=True):
+            return conn.execute(statement).rowcount
+
 
 def _scalars(query: sa.Select[Any], conn: sa.Connection) -> list[str]:
-    with conn.begin():
-        return list(conn.scalars(query))
-
-
-def _rowcount(statement: sa.Delete, conn: sa.Connection) -> int:
-    with conn.begin():
-        return conn.execute(statement).rowcount
+    return list(conn.scalars(query))
