@@ -76,22 +76,15 @@ class _Population:
 
     @staticmethod
     def _redis(store: Any, keys: list[str], record: Record) -> None:
+        from wsgisession.stores import redis_scripts
+
         client = store.client
         ttl = max(1, int((record.expires_at - time.time()) * 1000))
-        fields = {
-            "data": record.data,
-            "meta": record.meta,
-            "version": str(record.version),
-            "created_at": repr(record.created_at),
-            "expires_at": repr(record.expires_at),
-            "last_seen": repr(record.last_seen),
-        }
+        value = redis_scripts.encode(record)
         for start in range(0, len(keys), 10_000):
             pipe = client.pipeline(transaction=False)
             for key in keys[start : start + 10_000]:
-                name = store.key_prefix + key
-                pipe.hset(name, mapping=fields)
-                pipe.pexpire(name, ttl)
+                pipe.set(store.key_prefix + key, value, px=ttl)
             pipe.execute()
 
     @staticmethod

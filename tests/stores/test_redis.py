@@ -1,10 +1,10 @@
-"""RedisStore beyond the conformance suite: URLs, key layout, round trips, outages."""
+"""RedisStore beyond the conformance suite: URLs, record layout, round trips, outages."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from redis.sentinel import SentinelConnectionPool
 from tests.conftest import SERVER, open_test_store, server_url, unreachable
 from tests.redis_servers import RedisServer
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import open_store
+from wsgisession.stores import open_store, redis_scripts
 from wsgisession.stores import redis_url as redis_url_module
+from wsgisession.stores.base import Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
 
@@ -204,6 +205,44 @@ def test_dead_cluster_or_sentinel_raises_store_error_on_use(url: str) -> None:
             store.load(new_key())
 
 
+# -- the record layout (no server) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(make_record(), id="no-user"),
+        pytest.param(make_record(user_id=""), id="empty-user"),
+        pytest.param(make_record(b"\0\r\n" * 99, user_id="\u00e9" * 300, meta=b"m"), id="long"),
+    ],
+)
+def test_layout_round_trips(record: Record) -> None:
+    value = redis_scripts.encode(record)
+    assert redis_scripts.decode(value) == record
+    assert redis_scripts.peek(value[: redis_scripts.HEADER.size]) == (
+        record.version,
+        record.expires_at,
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"wsr1" + b"\0" * 10, id="short-header"),
+        pytest.param(b"wsr0" + redis_scripts.encode(make_record())[4:], id="unknown-format"),
+        pytest.param(redis_scripts.encode(make_record(meta=b"meta"))[:-3], id="cut-short"),
+        pytest.param(
+            redis_scripts.encode(make_record(b"", user_id="\u00e9"))[:-1], id="cut-in-user"
+        ),
+        pytest.param(b"\x81" + b"\0" * 60, id="garbage"),
+    ],
+)
+def test_a_value_not_in_the_layout_does_not_decode(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        redis_scripts.decode(value)
+
+
 # -- the shared server -----------------------------------------------------------
 
 
@@ -231,12 +270,10 @@ def test_ready_client_and_key_layout() -> None:
         record = make_record(b"data", meta=b"meta", ttl=600)
         assert store.save(key, record, expected_version=None)
         try:
-            assert client.type(prefix + key) == b"hash"
-            fields = client.hgetall(prefix + key)
-            assert fields[b"data"] == b"data" and fields[b"meta"] == b"meta"
-            assert fields[b"version"] == b"1"
-            assert float(fields[b"expires_at"]) == record.expires_at
-            assert b"user_id" not in fields
+            assert client.type(prefix + key) == b"string"
+            value = client.get(prefix + key)
+            assert value == redis_scripts.encode(record)
+            assert value.endswith(b"metadata")
             remaining = (record.expires_at - time.time()) * 1000
             assert abs(client.pttl(prefix + key) - remaining) < 2000
             assert store.count() == 1
@@ -257,17 +294,7 @@ def test_expiry_is_judged_by_the_application_clock(shared: RedisStore) -> None:
     """A record Redis still holds is gone once expires_at passes by time.time()."""
     key = new_key()
     name = shared.key_prefix + key
-    past = time.time() - 5
-    fields = {
-        "data": b"x",
-        "meta": b"",
-        "version": 1,
-        "created_at": past - 60,
-        "expires_at": past,
-        "last_seen": past - 60,
-    }
-    shared.client.hset(name, mapping=fields)
-    shared.client.expire(name, 3600)
+    shared.client.set(name, redis_scripts.encode(make_record(b"x", ttl=-5)), ex=3600)
     assert shared.load(key) is None
     assert shared.count() == 0
     assert not shared.refresh(key, time.time() + 60, time.time())
@@ -281,19 +308,55 @@ def test_expiry_is_judged_by_the_application_clock(shared: RedisStore) -> None:
 def test_delete_of_an_expired_record_says_it_was_not_live(shared: RedisStore) -> None:
     key = new_key()
     name = shared.key_prefix + key
-    shared.client.hset(name, mapping={"version": 1, "expires_at": time.time() - 5})
+    shared.client.set(name, redis_scripts.encode(make_record(ttl=-5)), ex=3600)
     assert not shared.delete(key)
     assert shared.client.exists(name) == 0
 
 
 @SERVER
-def test_undecodable_hash_is_a_logged_miss(
+def test_undecodable_string_is_a_logged_miss_and_is_replaced(
     shared: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = new_key()
-    shared.client.hset(shared.key_prefix + key, mapping={"data": b"x", "version": "one"})
+    shared.client.set(shared.key_prefix + key, b"wsr1 but not a record", ex=3600)
     assert shared.load(key) is None
     assert key[:8] in caplog.text
+    assert shared.count() == 0
+    assert not shared.refresh(key, time.time() + 60, time.time())
+    assert not shared.save(key, make_record(version=2), expected_version=1)
+    assert shared.save(key, make_record(b"new"), expected_version=None)
+    loaded = shared.load(key)
+    assert loaded is not None and loaded.data == b"new"
+
+
+@SERVER
+@pytest.mark.parametrize("user_id", [None, "ann"])
+def test_a_key_of_another_type_is_a_miss_never_an_error(
+    shared: RedisStore, caplog: pytest.LogCaptureFixture, user_id: str | None
+) -> None:
+    """A hash of the layout before this one, say: it reads as absent everywhere."""
+    key, other = new_key(), new_key()
+    name = shared.key_prefix + key
+    shared.client.hset(name, mapping={"data": b"x", "version": 1, "expires_at": 2e9})
+    shared.client.expire(name, 3600)
+    assert shared.load(key) is None
+    assert key[:8] in caplog.text
+    assert shared.count() == 0
+    assert not shared.refresh(key, time.time() + 60, time.time())
+    assert not shared.save(key, make_record(version=2), expected_version=1)
+    assert shared.save(other, make_record(user_id=user_id), expected_version=None, replaces=key)
+    assert shared.client.exists(name) == 0
+    shared.client.hset(name, "version", 1)
+    assert not shared.delete(key)
+    shared.client.hset(name, "version", 1)
+    assert shared.save(key, make_record(b"new", user_id=user_id), expected_version=None)
+    loaded = shared.load(key)
+    assert loaded is not None and loaded.data == b"new"
+    if user_id is not None:
+        shared.client.zadd(_user_key(shared, user_id), {other: time.time() + 60})
+        shared.client.delete(shared.key_prefix + other)
+        shared.client.hset(shared.key_prefix + other, "version", 1)
+        assert [k for k, _ in shared.user_records(user_id)] == [key]
 
 
 @SERVER
@@ -336,7 +399,7 @@ def test_each_operation_is_one_round_trip(private_redis: RedisServer, sent: list
         assert store.delete(warm)
         steps = [
             (lambda: store.save(old, make_record(b"1"), expected_version=None), "EVALSHA"),
-            (lambda: store.load(old), "HGETALL"),
+            (lambda: store.load(old), "GET"),
             (lambda: store.save(old, make_record(b"2", version=2), expected_version=1), "EVALSHA"),
             (lambda: store.refresh(old, time.time() + 7200, time.time()), "EVALSHA"),
             (
@@ -350,6 +413,52 @@ def test_each_operation_is_one_round_trip(private_redis: RedisServer, sent: list
             assert step()
             assert sent == [command]
         assert store.load(old) is None
+
+
+def _commands_run(client: redis.Redis, step: Callable[[], object]) -> dict[str, int]:
+    """The commands the server ran for *step*, from ``INFO commandstats``."""
+    client.config_resetstat()
+    step()
+    stats: dict[str, Any] = client.info("commandstats")
+    ran = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    del ran["config|resetstat"]
+    return ran
+
+
+@SERVER
+def test_a_session_without_a_user_never_touches_the_index(private_redis: RedisServer) -> None:
+    """A save is the version check and one SET; a refresh, the check and the new times."""
+    with RedisStore.from_url(private_redis.url) as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        key = new_key()
+        assert store.save(key, make_record(), expected_version=None)  # loads the script
+        assert _commands_run(
+            client, lambda: store.save(key, make_record(version=2), expected_version=1)
+        ) == {"evalsha": 1, "getrange": 1, "set": 1}
+        assert _commands_run(client, lambda: store.load(key)) == {"get": 1}
+        assert store.refresh(key, time.time() + 7200, time.time())  # loads the script
+        assert _commands_run(
+            client, lambda: store.refresh(key, time.time() + 9000, time.time())
+        ) == {"evalsha": 1, "getrange": 1, "pexpire": 1, "setrange": 1}
+
+
+@SERVER
+def test_refresh_rewrites_only_the_times(shared: RedisStore) -> None:
+    key = new_key()
+    name = shared.key_prefix + key
+    record = make_record(b"data" * 100, user_id="ann", meta=b"meta")
+    assert shared.save(key, record, expected_version=None)
+    before = shared.client.get(name)
+    later, seen = record.expires_at + 60, record.last_seen + 1
+    assert shared.refresh(key, later, seen)
+    after = shared.client.get(name)
+    assert len(after) == len(before)
+    assert redis_scripts.decode(after) == Record(
+        record.data, 1, record.created_at, later, seen, "ann", b"meta"
+    )
+    assert shared.refresh(key, later - 30, seen - 1)  # never back
+    assert shared.client.get(name) == after
 
 
 @SERVER
@@ -421,6 +530,25 @@ def test_cluster_regenerate_across_slots(cluster: RedisStore) -> None:
     assert loaded is not None and (loaded.data, loaded.user_id) == (b"data", "u")
 
 
+def _fail_script(
+    store: RedisStore,
+    monkeypatch: pytest.MonkeyPatch,
+    script: redis_scripts.Script,
+    message: str,
+) -> Callable[[], None]:
+    """Make every run of *script* fail as if its node were down; return the undo."""
+    run = store._run
+
+    def failing(which: redis_scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if which == script:
+            with store._errors():
+                raise redis.ConnectionError(message)
+        return run(which, keys, args)
+
+    monkeypatch.setattr(store, "_run", failing)
+    return lambda: monkeypatch.setattr(store, "_run", run)
+
+
 def _other_slot(cluster: RedisStore, key: str) -> str:
     client = cluster.client
     assert isinstance(client, RedisCluster)
@@ -457,10 +585,7 @@ def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
     new = _other_slot(cluster, old)
     assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
 
-    def failing(**kwargs: Any) -> Any:
-        raise redis.ConnectionError("node of the new key down")
-
-    monkeypatch.setitem(cluster._scripts, "save", failing)
+    _fail_script(cluster, monkeypatch, redis_scripts.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save(
             new, make_record(user_id="u"), expected_version=None, replaces=old, replaces_version=1
@@ -578,7 +703,7 @@ def test_an_entry_whose_session_went_behind_its_back_is_dropped_when_read(
     for key in (live, gone, moved):
         assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
     client.delete(indexed.key_prefix + gone)
-    client.hset(indexed.key_prefix + moved, "user_id", "bob")
+    client.set(indexed.key_prefix + moved, redis_scripts.encode(make_record(user_id="bob")))
     assert [key for key, _ in indexed.user_records("ann")] == [live]
     assert client.zrange(name, 0, -1) == [live.encode()]
 
@@ -596,12 +721,12 @@ def test_reading_keeps_an_entry_a_concurrent_save_renewed(
     indexed.client.zadd(_user_key(indexed, "ann"), {key: time.time() + 3600})
     decode = redis_module._decode
 
-    def racing_decode(name: str, fields: dict[Any, Any]) -> Any:
+    def racing_decode(name: str, value: bytes | None) -> Any:
         # Between reading the set and pruning it, the session moves back to ann.
         monkeypatch.setattr(redis_module, "_decode", decode)
         record = make_record(version=3, ttl=7200, user_id="ann")
         assert indexed.save(key, record, expected_version=2)
-        return decode(name, fields)
+        return decode(name, value)
 
     monkeypatch.setattr(redis_module, "_decode", racing_decode)
     assert indexed.user_records("ann") == []  # it read the session while it was bob's
@@ -618,6 +743,25 @@ def test_a_user_change_and_a_regenerate_move_the_entry(indexed: RedisStore) -> N
     assert client.zrange(_user_key(indexed, "prof"), 0, -1) == [new.encode()]
     assert indexed.save(new, make_record(version=2), expected_version=1)
     assert client.exists(_user_key(indexed, "prof")) == 0
+
+
+@SERVER
+def test_a_long_user_id_moves_with_its_session(indexed: RedisStore) -> None:
+    """The scripts read a record's header, then the user id it gives the length of."""
+    client = indexed.client
+    long = "\u00e9" * 400
+    old, new = new_key(), new_key()
+    assert indexed.save(old, make_record(user_id=long), expected_version=None)
+    assert indexed.refresh(old, time.time() + 7200, time.time())
+    assert client.zrange(_user_key(indexed, long), 0, -1) == [old.encode()]
+    assert indexed.save(new, make_record(user_id=long), expected_version=None, replaces=old)
+    assert client.zrange(_user_key(indexed, long), 0, -1) == [new.encode()]
+    assert indexed.save(new, make_record(version=2, user_id="ann"), expected_version=1)
+    assert client.exists(_user_key(indexed, long)) == 0
+    assert [k for k, _ in indexed.user_records("ann")] == [new]
+    assert indexed.save(new, make_record(version=3, user_id=long), expected_version=2)
+    assert indexed.delete(new)
+    assert client.exists(_user_key(indexed, long)) == 0
 
 
 @SERVER
@@ -656,18 +800,12 @@ def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
     cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = new_key()
-    cluster.ping()  # builds the client, and with it the scripts
-    script = cluster._scripts["index"]
-
-    def failing(**kwargs: Any) -> Any:
-        raise redis.ConnectionError("index node down")
-
-    monkeypatch.setitem(cluster._scripts, "index", failing)
+    restore = _fail_script(cluster, monkeypatch, redis_scripts.INDEX, "index node down")
     with pytest.raises(StoreError, match="index node down"):
         cluster.save(key, make_record(user_id="ann"), expected_version=None)
     loaded = cluster.load(key)
     assert loaded is not None and loaded.user_id == "ann"
     assert cluster.user_records("ann") == []
-    monkeypatch.setitem(cluster._scripts, "index", script)
+    restore()
     assert cluster.save(key, make_record(version=2, user_id="ann"), expected_version=1)
     assert [k for k, _ in cluster.user_records("ann")] == [key]

@@ -1,9 +1,10 @@
-"""A store that keeps each session in one Redis hash, dropped by Redis's own expiry.
+"""A store that keeps each session in one Redis string, dropped by Redis's own expiry.
 
 Works with a standalone server (``redis://``, ``rediss://``, ``unix://``), a master
 found through Sentinel (``redis+sentinel://``) and Redis Cluster
 (``redis+cluster://``). Every write is one Lua script, so a save is one round trip
-when nothing raced, and a load is one ``HGETALL``.
+when nothing raced, and a load is one ``GET``. The string's layout is described in
+:mod:`~wsgisession.stores.redis_scripts`.
 
 Each user has a sorted set of their sessions' keys, scored by expiry (see
 :mod:`~wsgisession.stores.redis_scripts`). On a standalone server or a Sentinel
@@ -25,8 +26,7 @@ from typing import Any, ClassVar, Self
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from ..errors import ConfigError, StoreError
 from . import redis_scripts
@@ -42,12 +42,14 @@ _COUNT_BATCH = 500
 
 
 class RedisStore(Store):
-    """Keep sessions in Redis: one hash per session under ``<key_prefix><key>``.
+    """Keep sessions in Redis: one string per session under ``<key_prefix><key>``.
 
-    The hash holds the fields ``data``, ``meta``, ``version``, ``created_at``,
-    ``expires_at``, ``last_seen`` and, when the session has a user, ``user_id``.
-    Redis drops it by itself when it expires, so :meth:`cleanup` has nothing to do;
-    :meth:`load` still checks ``expires_at`` against the application's clock.
+    The string is a fixed header (format, version, ``created_at``, ``expires_at``,
+    ``last_seen``, lengths), then the user id, the meta and the data; see
+    :mod:`~wsgisession.stores.redis_scripts`. Anything else under a session's key (a
+    hash of an earlier layout, say) is a logged miss, and the next save replaces it.
+    Redis drops a record by itself when it expires, so :meth:`cleanup` has nothing
+    to do; :meth:`load` still checks ``expires_at`` against the application's clock.
 
     Each user's sessions are listed in a sorted set under ``<key_prefix>u:`` and the
     hex of the user id's UTF-8, whose members are the sessions' keys scored by their
@@ -83,7 +85,6 @@ class RedisStore(Store):
         self.key_prefix = key_prefix
         self._lock = threading.Lock()
         self._client: Client | None = None
-        self._scripts: dict[str, Script] = {}
         self._build: Callable[[], Client] | None = None
         self._name = f"RedisStore({key_prefix!r})"
         self._closers: list[Callable[[], None]] = []
@@ -136,10 +137,16 @@ class RedisStore(Store):
             return self._client
 
     def load(self, key: str) -> Record | None:
-        """Return the live record under *key*, or ``None``; one ``HGETALL``."""
+        """Return the live record under *key*, or ``None``; one ``GET``."""
         with self._errors():
-            fields: dict[Any, Any] = self.client.hgetall(self.key_prefix + key)
-        record = _decode(key, fields)
+            try:
+                value: Any = self.client.get(self.key_prefix + key)
+            except ResponseError as exc:
+                if not _wrong_type(exc):
+                    raise
+                log.warning("session %s in Redis is not a string record; ignored", key[:8])
+                return None
+        record = _decode(key, value)
         return record if record is not None and record.expires_at > time.time() else None
 
     def save(
@@ -166,27 +173,20 @@ class RedisStore(Store):
         if replaced is not None and not cluster:
             keys.append(self.key_prefix + replaced)
         args: list[str | bytes | int] = [
-            "" if expected_version is None else str(expected_version),
+            "" if expected_version is None else expected_version,
             repr(now),
             _ttl_ms(record.expires_at, now),
-            record.data,
-            record.meta,
-            str(record.version),
-            repr(float(record.created_at)),
-            repr(float(record.expires_at)),
-            repr(float(record.last_seen)),
-            "0" if record.user_id is None else "1",
-            record.user_id or "",
             "" if cluster else self._index_prefix,
             key,
             replaces or "",
-            "" if replaces_version is None else str(replaces_version),
+            "" if replaces_version is None else replaces_version,
+            redis_scripts.encode(record),
         ]
         if cluster and replaced is not None and replaces_version is not None:
             return self._cluster_move(
                 key, record, expected_version, replaced, replaces_version, now, args
             )
-        result = self._run("save", keys, args)
+        result = self._run(redis_scripts.SAVE, keys, args)
         saved: bool = result[0] == 1
         if saved and cluster:
             self._after_cluster_save(key, record, _user(result[1]), replaced)
@@ -218,15 +218,15 @@ class RedisStore(Store):
         if not self._may_write(key, expected_version, now):
             return False
         taken = self._run(
-            "delete",
+            redis_scripts.DELETE,
             [self.key_prefix + replaces],
-            [repr(now), "", replaces, str(replaces_version)],
+            [repr(now), "", replaces, replaces_version],
         )
         if taken[0] != 1:
             return False
         gone = _user(taken[1])
         try:
-            result = self._run("save", [self.key_prefix + key], args)
+            result = self._run(redis_scripts.SAVE, [self.key_prefix + key], args)
         finally:
             if gone is not None:
                 self._index(gone, "unlink", [(replaces, 0.0)], quiet=True)
@@ -238,11 +238,18 @@ class RedisStore(Store):
     def _may_write(self, key: str, expected_version: int | None, now: float) -> bool:
         """Whether a save of *key* expecting *expected_version* would pass its check now."""
         with self._errors():
-            answer: list[Any] = self.client.hmget(self.key_prefix + key, ["version", "expires_at"])
-        version, expires = answer
-        if version is None or expires is None or not _is_after(expires, now):
+            try:
+                head: Any = self.client.getrange(
+                    self.key_prefix + key, 0, redis_scripts.HEADER.size - 1
+                )
+            except ResponseError as exc:
+                if not _wrong_type(exc):
+                    raise
+                head = b""
+        found = redis_scripts.peek(head)
+        if found is None or found.expires_at <= now:
             return expected_version is None
-        return bool(version == str(expected_version).encode())
+        return found.version == expected_version
 
     def _after_cluster_save(
         self, key: str, record: Record, previous: bytes | None, replaces: str | None
@@ -276,7 +283,7 @@ class RedisStore(Store):
             "" if cluster else self._index_prefix,
             key,
         ]
-        result = self._run("refresh", [self.key_prefix + key], args)
+        result = self._run(redis_scripts.REFRESH, [self.key_prefix + key], args)
         if result[0] != 1:
             return False
         user_id = _user(result[2])
@@ -290,7 +297,7 @@ class RedisStore(Store):
 
     def _delete(self, key: str, *, cluster: bool) -> bool:
         args = [repr(time.time()), "" if cluster else self._index_prefix, key]
-        result = self._run("delete", [self.key_prefix + key], args)
+        result = self._run(redis_scripts.DELETE, [self.key_prefix + key], args)
         user_id = _user(result[1])
         if cluster and user_id is not None:
             self._index(user_id, "unlink", [(key, 0.0)], quiet=True)
@@ -310,7 +317,7 @@ class RedisStore(Store):
         return 0
 
     def user_records(self, user_id: str) -> list[tuple[str, Record]]:
-        """Return the user's live records: their set, then one pipelined ``HGETALL``.
+        """Return the user's live records: their set, then one pipelined ``GET``.
 
         Each entry is checked against the session it names, on every deployment; an
         entry whose session is gone, expired or now someone else's is left out and
@@ -327,14 +334,14 @@ class RedisStore(Store):
                 return []
             pipe = client.pipeline(transaction=False)
             for member, _ in entries:
-                pipe.hgetall(self.key_prefix.encode() + member)
-            hashes: list[dict[Any, Any]] = pipe.execute()
+                pipe.get(self.key_prefix.encode() + member)
+            values = _strings(pipe.execute(raise_on_error=False))
             pipe.reset()
         found: list[tuple[str, Record]] = []
         stale: list[tuple[str | bytes, float]] = []
-        for (member, score), fields in zip(entries, hashes, strict=True):
+        for (member, score), value in zip(entries, values, strict=True):
             key = member.decode(errors="replace")
-            record = _decode(key, fields)
+            record = _decode(key, value)
             if record is not None and record.expires_at > now and record.user_id == user_id:
                 found.append((key, record))
             else:
@@ -369,7 +376,6 @@ class RedisStore(Store):
             client = self._client
             if self._build is not None:
                 self._client = None
-                self._scripts = {}
             if client is not None:
                 client.close()
             for closer in self._closers:
@@ -383,18 +389,23 @@ class RedisStore(Store):
             raise ConfigError(
                 "RedisStore needs a client with decode_responses=False: sessions are bytes"
             )
-        self._scripts = {
-            "save": client.register_script(redis_scripts.SAVE),
-            "refresh": client.register_script(redis_scripts.REFRESH),
-            "delete": client.register_script(redis_scripts.DELETE),
-            "index": client.register_script(redis_scripts.INDEX),
-        }
         self._client = client
 
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
+    def _run(
+        self,
+        script: redis_scripts.Script,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int],
+    ) -> Any:
+        """Run *script* by its SHA1, loading it first if the server does not know it."""
         client = self.client
         with self._errors():
-            return self._scripts[name](keys=keys, args=args, client=client)
+            try:
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # A server that restarted, failed over or was never sent it.
+                client.script_load(script.source)
+                return client.evalsha(script.sha, len(keys), *keys, *args)
 
     def _cluster(self) -> bool:
         return isinstance(self.client, RedisCluster)
@@ -426,7 +437,7 @@ class RedisStore(Store):
         for member, score in members:
             args += [member, repr(float(score))]
         try:
-            self._run("index", [self._user_key(user_id)], args)
+            self._run(redis_scripts.INDEX, [self._user_key(user_id)], args)
         except StoreError as exc:
             if not quiet:
                 raise
@@ -442,33 +453,45 @@ class RedisStore(Store):
             return 0
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.hget(name, "expires_at")
-        stamps: list[bytes | None] = pipe.execute()
+            pipe.getrange(name, 0, redis_scripts.HEADER.size - 1)
+        heads = _strings(pipe.execute(raise_on_error=False))
         pipe.reset()
-        return sum(1 for stamp in stamps if stamp is not None and _is_after(stamp, now))
+        return sum(1 for head in heads if _is_live(head, now))
 
     def _errors(self) -> AbstractContextManager[None]:
         return translate_errors(self._name, *_ERRORS)
 
 
-def _decode(key: str, fields: dict[Any, Any]) -> Record | None:
-    """Return the record a session hash holds, expired or not; ``None`` if none."""
-    if not fields:
+def _decode(key: str, value: bytes | None) -> Record | None:
+    """Return the record a session string holds, expired or not; ``None`` if none."""
+    if value is None:
         return None
     try:
-        user_id = fields.get(b"user_id")
-        return Record(
-            data=fields[b"data"],
-            version=int(fields[b"version"]),
-            created_at=float(fields[b"created_at"]),
-            expires_at=float(fields[b"expires_at"]),
-            last_seen=float(fields[b"last_seen"]),
-            user_id=None if user_id is None else user_id.decode(),
-            meta=fields.get(b"meta", b""),
-        )
-    except (KeyError, ValueError) as exc:
-        log.warning("session %s in Redis cannot be decoded (%r); ignored", key[:8], exc)
+        return redis_scripts.decode(value)
+    except ValueError as exc:
+        log.warning("session %s in Redis cannot be decoded (%s); ignored", key[:8], exc)
         return None
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    """Whether *exc* says the key holds another type than the command reads."""
+    return str(exc).startswith("WRONGTYPE")
+
+
+def _strings(replies: list[Any]) -> list[bytes | None]:
+    """Turn a pipeline's replies to string reads of session keys into strings.
+
+    A key of another type reads as ``None``, like a missing one; any other error is
+    raised.
+    """
+    values: list[bytes | None] = []
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            if not _wrong_type(reply):
+                raise reply
+            reply = None
+        values.append(reply)
+    return values
 
 
 def _user(value: object) -> bytes | None:
@@ -482,8 +505,6 @@ def _ttl_ms(expires_at: float, now: float) -> int:
     return math.ceil((expires_at - now) * 1000)
 
 
-def _is_after(stamp: bytes, now: float) -> bool:
-    try:
-        return float(stamp) > now
-    except ValueError:
-        return False
+def _is_live(head: bytes | None, now: float) -> bool:
+    found = None if head is None else redis_scripts.peek(head)
+    return found is not None and found.expires_at > now

@@ -1,27 +1,37 @@
-"""The Lua scripts :class:`~wsgisession.stores.redis.RedisStore` runs, one per write.
+"""The record layout :class:`~wsgisession.stores.redis.RedisStore` keeps, and its Lua scripts.
 
-Private. Each session is one hash; the scripts read and write its fields
-``data``, ``meta``, ``version``, ``created_at``, ``expires_at``, ``last_seen`` and
-``user_id`` (absent when the session has no user). Expiry is judged by the
-application's clock, so every script takes the caller's ``time.time()`` as ``now``
-and treats a hash whose ``expires_at`` is not after it as absent, whatever TTL
-Redis still gives it. Redis's own TTL is set relative to that same ``now``, so
-Redis drops a record when the application's clock reaches ``expires_at``, even if
-the two clocks disagree.
+Private. Each session is one Redis string: a fixed header, then the user id, the
+meta and the data. The header is, big-endian: the 4 bytes ``wsr1``, the version
+(8-byte signed integer), then ``created_at``, ``expires_at`` and ``last_seen``
+(8-byte doubles), the user id's length in bytes (4-byte signed integer, ``-1`` when
+the session has no user) and the meta's length (4-byte unsigned integer). A load is
+one ``GET`` whose reply is a single string, which redis-py parses far more cheaply
+than a hash's fields. The scripts read only the header and the user id, with
+``GETRANGE``, so checking a stored record costs the same whatever its size, and a
+refresh rewrites the two times in place with ``SETRANGE``. A value that is not a
+string in this layout (a hash from before, or anything else) is treated as absent by
+the scripts and as a miss by :func:`decode`.
+
+Expiry is judged by the application's clock, so every script takes the caller's
+``time.time()`` as ``now`` and treats a record whose ``expires_at`` is not after it
+as absent, whatever TTL Redis still gives it. Redis's own TTL is set relative to
+that same ``now``, so Redis drops a record when the application's clock reaches
+``expires_at``, even if the two clocks disagree.
 
 The user index is one sorted set per user under ``<prefix>u:<hex of the user id's
 UTF-8>``, whose members are store keys (without the prefix) scored by their
 session's ``expires_at``. Every script that changes a set drops its members that
-expired by ``now`` and sets the set's TTL to its latest member's expiry.
+expired by ``now`` and sets the set's TTL to its latest member's expiry. A session
+without a user, now or before, never touches a set.
 
 ``SAVE``, ``REFRESH`` and ``DELETE`` take the index prefix (``<prefix>u:``) as an
 argument. When it is not empty (a standalone server or a Sentinel master), they
 change the user sets themselves, in the same script as the session: they build a
-set's name from the user id they read from the hash, so they touch keys not
+set's name from the user id they read from the record, so they touch keys not
 declared in ``KEYS``. Redis allows that outside cluster mode, and it is the only way
 to keep a write at one round trip: the previous user of a session, the user of the
 session a regenerate replaces and the user of a session being refreshed or deleted
-are known only once the script has read the hash. On Redis Cluster the prefix is
+are known only once the script has read the record. On Redis Cluster the prefix is
 empty, the scripts touch only their declared session keys and return the user ids
 they found, and the store updates the sets afterwards with ``INDEX``, which touches
 only its one declared key.
@@ -29,11 +39,145 @@ only its one declared key.
 
 from __future__ import annotations
 
-from typing import Final
+import hashlib
+import struct
+from typing import Final, NamedTuple
 
-__all__ = ["DELETE", "INDEX", "REFRESH", "SAVE"]
+from .base import Record
+
+__all__ = [
+    "DELETE",
+    "HEADER",
+    "INDEX",
+    "REFRESH",
+    "SAVE",
+    "Peek",
+    "Script",
+    "decode",
+    "encode",
+    "peek",
+]
+
+_MAGIC: Final = b"wsr1"
+
+#: magic, version, created_at, expires_at, last_seen, user id length, meta length.
+HEADER: Final = struct.Struct(">4sqdddiI")
+
+# Where expires_at starts; last_seen follows it, so a refresh writes both at once.
+_EXPIRES_AT: Final = 20
+
+
+def encode(record: Record) -> bytes:
+    """Return *record* in the layout the scripts read."""
+    user = b"" if record.user_id is None else record.user_id.encode()
+    head = HEADER.pack(
+        _MAGIC,
+        record.version,
+        record.created_at,
+        record.expires_at,
+        record.last_seen,
+        -1 if record.user_id is None else len(user),
+        len(record.meta),
+    )
+    return b"".join((head, user, record.meta, record.data))
+
+
+def decode(value: bytes) -> Record:
+    """Return the record *value* holds, expired or not.
+
+    :raises ValueError: *value* is not a record in this layout.
+    """
+    version, created_at, expires_at, last_seen, user_len, meta_len = _unpack(value)
+    if user_len < -1:
+        raise ValueError(f"user id length {user_len}")
+    start = HEADER.size + max(user_len, 0)
+    end = start + meta_len
+    if end > len(value):
+        raise ValueError(f"record of {len(value)} bytes cut short")
+    return Record(
+        data=value[end:],
+        version=version,
+        created_at=created_at,
+        expires_at=expires_at,
+        last_seen=last_seen,
+        user_id=None if user_len < 0 else value[HEADER.size : start].decode(),
+        meta=value[start:end],
+    )
+
+
+class Peek(NamedTuple):
+    """The two header fields a compare-and-set looks at."""
+
+    version: int
+    expires_at: float
+
+
+def peek(head: bytes) -> Peek | None:
+    """Return the version and expiry in the first :data:`HEADER` bytes of a record.
+
+    ``None`` if *head* is not the start of a record in this layout.
+    """
+    try:
+        version, _, expires_at, _, _, _ = _unpack(head)
+    except ValueError:
+        return None
+    return Peek(version, expires_at)
+
+
+def _unpack(value: bytes) -> tuple[int, float, float, float, int, int]:
+    try:
+        magic, *fields = HEADER.unpack_from(value)
+    except struct.error as exc:
+        raise ValueError(f"{len(value)} bytes are too few for a record header") from exc
+    if magic != _MAGIC:
+        raise ValueError(f"unknown record format {magic!r}")
+    version, created_at, expires_at, last_seen, user_len, meta_len = fields
+    return version, created_at, expires_at, last_seen, user_len, meta_len
+
+
+class Script(NamedTuple):
+    """A script's source and the SHA1 that ``EVALSHA`` names it by."""
+
+    source: str
+    sha: str
+
+
+def _script(body: str) -> Script:
+    source = _LAYOUT + _INDEX_FUNCTIONS + body
+    return Script(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# Reading a record: ``stored(key)`` and ``parse(s)`` return its version, expires_at,
+# last_seen and user id (false if none), or nothing at all when there is no record
+# in this layout (missing, another type, another format). ``stored`` reads only the
+# header, and the user id after it only when there is one. pcall, because GETRANGE
+# on a key of another type is an error, and such a key must read as absent.
+_LAYOUT: Final = f"""
+local MAGIC, HEADER, EXPIRES_AT = '{_MAGIC.decode()}', {HEADER.size}, {_EXPIRES_AT}
+local function parse(s, key)
+  if #s < HEADER then return nil end
+  local magic, version, _, expires, seen, ulen = struct.unpack('>c4i8dddi4', s)
+  if magic ~= MAGIC then return nil end
+  if ulen < 0 then return version, expires, seen, false end
+  local uid
+  if key then
+    uid = redis.call('GETRANGE', key, HEADER, HEADER + ulen - 1)
+  else
+    uid = string.sub(s, HEADER + 1, HEADER + ulen)
+  end
+  if #uid ~= ulen then return nil end
+  return version, expires, seen, uid
+end
+local function stored(key)
+  local s = redis.pcall('GETRANGE', key, 0, HEADER - 1)
+  if type(s) ~= 'string' then return nil end
+  return parse(s, key)
+end
+"""
 
 # Shared by the scripts: a user's set name, and linking, unlinking and tidying it.
+# Scores and times go to Redis as the strings they came in as, or with %.17g: a Lua
+# number turned into a command argument by Redis keeps fewer digits.
 _INDEX_FUNCTIONS: Final = """
 local function user_key(idx, uid)
   return idx .. (string.gsub(uid, '.', function(c)
@@ -60,107 +204,88 @@ end
 """
 
 #: KEYS: the key, then optionally the key it replaces.
-#: ARGV: expected version ('' to create), now, TTL in ms (0 or less deletes), data,
-#: meta, version, created_at, expires_at, last_seen, '1' and the user id or '0' and '',
-#: the index prefix ('' to leave the index alone), the key and the replaced key
-#: without the store's prefix (the members of the user sets), and the version the
-#: replaced record must have ('' to delete whatever is there).
-#: Returns {1, the user id the stored hash had (nil if none)} when written, {0} when
-#: the stored version did not match, or the replaced record is not live with the
-#: version given.
-SAVE: Final = (
-    _INDEX_FUNCTIONS
-    + """
-local now = ARGV[2]
-local cur = redis.call('HMGET', KEYS[1], 'version', 'expires_at', 'user_id')
-local expires = tonumber(cur[2])
-if cur[1] and expires and expires > tonumber(now) then
-  if cur[1] ~= ARGV[1] then return {0} end
+#: ARGV: expected version ('' to create), now, TTL in ms (0 or less: the record is
+#: already expired, and the key is deleted), the index prefix ('' to leave the index
+#: alone), the key and the replaced key without the store's prefix (the members of
+#: the user sets), the version the replaced record must have ('' to delete whatever
+#: is there), and last the encoded record: redis-py copies its buffer once per
+#: argument after a long one.
+#: Returns {1, the user id the stored record had (nil if none)} when written, {0}
+#: when the stored version did not match, or the replaced record is not live with
+#: the version given.
+SAVE: Final = _script("""
+local now = tonumber(ARGV[2])
+local version, expires, _, old = stored(KEYS[1])
+if version and expires > now then
+  if version ~= tonumber(ARGV[1]) then return {0} end
 elseif ARGV[1] ~= '' then
   return {0}
 end
-if KEYS[2] and ARGV[15] and ARGV[15] ~= '' then
-  local was = redis.call('HMGET', KEYS[2], 'version', 'expires_at')
-  local until_ = tonumber(was[2])
-  if not (was[1] == ARGV[15] and until_ and until_ > tonumber(now)) then return {0} end
-end
-local old = cur[3]
-local new = false
-if ARGV[10] == '1' then new = ARGV[11] end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'data', ARGV[4], 'meta', ARGV[5], 'version', ARGV[6],
-  'created_at', ARGV[7], 'expires_at', ARGV[8], 'last_seen', ARGV[9])
-if new then redis.call('HSET', KEYS[1], 'user_id', new) end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local idx = ARGV[12]
-if idx ~= '' then
-  if old and old ~= new then unlink(idx, old, ARGV[13], now) end
-  if new then link(idx, new, ARGV[13], ARGV[8], now) end
-end
+local gone = false
 if KEYS[2] then
-  local gone = redis.call('HGET', KEYS[2], 'user_id')
-  redis.call('DEL', KEYS[2])
-  if gone and idx ~= '' then unlink(idx, gone, ARGV[14], now) end
+  local was, until_, _, uid = stored(KEYS[2])
+  if ARGV[7] ~= '' and not (was == tonumber(ARGV[7]) and until_ > now) then return {0} end
+  gone = uid or false
 end
-return {1, old}
-"""
-)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[3])
+else
+  redis.call('DEL', KEYS[1])
+end
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
+local idx = ARGV[4]
+if idx ~= '' then
+  local _, score, _, new = parse(ARGV[8])
+  if old and old ~= new then unlink(idx, old, ARGV[5], ARGV[2]) end
+  if new then link(idx, new, ARGV[5], string.format('%.17g', score), ARGV[2]) end
+  if gone then unlink(idx, gone, ARGV[6], ARGV[2]) end
+end
+return {1, old or false}
+""")
 
 #: KEYS: the key. ARGV: now, expires_at, last_seen, the TTL in ms for expires_at,
 #: the index prefix ('' to leave the index alone), the key without the store's prefix.
 #: Returns {1, 1 if the expiry moved else 0, the user id or nil} when the record was
 #: live, {0} otherwise.
-REFRESH: Final = (
-    _INDEX_FUNCTIONS
-    + """
-local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'last_seen', 'user_id')
-local expires = tonumber(cur[1])
-if not expires or expires <= tonumber(ARGV[1]) then return {0} end
+REFRESH: Final = _script("""
+local version, expires, seen, uid = stored(KEYS[1])
+if not version or expires <= tonumber(ARGV[1]) then return {0} end
+local want, saw = tonumber(ARGV[2]), tonumber(ARGV[3])
 local moved = 0
-if tonumber(ARGV[2]) > expires then
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
+if want > expires then
+  moved, expires = 1, want
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  moved = 1
-  if cur[3] and ARGV[5] ~= '' then link(ARGV[5], cur[3], ARGV[6], ARGV[2], ARGV[1]) end
+  if uid and ARGV[5] ~= '' then link(ARGV[5], uid, ARGV[6], ARGV[2], ARGV[1]) end
 end
-local seen = tonumber(cur[2])
-if not seen or tonumber(ARGV[3]) > seen then
-  redis.call('HSET', KEYS[1], 'last_seen', ARGV[3])
+if moved == 1 or saw > seen then
+  redis.call('SETRANGE', KEYS[1], EXPIRES_AT, struct.pack('>dd', expires, math.max(seen, saw)))
 end
-return {1, moved, cur[3]}
-"""
-)
+return {1, moved, uid}
+""")
 
 #: KEYS: the key. ARGV: now, the index prefix ('' to leave the index alone), the key
 #: without the store's prefix, and optionally a version: then only a live record of
 #: that version is deleted (the compare-and-delete of a regenerate on Redis Cluster),
 #: and anything else is left as it is and answered {0}. Returns {1 if a live record
-#: was deleted else 0, the user id the hash had or nil}.
-DELETE: Final = (
-    _INDEX_FUNCTIONS
-    + """
-local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'user_id', 'version')
-if ARGV[4] and ARGV[4] ~= '' then
-  local until_ = tonumber(cur[1])
-  if not (cur[3] == ARGV[4] and until_ and until_ > tonumber(ARGV[1])) then return {0} end
+#: was deleted else 0, the user id the record had or nil}.
+DELETE: Final = _script("""
+local version, expires, _, uid = stored(KEYS[1])
+local live = version ~= nil and expires > tonumber(ARGV[1])
+if ARGV[4] and ARGV[4] ~= '' and not (live and version == tonumber(ARGV[4])) then
+  return {0}
 end
 local removed = redis.call('DEL', KEYS[1])
-if cur[2] and ARGV[2] ~= '' then unlink(ARGV[2], cur[2], ARGV[3], ARGV[1]) end
-local expires = tonumber(cur[1])
-local live = 0
-if removed == 1 and expires and expires > tonumber(ARGV[1]) then live = 1 end
-return {live, cur[2]}
-"""
-)
+if uid and ARGV[2] ~= '' then unlink(ARGV[2], uid, ARGV[3], ARGV[1]) end
+if removed == 1 and live then return {1, uid or false} end
+return {0, uid or false}
+""")
 
 #: One user's set, on its own (Redis Cluster, and dropping stale members when read).
 #: KEYS: the set. ARGV: now, then 'link' (add or raise each member's score: ZADD GT),
 #: 'unlink' (remove each member) or 'prune' (remove each member whose score is still
 #: the given one, so an entry a concurrent save just renewed stays), then member and
 #: score pairs (the score is ignored by 'unlink'). Returns 1.
-INDEX: Final = (
-    _INDEX_FUNCTIONS
-    + """
+INDEX: Final = _script("""
 local name, now, op = KEYS[1], ARGV[1], ARGV[2]
 for i = 3, #ARGV, 2 do
   local member, score = ARGV[i], ARGV[i + 1]
@@ -174,5 +299,4 @@ for i = 3, #ARGV, 2 do
 end
 tidy(name, now)
 return 1
-"""
-)
+""")
