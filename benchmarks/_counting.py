@@ -9,8 +9,8 @@
   ``commit``, ``rollback``), the pool's reset on return, and pre-ping queries; on
   PostgreSQL also the network round trips themselves, from libpq's protocol trace.
 * Files opened: calls of ``open`` and ``os.open`` (temp files and lock files included).
-* Bytes sent: what went to Redis, into SQL parameters, or through ``os.write``; it
-  tells an expiry update from a rewrite of the whole record.
+* Bytes sent: what went to Redis, into SQL parameters, or through ``os.write`` and
+  ``os.pwrite``; it tells an expiry update from a rewrite of the whole record.
 
 Counting hooks are installed only for the pass and removed after it, so timed runs
 never pay for them.
@@ -133,7 +133,7 @@ def counting() -> Iterator[Counter[str]]:
     """Count store traffic inside the block into the returned (fresh) counter."""
     SEEN.clear()
     real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
-    real_write = os.write
+    real_write, real_pwrite = os.write, os.pwrite
     real_ping = sa_default.DefaultDialect._do_ping_w_event
 
     def counted_open(*args: Any, **kwargs: Any) -> Any:
@@ -147,6 +147,10 @@ def counting() -> Iterator[Counter[str]]:
     def counted_write(fd: int, data: Any) -> int:
         SEEN["bytes_sent"] += len(data)
         return real_write(fd, data)
+
+    def counted_pwrite(fd: int, data: Any, offset: int) -> int:
+        SEEN["bytes_sent"] += len(data)
+        return real_pwrite(fd, data, offset)
 
     def counted_ping(self: Any, dbapi_connection: Any) -> bool:
         SEEN["sql_ping"] += 1
@@ -162,7 +166,7 @@ def counting() -> Iterator[Counter[str]]:
         event.listen(target, name, fn)
     builtins.open = io.open = counted_open
     os.open = counted_os_open
-    os.write = counted_write
+    os.write, os.pwrite = counted_write, counted_pwrite
     sa_default.DefaultDialect._do_ping_w_event = counted_ping  # type: ignore[method-assign]
     _ON[0] = True
     try:
@@ -170,7 +174,7 @@ def counting() -> Iterator[Counter[str]]:
     finally:
         _ON[0] = False
         builtins.open, io.open, os.open = real_open, real_io_open, real_os_open
-        os.write = real_write
+        os.write, os.pwrite = real_write, real_pwrite
         sa_default.DefaultDialect._do_ping_w_event = real_ping  # type: ignore[method-assign]
         for target, name, fn in hooks:
             event.remove(target, name, fn)

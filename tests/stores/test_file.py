@@ -14,9 +14,12 @@ import logging
 import os
 import random
 import stat
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from wsgisession.stores.file import FileStore
 from wsgisession.stores.file_index import decode_index, encode_index
 from wsgisession.testing import make_record, new_key
 
+_THREADS = 16
 _SRC = str(Path(wsgisession.__file__).resolve().parents[1])
 _CHILD_ENV = {
     **os.environ,
@@ -72,6 +76,27 @@ def _python(code: str, *args: object) -> subprocess.Popen[str]:
         text=True,
         env=_CHILD_ENV,
     )
+
+
+def _in_threads(count: int, target: Callable[[int], None]) -> None:
+    """Run *target(n)* in *count* threads started together; re-raise the first error."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
@@ -447,6 +472,237 @@ def test_cleanup_rechecks_a_record_under_the_lock(
     assert file_store.cleanup() == 0
     loaded = file_store.load(key)
     assert loaded is not None and loaded.data == b"new"
+
+
+# -- refresh and create ------------------------------------------------------------
+
+
+def _slot_bytes(path: Path) -> tuple[bytes, bytes]:
+    blob = path.read_bytes()
+    first, second = file_module._SLOT_AT
+    return blob[first : first + file_module._SLOT.size], blob[second : second + 16]
+
+
+def test_refresh_writes_the_times_in_place_and_rewrites_nothing(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh sends a few bytes to the file, however large the session."""
+    key = new_key()
+    record = make_record(b"x" * 2000, user_id="ann")
+    assert file_store.save(key, record, expected_version=None)
+    path = _path_of(file_store, key)
+    before, inode = path.read_bytes(), path.stat().st_ino
+
+    def refused(*args: object) -> None:
+        raise AssertionError("a refresh must not write or replace a file")
+
+    monkeypatch.setattr(os, "write", refused)
+    monkeypatch.setattr(os, "replace", refused)
+    assert file_store.refresh(key, record.expires_at + 60, record.last_seen + 5)
+    monkeypatch.undo()
+
+    after = path.read_bytes()
+    assert path.stat().st_ino == inode and len(after) == len(before)
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    first = file_module._SLOT_AT[0]
+    assert changed and first <= min(changed) and max(changed) < first + file_module._SLOT.size
+    loaded = file_store.load(key)
+    assert loaded is not None
+    assert (loaded.data, loaded.version, loaded.user_id) == (record.data, 1, "ann")
+    assert (loaded.expires_at, loaded.last_seen) == (record.expires_at + 60, record.last_seen + 5)
+    assert file_module._header_expiry(str(path)) == record.expires_at + 60  # cleanup's view
+
+
+def test_refreshes_take_turns_on_the_slots(file_store: FileStore) -> None:
+    """The slot holding the latest times is never the one being written."""
+    key = new_key()
+    record = make_record()
+    assert file_store.save(key, record, expected_version=None)
+    path = _path_of(file_store, key)
+    assert file_module._slots(path.read_bytes()) == [None, None]
+    for step in range(1, 5):
+        assert file_store.refresh(key, record.expires_at + step, record.last_seen + step)
+        slots = file_module._slots(path.read_bytes())
+        latest = (record.expires_at + step, record.last_seen + step)
+        assert latest in slots
+        assert slots.index(latest) == (step - 1) % 2
+
+
+@pytest.mark.parametrize("cut", [0, 5, 12, 16, 19], ids=lambda n: f"{n}-bytes-written")
+def test_a_refresh_cut_short_loses_only_itself(
+    cut: int, file_store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash in the middle of a refresh leaves a torn slot, never a corrupt record."""
+    key = new_key()
+    record = make_record(b"data")
+    assert file_store.save(key, record, expected_version=None)
+    assert file_store.refresh(key, record.expires_at + 60, record.last_seen + 1)
+    path = _path_of(file_store, key)
+    blob = path.read_bytes()
+    torn = file_module._slot(record.expires_at + 120, record.last_seen + 2)[:cut]
+    at = file_module._spare_slot(blob)
+    path.write_bytes(blob[:at] + torn + blob[at + len(torn) :])
+    caplog.set_level(logging.WARNING, logger="wsgisession")
+
+    loaded = file_store.load(key)
+
+    assert loaded is not None and loaded.data == b"data"
+    assert (loaded.expires_at, loaded.last_seen) == (record.expires_at + 60, record.last_seen + 1)
+    assert not caplog.records
+    assert file_store.refresh(key, record.expires_at + 180, record.last_seen + 3)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.expires_at == record.expires_at + 180
+
+
+def test_torn_slots_fall_back_on_the_saved_times(file_store: FileStore) -> None:
+    key = new_key()
+    record = make_record(b"data")
+    assert file_store.save(key, record, expected_version=None)
+    assert file_store.refresh(key, record.expires_at + 60, record.last_seen + 1)
+    assert file_store.refresh(key, record.expires_at + 120, record.last_seen + 2)
+    path = _path_of(file_store, key)
+    blob = bytearray(path.read_bytes())
+    for at in file_module._SLOT_AT:
+        blob[at] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"data"
+    assert (loaded.expires_at, loaded.last_seen) == (record.expires_at, record.last_seen)
+
+
+def test_refreshes_racing_in_threads_keep_the_latest_expiry(file_store: FileStore) -> None:
+    key = new_key()
+    record = make_record()
+    assert file_store.save(key, record, expected_version=None)
+    offsets = random.Random(1).sample(range(1, 1000), _THREADS)
+
+    def refresh(n: int) -> None:
+        for step in range(20):
+            later = offsets[n] + step
+            assert file_store.refresh(key, record.expires_at + later, record.last_seen + later)
+
+    _in_threads(_THREADS, refresh)
+    loaded = file_store.load(key)
+    assert loaded is not None
+    assert loaded.expires_at == record.expires_at + max(offsets) + 19
+
+
+def test_refresh_with_fsync_flushes_the_record(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(root, fsync=True)
+    key = new_key()
+    record = make_record()
+    assert store.save(key, record, expected_version=None)
+    flushed: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(fd) or real(fd))
+    assert store.refresh(key, record.expires_at + 60, record.last_seen)
+    assert len(flushed) == 1
+
+
+def test_a_record_of_the_previous_format_is_a_logged_miss(
+    file_store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 1 kept the times under the checksum; its files read as corrupt, not as errors."""
+    key = new_key()
+    assert file_store.save(key, make_record(), expected_version=None)
+    path = _path_of(file_store, key)
+    now, body = time.time(), b'{"a": 1}'
+    head = struct.pack(">4sBBQdddIII", b"WSGS", 1, 0, 1, now, now + 3600, now, 0, 0, len(body))
+    crc = struct.pack(">I", zlib.crc32(body, zlib.crc32(head)))
+    path.write_bytes(head + crc + body)
+    caplog.set_level(logging.WARNING, logger="wsgisession")
+
+    assert file_store.load(key) is None
+    assert not file_store.refresh(key, now + 7200, now)
+    assert "unknown format version 1" in caplog.text
+    assert file_store.cleanup() == 1
+    assert not path.exists()
+
+
+def test_a_create_takes_no_lock(file_store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a create of a new key must not lock")
+
+    monkeypatch.setattr(file_store._tree, "lock", refused)
+    key = new_key()
+    assert file_store.save(key, make_record(b"new"), expected_version=None)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"new"
+    assert _temp_files(Path(file_store.directory)) == []
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["absent", "over-an-expired-record"])
+def test_creates_racing_in_threads_have_one_winner(expired: bool, file_store: FileStore) -> None:
+    key = new_key()
+    if expired:
+        assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
+    won: list[int] = []
+
+    def create(n: int) -> None:
+        if file_store.save(key, make_record(b"%d" % n), expected_version=None):
+            won.append(n)
+
+    _in_threads(_THREADS, create)
+    assert len(won) == 1
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"%d" % won[0]
+    assert _temp_files(Path(file_store.directory)) == []
+
+
+def test_creates_without_hard_links_take_the_lock(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE and FAT file systems refuse os.link; creates must still compare and set."""
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key = new_key()
+    assert file_store.save(key, make_record(b"first"), expected_version=None)
+    assert not file_store.save(key, make_record(b"second"), expected_version=None)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"first"
+    assert _temp_files(Path(file_store.directory)) == []
+
+
+_LOOPING_REFRESHER_CHILD = """
+import sys, time
+from wsgisession.stores.file import FileStore
+
+store = FileStore(sys.argv[1])
+key = sys.argv[2]
+print("ready", flush=True)
+while True:
+    current = store.load(key)
+    if not store.refresh(key, current.expires_at + 1, current.last_seen + 1):
+        sys.exit("a refresh found no record")
+"""
+
+
+def test_refresher_killed_at_random_moments_leaves_a_whole_record(
+    file_store: FileStore, root: Path
+) -> None:
+    key = new_key()
+    record = make_record(b"x" * 4096)
+    assert file_store.save(key, record, expected_version=None)
+    rng = random.Random()
+    latest = record.expires_at
+    for _ in range(8):
+        with _python(_LOOPING_REFRESHER_CHILD, root, key) as proc:
+            assert proc.stdout is not None
+            ready = proc.stdout.readline()
+            assert ready == "ready\n", proc.stderr.read() if proc.stderr else ""
+            time.sleep(rng.uniform(0.005, 0.05))
+            proc.kill()
+            proc.wait()
+        loaded = file_store.load(key)
+        assert loaded is not None and loaded.data == record.data
+        assert loaded.expires_at >= latest
+        latest = loaded.expires_at
+    assert latest > record.expires_at
 
 
 # -- several processes -------------------------------------------------------------

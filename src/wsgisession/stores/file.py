@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -12,14 +13,13 @@ import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator
-from dataclasses import replace as _replace
 from typing import Any, Final, Self
 
 from ..errors import ConfigError
 from .base import Record, Store, translate_errors
 from .file_index import KEY as _KEY
 from .file_index import TEMP_PREFIX as _TEMP_PREFIX
-from .file_index import Tree, UserIndex
+from .file_index import Tree, UserIndex, read_all
 
 __all__ = ["FileStore"]
 
@@ -31,13 +31,23 @@ _PURGE_NAME: Final = ".purge"
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
 
-# magic, format version, flags, version, created_at, expires_at, last_seen, lengths
-# of user_id, meta and data; then a CRC-32 of that and the body, then the body.
-_HEAD: Final = struct.Struct(">4sBBQdddIII")
+# A record file: the magic and the format version; two slots for the times a refresh
+# moves (expires_at, last_seen, and a CRC-32 of the two); then the record proper: flags,
+# version, created_at, expires_at, last_seen, the lengths of user_id, meta and data, a
+# CRC-32 of all but the slots, and the body. A save writes the slots empty (zeros never
+# pass their CRC); a refresh overwrites one slot in place and the other is untouched.
+_PREFIX: Final = struct.Struct(">4sB3x")
+_TIMES: Final = struct.Struct(">dd")
+_SLOT: Final = struct.Struct(">ddI4x")
+_HEAD: Final = struct.Struct(">BQdddIII")
 _CRC: Final = struct.Struct(">I")
-_HEADER_SIZE: Final = _HEAD.size + _CRC.size
+_SLOT_AT: Final = (_PREFIX.size, _PREFIX.size + _SLOT.size)
+_HEAD_AT: Final = _SLOT_AT[1] + _SLOT.size
+_BODY_AT: Final = _HEAD_AT + _HEAD.size + _CRC.size
+_EMPTY_SLOTS: Final = bytes(2 * _SLOT.size)
 _MAGIC: Final = b"WSGS"
-_FORMAT: Final = 1
+_FORMAT: Final = 2
+_PREFIX_BYTES: Final = _PREFIX.pack(_MAGIC, _FORMAT)
 _HAS_USER: Final = 1
 
 
@@ -51,48 +61,98 @@ def _encode(record: Record) -> bytes:
     flags = 0 if record.user_id is None else _HAS_USER
     times = (record.created_at, record.expires_at, record.last_seen)
     lengths = (len(user), len(record.meta), len(record.data))
-    head = _HEAD.pack(_MAGIC, _FORMAT, flags, record.version, *times, *lengths)
-    return head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
+    head = _HEAD.pack(flags, record.version, *times, *lengths)
+    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(_PREFIX_BYTES)))
+    return _PREFIX_BYTES + _EMPTY_SLOTS + head + _CRC.pack(crc) + body
+
+
+def _slot(expires_at: float, last_seen: float) -> bytes:
+    times = _TIMES.pack(expires_at, last_seen)
+    return _SLOT.pack(expires_at, last_seen, zlib.crc32(times))
+
+
+def _slots(blob: bytes) -> list[tuple[float, float] | None]:
+    """Return the times in each slot of *blob*; ``None`` for an empty or torn one."""
+    found: list[tuple[float, float] | None] = []
+    for at in _SLOT_AT:
+        expires, seen, crc = _SLOT.unpack_from(blob, at)
+        ok = zlib.crc32(blob[at : at + _TIMES.size]) == crc
+        found.append((expires, seen) if ok else None)
+    return found
+
+
+def _times(blob: bytes, expires_at: float, last_seen: float) -> tuple[float, float]:
+    """Return the later of the header's times and those of any whole slot."""
+    for times in _slots(blob):
+        if times is not None:
+            expires_at, last_seen = max(expires_at, times[0]), max(last_seen, times[1])
+    return expires_at, last_seen
+
+
+def _spare_slot(blob: bytes) -> int:
+    """Return the offset of the slot a refresh of *blob* overwrites.
+
+    That is an empty or torn slot, or else the one with the earlier times, so the
+    slot holding the latest times stays whole while the other is written: a reader
+    that meets the write half done falls back on it.
+    """
+    first, second = _slots(blob)
+    if first is None or (second is not None and first <= second):
+        return _SLOT_AT[0]
+    return _SLOT_AT[1]
+
+
+def _check_prefix(blob: bytes) -> None:
+    if len(blob) >= _PREFIX.size:
+        magic, fmt = _PREFIX.unpack_from(blob)
+        if magic != _MAGIC:
+            raise _Corrupt("not a session record")
+        if fmt != _FORMAT:
+            raise _Corrupt(f"unknown format version {fmt}")
+    if len(blob) < _BODY_AT:
+        raise _Corrupt(f"truncated to {len(blob)} bytes")
 
 
 def _decode(blob: bytes) -> Record:
-    if len(blob) < _HEADER_SIZE:
-        raise _Corrupt(f"truncated to {len(blob)} bytes")
-    magic, fmt, flags, version, created, expires, seen, *lengths = _HEAD.unpack_from(blob)
-    if magic != _MAGIC:
-        raise _Corrupt("not a session record")
-    if fmt != _FORMAT:
-        raise _Corrupt(f"unknown format version {fmt}")
+    _check_prefix(blob)
+    flags, version, created, expires, seen, *lengths = _HEAD.unpack_from(blob, _HEAD_AT)
     n_user, n_meta, n_data = lengths
-    body = memoryview(blob)[_HEADER_SIZE:]
+    body = memoryview(blob)[_BODY_AT:]
     if len(body) != n_user + n_meta + n_data:
         raise _Corrupt(f"{len(body)} bytes of body, expected {n_user + n_meta + n_data}")
-    (crc,) = _CRC.unpack_from(blob, _HEAD.size)
-    if zlib.crc32(body, zlib.crc32(blob[: _HEAD.size])) != crc:
+    (crc,) = _CRC.unpack_from(blob, _BODY_AT - _CRC.size)
+    head = memoryview(blob)[_HEAD_AT : _BODY_AT - _CRC.size]
+    if zlib.crc32(body, zlib.crc32(head, zlib.crc32(blob[: _PREFIX.size]))) != crc:
         raise _Corrupt("checksum mismatch")
     try:
         user_id = bytes(body[:n_user]).decode("utf-8") if flags & _HAS_USER else None
     except UnicodeDecodeError as exc:
         raise _Corrupt("user id is not UTF-8") from exc
     meta, data = bytes(body[n_user : n_user + n_meta]), bytes(body[n_user + n_meta :])
+    expires, seen = _times(blob, expires, seen)
     return Record(data, version, created, expires, seen, user_id, meta)
 
 
 def _header_expiry(path: str) -> float:
-    """Return the ``expires_at`` in the header of the record file at *path*.
+    """Return the ``expires_at`` in the header and slots of the record file at *path*.
 
     A corrupt file reads as expired long ago, so cleanup removes it. A file of a
     newer format reads as never expiring: a newer worker sharing the directory may
     have written it, and only that worker can judge it.
     """
-    with open(path, "rb") as f:
-        head = f.read(_HEADER_SIZE)
-    if len(head) < _HEADER_SIZE or head[:4] != _MAGIC or head[4] < _FORMAT:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.read(fd, _BODY_AT)
+    finally:
+        os.close(fd)
+    if len(head) < _PREFIX.size or head[:4] != _MAGIC or head[4] < _FORMAT:
         return float("-inf")
     if head[4] > _FORMAT:
         return float("inf")
-    expires: float = _HEAD.unpack_from(head)[5]
-    return expires
+    if len(head) < _BODY_AT:
+        return float("-inf")
+    expires: float = _HEAD.unpack_from(head, _HEAD_AT)[3]
+    return _times(head, expires, 0.0)[0]
 
 
 class FileStore(Store):
@@ -104,7 +164,14 @@ class FileStore(Store):
     old record or the new one, never half of each; readers take no lock. Writers
     take an ``fcntl.flock`` on a lock file per shard directory, which serializes
     threads and processes alike, so several workers can share the directory on one
-    machine (not over NFS, where ``flock`` is unreliable).
+    machine (not over NFS, where ``flock`` is unreliable). A new record without a
+    user is put in place with ``os.link``, which fails if the name is taken, so
+    creating one takes no lock and reads nothing.
+
+    A refresh rewrites no record: it writes the new expiry and ``last_seen`` into
+    one of two small checksummed slots at the start of the file, the one not
+    holding the latest times, so a reader or a crash that meets the write half
+    done falls back on the other slot, and at worst loses that refresh.
 
     The user index is a file per user under ``users/`` (see
     :mod:`~wsgisession.stores.file_index`), changed under its own lock while the
@@ -152,6 +219,7 @@ class FileStore(Store):
             self.directory, shard_depth=shard_depth, fsync=fsync, file_mode=file_mode
         )
         self._users = UserIndex(self, self._tree)
+        self._what = f"file store {self.directory}"
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -201,6 +269,10 @@ class FileStore(Store):
     ) -> bool:
         """Compare versions and write, under the lock of the key's shard.
 
+        A plain create of a record without a user takes no lock: the record is
+        linked into place only if no file has its name, and otherwise the create
+        is judged under the lock like any save.
+
         With *replaces*, the old record's file is removed under its shard's lock
         too, after the new record is in place: a crash in between leaves both, and
         the old one expires, rather than neither. Its version is compared with
@@ -210,16 +282,21 @@ class FileStore(Store):
         *replaces* from its user) after it.
         """
         old = None if replaces is None or replaces == key else replaces
+        shard = self._shard(key)
+        if old is None and expected_version is None and record.user_id is None:
+            with self._errors():
+                if self._tree.create(shard, key, _encode(record)):
+                    return True
         keys = (key,) if old is None else (key, old)
         with self._errors(), self._locked(*keys):
             now = time.time()
-            before = self._read(key, expired=True)
+            found, before = self._read_any(key)
             live = before is not None and before.expires_at > now
             if (before.version if before is not None and live else None) != expected_version:
                 return False
             changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
             if old is not None:
-                replaced = self._read(old, expired=True)
+                replaced = self._read_any(old)[1]
                 if replaces_version is not None and (
                     replaced is None
                     or replaced.expires_at <= now
@@ -228,25 +305,46 @@ class FileStore(Store):
                     return False
                 changes.append((old, replaced, None))
             with self._users.change(changes):
-                self._write(key, record)
+                blob = _encode(record)
+                # With no file there, a lock-free create may race this one, so the
+                # name is taken only if still free, as such a create would take it.
+                created = None if found else self._tree.create(shard, key, blob)
+                if created is None:
+                    self._tree.write(shard, key, blob)
+                elif not created:
+                    return False
                 if old is not None:
                     self._tree.unlink(self._path(old))
             return True
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
-        """Move the expiry and ``last_seen`` of a live record forward, never back."""
+        """Move the expiry and ``last_seen`` of a live record forward, never back.
+
+        The new times go into a slot of the record file, written in place; the
+        record itself is not rewritten.
+        """
+        path = self._path(key)
         with self._errors(), self._locked(key):
-            current = self._read(key)
-            if current is None:
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
                 return False
-            if expires_at > current.expires_at or last_seen > current.last_seen:
-                moved = _replace(
-                    current,
-                    expires_at=max(expires_at, current.expires_at),
-                    last_seen=max(last_seen, current.last_seen),
-                )
-                self._write(key, moved)
-            return True
+            try:
+                blob = read_all(fd)
+                current = self._decoded(key, blob)
+                if current is None or current.expires_at <= time.time():
+                    return False
+                if expires_at > current.expires_at or last_seen > current.last_seen:
+                    slot = _slot(
+                        max(expires_at, current.expires_at), max(last_seen, current.last_seen)
+                    )
+                    if os.pwrite(fd, slot, _spare_slot(blob)) != len(slot):
+                        raise OSError(errno.EIO, "short write of a refresh slot")
+                    if self.fsync:
+                        os.fsync(fd)
+                return True
+            finally:
+                os.close(fd)
 
     def delete(self, key: str) -> bool:
         """Remove the record file under *key*; ``True`` if it held a live record."""
@@ -342,7 +440,7 @@ class FileStore(Store):
     # -- internals ---------------------------------------------------------------
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return translate_errors(f"file store {self.directory}", OSError)
+        return translate_errors(self._what, OSError)
 
     def _shard(self, key: str) -> str:
         if not _KEY.fullmatch(key):
@@ -350,7 +448,7 @@ class FileStore(Store):
         return self._tree.shard(self.directory, key)
 
     def _path(self, key: str) -> str:
-        return os.path.join(self._shard(key), key)
+        return self._shard(key) + "/" + key
 
     def _scan(self, stale_before: float = float("-inf")) -> Iterator[tuple[str, float]]:
         """Yield the path and header expiry of every record file, shard by shard.
@@ -369,24 +467,28 @@ class FileStore(Store):
 
         With *expired*, an expired record is returned too, to unlink it from its user.
         """
+        record = self._read_any(key)[1]
+        if record is None or expired or record.expires_at > time.time():
+            return record
+        return None
+
+    def _read_any(self, key: str) -> tuple[bool, Record | None]:
+        """Return whether a file is under *key*, and its record, expired or not."""
+        blob = self._tree.read(self._path(key))
+        if blob is None:
+            return False, None
+        return True, self._decoded(key, blob)
+
+    def _decoded(self, key: str, blob: bytes) -> Record | None:
         try:
-            with open(self._path(key), "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            return None
-        try:
-            record = _decode(blob)
+            return _decode(blob)
         except _Corrupt as exc:
             log.warning(
                 "file store: record %s… is unreadable (%s); treated as missing", key[:8], exc
             )
             return None
-        return record if expired or record.expires_at > time.time() else None
 
     def _locked(self, *keys: str, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
         """Hold the locks of the shards of *keys*; see :meth:`Tree.lock`."""
         shards = [self._shard(key) for key in keys]  # a bad key fails before any mkdir
         return self._tree.lock(shards, wait=wait)
-
-    def _write(self, key: str, record: Record) -> None:
-        self._tree.write(self._shard(key), key, _encode(record))

@@ -22,13 +22,14 @@ dropped whenever the index is rewritten, read or swept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
 import re
+import secrets
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -49,6 +50,7 @@ __all__ = [
     "UserIndex",
     "decode_index",
     "encode_index",
+    "read_all",
 ]
 
 log = logging.getLogger("wsgisession")
@@ -63,6 +65,9 @@ _LOCK_NAME: Final = ".lock"
 
 # magic, format version, length of the user id, number of keys; then a CRC-32 of that
 # and the body, then the body: the UTF-8 user id and the keys as 32 raw bytes each.
+#: What ``os.link`` fails with where the file system has no hard links.
+_NO_LINKS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
 _HEAD: Final = struct.Struct(">4sBII")
 _CRC: Final = struct.Struct(">I")
 _HEADER_SIZE: Final = _HEAD.size + _CRC.size
@@ -76,7 +81,8 @@ class Tree:
 
     *directory* is the store's directory; the trees of records and of the index
     both live under it. A shard is ``shard_depth`` levels of two-hex-digit
-    directories named by the leading digits of a file's name.
+    directories named by the leading digits of a file's name. Shard directories
+    are created when a write or a lock first finds one missing, never ahead of it.
     """
 
     def __init__(self, directory: str, *, shard_depth: int, fsync: bool, file_mode: int):
@@ -86,10 +92,15 @@ class Tree:
         self.file_mode: Final = file_mode
         self._dir_mode = file_mode | (file_mode & 0o444) >> 2
         self._held = threading.local()  # .dirs: the shards whose lock this thread holds
+        #: False once ``os.link`` failed for want of hard links (some FUSE and FAT
+        #: file systems); :meth:`create` then declines and creates take the lock.
+        self.links = True
 
     def shard(self, root: str, name: str) -> str:
         """Return the shard directory of the file *name* in the tree at *root*."""
-        return os.path.join(root, *[name[2 * i : 2 * i + 2] for i in range(self.shard_depth)])
+        parts = [root]
+        parts += [name[i : i + 2] for i in range(0, 2 * self.shard_depth, 2)]
+        return "/".join(parts)
 
     @contextlib.contextmanager
     def lock(self, shards: Iterable[str], *, wait: bool = True) -> Iterator[bool]:
@@ -108,9 +119,7 @@ class Tree:
         fds: list[int] = []
         try:
             for shard in wanted:
-                self.mkdir(shard)
-                lock = os.path.join(shard, _LOCK_NAME)
-                fds.append(os.open(lock, os.O_RDWR | os.O_CREAT, self.file_mode))
+                fds.append(self._open_lock(shard))
                 try:
                     fcntl.flock(fds[-1], fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except BlockingIOError:
@@ -129,18 +138,22 @@ class Tree:
 
     def mkdir(self, path: str) -> None:
         """Create *path* and any missing shard levels above it with the store's mode."""
+        parent = os.path.dirname(path)
         try:
             os.mkdir(path, self._dir_mode)
         except FileExistsError:
-            pass  # a file in its place fails on first use, with the right error
+            return  # a file in its place fails on first use, with the right error
         except FileNotFoundError:
-            parent = os.path.dirname(path)
             if path == self.directory:
                 os.makedirs(parent, exist_ok=True)
             else:
                 self.mkdir(parent)
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(path, self._dir_mode)
+            except FileExistsError:
+                return
+        if self.fsync:
+            self._sync_dir(parent)
 
     def files(self, root: str, stale_before: float) -> Iterator[str]:
         """Yield the paths of the files named like keys in the shards under *root*.
@@ -165,19 +178,21 @@ class Tree:
                             if entry.stat().st_mtime < stale_before:
                                 self.unlink(entry.path)
 
+    def read(self, path: str) -> bytes | None:
+        """Return the whole file at *path*, or ``None`` if there is none."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            return read_all(fd)
+        finally:
+            os.close(fd)
+
     def write(self, shard: str, name: str, data: bytes) -> None:
         """Replace the file *name* in *shard* through a temp file in the same directory."""
-        blob = memoryview(data)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=shard)
+        temp = self._temp(shard, data)
         try:
-            try:
-                os.fchmod(fd, self.file_mode)
-                while blob:
-                    blob = blob[os.write(fd, blob) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
             # os.replace is atomic on POSIX, so a reader sees the old file or the new
             # one, never half of each.
             os.replace(temp, os.path.join(shard, name))
@@ -188,12 +203,80 @@ class Tree:
         if self.fsync:
             self._sync_dir(shard)
 
+    def create(self, shard: str, name: str, data: bytes) -> bool | None:
+        """Create the file *name* in *shard* unless one is there; ``True`` if created.
+
+        Takes no lock: ``os.link`` of a complete temp file fails if the name exists,
+        so of two creators exactly one wins, and a reader never sees a partial file.
+        Returns ``None``, having created nothing, on a file system without hard
+        links: there no create can win this way, so one that holds the shard's lock
+        may use :meth:`write`.
+        """
+        if not self.links:
+            return None
+        temp = self._temp(shard, data)
+        try:
+            os.link(temp, os.path.join(shard, name))
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            self.links = False
+            return None
+        finally:
+            # A crash before this leaves only a temp file, which cleanup removes.
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        if self.fsync:
+            self._sync_dir(shard)
+        return True
+
     def unlink(self, path: str) -> None:
         """Remove the file at *path* if it is there."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             if self.fsync:
                 self._sync_dir(os.path.dirname(path))
+
+    def _open_lock(self, shard: str) -> int:
+        # The shard is created only when its lock file can't be: one open a lock,
+        # where a mkdir before each one was a failed syscall and an exception.
+        lock = os.path.join(shard, _LOCK_NAME)
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CREAT, self.file_mode)
+        except FileNotFoundError:
+            self.mkdir(shard)
+            return os.open(lock, os.O_RDWR | os.O_CREAT, self.file_mode)
+
+    def _temp(self, shard: str, data: bytes) -> str:
+        """Write *data* to a new temp file in *shard*, creating the shard if missing."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        while True:
+            temp = os.path.join(shard, TEMP_PREFIX + secrets.token_hex(8))
+            try:
+                fd = os.open(temp, flags, self.file_mode)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                self.mkdir(shard)
+                continue
+            break
+        try:
+            blob = memoryview(data)
+            # The umask may have taken bits from the mode given to open.
+            os.fchmod(fd, self.file_mode)
+            while blob:
+                blob = blob[os.write(fd, blob) :]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        os.close(fd)
+        return temp
 
     def _sync_dir(self, directory: str) -> None:
         # The rename or unlink lives in the directory's entries, which need their own
@@ -203,6 +286,14 @@ class Tree:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    """Return the rest of the open regular file *fd*: its size in one read, then to EOF."""
+    blob = os.read(fd, os.fstat(fd).st_size)
+    while more := os.read(fd, 65536):
+        blob += more
+    return blob
 
 
 class CorruptIndex(Exception):
@@ -335,8 +426,10 @@ class UserIndex:
     # -- internals ----------------------------------------------------------------
 
     def _read_file(self, path: str) -> tuple[str, set[str]]:
-        with open(path, "rb") as f:
-            user_id, keys = decode_index(f.read())
+        blob = self._tree.read(path)
+        if blob is None:
+            raise FileNotFoundError(path)
+        user_id, keys = decode_index(blob)
         if self.path(user_id) != path:
             raise CorruptIndex("it names another user")
         return user_id, keys
