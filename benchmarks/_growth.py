@@ -89,7 +89,7 @@ class _Population:
 
     @staticmethod
     def _files(store: Any, keys: list[str], record: Record) -> None:
-        from wsgisession.stores.file import _encode
+        from wsgisession.stores._file_format import encode_record as _encode
 
         blob = _encode(record)
         made: set[str] = set()

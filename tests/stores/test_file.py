@@ -28,6 +28,7 @@ import pytest
 
 import wsgisession
 from wsgisession.errors import ConfigError, StoreError
+from wsgisession.stores import _file_format as file_format
 from wsgisession.stores import file as file_module
 from wsgisession.stores import open_store
 from wsgisession.stores.file import FileStore
@@ -479,8 +480,8 @@ def test_cleanup_rechecks_a_record_under_the_lock(
 
 def _slot_bytes(path: Path) -> tuple[bytes, bytes]:
     blob = path.read_bytes()
-    first, second = file_module._SLOT_AT
-    return blob[first : first + file_module._SLOT.size], blob[second : second + 16]
+    first, second = file_format.SLOT_AT
+    return blob[first : first + file_format.SLOT.size], blob[second : second + 16]
 
 
 def test_refresh_writes_the_times_in_place_and_rewrites_nothing(
@@ -504,8 +505,8 @@ def test_refresh_writes_the_times_in_place_and_rewrites_nothing(
     after = path.read_bytes()
     assert path.stat().st_ino == inode and len(after) == len(before)
     changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
-    first = file_module._SLOT_AT[0]
-    assert changed and first <= min(changed) and max(changed) < first + file_module._SLOT.size
+    first = file_format.SLOT_AT[0]
+    assert changed and first <= min(changed) and max(changed) < first + file_format.SLOT.size
     loaded = file_store.load(key)
     assert loaded is not None
     assert (loaded.data, loaded.version, loaded.user_id) == (record.data, 1, "ann")
@@ -519,10 +520,10 @@ def test_refreshes_take_turns_on_the_slots(file_store: FileStore) -> None:
     record = make_record()
     assert file_store.save(key, record, expected_version=None)
     path = _path_of(file_store, key)
-    assert file_module._slots(path.read_bytes()) == [None, None]
+    assert file_format.slots(path.read_bytes()) == [None, None]
     for step in range(1, 5):
         assert file_store.refresh(key, record.expires_at + step, record.last_seen + step)
-        slots = file_module._slots(path.read_bytes())
+        slots = file_format.slots(path.read_bytes())
         latest = (record.expires_at + step, record.last_seen + step)
         assert latest in slots
         assert slots.index(latest) == (step - 1) % 2
@@ -562,7 +563,7 @@ def test_torn_slots_fall_back_on_the_saved_times(file_store: FileStore) -> None:
     assert file_store.refresh(key, record.expires_at + 120, record.last_seen + 2)
     path = _path_of(file_store, key)
     blob = bytearray(path.read_bytes())
-    for at in file_module._SLOT_AT:
+    for at in file_format.SLOT_AT:
         blob[at] ^= 0xFF
     path.write_bytes(bytes(blob))
     loaded = file_store.load(key)

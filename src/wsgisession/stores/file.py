@@ -7,19 +7,22 @@ import errno
 import fcntl
 import logging
 import os
-import struct
 import tempfile
 import time
 import urllib.parse
-import zlib
 from collections.abc import Iterator
 from typing import Any, Final, Self
 
 from ..errors import ConfigError
+from ._file_format import CorruptRecord, decode_record, encode_record
+from ._file_format import header_expiry as _header_expiry
+from ._file_format import slot as _slot
+from ._file_format import spare_slot as _spare_slot
+from ._file_tree import KEY as _KEY
+from ._file_tree import TEMP_PREFIX as _TEMP_PREFIX
+from ._file_tree import Tree, read_all
 from .base import Record, Store, translate_errors
-from .file_index import KEY as _KEY
-from .file_index import TEMP_PREFIX as _TEMP_PREFIX
-from .file_index import Tree, UserIndex, read_all
+from .file_index import UserIndex
 
 __all__ = ["FileStore"]
 
@@ -30,129 +33,6 @@ _PURGE_NAME: Final = ".purge"
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
-
-# A record file: the magic and the format version; two slots for the times a refresh
-# moves (expires_at, last_seen, and a CRC-32 of the two); then the record proper: flags,
-# version, created_at, expires_at, last_seen, the lengths of user_id, meta and data, a
-# CRC-32 of all but the slots, and the body. A save writes the slots empty (zeros never
-# pass their CRC); a refresh overwrites one slot in place and the other is untouched.
-_PREFIX: Final = struct.Struct(">4sB3x")
-_TIMES: Final = struct.Struct(">dd")
-_SLOT: Final = struct.Struct(">ddI4x")
-_HEAD: Final = struct.Struct(">BQdddIII")
-_CRC: Final = struct.Struct(">I")
-_SLOT_AT: Final = (_PREFIX.size, _PREFIX.size + _SLOT.size)
-_HEAD_AT: Final = _SLOT_AT[1] + _SLOT.size
-_BODY_AT: Final = _HEAD_AT + _HEAD.size + _CRC.size
-_EMPTY_SLOTS: Final = bytes(2 * _SLOT.size)
-_MAGIC: Final = b"WSGS"
-_FORMAT: Final = 2
-_PREFIX_BYTES: Final = _PREFIX.pack(_MAGIC, _FORMAT)
-_HAS_USER: Final = 1
-
-
-class _Corrupt(Exception):
-    """A record file that cannot be decoded; the message says why."""
-
-
-def _encode(record: Record) -> bytes:
-    user = b"" if record.user_id is None else record.user_id.encode("utf-8")
-    body = user + record.meta + record.data
-    flags = 0 if record.user_id is None else _HAS_USER
-    times = (record.created_at, record.expires_at, record.last_seen)
-    lengths = (len(user), len(record.meta), len(record.data))
-    head = _HEAD.pack(flags, record.version, *times, *lengths)
-    crc = zlib.crc32(body, zlib.crc32(head, zlib.crc32(_PREFIX_BYTES)))
-    return _PREFIX_BYTES + _EMPTY_SLOTS + head + _CRC.pack(crc) + body
-
-
-def _slot(expires_at: float, last_seen: float) -> bytes:
-    times = _TIMES.pack(expires_at, last_seen)
-    return _SLOT.pack(expires_at, last_seen, zlib.crc32(times))
-
-
-def _slots(blob: bytes) -> list[tuple[float, float] | None]:
-    """Return the times in each slot of *blob*; ``None`` for an empty or torn one."""
-    found: list[tuple[float, float] | None] = []
-    for at in _SLOT_AT:
-        expires, seen, crc = _SLOT.unpack_from(blob, at)
-        ok = zlib.crc32(blob[at : at + _TIMES.size]) == crc
-        found.append((expires, seen) if ok else None)
-    return found
-
-
-def _times(blob: bytes, expires_at: float, last_seen: float) -> tuple[float, float]:
-    """Return the later of the header's times and those of any whole slot."""
-    for times in _slots(blob):
-        if times is not None:
-            expires_at, last_seen = max(expires_at, times[0]), max(last_seen, times[1])
-    return expires_at, last_seen
-
-
-def _spare_slot(blob: bytes) -> int:
-    """Return the offset of the slot a refresh of *blob* overwrites.
-
-    That is an empty or torn slot, or else the one with the earlier times, so the
-    slot holding the latest times stays whole while the other is written: a reader
-    that meets the write half done falls back on it.
-    """
-    first, second = _slots(blob)
-    if first is None or (second is not None and first <= second):
-        return _SLOT_AT[0]
-    return _SLOT_AT[1]
-
-
-def _check_prefix(blob: bytes) -> None:
-    if len(blob) >= _PREFIX.size:
-        magic, fmt = _PREFIX.unpack_from(blob)
-        if magic != _MAGIC:
-            raise _Corrupt("not a session record")
-        if fmt != _FORMAT:
-            raise _Corrupt(f"unknown format version {fmt}")
-    if len(blob) < _BODY_AT:
-        raise _Corrupt(f"truncated to {len(blob)} bytes")
-
-
-def _decode(blob: bytes) -> Record:
-    _check_prefix(blob)
-    flags, version, created, expires, seen, *lengths = _HEAD.unpack_from(blob, _HEAD_AT)
-    n_user, n_meta, n_data = lengths
-    body = memoryview(blob)[_BODY_AT:]
-    if len(body) != n_user + n_meta + n_data:
-        raise _Corrupt(f"{len(body)} bytes of body, expected {n_user + n_meta + n_data}")
-    (crc,) = _CRC.unpack_from(blob, _BODY_AT - _CRC.size)
-    head = memoryview(blob)[_HEAD_AT : _BODY_AT - _CRC.size]
-    if zlib.crc32(body, zlib.crc32(head, zlib.crc32(blob[: _PREFIX.size]))) != crc:
-        raise _Corrupt("checksum mismatch")
-    try:
-        user_id = bytes(body[:n_user]).decode("utf-8") if flags & _HAS_USER else None
-    except UnicodeDecodeError as exc:
-        raise _Corrupt("user id is not UTF-8") from exc
-    meta, data = bytes(body[n_user : n_user + n_meta]), bytes(body[n_user + n_meta :])
-    expires, seen = _times(blob, expires, seen)
-    return Record(data, version, created, expires, seen, user_id, meta)
-
-
-def _header_expiry(path: str) -> float:
-    """Return the ``expires_at`` in the header and slots of the record file at *path*.
-
-    A corrupt file reads as expired long ago, so cleanup removes it. A file of a
-    newer format reads as never expiring: a newer worker sharing the directory may
-    have written it, and only that worker can judge it.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        head = os.read(fd, _BODY_AT)
-    finally:
-        os.close(fd)
-    if len(head) < _PREFIX.size or head[:4] != _MAGIC or head[4] < _FORMAT:
-        return float("-inf")
-    if head[4] > _FORMAT:
-        return float("inf")
-    if len(head) < _BODY_AT:
-        return float("-inf")
-    expires: float = _HEAD.unpack_from(head, _HEAD_AT)[3]
-    return _times(head, expires, 0.0)[0]
 
 
 class FileStore(Store):
@@ -285,7 +165,7 @@ class FileStore(Store):
         shard = self._shard(key)
         if old is None and expected_version is None and record.user_id is None:
             with self._errors():
-                if self._tree.create(shard, key, _encode(record)):
+                if self._tree.create(shard, key, encode_record(record)):
                     return True
         keys = (key,) if old is None else (key, old)
         with self._errors(), self._locked(*keys):
@@ -305,7 +185,7 @@ class FileStore(Store):
                     return False
                 changes.append((old, replaced, None))
             with self._users.change(changes):
-                blob = _encode(record)
+                blob = encode_record(record)
                 # With no file there, a lock-free create may race this one, so the
                 # name is taken only if still free, as such a create would take it.
                 created = None if found else self._tree.create(shard, key, blob)
@@ -481,8 +361,8 @@ class FileStore(Store):
 
     def _decoded(self, key: str, blob: bytes) -> Record | None:
         try:
-            return _decode(blob)
-        except _Corrupt as exc:
+            return decode_record(blob)
+        except CorruptRecord as exc:
             log.warning(
                 "file store: record %s… is unreadable (%s); treated as missing", key[:8], exc
             )

@@ -10,8 +10,9 @@ Each user has a sorted set of their sessions' keys, scored by expiry (see
 :mod:`~wsgisession.stores.redis_scripts`). On a standalone server or a Sentinel
 master the scripts change it together with the session, atomically. On Redis Cluster
 a session and its user's set live in different slots, so the set is changed by a
-second command after the session write, and :meth:`RedisStore.user_records` checks
-every entry against the session it names, dropping the stale ones.
+second command after the session write (those steps are in
+:mod:`~wsgisession.stores._redis_cluster`), and :meth:`RedisStore.user_records`
+checks every entry against the session it names, dropping the stale ones.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from ..errors import ConfigError, StoreError
-from . import redis_scripts
+from ..errors import ConfigError
+from . import _redis_cluster, redis_scripts
+from ._redis_replies import strings, user_of, wrong_type
 from .base import Record, Store, translate_errors
 from .redis_url import Client, ClientPlan, plan_client
 
@@ -142,7 +144,7 @@ class RedisStore(Store):
             try:
                 value: Any = self.client.get(self.key_prefix + key)
             except ResponseError as exc:
-                if not _wrong_type(exc):
+                if not wrong_type(exc):
                     raise
                 log.warning("session %s in Redis is not a string record; ignored", key[:8])
                 return None
@@ -162,7 +164,7 @@ class RedisStore(Store):
 
         With *replaces*, the old key is deleted in the same script (once its version
         is checked against *replaces_version*, if given), except on Redis Cluster,
-        where the two keys live in different slots; see :meth:`_cluster_move`. The
+        where the two keys live in different slots; see ``_redis_cluster.move``. The
         user index changes in the same script too, except on Redis Cluster, where it
         changes right after a successful write.
         """
@@ -183,93 +185,14 @@ class RedisStore(Store):
             redis_scripts.encode(record),
         ]
         if cluster and replaced is not None and replaces_version is not None:
-            return self._cluster_move(
-                key, record, expected_version, replaced, replaces_version, now, args
+            return _redis_cluster.move(
+                self, key, record, expected_version, replaced, replaces_version, now, args
             )
         result = self._run(redis_scripts.SAVE, keys, args)
         saved: bool = result[0] == 1
         if saved and cluster:
-            self._after_cluster_save(key, record, _user(result[1]), replaced)
+            _redis_cluster.after_save(self, key, record, user_of(result[1]), replaced)
         return saved
-
-    def _cluster_move(
-        self,
-        key: str,
-        record: Record,
-        expected_version: int | None,
-        replaces: str,
-        replaces_version: int,
-        now: float,
-        args: list[str | bytes | int],
-    ) -> bool:
-        """Save *record* under *key* in place of version *replaces_version* of *replaces*.
-
-        On Redis Cluster, where no script can touch both keys, this is two steps in
-        the safe order: first the old record is deleted if it is still live and of
-        that version (one script, an atomic compare-and-delete), and only then is the
-        new one written. A concurrent write to the old key therefore makes this save
-        fail rather than be lost, and a logout that deleted it is never undone. A
-        crash or failure between the two steps loses the session (its user is logged
-        out) instead of leaving two live ids for it: the safe direction. The new key
-        is checked first, so that a save bound to fail on it deletes nothing; only a
-        writer of that same key racing this save (a regenerate's key is fresh, known
-        to no one else) could still make the second step fail after the first.
-        """
-        if not self._may_write(key, expected_version, now):
-            return False
-        taken = self._run(
-            redis_scripts.DELETE,
-            [self.key_prefix + replaces],
-            [repr(now), "", replaces, replaces_version],
-        )
-        if taken[0] != 1:
-            return False
-        gone = _user(taken[1])
-        try:
-            result = self._run(redis_scripts.SAVE, [self.key_prefix + key], args)
-        finally:
-            if gone is not None:
-                self._index(gone, "unlink", [(replaces, 0.0)], quiet=True)
-        saved: bool = result[0] == 1
-        if saved:
-            self._after_cluster_save(key, record, _user(result[1]), None)
-        return saved
-
-    def _may_write(self, key: str, expected_version: int | None, now: float) -> bool:
-        """Whether a save of *key* expecting *expected_version* would pass its check now."""
-        with self._errors():
-            try:
-                head: Any = self.client.getrange(
-                    self.key_prefix + key, 0, redis_scripts.HEADER.size - 1
-                )
-            except ResponseError as exc:
-                if not _wrong_type(exc):
-                    raise
-                head = b""
-        found = redis_scripts.peek(head)
-        if found is None or found.expires_at <= now:
-            return expected_version is None
-        return found.version == expected_version
-
-    def _after_cluster_save(
-        self, key: str, record: Record, previous: bytes | None, replaces: str | None
-    ) -> None:
-        # Both steps are tried even if the first fails: a replaced session left alive
-        # would still open the session, and one missing from its user's set would
-        # escape a "log out everywhere". A stale entry is only dropped late, when read.
-        failed: StoreError | None = None
-        if replaces is not None:
-            try:
-                self._delete(replaces, cluster=True)
-            except StoreError as exc:
-                failed = exc
-        user_id = None if record.user_id is None else record.user_id.encode()
-        if user_id is not None:
-            self._index(user_id, "link", [(key, record.expires_at)])
-        if previous is not None and previous != user_id:
-            self._index(previous, "unlink", [(key, 0.0)], quiet=True)
-        if failed is not None:
-            raise failed
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back."""
@@ -286,9 +209,9 @@ class RedisStore(Store):
         result = self._run(redis_scripts.REFRESH, [self.key_prefix + key], args)
         if result[0] != 1:
             return False
-        user_id = _user(result[2])
+        user_id = user_of(result[2])
         if cluster and result[1] == 1 and user_id is not None:
-            self._index(user_id, "link", [(key, float(expires_at))])
+            _redis_cluster.change_index(self, user_id, "link", [(key, float(expires_at))])
         return True
 
     def delete(self, key: str) -> bool:
@@ -298,9 +221,9 @@ class RedisStore(Store):
     def _delete(self, key: str, *, cluster: bool) -> bool:
         args = [repr(time.time()), "" if cluster else self._index_prefix, key]
         result = self._run(redis_scripts.DELETE, [self.key_prefix + key], args)
-        user_id = _user(result[1])
+        user_id = user_of(result[1])
         if cluster and user_id is not None:
-            self._index(user_id, "unlink", [(key, 0.0)], quiet=True)
+            _redis_cluster.change_index(self, user_id, "unlink", [(key, 0.0)], quiet=True)
         live: bool = result[0] == 1
         return live
 
@@ -335,7 +258,7 @@ class RedisStore(Store):
             pipe = client.pipeline(transaction=False)
             for member, _ in entries:
                 pipe.get(self.key_prefix.encode() + member)
-            values = _strings(pipe.execute(raise_on_error=False))
+            values = strings(pipe.execute(raise_on_error=False))
             pipe.reset()
         found: list[tuple[str, Record]] = []
         stale: list[tuple[str | bytes, float]] = []
@@ -347,7 +270,7 @@ class RedisStore(Store):
             else:
                 stale.append((member, score))
         if stale:
-            self._index(user_id, "prune", stale, quiet=True)
+            _redis_cluster.change_index(self, user_id, "prune", stale, quiet=True)
         return found
 
     def count(self) -> int:
@@ -420,29 +343,6 @@ class RedisStore(Store):
         raw = user_id.encode() if isinstance(user_id, str) else user_id
         return self._index_prefix + raw.hex()
 
-    def _index(
-        self,
-        user_id: str | bytes,
-        op: str,
-        members: Sequence[tuple[str | bytes, float]],
-        *,
-        quiet: bool = False,
-    ) -> None:
-        """Change one user's set on its own with the ``INDEX`` script.
-
-        *quiet* logs a failure instead of raising it: for removals, which
-        :meth:`user_records` makes up for when it reads the set.
-        """
-        args: list[str | bytes | int] = [repr(time.time()), op]
-        for member, score in members:
-            args += [member, repr(float(score))]
-        try:
-            self._run(redis_scripts.INDEX, [self._user_key(user_id)], args)
-        except StoreError as exc:
-            if not quiet:
-                raise
-            log.warning("could not %s sessions in a user's index in Redis: %s", op, exc)
-
     def _scan(self) -> Iterator[bytes]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix) + "*"
         names: Iterator[bytes] = self.client.scan_iter(match=pattern, count=_COUNT_BATCH)
@@ -454,7 +354,7 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.getrange(name, 0, redis_scripts.HEADER.size - 1)
-        heads = _strings(pipe.execute(raise_on_error=False))
+        heads = strings(pipe.execute(raise_on_error=False))
         pipe.reset()
         return sum(1 for head in heads if _is_live(head, now))
 
@@ -471,32 +371,6 @@ def _decode(key: str, value: bytes | None) -> Record | None:
     except ValueError as exc:
         log.warning("session %s in Redis cannot be decoded (%s); ignored", key[:8], exc)
         return None
-
-
-def _wrong_type(exc: ResponseError) -> bool:
-    """Whether *exc* says the key holds another type than the command reads."""
-    return str(exc).startswith("WRONGTYPE")
-
-
-def _strings(replies: list[Any]) -> list[bytes | None]:
-    """Turn a pipeline's replies to string reads of session keys into strings.
-
-    A key of another type reads as ``None``, like a missing one; any other error is
-    raised.
-    """
-    values: list[bytes | None] = []
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            if not _wrong_type(reply):
-                raise reply
-            reply = None
-        values.append(reply)
-    return values
-
-
-def _user(value: object) -> bytes | None:
-    """Return the user id a script answered, as stored, or ``None`` for nil."""
-    return value if isinstance(value, bytes) else None
 
 
 def _ttl_ms(expires_at: float, now: float) -> int:
