@@ -1,6 +1,7 @@
 """The SQL store's table, its engine set-up, and the helpers its queries share.
 
-Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries.
+Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries, and from
+:mod:`wsgisession.stores._sql_run`, which runs them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ __all__ = [
     "build_statements",
     "check_cleanup_batch",
     "check_table_name",
-    "must_retry",
     "record_params",
     "row_record",
     "row_values",
@@ -75,11 +75,6 @@ _EXTRAS: Final = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"
 _CLIENT_FOUND_ROWS: Final = 2
 
 _SQLITE_TIMEOUT: Final = 5.0
-
-# A deadlock or serialization failure rolls the whole transaction back, so running
-# the operation again is safe; these are the codes that mean exactly that.
-_RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
-_RETRY_MYSQL_ERRNOS: Final = frozenset({1020, 1213})
 
 
 def check_table_name(name: object) -> str:
@@ -234,16 +229,6 @@ _VALUE_COLUMNS: Final = (
 def record_params(record: Record) -> dict[str, Any]:
     """Return the ``new_<column>`` parameters that store *record* with :class:`Statements`."""
     return {f"new_{name}": value for name, value in row_values(record).items()}
-
-
-def must_retry(exc: sa.exc.DBAPIError) -> bool:
-    """Whether *exc* is a deadlock or serialization failure, safe to run again."""
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _RETRY_SQLSTATES:
-        return True
-    args: tuple[object, ...] = getattr(orig, "args", ())
-    return bool(args) and args[0] in _RETRY_MYSQL_ERRNOS
 
 
 def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self
 
 import sqlalchemy as sa
 
 from ..errors import ConfigError
+from ._sql_run import Runner
 from ._sql_schema import (
     LEASE_KEY,
-    begin_statement,
     build_engine,
     build_statements,
     check_cleanup_batch,
     check_table_name,
-    must_retry,
     record_columns,
     record_params,
     row_record,
     session_table,
 )
-from .base import Record, Store, translate_errors
+from .base import Record, Store
 
 __all__ = ["SQLStore"]
-
-_T = TypeVar("_T")
-
-_ATTEMPTS: Final = 8
 
 
 def _now() -> float:
@@ -93,19 +85,13 @@ class SQLStore(Store):
         self.engine = engine
         self.table = session_table(check_table_name(table_name), sa.MetaData())
         self.cleanup_batch = check_cleanup_batch(cleanup_batch)
-        self._what = engine.url.render_as_string(hide_password=True)
-        dbapi_error = getattr(engine.dialect.loaded_dbapi, "Error", sa.exc.SQLAlchemyError)
-        self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, dbapi_error)
         self._owns_engine = False
-        self._table_ready = False
-        self._table_lock = threading.Lock()
         self._sql = build_statements(self.table, engine.dialect.name)
-        self._begin = begin_statement(engine)
-        # An engine of the store's own is in autocommit already. On any other
-        # PostgreSQL engine a lone statement switches its connection to autocommit,
-        # to save the round trips of BEGIN and COMMIT; other databases' drivers
-        # would send a SET for it, which saves nothing.
-        self._switch_autocommit = self._begin is None and engine.dialect.name == "postgresql"
+        # Every operation below is a function of one connection, run through these
+        # two: see wsgisession.stores._sql_run for the retries, errors and BEGIN.
+        runner = Runner(engine, self.table)
+        self._run = runner.run
+        self._transaction = runner.transaction
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -307,86 +293,6 @@ class SQLStore(Store):
             self.engine.dispose()
 
     # -- helpers ---------------------------------------------------------------
-
-    def _run(self, operation: Callable[[sa.Connection], _T], *, single: bool = False) -> _T:
-        """Run *operation* on a pooled connection, translating errors.
-
-        *single* says it sends one statement, atomic by itself, which then runs in
-        autocommit, without ``BEGIN`` and ``COMMIT`` around it: two round trips fewer
-        on PostgreSQL. An operation that writes opens its transaction with
-        :meth:`_transaction`. One that only reads opens none: it runs in the one
-        SQLAlchemy begins by itself, which closing the connection ends with a single
-        rollback, where a commit would be followed by the pool's rollback on return.
-        """
-        with translate_errors(self._what, *self._errors):
-            try:
-                self._ensure_table()
-                return self._attempt(operation, single)
-            except sa.exc.StatementError as exc:
-                # The parameters are session data; they must not reach a log
-                # through the message, even on an engine built without
-                # hide_parameters.
-                exc.hide_parameters = True
-                raise
-
-    def _attempt(self, operation: Callable[[sa.Connection], _T], single: bool) -> _T:
-        attempt = 1
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    if single and self._switch_autocommit:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return operation(conn)
-            except sa.exc.DBAPIError as exc:
-                # A pooled connection the server dropped (a restart, an idle timeout)
-                # is replaced, with the rest of the pool, and the operation runs once
-                # more: cheaper than pinging before every operation, and safe, as a
-                # save is a compare-and-set and the other writes are idempotent.
-                dropped = exc.connection_invalidated and attempt == 1
-                if attempt >= _ATTEMPTS or not (dropped or must_retry(exc)):
-                    raise
-            time.sleep(random.uniform(0, 0.002 * attempt))
-            attempt += 1
-
-    def _transaction(self, conn: sa.Connection, *, single: bool = False) -> sa.RootTransaction:
-        """Begin a transaction on *conn* for one statement or, unless *single*, several.
-
-        On an engine in autocommit (see :func:`begin_statement`) a single statement
-        needs no transaction on the server, and several get one that the store
-        opens itself: ``BEGIN IMMEDIATE`` on SQLite, which takes the write lock up
-        front. Every transaction of several statements writes.
-        """
-        transaction = conn.begin()
-        if not single and self._begin is not None:
-            # Should this fail, closing the connection rolls the transaction back.
-            conn.exec_driver_sql(self._begin)
-        return transaction
-
-    def _ensure_table(self) -> None:
-        if self._table_ready:
-            return
-        with self._table_lock:
-            if self._table_ready:
-                return
-            with self.engine.connect() as conn:
-                attempt = 1
-                while True:
-                    try:
-                        with self._transaction(conn):
-                            self.table.create(conn, checkfirst=True)
-                            if attempt > 1:
-                                # MySQL creates the indexes after the table, outside
-                                # its transaction: the winner may still be at it.
-                                for index in self.table.indexes:
-                                    index.create(conn, checkfirst=True)
-                        break
-                    except sa.exc.DBAPIError as exc:
-                        # Another process created the table or an index between
-                        # our check and our CREATE; checking again finds it.
-                        if attempt >= _ATTEMPTS or exc.connection_invalidated:
-                            raise
-                    attempt += 1
-            self._table_ready = True
 
     def _create(
         self, conn: sa.Connection, key: str, record: Record, now: float, old: _Replaced | None
