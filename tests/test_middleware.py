@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from wsgiref.util import FileWrapper
 
 import pytest
 from itsdangerous import Signer
@@ -666,6 +668,33 @@ def test_a_change_once_the_response_is_finished_raises_and_stores_nothing(
     client.get("/read", buffered=True)
     assert sessions[-1]["n"] == 1
     assert sessions[-1].user_id is None
+
+
+def test_a_file_wrapper_body_reaches_the_server_unwrapped(tmp_path: Path) -> None:
+    """A server can only sendfile() the wsgi.file_wrapper object it made itself."""
+    (tmp_path / "page.txt").write_bytes(b"from a file")
+    sessions: list[Session] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        session = environ["session"]
+        sessions.append(session)
+        session["n"] = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"]((tmp_path / "page.txt").open("rb"))
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    environ["wsgi.file_wrapper"] = FileWrapper
+    headers: list[tuple[str, str]] = []
+
+    body = middleware(environ, lambda status, sent, exc_info=None: headers.extend(sent))
+
+    assert isinstance(body, FileWrapper)
+    assert b"".join(body) == b"from a file"
+    body.close()
+    assert any(name == "Set-Cookie" for name, _ in headers)  # saved before the headers
+    with pytest.raises(SessionError, match="response is finished"):
+        sessions[0]["n"] = 2
 
 
 def test_max_size_refuses_an_oversized_session_and_keeps_the_old_one() -> None:

@@ -100,6 +100,27 @@ def test_registered_scheme_opens_with_url_and_options() -> None:
     assert factory.calls == [("custom://host/db", {"colour": "red"})]
 
 
+def test_an_option_the_factory_cannot_take_is_a_config_error() -> None:
+    def factory(url: str, *, colour: str = "blue") -> Store:
+        return MemoryStore()
+
+    register_store("custom", factory)
+
+    with pytest.raises(ConfigError, match=r"'custom' does not take .*'size'"):
+        open_store("custom://", size=3)
+    assert isinstance(open_store("custom://", colour="red"), MemoryStore)
+
+
+def test_a_type_error_inside_a_factory_is_not_mistaken_for_a_bad_option() -> None:
+    def factory(url: str, **options: Any) -> Store:
+        raise TypeError("a bug in the factory")
+
+    register_store("custom", factory)
+
+    with pytest.raises(TypeError, match="a bug in the factory"):
+        open_store("custom://", colour="red")
+
+
 def test_scheme_is_case_insensitive() -> None:
     factory = _Recorder()
     register_store("Custom", factory)

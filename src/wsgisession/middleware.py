@@ -124,9 +124,12 @@ class SessionMiddleware:
             except BaseException:
                 _close(iterable)
                 raise
-        if session._stage and type(iterable) in _PLAIN_BODIES:
-            # The headers are out and iterating a list runs no application code:
-            # nothing is left to save, so the server gets the list itself.
+        if session._stage and (
+            type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ)
+        ):
+            # The headers are out and iterating a list or a file runs no application
+            # code: nothing is left to save, so the server gets the body itself (and,
+            # for a file, can send it with sendfile()).
             session._stage = FINISHED
             return iterable
         response.iterable = iterable
@@ -237,6 +240,12 @@ def _with_headers(
 
 #: Bodies whose iteration runs no application code, so nothing can happen during it.
 _PLAIN_BODIES: Final = (list, tuple)
+
+
+def _is_file_wrapper(iterable: Iterable[bytes], environ: WSGIEnvironment) -> bool:
+    """Whether *iterable* is the server's ``wsgi.file_wrapper`` around a file."""
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(iterable, wrapper)
 
 
 def _close(iterable: Iterable[bytes]) -> None:

@@ -9,6 +9,7 @@ add schemes with :func:`register_store` or the entry-point group
 from __future__ import annotations
 
 import importlib
+import inspect
 import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -94,6 +95,7 @@ def open_store(url: str, **options: Any) -> Store:
     factory = _find_factory(scheme) or _find_factory(scheme.partition("+")[0])
     if factory is None:
         raise ConfigError(f"unknown store scheme {scheme!r}; known: {', '.join(known_schemes())}")
+    _check_signature(scheme, factory, url, options)
     store = factory(url, **options)
     if not isinstance(store, Store):
         raise ConfigError(
@@ -127,6 +129,27 @@ def wrap_client(client: object, **options: Any) -> Store | None:
         if isinstance(client, redis.Redis | RedisCluster):
             return RedisStore(client, **options)
     return None
+
+
+def _check_signature(
+    scheme: str, factory: StoreFactory, url: str, options: dict[str, Any]
+) -> None:
+    """Refuse options the factory's signature can't take, as a :exc:`ConfigError`.
+
+    Checked before the call, so that a ``TypeError`` raised inside a factory for
+    another reason is never mistaken for a bad option.
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a callable without an introspectable signature
+        return
+    try:
+        signature.bind(url, **options)
+    except TypeError as exc:
+        given = ", ".join(map(repr, sorted(options))) or "none"
+        raise ConfigError(
+            f"store scheme {scheme!r} does not take these store options ({given}): {exc}"
+        ) from None
 
 
 def _find_factory(scheme: str) -> StoreFactory | None:
