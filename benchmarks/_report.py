@@ -163,8 +163,8 @@ WHY: dict[str, str] = {
         " object, Vary, the metrics 0.8 µs), which is the whole ratio on stores that"
         " answer in a few µs (memory, file), and most of the gap on SQLite, whose store"
         " call is within about 6 µs of the raw driver's. On PostgreSQL and Redis, where"
-        " the round trip dominates, the ratio sits on the line: 1.28 to 1.31 over three"
-        " runs of the same code, met in some and missed by 1% in others."
+        " the round trip dominates, the ratio sits around the line: 1.28 to 1.37 over"
+        " four runs of this session's code, met in some runs and missed in others."
     ),
     "write-vs-raw": (
         "as for reads, plus the compare-and-set that keeps concurrent requests' keys: the"
