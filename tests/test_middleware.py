@@ -670,6 +670,31 @@ def test_a_change_once_the_response_is_finished_raises_and_stores_nothing(
     assert sessions[-1].user_id is None
 
 
+def test_a_body_whose_close_raises_still_finishes_the_session() -> None:
+    sessions: list[Session] = []
+
+    class Failing:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"ok"
+
+        def close(self) -> None:
+            raise OSError("close failed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        sessions.append(environ["session"])
+        environ["session"]["n"] = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Failing()
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *args: None)
+    assert b"".join(body) == b"ok"
+    with pytest.raises(OSError, match="close failed"):
+        body.close()  # type: ignore[attr-defined]
+    with pytest.raises(SessionError, match="response is finished"):
+        sessions[0]["n"] = 2
+
+
 def test_a_file_wrapper_body_reaches_the_server_unwrapped(tmp_path: Path) -> None:
     """A server can only sendfile() the wsgi.file_wrapper object it made itself."""
     (tmp_path / "page.txt").write_bytes(b"from a file")

@@ -359,16 +359,16 @@ class _Response:
     def close(self) -> None:
         """Close the application's iterable, then save what changed during the body."""
         session = self._session
-        close = getattr(self.iterable, "close", None)
-        if close is not None:
-            try:
-                close()
-            except BaseException:
-                session._failed = True
-                raise
-        if not self._exhausted:
-            session._failed = True  # the client went away before the body ended
         try:
+            close = getattr(self.iterable, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BaseException:
+                    session._failed = True
+                    raise
+            if not self._exhausted:
+                session._failed = True  # the client went away before the body ended
             if session._loaded and session._stage and not session._failed:
                 self._engine.finish_late(session)
         finally:
