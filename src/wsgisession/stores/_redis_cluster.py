@@ -63,7 +63,7 @@ def move(
     taken = store._run(
         redis_scripts.DELETE,
         [store.key_prefix + replaces],
-        [repr(now), "", replaces, replaces_version],
+        [repr(now), "", replaces, redis_scripts.version_arg(replaces_version)],
     )
     if taken[0] != 1:
         return False

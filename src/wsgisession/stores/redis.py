@@ -175,13 +175,13 @@ class RedisStore(Store):
         if replaced is not None and not cluster:
             keys.append(self.key_prefix + replaced)
         args: list[str | bytes | int] = [
-            "" if expected_version is None else expected_version,
+            redis_scripts.version_arg(expected_version),
             repr(now),
             _ttl_ms(record.expires_at, now),
             "" if cluster else self._index_prefix,
             key,
             replaces or "",
-            "" if replaces_version is None else replaces_version,
+            redis_scripts.version_arg(replaces_version),
             redis_scripts.encode(record),
         ]
         if cluster and replaced is not None and replaces_version is not None:

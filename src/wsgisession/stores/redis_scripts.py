@@ -56,6 +56,7 @@ __all__ = [
     "decode",
     "encode",
     "peek",
+    "version_arg",
 ]
 
 _MAGIC: Final = b"wsr1"
@@ -65,6 +66,18 @@ HEADER: Final = struct.Struct(">4sqdddiI")
 
 # Where expires_at starts; last_seen follows it, so a refresh writes both at once.
 _EXPIRES_AT: Final = 20
+
+
+_VERSION: Final = struct.Struct(">q")
+
+
+def version_arg(version: int | None) -> bytes:
+    """Return *version* as the scripts compare it: its 8 header bytes (empty for none).
+
+    Lua's numbers are doubles, exact only up to 2**53; the bytes are exact for any
+    version, so a compare-and-set never mistakes one version for its neighbour.
+    """
+    return b"" if version is None else _VERSION.pack(version)
 
 
 def encode(record: Record) -> bytes:
@@ -147,17 +160,20 @@ def _script(body: str) -> Script:
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
-# Reading a record: ``stored(key)`` and ``parse(s)`` return its version, expires_at,
-# last_seen and user id (false if none), or nothing at all when there is no record
-# in this layout (missing, another type, another format). ``stored`` reads only the
-# header, and the user id after it only when there is one. pcall, because GETRANGE
-# on a key of another type is an error, and such a key must read as absent.
+# Reading a record: ``stored(key)`` and ``parse(s)`` return its version (the header's
+# 8 raw bytes, compared with version_arg()'s, as a Lua number loses digits past
+# 2**53), expires_at, last_seen and user id (false if none), or nothing at all when
+# there is no record in this layout (missing, another type, another format).
+# ``stored`` reads only the header, and the user id after it only when there is one.
+# pcall, because GETRANGE on a key of another type is an error, and such a key must
+# read as absent.
 _LAYOUT: Final = f"""
 local MAGIC, HEADER, EXPIRES_AT = '{_MAGIC.decode()}', {HEADER.size}, {_EXPIRES_AT}
 local function parse(s, key)
   if #s < HEADER then return nil end
-  local magic, version, _, expires, seen, ulen = struct.unpack('>c4i8dddi4', s)
+  local magic, _, _, expires, seen, ulen = struct.unpack('>c4i8dddi4', s)
   if magic ~= MAGIC then return nil end
+  local version = string.sub(s, 5, 12)
   if ulen < 0 then return version, expires, seen, false end
   local uid
   if key then
@@ -204,12 +220,12 @@ end
 """
 
 #: KEYS: the key, then optionally the key it replaces.
-#: ARGV: expected version ('' to create), now, TTL in ms (0 or less: the record is
-#: already expired, and the key is deleted), the index prefix ('' to leave the index
-#: alone), the key and the replaced key without the store's prefix (the members of
-#: the user sets), the version the replaced record must have ('' to delete whatever
-#: is there), and last the encoded record: redis-py copies its buffer once per
-#: argument after a long one.
+#: ARGV: the expected version (from version_arg(); '' to create), now, the TTL in ms
+#: (0 or less: the record is already expired, and the key is deleted), the index
+#: prefix ('' to leave the index alone), the key and the replaced key without the
+#: store's prefix (the members of the user sets), the version the replaced record
+#: must have (from version_arg(); '' to delete whatever is there), and last the
+#: encoded record: redis-py copies its buffer once per argument after a long one.
 #: Returns {1, the user id the stored record had (nil if none)} when written, {0}
 #: when the stored version did not match, or the replaced record is not live with
 #: the version given.
@@ -217,14 +233,14 @@ SAVE: Final = _script("""
 local now = tonumber(ARGV[2])
 local version, expires, _, old = stored(KEYS[1])
 if version and expires > now then
-  if version ~= tonumber(ARGV[1]) then return {0} end
+  if version ~= ARGV[1] then return {0} end
 elseif ARGV[1] ~= '' then
   return {0}
 end
 local gone = false
 if KEYS[2] then
   local was, until_, _, uid = stored(KEYS[2])
-  if ARGV[7] ~= '' and not (was == tonumber(ARGV[7]) and until_ > now) then return {0} end
+  if ARGV[7] ~= '' and not (was == ARGV[7] and until_ > now) then return {0} end
   gone = uid or false
 end
 if tonumber(ARGV[3]) > 0 then
@@ -264,14 +280,14 @@ return {1, moved, uid}
 """)
 
 #: KEYS: the key. ARGV: now, the index prefix ('' to leave the index alone), the key
-#: without the store's prefix, and optionally a version: then only a live record of
-#: that version is deleted (the compare-and-delete of a regenerate on Redis Cluster),
-#: and anything else is left as it is and answered {0}. Returns {1 if a live record
-#: was deleted else 0, the user id the record had or nil}.
+#: without the store's prefix, and optionally a version (from version_arg()): then
+#: only a live record of that version is deleted (the compare-and-delete of a
+#: regenerate on Redis Cluster), and anything else is left as it is and answered {0}.
+#: Returns {1 if a live record was deleted else 0, the user id the record had or nil}.
 DELETE: Final = _script("""
 local version, expires, _, uid = stored(KEYS[1])
 local live = version ~= nil and expires > tonumber(ARGV[1])
-if ARGV[4] and ARGV[4] ~= '' and not (live and version == tonumber(ARGV[4])) then
+if ARGV[4] and ARGV[4] ~= '' and not (live and version == ARGV[4]) then
   return {0}
 end
 local removed = redis.call('DEL', KEYS[1])
