@@ -42,13 +42,7 @@ def _user_key(store: RedisStore, user_id: str) -> str:
 
 @SERVER
 def test_version_beyond_2_53_compare_and_set(shared: RedisStore) -> None:
-    """LOW severity, a regression from the hash layout (which compared version strings).
-
-    The scripts read the version with Lua's struct ``i8`` into a double and compare it
-    with ``tonumber(ARGV[1])``: above 2**53 two different versions round to the same
-    double, so a save expecting a stale version passes its compare-and-set. Versions
-    grow by one per save, so this is out of reach in practice.
-    """
+    """Versions are compared exactly, even where a Lua double would merge neighbours."""
     big = 2**53
     key = new_key()
     assert shared.save(key, make_record(b"a", version=big + 1), expected_version=None)
