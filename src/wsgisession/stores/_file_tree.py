@@ -206,6 +206,7 @@ class Tree:
     def _temp(self, shard: str, data: bytes) -> str:
         """Write *data* to a new temp file in *shard*, creating the shard if missing."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        made_shard = False
         while True:
             temp = os.path.join(shard, TEMP_PREFIX + secrets.token_hex(8))
             try:
@@ -213,7 +214,13 @@ class Tree:
             except FileExistsError:
                 continue
             except FileNotFoundError:
+                if made_shard:
+                    # mkdir found something in the shard's place that is no
+                    # directory (a dangling symlink, an unmounted volume): retrying
+                    # would spin forever, so the error goes up.
+                    raise
                 self.mkdir(shard)
+                made_shard = True
                 continue
             break
         try:

@@ -175,8 +175,9 @@ class FileStore(Store):
             if (before.version if before is not None and live else None) != expected_version:
                 return False
             changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
+            old_found = False
             if old is not None:
-                replaced = self._read_any(old)[1]
+                old_found, replaced = self._read_any(old)
                 if replaces_version is not None and (
                     replaced is None
                     or replaced.expires_at <= now
@@ -193,7 +194,7 @@ class FileStore(Store):
                     self._tree.write(shard, key, blob)
                 elif not created:
                     return False
-                if old is not None:
+                if old is not None and old_found:
                     self._tree.unlink(self._path(old))
             return True
 
@@ -229,7 +230,11 @@ class FileStore(Store):
     def delete(self, key: str) -> bool:
         """Remove the record file under *key*; ``True`` if it held a live record."""
         with self._errors(), self._locked(key):
-            before = self._read(key, expired=True)
+            found, before = self._read_any(key)
+            if not found:
+                # A file that appears from now on was made by a lock-free create
+                # ordered after this delete: it is not this delete's to remove.
+                return False
             with self._users.change([(key, before, None)]):
                 self._tree.unlink(self._path(key))
             return before is not None and before.expires_at > time.time()
