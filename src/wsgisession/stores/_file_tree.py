@@ -93,19 +93,20 @@ class Tree:
     def mkdir(self, path: str) -> None:
         """Create *path* and any missing shard levels above it with the store's mode."""
         parent = os.path.dirname(path)
+        # Something already there (another worker's new shard, or a file in its
+        # place, which fails on first use with the right error) is synced all the
+        # same: the worker that made it may not have flushed its parent yet.
         try:
             os.mkdir(path, self._dir_mode)
         except FileExistsError:
-            return  # a file in its place fails on first use, with the right error
+            pass
         except FileNotFoundError:
             if path == self.directory:
                 os.makedirs(parent, exist_ok=True)
             else:
                 self.mkdir(parent)
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(path, self._dir_mode)
-            except FileExistsError:
-                return
         if self.fsync:
             self._sync_dir(parent)
 
