@@ -160,9 +160,9 @@ WHY: dict[str, str] = {
         "the raw driver checks no signature, hashes no id and applies no expiry or"
         " policy; wsgisession's fixed cost for those is 10 to 12 µs a read (the cookie's"
         " HMAC-SHA256 about 2.5 µs, the id's SHA-256, decoding the record, the session"
-        " object, Vary, the metrics 0.8 µs), which is the whole ratio on stores that"
+        " object, Vary, the metrics 0.6 µs), which is the whole ratio on stores that"
         " answer in a few µs (memory, file), and most of the gap on SQLite, whose store"
-        " call is within about 6 µs of the raw driver's. On PostgreSQL and Redis, where"
+        " call is within about 8 µs of the raw driver's. On PostgreSQL and Redis, where"
         " the round trip dominates, the ratio sits around the line: 1.28 to 1.37 over"
         " four runs of this session's code, met in some runs and missed in others."
     ),
