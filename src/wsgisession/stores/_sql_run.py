@@ -22,7 +22,7 @@ from typing import Final, TypeVar
 
 import sqlalchemy as sa
 
-from ._sql_schema import begin_statement
+from ._sql_schema import begin_statement, built_by_store
 from .base import translate_errors
 
 __all__ = ["Runner", "must_retry"]
@@ -54,6 +54,7 @@ class Runner:
         self._table_ready = False
         self._table_lock = threading.Lock()
         self._begin = begin_statement(engine)
+        self._foreign = not built_by_store(engine)
         # An engine of the store's own is in autocommit already. On any other
         # PostgreSQL engine a lone statement switches its connection to autocommit,
         # to save the round trips of BEGIN and COMMIT; other databases' drivers
@@ -88,7 +89,14 @@ class Runner:
         needs no transaction on the server, and several get one that the store
         opens itself: ``BEGIN IMMEDIATE`` on SQLite, which takes the write lock up
         front. Every transaction of several statements writes.
+
+        An engine the application passed in may be in autocommit too, unknown to the
+        store: there begin() sends nothing and each statement would commit on its
+        own, so for several statements the connection is given the database's
+        default isolation level first (the pool restores the engine's on return).
         """
+        if not single and self._foreign:
+            conn.execution_options(isolation_level=conn.default_isolation_level)
         transaction = conn.begin()
         if not single and self._begin is not None:
             # Should this fail, closing the connection rolls the transaction back.

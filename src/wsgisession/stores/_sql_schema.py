@@ -39,6 +39,8 @@ LEASE_KEY: Final = "~purge-lease"
 # The engine execution option in which build_engine leaves the statement that opens
 # a transaction, on an engine whose driver it has told to open none by itself.
 _BEGIN_OPTION: Final = "wsgisession_begin"
+# Marks an engine build_engine() made, whose isolation the store knows.
+_BUILT_OPTION: Final = "wsgisession_built"
 
 # Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
 # PostgreSQL's 63 and MySQL's 64 characters.
@@ -302,9 +304,15 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         # A pool event: unlike a "begin" listener on the engine, it leaves every
         # statement free of SQLAlchemy's event dispatch.
         event.listen(engine, "connect", _sqlite_connect)
+    engine.update_execution_options(**{_BUILT_OPTION: True})
     if begin is not None:
         engine.update_execution_options(**{_BEGIN_OPTION: begin})
     return engine
+
+
+def built_by_store(engine: sa.Engine) -> bool:
+    """Whether :func:`build_engine` made *engine*, rather than the application."""
+    return bool(engine.get_execution_options().get(_BUILT_OPTION))
 
 
 def begin_statement(engine: sa.Engine) -> str | None:

@@ -180,14 +180,12 @@ class SQLStore(Store):
         old: _Replaced | None = None
         if replaces is not None and replaces != key:
             old = _Replaced(replaces, replaces_version, now)
-        if expected_version is None:
-            return self._run(
-                lambda conn: self._create(conn, key, record, now, old),
-                single=old is None and self._sql.create is not None,
-            )
         params = {"key": key, "expected": expected_version, "now": now, **record_params(record)}
+        attempts = 0
 
-        def run(conn: sa.Connection) -> bool:
+        def write(conn: sa.Connection) -> bool:
+            if expected_version is None:
+                return self._create(conn, key, record, now, old)
             with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
@@ -196,7 +194,18 @@ class SQLStore(Store):
                     return False
             return True
 
-        return self._run(run, single=old is None)
+        def run(conn: sa.Connection) -> bool:
+            nonlocal attempts
+            attempts += 1
+            if write(conn):
+                return True
+            # A run again after a dropped connection may find the first run's work:
+            # its commit landed and only the reply was lost. That is a success, not
+            # a conflict (which would end a regenerating session).
+            return attempts > 1 and self._holds(conn, key, record)
+
+        single = old is None and (expected_version is not None or self._sql.create is not None)
+        return self._run(run, single=single)
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
@@ -325,6 +334,11 @@ class SQLStore(Store):
                 transaction.rollback()
                 return False
         return True
+
+    def _holds(self, conn: sa.Connection, key: str, record: Record) -> bool:
+        """Whether the live row under *key* is *record*, field for field."""
+        row = conn.execute(self._sql.load, {"key": key, "now": _now()}).first()
+        return row is not None and row_record(row) == record
 
     def _delete_replaced(self, conn: sa.Connection, old: _Replaced | None) -> bool:
         """Delete the row a save replaces, first in its transaction; whether it may go on.

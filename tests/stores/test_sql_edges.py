@@ -1,0 +1,320 @@
+"""SQLStore edge cases of its transaction handling: failures between BEGIN and COMMIT,
+connections dropped inside a transaction or before its reply, engines in autocommit.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import SERVER, server_url, store_url, unreachable
+from tests.tcp_proxy import TCPProxy
+from wsgisession.errors import StoreError
+from wsgisession.stores.sql import SQLStore
+from wsgisession.testing import make_record, new_key
+
+SQL_KINDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+
+SERVER_KINDS = [
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+
+
+@pytest.fixture(params=SQL_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The SQL database under test."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a reachable database of the kind under test."""
+    found = store_url(kind, request, tmp_path)
+    engine = sa.create_engine(found)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as exc:
+        unreachable(found, exc)
+    finally:
+        engine.dispose()
+    return found
+
+
+@pytest.fixture
+def table_name() -> str:
+    """A table name no other test uses."""
+    return f"test_sessions_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def observer(url: str, table_name: str) -> Iterator[sa.Engine]:
+    """An engine of the test's own, apart from the store's pool; drops the table after."""
+    engine = sa.create_engine(url)
+    try:
+        yield engine
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table_name}")
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {table_name}_boom()")
+        engine.dispose()
+
+
+def _committed(observer: sa.Engine, table: sa.Table, key: str) -> bool:
+    """Whether a row under *key* is committed, as another connection sees it."""
+    with observer.connect() as conn:
+        return (
+            conn.execute(sa.select(table.c.id_hash).where(table.c.id_hash == key)).first()
+            is not None
+        )
+
+
+def _fail_inserts_of(observer: sa.Engine, table_name: str, key: str) -> None:
+    """Make the server itself refuse an INSERT of the row under *key*, with a trigger."""
+    dialect = observer.dialect.name
+    with observer.begin() as conn:
+        if dialect == "sqlite":
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {table_name}_boom BEFORE INSERT ON {table_name}"
+                f" WHEN NEW.id_hash = '{key}' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        elif dialect == "postgresql":
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION {table_name}_boom() RETURNS trigger LANGUAGE plpgsql AS"
+                f" $$ BEGIN IF NEW.id_hash = '{key}' THEN RAISE EXCEPTION 'boom'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {table_name}_boom BEFORE INSERT ON {table_name}"
+                f" FOR EACH ROW EXECUTE FUNCTION {table_name}_boom()"
+            )
+        else:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {table_name}_boom BEFORE INSERT ON {table_name}"
+                f" FOR EACH ROW BEGIN IF NEW.id_hash = '{key}' THEN"
+                " SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'boom'; END IF; END"
+            )
+
+
+# -- a failure between BEGIN and COMMIT ---------------------------------------------
+
+
+def test_a_server_error_mid_regenerate_keeps_the_old_row_and_ends_the_transaction(
+    url: str, table_name: str, observer: sa.Engine
+) -> None:
+    """The old row survives, and the one pooled connection is back in autocommit after.
+
+    Were the connection returned inside the failed transaction, the later single-statement
+    save would run in it and never be seen by another connection.
+    """
+    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    try:
+        old, new = new_key(), new_key()
+        assert store.save(old, make_record(b"old"), expected_version=None)
+        _fail_inserts_of(observer, table_name, new)
+        with pytest.raises(StoreError):
+            store.save(new, make_record(b"new"), expected_version=None, replaces=old)
+        with pytest.raises(StoreError):
+            store.save(
+                new, make_record(b"new"), expected_version=None, replaces=old, replaces_version=1
+            )
+        kept = store.load(old)
+        assert kept is not None and kept.data == b"old"
+        later = new_key()
+        assert store.save(later, make_record(b"later"), expected_version=None)
+        assert store.refresh(old, kept.expires_at + 60, kept.last_seen + 1)
+        assert _committed(observer, store.table, later)
+        assert _committed(observer, store.table, old)
+        assert not _committed(observer, store.table, new)
+    finally:
+        store.close()
+
+
+class _Interrupt(BaseException):
+    """Like gevent's Timeout or KeyboardInterrupt: not an Exception."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, _Interrupt])
+def test_a_client_error_mid_regenerate_keeps_the_old_row_and_ends_the_transaction(
+    url: str, table_name: str, observer: sa.Engine, error: type[BaseException]
+) -> None:
+    """An exception raised in the application between the DELETE and the write."""
+    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    try:
+        old, new = new_key(), new_key()
+        assert store.save(old, make_record(b"old"), expected_version=None)
+        armed = [True]
+
+        def boom(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if armed[0] and statement.lstrip().upper().startswith("INSERT"):
+                armed[0] = False
+                raise error("boom")
+
+        sa.event.listen(store.engine, "before_cursor_execute", boom)
+        with pytest.raises(error):
+            store.save(new, make_record(b"new"), expected_version=None, replaces=old)
+        sa.event.remove(store.engine, "before_cursor_execute", boom)
+        kept = store.load(old)
+        assert kept is not None and kept.data == b"old"
+        later = new_key()
+        assert store.save(later, make_record(b"later"), expected_version=None)
+        assert _committed(observer, store.table, later)
+        assert _committed(observer, store.table, old)
+        assert not _committed(observer, store.table, new)
+    finally:
+        store.close()
+
+
+# -- a connection dropped inside a transaction --------------------------------------
+
+
+def _proxied_store(kind: str, proxy: TCPProxy, table_name: str) -> SQLStore:
+    target = sa.make_url(server_url(kind)).set(host="127.0.0.1", port=proxy.port)
+    return SQLStore.from_url(target.render_as_string(hide_password=False), table_name=table_name)
+
+
+def _proxy_for(kind: str) -> TCPProxy:
+    target = sa.make_url(server_url(kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    return TCPProxy((target.host or "127.0.0.1", target.port or default_port))
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+@pytest.mark.parametrize("moment", ["after the DELETE", "at COMMIT"])
+def test_a_drop_inside_a_regenerate_is_retried_whole(
+    kind: str, url: str, table_name: str, observer: sa.Engine, moment: str
+) -> None:
+    """The server rolls the cut transaction back; the retry deletes and writes again."""
+    with _proxy_for(kind) as proxy:
+        store = _proxied_store(kind, proxy, table_name)
+        try:
+            old, new = new_key(), new_key()
+            assert store.save(old, make_record(b"old"), expected_version=None)
+            armed = [True]
+
+            def cut(*args: Any) -> None:
+                if not armed[0]:
+                    return
+                if moment == "after the DELETE" and not args[2].lstrip().startswith("DELETE"):
+                    return
+                armed[0] = False
+                proxy.cut()
+                proxy.restore()
+
+            event = "after_cursor_execute" if moment == "after the DELETE" else "commit"
+            sa.event.listen(store.engine, event, cut)
+            assert store.save(
+                new, make_record(b"new"), expected_version=None, replaces=old, replaces_version=1
+            )
+            assert not armed[0]
+            sa.event.remove(store.engine, event, cut)
+            assert store.load(old) is None
+            loaded = store.load(new)
+            assert loaded is not None and loaded.data == b"new"
+            assert _committed(observer, store.table, new)
+            assert not _committed(observer, store.table, old)
+        finally:
+            store.close()
+
+
+class _ReplyDroppingProxy(TCPProxy):
+    """A proxy that, once armed, lets the next request through but drops its reply.
+
+    The server then has done the work (committed a transaction) while the client sees
+    only a dropped connection, as when a network path dies at the wrong moment.
+    """
+
+    armed = False
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        from_server = source.getpeername()[1] == self.target[1]
+        try:
+            while data := source.recv(65536):
+                if from_server and self.armed:
+                    self.armed = False
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_a_regenerate_whose_commit_reply_is_lost_is_not_reported_as_failed(
+    kind: str, url: str, table_name: str, observer: sa.Engine
+) -> None:
+    """A retried regenerate that already committed must not answer False.
+
+    False tells the middleware that the old session was changed or ended by another
+    request: it reloads the old key, finds it gone, and drops the session (a login that
+    regenerates logs the user out), while the new row it did write is orphaned.
+    Raising StoreError (outcome unknown) or answering True would both be honest.
+    """
+    target = sa.make_url(server_url(kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    with _ReplyDroppingProxy((target.host or "127.0.0.1", target.port or default_port)) as proxy:
+        store = _proxied_store(kind, proxy, table_name)
+        try:
+            old, new = new_key(), new_key()
+            assert store.save(old, make_record(b"old"), expected_version=None)
+
+            def arm(conn: Any) -> None:
+                proxy.armed = True
+
+            sa.event.listen(store.engine, "commit", arm, once=True)
+            try:
+                saved: bool | None = store.save(
+                    new,
+                    make_record(b"new"),
+                    expected_version=None,
+                    replaces=old,
+                    replaces_version=1,
+                )
+            except StoreError:
+                saved = None
+            assert _committed(observer, store.table, new)  # the first attempt landed
+            assert saved is not False
+        finally:
+            store.close()
+
+
+# -- engines in autocommit ------------------------------------------------------------
+
+
+def test_a_ready_engine_in_autocommit_keeps_a_failed_replacing_save_atomic(
+    url: str, table_name: str, observer: sa.Engine
+) -> None:
+    """A caller's engine built with isolation_level="AUTOCOMMIT" still gets a transaction.
+
+    Its conn.begin() alone opens nothing on the server: without one, the DELETE of the
+    old row would commit at once and the failed create could not roll it back.
+    """
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    store = SQLStore(engine, table_name=table_name)
+    try:
+        old, new = new_key(), new_key()
+        assert store.save(old, make_record(b"old"), expected_version=None)
+        assert store.save(new, make_record(b"taken"), expected_version=None)
+        assert not store.save(new, make_record(b"mine"), expected_version=None, replaces=old)
+        kept = store.load(old)
+        assert kept is not None and kept.data == b"old"
+    finally:
+        engine.dispose()
