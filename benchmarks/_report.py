@@ -164,7 +164,7 @@ WHY: dict[str, str] = {
         " answer in a few µs (memory, file), and most of the gap on SQLite, whose store"
         " call is within about 8 µs of the raw driver's. On PostgreSQL and Redis, where"
         " the round trip dominates, the ratio sits around the line: 1.28 to 1.37 over"
-        " four runs of this session's code, met in some runs and missed in others."
+        " five runs of this session's code, met in some runs and missed in others."
     ),
     "write-vs-raw": (
         "as for reads, plus the compare-and-set that keeps concurrent requests' keys: the"
