@@ -43,6 +43,15 @@ STORE_KINDS = [
 ]
 
 
+#: The SQL databases, and those of them that are servers.
+SQL_KINDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+SQL_SERVER_KINDS = SQL_KINDS[1:]
+
+
 def services_required() -> bool:
     """Whether an unreachable server must fail the test instead of skipping it."""
     return os.environ.get("WSGISESSION_REQUIRE_SERVICES", "") not in ("", "0")
@@ -76,6 +85,22 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("redis_cluster_url")
         return url
     return server_url(kind)
+
+
+def reachable_sql_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return :func:`store_url` for SQL database *kind*, once a connection to it works."""
+    import sqlalchemy as sa
+
+    url = store_url(kind, request, tmp_path)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as exc:
+        unreachable(url, exc)
+    finally:
+        engine.dispose()
+    return url
 
 
 def isolation_options(kind: str) -> dict[str, Any]:

@@ -22,23 +22,19 @@ import pytest
 import sqlalchemy as sa
 
 import wsgisession.stores.sql as sql_module
-from tests.conftest import SERVER, open_test_store, server_url, store_url, unreachable
+from tests.conftest import (
+    SQL_KINDS,
+    SQL_SERVER_KINDS,
+    open_test_store,
+    reachable_sql_url,
+    server_url,
+    unreachable,
+)
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import open_store
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
-
-SQL_KINDS = [
-    "sqlite",
-    pytest.param("postgresql", marks=SERVER),
-    pytest.param("mariadb", marks=SERVER),
-]
-
-SERVER_KINDS = [
-    pytest.param("postgresql", marks=SERVER),
-    pytest.param("mariadb", marks=SERVER),
-]
 
 
 @pytest.fixture(params=SQL_KINDS)
@@ -51,16 +47,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def sql_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a reachable database of the kind under test."""
-    url = store_url(store_kind, request, tmp_path)
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.SQLAlchemyError as exc:
-        unreachable(url, exc)
-    finally:
-        engine.dispose()
-    return url
+    return reachable_sql_url(store_kind, request, tmp_path)
 
 
 OpenSQL = Callable[..., SQLStore]
@@ -496,7 +483,7 @@ def test_passwords_never_appear_in_errors() -> None:
     assert isinstance(info.value.__cause__, sa.exc.SQLAlchemyError)
 
 
-@pytest.mark.parametrize("store_kind", SERVER_KINDS)
+@pytest.mark.parametrize("store_kind", SQL_SERVER_KINDS)
 def test_session_data_never_appears_in_errors(sql_url: str) -> None:
     """Even on an engine built without hide_parameters, errors don't carry the data."""
     engine = sa.create_engine(sql_url)
@@ -512,7 +499,7 @@ def test_session_data_never_appears_in_errors(sql_url: str) -> None:
         engine.dispose()
 
 
-@pytest.mark.parametrize("store_kind", SERVER_KINDS)
+@pytest.mark.parametrize("store_kind", SQL_SERVER_KINDS)
 def test_a_custom_mysql_client_flag_keeps_found_rows(store_kind: str, open_sql: OpenSQL) -> None:
     """A refresh that changes nothing must still count its row, or it looks gone."""
     options: dict[str, Any] = {}
@@ -529,7 +516,7 @@ def test_a_custom_mysql_client_flag_keeps_found_rows(store_kind: str, open_sql: 
 # -- outages -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", SERVER_KINDS)
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
 def test_store_recovers_when_the_database_comes_back(kind: str) -> None:
     """A lost database is a StoreError, and the same store works once it is back."""
     url = sa.make_url(server_url(kind))

@@ -13,22 +13,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import SERVER, server_url, store_url, unreachable
+from tests.conftest import (
+    SQL_KINDS,
+    SQL_SERVER_KINDS,
+    reachable_sql_url,
+    server_url,
+)
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
-
-SQL_KINDS = [
-    "sqlite",
-    pytest.param("postgresql", marks=SERVER),
-    pytest.param("mariadb", marks=SERVER),
-]
-
-SERVER_KINDS = [
-    pytest.param("postgresql", marks=SERVER),
-    pytest.param("mariadb", marks=SERVER),
-]
 
 
 @pytest.fixture(params=SQL_KINDS)
@@ -41,16 +35,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a reachable database of the kind under test."""
-    found = store_url(kind, request, tmp_path)
-    engine = sa.create_engine(found)
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.SQLAlchemyError as exc:
-        unreachable(found, exc)
-    finally:
-        engine.dispose()
-    return found
+    return reachable_sql_url(kind, request, tmp_path)
 
 
 @pytest.fixture
@@ -192,7 +177,7 @@ def _proxy_for(kind: str) -> TCPProxy:
     return TCPProxy((target.host or "127.0.0.1", target.port or default_port))
 
 
-@pytest.mark.parametrize("kind", SERVER_KINDS)
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
 @pytest.mark.parametrize("moment", ["after the DELETE", "at COMMIT"])
 def test_a_drop_inside_a_regenerate_is_retried_whole(
     kind: str, url: str, table_name: str, observer: sa.Engine, moment: str
@@ -257,7 +242,7 @@ class _ReplyDroppingProxy(TCPProxy):
                     pass
 
 
-@pytest.mark.parametrize("kind", SERVER_KINDS)
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
 def test_a_regenerate_whose_commit_reply_is_lost_is_not_reported_as_failed(
     kind: str, url: str, table_name: str, observer: sa.Engine
 ) -> None:
