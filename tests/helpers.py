@@ -72,3 +72,17 @@ def set_cookies(response: TestResponse) -> list[str]:
 def body(response: TestResponse) -> Any:
     """The JSON body of *response*."""
     return json.loads(response.get_data(as_text=True))
+
+
+def cookie_value(client: Client, name: str = "session_id") -> str:
+    """The value of the cookie *name* that *client* holds."""
+    cookie = client.get_cookie(name)
+    assert cookie is not None
+    return cookie.value
+
+
+def twin(client: Client, name: str = "session_id") -> Client:
+    """A second browser on *client*'s application, holding the same session cookie."""
+    other = Client(client.application)
+    other.set_cookie(name, cookie_value(client, name))
+    return other

@@ -21,7 +21,15 @@ from itsdangerous import Signer
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Request
 
-from tests.helpers import SECRET, body, counter, get_with_cookie_header, make_client, set_cookies
+from tests.helpers import (
+    SECRET,
+    body,
+    cookie_value,
+    counter,
+    get_with_cookie_header,
+    make_client,
+    set_cookies,
+)
 from wsgisession import Session, SessionError, SessionMiddleware
 from wsgisession.ids import store_key
 from wsgisession.serializers import JSONSerializer
@@ -125,12 +133,6 @@ def logout(session: Session, request: Request) -> str:
 
 
 ROUTES = {"/own": own, "/peek": peek, "/peek-then-count": peek_then_count, "/logout": logout}
-
-
-def cookie_value(client: Client) -> str:
-    cookie = client.get_cookie("session_id")
-    assert cookie is not None
-    return cookie.value
 
 
 def session_id_of(client: Client) -> str:

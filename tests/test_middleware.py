@@ -17,11 +17,13 @@ from tests.conftest import FakeClock
 from tests.helpers import (
     SECRET,
     body,
+    cookie_value,
     counter,
     dump,
     get_with_cookie_header,
     make_client,
     set_cookies,
+    twin,
 )
 from wsgisession import Session, SessionError, SessionMiddleware, StoreError, get_session
 from wsgisession.ids import store_key
@@ -55,12 +57,6 @@ def untouched(session: Session, request: Request) -> str:
 
 def read_only(session: Session, request: Request) -> Any:
     return session.get("n")
-
-
-def cookie_value(client: Client, name: str = "session_id") -> str:
-    cookie = client.get_cookie(name)
-    assert cookie is not None
-    return cookie.value
 
 
 def session_id_of(client: Client, name: str = "session_id") -> str:
@@ -946,9 +942,7 @@ def test_concurrent_requests_on_different_keys_both_keep_their_changes() -> None
         {"/inc": counter, "/slow": slow, "/other": other, "/": dump}, store=store
     )
     client.get("/inc")
-    twin = Client(middleware)
-    twin.set_cookie("session_id", cookie_value(client))
-    inner["client"] = twin
+    inner["client"] = twin(client)
     client.get("/slow")
     assert body(client.get("/")) == {"n": 1, "other": "done", "slow": "done"}
 
@@ -968,9 +962,7 @@ def test_concurrent_requests_on_the_same_key_later_save_wins() -> None:
 
     client, middleware = make_client({"/inc": counter, "/slow": slow, "/fast": fast, "/": dump})
     client.get("/inc")
-    twin = Client(middleware)
-    twin.set_cookie("session_id", cookie_value(client))
-    inner["client"] = twin
+    inner["client"] = twin(client)
     client.get("/slow")
     assert body(client.get("/")) == {"n": 1, "k": "slow"}
 
@@ -993,9 +985,7 @@ def test_a_concurrent_logout_is_never_undone() -> None:
         {"/inc": counter, "/slow": slow, "/logout": logout}, store=store
     )
     client.get("/inc")
-    twin = Client(middleware)
-    twin.set_cookie("session_id", cookie_value(client))
-    inner["client"] = twin
+    inner["client"] = twin(client)
     client.get("/slow")
     assert store.count() == 0
 
@@ -1027,9 +1017,7 @@ def test_a_session_ended_meanwhile_gets_its_cookie_expired(regenerate: bool) -> 
         {"/remember": remember, "/slow": slow, "/logout": logout}, store=store
     )
     client.get("/remember")
-    twin = Client(middleware)
-    twin.set_cookie("session_id", cookie_value(client))
-    inner["client"] = twin
+    inner["client"] = twin(client)
     response = client.get("/slow")
     [header] = set_cookies(response)
     assert "Max-Age=0" in header

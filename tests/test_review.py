@@ -17,7 +17,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
 from tests.conftest import SERVER, FakeClock, open_test_store
-from tests.helpers import SECRET, body, counter, dump, make_client
+from tests.helpers import SECRET, body, cookie_value, counter, dump, make_client, twin
 from wsgisession import ConfigError, Session, SessionMiddleware, StoreError, cli
 from wsgisession.events import SessionEvent
 from wsgisession.ids import store_key
@@ -25,14 +25,8 @@ from wsgisession.stores.base import Record, Store
 from wsgisession.stores.memory import MemoryStore
 
 
-def _cookie(client: Client, name: str = "session_id") -> str:
-    cookie = client.get_cookie(name)
-    assert cookie is not None
-    return cookie.value
-
-
 def _sid(client: Client) -> str:
-    return _cookie(client).rsplit(".", 1)[0]
+    return cookie_value(client).rsplit(".", 1)[0]
 
 
 def _show(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -229,12 +223,11 @@ def _regenerate_race(other_path: str) -> tuple[Client, Client]:
         store=store,
     )
     client.get("/inc")
-    twin = Client(middleware)
-    twin.set_cookie("session_id", _cookie(client))
+    tab = twin(client)
     # The other tab's request lands between the login's re-read and its write.
-    store.hook = lambda: twin.get(other_path)
+    store.hook = lambda: tab.get(other_path)
     client.get("/login")
-    return client, twin
+    return client, tab
 
 
 def test_regenerate_keeps_a_write_that_lands_between_its_reread_and_its_write() -> None:

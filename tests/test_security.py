@@ -20,7 +20,7 @@ from itsdangerous import Signer
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from tests.helpers import SECRET, body, counter, get_with_cookie_header, make_client
+from tests.helpers import SECRET, body, cookie_value, counter, get_with_cookie_header, make_client
 from wsgisession import Session, SessionMiddleware
 from wsgisession.ids import store_key
 from wsgisession.serializers import PickleSerializer
@@ -61,12 +61,6 @@ def put(session: Session, request: Request) -> str:
 
 
 ROUTES = {"/inc": counter, "/peek": peek, "/login": login, "/logout": logout, "/put": put}
-
-
-def cookie_value(client: Client) -> str:
-    cookie = client.get_cookie("session_id")
-    assert cookie is not None
-    return cookie.value
 
 
 def id_of(value: str) -> str:
