@@ -1,15 +1,20 @@
-"""A tiny routed WSGI app and a test client around the middleware."""
+"""A tiny routed WSGI app, a test client around the middleware, and child processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Request, Response
 
+import wsgisession
 from wsgisession import Session, SessionMiddleware
 
 Handler = Callable[[Session, Request], Any]
@@ -86,3 +91,22 @@ def twin(client: Client, name: str = "session_id") -> Client:
     other = Client(client.application)
     other.set_cookie(name, cookie_value(client, name))
     return other
+
+
+_SRC = str(Path(wsgisession.__file__).resolve().parents[1])
+#: The environment of a child Python: it imports this checkout's wsgisession.
+CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
+}
+
+
+def python_child(code: str, *args: object) -> subprocess.Popen[str]:
+    """Start ``python -c code args…`` with pipes for its text output."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )

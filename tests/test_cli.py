@@ -6,25 +6,18 @@ Most tests call :func:`wsgisession.cli.main` in-process; one runs
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-import wsgisession
+from tests.helpers import CHILD_ENV
 from wsgisession.cli import main
 from wsgisession.config import Config
 from wsgisession.testing import make_record, new_key
 
 KEY = "a-long-random-test-secret"
-
-_SRC = str(Path(wsgisession.__file__).resolve().parents[1])
-_CHILD_ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
-}
 
 
 def _write_ini(path: Path, *lines: str, section: str = "session") -> Path:
@@ -247,7 +240,7 @@ def test_python_dash_m_wsgisession_runs_the_command(
         [sys.executable, "-m", "wsgisession", "check", "--config", str(path)],
         capture_output=True,
         text=True,
-        env=_CHILD_ENV,
+        env=CHILD_ENV,
         cwd=tmp_path,
         timeout=60,
         check=False,

@@ -16,8 +16,6 @@ import random
 import stat
 import struct
 import subprocess
-import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -26,7 +24,7 @@ from typing import Any
 
 import pytest
 
-import wsgisession
+from tests.helpers import python_child
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _file_format as file_format
 from wsgisession.stores import file as file_module
@@ -34,13 +32,9 @@ from wsgisession.stores import open_store
 from wsgisession.stores.file import FileStore
 from wsgisession.stores.file_index import decode_index, encode_index
 from wsgisession.testing import make_record, new_key
+from wsgisession.testing._helpers import run_threads
 
 _THREADS = 16
-_SRC = str(Path(wsgisession.__file__).resolve().parents[1])
-_CHILD_ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
-}
 
 
 @pytest.fixture
@@ -67,37 +61,6 @@ def _record_files(root: Path) -> list[Path]:
 
 def _temp_files(root: Path) -> list[Path]:
     return list(root.rglob(file_module._TEMP_PREFIX + "*"))
-
-
-def _python(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_CHILD_ENV,
-    )
-
-
-def _in_threads(count: int, target: Callable[[int], None]) -> None:
-    """Run *target(n)* in *count* threads started together; re-raise the first error."""
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def run(n: int) -> None:
-        try:
-            barrier.wait()
-            target(n)
-        except BaseException as exc:  # re-raised below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
@@ -379,7 +342,7 @@ def test_full_disk_is_a_store_error_and_keeps_the_old_record(
     key = new_key()
     assert file_store.save(key, make_record(b"small"), expected_version=None)
 
-    out = _finish(_python(_FULL_DISK_CHILD, root, key))
+    out = _finish(python_child(_FULL_DISK_CHILD, root, key))
 
     assert out.split() == ["OSError", str(errno.EFBIG)]
     loaded = file_store.load(key)
@@ -419,7 +382,7 @@ def test_writer_killed_at_random_moments_leaves_a_whole_record(
     assert file_store.save(key, make_record(b"%08d" % 1 * _PAYLOAD_REPEAT), expected_version=None)
     rng = random.Random()
     for _ in range(20):
-        with _python(_LOOPING_WRITER_CHILD, root, key) as proc:
+        with python_child(_LOOPING_WRITER_CHILD, root, key) as proc:
             assert proc.stdout is not None
             ready = proc.stdout.readline()
             assert ready == "ready\n", proc.stderr.read() if proc.stderr else ""
@@ -582,7 +545,7 @@ def test_refreshes_racing_in_threads_keep_the_latest_expiry(file_store: FileStor
             later = offsets[n] + step
             assert file_store.refresh(key, record.expires_at + later, record.last_seen + later)
 
-    _in_threads(_THREADS, refresh)
+    run_threads(_THREADS, refresh)
     loaded = file_store.load(key)
     assert loaded is not None
     assert loaded.expires_at == record.expires_at + max(offsets) + 19
@@ -645,7 +608,7 @@ def test_creates_racing_in_threads_have_one_winner(expired: bool, file_store: Fi
         if file_store.save(key, make_record(b"%d" % n), expected_version=None):
             won.append(n)
 
-    _in_threads(_THREADS, create)
+    run_threads(_THREADS, create)
     assert len(won) == 1
     loaded = file_store.load(key)
     assert loaded is not None and loaded.data == b"%d" % won[0]
@@ -692,7 +655,7 @@ def test_refresher_killed_at_random_moments_leaves_a_whole_record(
     rng = random.Random()
     latest = record.expires_at
     for _ in range(8):
-        with _python(_LOOPING_REFRESHER_CHILD, root, key) as proc:
+        with python_child(_LOOPING_REFRESHER_CHILD, root, key) as proc:
             assert proc.stdout is not None
             ready = proc.stdout.readline()
             assert ready == "ready\n", proc.stderr.read() if proc.stderr else ""
@@ -734,7 +697,8 @@ def test_processes_merging_disjoint_keys_lose_nothing(file_store: FileStore, roo
     processes, writes = 6, 30
     start = time.time() + 1.0
     procs = [
-        _python(_MERGING_WRITER_CHILD, root, key, f"p{n}", writes, start) for n in range(processes)
+        python_child(_MERGING_WRITER_CHILD, root, key, f"p{n}", writes, start)
+        for n in range(processes)
     ]
     for proc in procs:
         _finish(proc)
@@ -756,7 +720,7 @@ print(store.claim_purge(3600))
 
 def test_claim_purge_is_won_by_one_process(root: Path) -> None:
     start = time.time() + 1.0
-    procs = [_python(_PURGE_CLAIM_CHILD, root, start) for _ in range(6)]
+    procs = [python_child(_PURGE_CLAIM_CHILD, root, start) for _ in range(6)]
     answers = sorted(_finish(proc).strip() for proc in procs)
     assert answers == ["False"] * 5 + ["True"]
 
@@ -1028,7 +992,9 @@ def test_processes_logging_one_user_in_and_out_leave_the_index_exact(
     """flock keeps the index exact between processes as it does between threads."""
     processes, rounds = 6, 24
     start = time.time() + 1.0
-    procs = [_python(_USER_CHURN_CHILD, root, depth, n, rounds, start) for n in range(processes)]
+    procs = [
+        python_child(_USER_CHURN_CHILD, root, depth, n, rounds, start) for n in range(processes)
+    ]
     kept: dict[str, set[str]] = {"ann": set(), "bob": set()}
     for proc in procs:
         for line in _finish(proc).splitlines():
@@ -1098,7 +1064,7 @@ for key, user in final.items():
 
 def test_crossing_regenerates_in_threads_do_not_deadlock(root: Path) -> None:
     """Record locks first, then user locks, each sorted: no cycle, whatever the order."""
-    with _python(_CROSSING_REGENERATE_CHILD, root, 8, 60) as proc:
+    with python_child(_CROSSING_REGENERATE_CHILD, root, 8, 60) as proc:
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -15,25 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import wsgisession
+from tests.helpers import python_child
 from wsgisession.stores.file import FileStore
 from wsgisession.testing import make_record, new_key
-
-_SRC = str(Path(wsgisession.__file__).resolve().parents[1])
-_CHILD_ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
-}
-
-
-def _python(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_CHILD_ENV,
-    )
 
 
 def _path_of(store: FileStore, key: str) -> Path:
@@ -71,7 +54,7 @@ def test_a_create_into_a_dangling_symlink_directory_raises_store_error(
     """
     directory = tmp_path / "sessions"
     directory.symlink_to(tmp_path / "unmounted-volume" / "sessions")
-    with _python(_CREATE_INTO_DANGLING_CHILD, directory, shard_depth) as proc:
+    with python_child(_CREATE_INTO_DANGLING_CHILD, directory, shard_depth) as proc:
         try:
             out, err = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
@@ -217,10 +200,10 @@ def test_refreshes_saves_and_readers_in_processes_never_go_back(tmp_path: Path) 
 
     until = time.time() + 3.0
     procs = [
-        _python(_SAVER_CHILD, directory, key, until, base),
-        _python(_REFRESHER_CHILD, directory, key, until),
-        _python(_REFRESHER_CHILD, directory, key, until),
-        *[_python(_READER_CHILD, directory, key, until) for _ in range(3)],
+        python_child(_SAVER_CHILD, directory, key, until, base),
+        python_child(_REFRESHER_CHILD, directory, key, until),
+        python_child(_REFRESHER_CHILD, directory, key, until),
+        *[python_child(_READER_CHILD, directory, key, until) for _ in range(3)],
     ]
     outputs = []
     for proc in procs:
