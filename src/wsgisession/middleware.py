@@ -335,12 +335,8 @@ class _Response:
         return self._server_write(data)
 
     def __iter__(self) -> Iterator[bytes]:
-        iterable = self.iterable
-        if self.pending is None and type(iterable) in _PLAIN_BODIES:
-            # Iterating a list runs no application code: nothing to guard or flush.
-            self._exhausted = True
-            return iter(iterable)
-        return self._guarded(iterable)
+        # A list body never gets here once its headers are out: __call__ returns it.
+        return self._guarded(self.iterable)
 
     def _guarded(self, iterable: Iterable[bytes]) -> Iterator[bytes]:
         try:
@@ -360,13 +356,11 @@ class _Response:
         """Close the application's iterable, then save what changed during the body."""
         session = self._session
         try:
-            close = getattr(self.iterable, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except BaseException:
-                    session._failed = True
-                    raise
+            try:
+                _close(self.iterable)
+            except BaseException:
+                session._failed = True
+                raise
             if not self._exhausted:
                 session._failed = True  # the client went away before the body ended
             if session._loaded and session._stage and not session._failed:
