@@ -122,13 +122,13 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
             "retry": kwargs["retry"],
             **(opts.sentinel_kwargs or {}),
         }
-        # redis-py leaves Sentinel and ClusterNode unannotated.
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-        master: redis.Redis = sentinel.master_for(service, db=db)  # type: ignore[no-untyped-call]
+        # redis-py annotates Sentinel and ClusterNode only from 8.2 on.
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
+        master: redis.Redis = sentinel.master_for(service, db=db)  # type: ignore[no-untyped-call,unused-ignore]
         return ClientPlan(opts.key_prefix, lambda: master, closers=[sentinel.close])
     if scheme == "redis+cluster":
         hosts = _hosts(parts.netloc, 6379, shown)
-        nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call]
+        nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call,unused-ignore]
         if parts.path not in ("", "/", "/0"):
             raise ConfigError(f"store {shown!r}: Redis Cluster has only database 0")
         return ClientPlan(
