@@ -16,6 +16,7 @@ from werkzeug.wrappers import Request, Response
 
 import wsgisession
 from wsgisession import Session, SessionMiddleware
+from wsgisession.stores import Store
 
 Handler = Callable[[Session, Request], Any]
 
@@ -67,6 +68,12 @@ def get_with_cookie_header(
     """GET *path* sending *cookie_header* verbatim (the client's cookie jar is off)."""
     client = Client(application, use_cookies=False)
     return client.get(path, headers={"Cookie": cookie_header}, **kwargs)
+
+
+def holds_no_session(store: Store, key: str) -> bool:
+    """Whether *key* holds nothing, or only the tombstone a regenerate left there."""
+    record = store.load(key)
+    return record is None or record.version == 0
 
 
 def set_cookies(response: TestResponse) -> list[str]:

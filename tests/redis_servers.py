@@ -178,32 +178,41 @@ def _sentinel_sees_master(port: int) -> bool:
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a three-master Redis Cluster started for this test run."""
     directory = tmp_path_factory.mktemp("redis-cluster")
+    try:
+        with redis_cluster(directory) as url:
+            yield url
+    except ServerUnavailable as exc:
+        unreachable("redis+cluster://127.0.0.1", exc)
+
+
+@contextlib.contextmanager
+def redis_cluster(directory: Path) -> Iterator[str]:
+    """Run a three-master Redis Cluster in *directory*; yield its URL, stop it after.
+
+    :raises ServerUnavailable: It could not be started.
+    """
     ports = free_ports(6)
     nodes, buses = ports[:3], ports[3:]
-    url = f"redis+cluster://127.0.0.1:{nodes[0]},127.0.0.1:{nodes[1]}"
     with _servers() as started:
-        try:
-            for port, bus in zip(nodes, buses, strict=True):
-                server = RedisServer(
-                    directory / str(port),
-                    port,
-                    *_CLUSTER_ARGS,
-                    *("--cluster-config-file", str(directory / f"nodes-{port}.conf")),
-                    # The default bus port, port + 10000, may be taken or out of range.
-                    *("--cluster-port", str(bus)),
-                )
-                started.append(server)
-                server.start()
-            _create_cluster(nodes)
-            for server in started:
-                _wait_for(
-                    f"cluster node {server.port}",
-                    functools.partial(_cluster_ok, server),
-                    _CLUSTER_TIMEOUT,
-                )
-        except ServerUnavailable as exc:
-            unreachable(url, exc)
-        yield url
+        for port, bus in zip(nodes, buses, strict=True):
+            server = RedisServer(
+                directory / str(port),
+                port,
+                *_CLUSTER_ARGS,
+                *("--cluster-config-file", str(directory / f"nodes-{port}.conf")),
+                # The default bus port, port + 10000, may be taken or out of range.
+                *("--cluster-port", str(bus)),
+            )
+            started.append(server)
+            server.start()
+        _create_cluster(nodes)
+        for server in started:
+            _wait_for(
+                f"cluster node {server.port}",
+                functools.partial(_cluster_ok, server),
+                _CLUSTER_TIMEOUT,
+            )
+        yield f"redis+cluster://127.0.0.1:{nodes[0]},127.0.0.1:{nodes[1]}"
 
 
 def _create_cluster(ports: list[int]) -> None:

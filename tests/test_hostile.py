@@ -69,6 +69,7 @@ class RecordingStore(Store):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         kwargs = {
             "expected_version": expected_version,
@@ -76,7 +77,21 @@ class RecordingStore(Store):
             "replaces_version": replaces_version,
         }
         self.calls.append(("save", key, kwargs))
-        return self.inner.save(key, record, **kwargs)
+        return self.inner.save(key, record, tombstone=tombstone, **kwargs)
+
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        self.calls.append(("save_locked", key, {"moves_to": moves_to}))
+        return self.inner.save_locked(
+            key, build, timeout=timeout, moves_to=moves_to, tombstone=tombstone
+        )
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         self.calls.append(("refresh", key, {}))

@@ -15,7 +15,8 @@ import pytest
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Request
 
-from tests.helpers import body, counter, dump, make_client, set_cookies
+from tests.conftest import FakeClock
+from tests.helpers import body, counter, dump, holds_no_session, make_client, set_cookies
 from wsgisession import Session
 from wsgisession.ids import store_key
 from wsgisession.stores.base import Record, Store
@@ -47,6 +48,11 @@ class _Window(Store):
             self.hook = None
             hook()
         return self.inner.save(key, record, **kwargs)
+
+    def save_locked(
+        self, key: str, build: Callable[[Record], Record | None], **kwargs: Any
+    ) -> Record | None:
+        return self.inner.save_locked(key, build, **kwargs)
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         return self.inner.refresh(key, expires_at, last_seen)
@@ -123,7 +129,7 @@ def test_regenerate_keeps_the_other_tabs_write(store: Store, when: When) -> None
     assert response.status_code == 200
     new = store_key(_sid(client))
     assert new != old
-    assert store.load(old) is None
+    assert holds_no_session(store, old)
     assert body(client.get("/")) == {"n": 1, "user": "ann", "cart": ["book"]}
     assert [key for key, _ in store.user_records("ann")] == [new]
 
@@ -139,3 +145,89 @@ def test_regenerate_does_not_undo_the_other_tabs_logout(store: Store, when: When
     assert store.user_records("ann") == []
     assert store.count() in (None, 0)
     assert body(client.get("/")) == {}
+
+
+# -- requests that still carry the old id -------------------------------------------
+
+
+def _logged_in(store: Store, **options: Any) -> tuple[Client, str]:
+    """A client logged in through a regenerate; return it and the cookie it had before."""
+
+    def login(session: Session, request: Request) -> str:
+        session.regenerate()
+        session["user"] = "ann"
+        return "ok"
+
+    def put(session: Session, request: Request) -> str:
+        session["late"] = "1"
+        return "ok"
+
+    client, _ = make_client(
+        {"/inc": counter, "/login": login, "/put": put, "/": dump}, store=store, **options
+    )
+    client.get("/inc")
+    before = client.get_cookie("session_id")
+    assert before is not None
+    client.get("/login")
+    return client, before.value
+
+
+def _with(client: Client, value: str) -> Client:
+    other = Client(client.application)
+    other.set_cookie("session_id", value)
+    return other
+
+
+def test_old_id_within_the_grace_gets_an_empty_session_and_no_cookie(store: Store) -> None:
+    client, old = _logged_in(store)
+    stale = _with(client, old)
+    response = stale.get("/")
+    assert body(response) == {} and set_cookies(response) == []
+    # A write on it is dropped rather than stored under a cookie that would replace
+    # the browser's new one.
+    response = stale.get("/put")
+    assert response.status_code == 200 and set_cookies(response) == []
+    assert store.count() in (None, 1)
+    assert body(client.get("/")) == {"n": 1, "user": "ann"}
+
+
+def test_old_id_after_the_grace_gets_its_cookie_expired(store: Store, clock: FakeClock) -> None:
+    client, old = _logged_in(store)
+    clock.advance(61)
+    [header] = set_cookies(_with(client, old).get("/"))
+    assert header.startswith("session_id=;") and "Max-Age=0" in header
+
+
+def test_no_grace_expires_the_old_cookie_at_once(store: Store) -> None:
+    client, old = _logged_in(store, regenerate_grace=0)
+    assert store.load(store_key(old.rsplit(".", 1)[0])) is None
+    [header] = set_cookies(_with(client, old).get("/"))
+    assert header.startswith("session_id=;") and "Max-Age=0" in header
+
+
+def test_a_request_loaded_before_the_login_and_saved_after_sets_no_cookie(store: Store) -> None:
+    """The old-id request's save finds the session moved: its write is dropped, and its
+    response must not expire the cookie the login just gave the browser."""
+    tabs: dict[str, Client] = {}
+
+    def slow(session: Session, request: Request) -> str:
+        session.get("n")
+        tabs["login"].get("/login")
+        session["late"] = "1"
+        return "ok"
+
+    def login(session: Session, request: Request) -> str:
+        session.regenerate()
+        session["user"] = "ann"
+        return "ok"
+
+    client, _ = make_client(
+        {"/inc": counter, "/slow": slow, "/login": login, "/": dump}, store=store
+    )
+    client.get("/inc")
+    cookie = client.get_cookie("session_id")
+    assert cookie is not None
+    tabs["login"] = _with(client, cookie.value)
+    response = client.get("/slow")
+    assert response.status_code == 200 and set_cookies(response) == []
+    assert body(tabs["login"].get("/")) == {"n": 1, "user": "ann"}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Self
 
 from wsgisession.errors import ConfigError
-from wsgisession.stores import Record, Store
+from wsgisession.stores import LockTimeout, Record, Store
 
 
 class DictStore(Store):
@@ -53,6 +54,7 @@ class DictStore(Store):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         with self._lock:
             current = self._live(key)
@@ -66,15 +68,52 @@ class DictStore(Store):
                 old = self._live(replaces)
                 if old is None or old.version != replaces_version:
                     return False
-            self._records[key] = record
-            if replaces is not None and replaces != key:
-                self._records.pop(replaces, None)
+            self._write(key, record, replaces, tombstone)
             return True
+
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        # Holding the store's one lock across the read, the build and the write keeps
+        # every other save out. A real backend locks just this session, and queues the
+        # waiters first come, first served.
+        if not self._lock.acquire(timeout=timeout):
+            raise LockTimeout(f"dict store: session {key[:8]}… stayed locked {timeout:g} s")
+        try:
+            current = self._live(key)
+            if current is None:
+                return None
+            record = build(current)
+            if record is None:
+                return None
+            if moves_to is None:
+                self._write(key, record, None, None)
+            else:
+                self._write(moves_to, record, key, tombstone)
+            return record
+        finally:
+            self._lock.release()
+
+    def _write(
+        self, key: str, record: Record, replaces: str | None, tombstone: Record | None
+    ) -> None:
+        self._records[key] = record
+        if replaces is not None and replaces != key:
+            if tombstone is None:
+                self._records.pop(replaces, None)
+            else:
+                self._records[replaces] = tombstone
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         with self._lock:
             current = self._live(key)
-            if current is None:
+            if current is None or current.version == 0:  # nothing, or a tombstone
                 return False
             self._records[key] = dataclasses.replace(
                 current,
@@ -85,9 +124,9 @@ class DictStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            live = self._live(key) is not None
+            current = self._live(key)
             self._records.pop(key, None)
-            return live
+            return current is not None and current.version != 0
 
     def ping(self) -> None:
         """Nothing to reach: the dict is always there."""
@@ -108,4 +147,5 @@ class DictStore(Store):
 
     def count(self) -> int:
         with self._lock:
-            return sum(1 for key in list(self._records) if self._live(key) is not None)
+            live = (self._live(key) for key in list(self._records))
+            return sum(1 for record in live if record is not None and record.version != 0)

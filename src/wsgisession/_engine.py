@@ -10,14 +10,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from . import _clock
-from ._record import Snapshot, decode_meta, encode_meta, merge
+from ._record import PLAIN_META, Snapshot, decode_meta, encode_meta, merge
 from .config import Config
 from .cookies import CookieId, SessionCookie
 from .errors import SessionError, StoreError
 from .events import EventName, Metrics, SessionEvent, notify
 from .ids import new_session_id, store_key
 from .serializers import Serializer
-from .stores.base import Record, Store
+from .stores.base import LockTimeout, Record, Store
 from .users import list_user_sessions
 
 if TYPE_CHECKING:
@@ -29,13 +29,15 @@ log = logging.getLogger("wsgisession")
 
 _T = TypeVar("_T")
 
-# Enough for 16 threads writing one session at once, with the jittered backoff below.
-_SAVE_ATTEMPTS: Final = 40
+# Compare-and-set rounds a save tries before it takes the session's lock. Losing
+# this many in a row means real contention, where the lock is cheaper than more rounds.
+_OPTIMISTIC_ATTEMPTS: Final = 3
 
 
 #: Why a validly signed cookie brought no session: it expired or was ended ("gone"),
-#: its record is undecodable ("corrupt"), or ``bind_ip`` refused it ("foreign").
-Miss = Literal["gone", "corrupt", "foreign"]
+#: its record is undecodable ("corrupt"), ``bind_ip`` refused it ("foreign"), or it
+#: was regenerated less than ``regenerate_grace`` ago ("moved").
+Miss = Literal["gone", "corrupt", "foreign", "moved"]
 
 
 class Engine:
@@ -99,6 +101,8 @@ class Engine:
         record = self._load(key)
         if record is None or record.expires_at <= now:
             return self._expired(key, "gone")
+        if record.version == 0:
+            return self._expired(key, "moved")
         snapshot = self.decode(key, record)
         if snapshot is None:
             return None, "corrupt"
@@ -186,46 +190,43 @@ class Engine:
     def save(self, session: Session, now: float) -> bool:
         """Write *session*'s changes on top of what the store holds, by compare-and-set.
 
-        A session that a concurrent request deleted (a logout) or that expired
-        meanwhile is not written again: a logout is never undone, and an expired
-        session's data is never served again, so its changes are dropped and logged,
-        the session is marked ended, and ``False`` is returned.
+        A save first tries a few optimistic rounds: merge onto the stored record,
+        compare-and-set, and on a conflict reload and merge again. Once it has lost
+        that many, it takes the session's save lock (:meth:`Store.save_locked`), under
+        which its merge and write cannot lose, waiting its turn behind the saves that
+        asked first for at most ``save_timeout`` seconds from the start of the save.
 
-        :raises StoreError: The store failed, or too many concurrent saves won.
+        A session that a concurrent request deleted (a logout), regenerated or that
+        expired meanwhile is not written again: a logout is never undone, and an
+        ended session's data is never served again, so its changes are dropped and
+        logged, the session is marked ended, and ``False`` is returned.
+
+        :raises StoreError: The store failed, or ``save_timeout`` ran out while
+            concurrent saves held the session's lock.
         :raises SessionError: The session is larger than ``max_size``.
         """
         if session._snapshot is None:
             self._create(session, now)
             return True
+        deadline = time.monotonic() + self.config.save_timeout
         base = session._snapshot
         session_id = session._id
         assert session_id is not None
         moving = session._moving
         target = store_key(session_id) if moving else base.key
+        tombstone = self._tombstone(now) if moving else None
         if moving:
             # Regenerating writes a new key, which no compare-and-set protects, and
             # deletes the old one. Reading the old record first keeps a concurrent
             # request's keys; the save names the version it merged onto, so a write
             # (or a logout) landing since makes it fail and the loop merge again.
             reloaded = self._reload(base.key)
-            if reloaded is None:
-                return _ended(session)
+            if isinstance(reloaded, str):
+                return _ended(session, reloaded)
             base = reloaded
-        changed, deleted = self._changes(session)
-        for attempt in range(_SAVE_ATTEMPTS):
-            data, deadlines = merge(base, session._data, session._deadlines, changed, deleted, now)
-            remember = session._remember if session._remember_changed else base.remember
-            user_id = session._user_id if session._user_changed else base.record.user_id
-            created_at = base.record.created_at
-            record = Record(
-                data=self.encode(data),
-                version=1 if moving else base.record.version + 1,
-                created_at=created_at,
-                expires_at=self.expiry(created_at, now, remember=remember),
-                last_seen=now,
-                user_id=user_id,
-                meta=self._meta(remember, base.ip, deadlines, session._environ),
-            )
+        changes = self._changes(session)
+        for attempt in range(_OPTIMISTIC_ATTEMPTS):
+            record, snapshot = self._merged(session, base, changes, now, target, moving)
             if self.call(
                 target,
                 self.store.save,
@@ -234,31 +235,140 @@ class Engine:
                 expected_version=None if moving else base.record.version,
                 replaces=base.key if moving else None,
                 replaces_version=base.record.version if moving else None,
+                tombstone=tombstone,
             ):
-                session._use_snapshot(
-                    session_id, Snapshot(target, record, data, deadlines, remember, base.ip)
-                )
-                self.metrics.count("saves")
-                self.emit("regenerated" if moving else "saved", target)
-                return True
+                return self._saved(session, session_id, snapshot, moving)
             self.metrics.count("conflicts")
             self.emit("conflict", base.key)
+            if attempt == _OPTIMISTIC_ATTEMPTS - 1:
+                break  # the locked save reads the record itself
             reloaded = self._reload(base.key)
-            if reloaded is None:
-                return _ended(session)
+            if isinstance(reloaded, str):
+                return _ended(session, reloaded)
             base = reloaded
             # Jittered, growing backoff spreads out writers that keep colliding.
-            time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-        raise StoreError(f"gave up saving the session after {_SAVE_ATTEMPTS} conflicting saves")
+            time.sleep(random.uniform(0, 0.001 * 2**attempt))
+        return self._save_locked(session, base.key, changes, now, deadline, tombstone)
 
-    def _reload(self, key: str) -> Snapshot | None:
-        record = self._load(key)
-        snapshot = None if record is None else self.decode(key, record)
-        if snapshot is None:
+    def _save_locked(
+        self,
+        session: Session,
+        key: str,
+        changes: tuple[set[str], set[str]],
+        now: float,
+        deadline: float,
+        tombstone: Record | None,
+    ) -> bool:
+        """Save under the lock of the session stored under *key*, after losing rounds."""
+        session_id = session._id
+        assert session_id is not None
+        moving = session._moving
+        target = store_key(session_id) if moving else key
+        built: list[Snapshot] = []
+        outcome: list[Miss] = []
+        failure: list[BaseException] = []
+
+        def build(current: Record) -> Record | None:
+            built.clear()
+            outcome.clear()
+            if current.version == 0:
+                outcome.append("moved")
+                return None
+            snapshot = self.decode(key, current)
+            if snapshot is None:
+                outcome.append("corrupt")
+                return None
+            try:
+                record, merged = self._merged(session, snapshot, changes, now, target, moving)
+            # Handed back untouched: a store may translate what escapes into StoreError.
+            except BaseException as exc:
+                failure.append(exc)
+                return None
+            built.append(merged)
+            return record
+
+        started = time.monotonic()
+        self.metrics.count("locked_saves")
+        try:
+            written = self.call(
+                key,
+                self.store.save_locked,
+                key,
+                build,
+                timeout=max(0.0, deadline - started),
+                moves_to=target if moving else None,
+                tombstone=tombstone,
+            )
+        except LockTimeout as exc:
+            raise StoreError(
+                f"gave up saving the session after save_timeout ({self.config.save_timeout} s): "
+                "concurrent saves of it held its lock all that time"
+            ) from exc
+        finally:
+            self.metrics.count("lock_wait_seconds", time.monotonic() - started)
+        if failure:
+            raise failure[0]
+        if written is None or not built:
             log.info(
                 "session %s ended by another request; this request's changes dropped", key[:8]
             )
-        return snapshot
+            return _ended(session, outcome[0] if outcome else "gone")
+        return self._saved(session, session_id, built[0], moving)
+
+    def _merged(
+        self,
+        session: Session,
+        base: Snapshot,
+        changes: tuple[set[str], set[str]],
+        now: float,
+        target: str,
+        moving: bool,
+    ) -> tuple[Record, Snapshot]:
+        """Return the record of *session*'s changes merged onto *base*, and its snapshot."""
+        changed, deleted = changes
+        data, deadlines = merge(base, session._data, session._deadlines, changed, deleted, now)
+        remember = session._remember if session._remember_changed else base.remember
+        user_id = session._user_id if session._user_changed else base.record.user_id
+        created_at = base.record.created_at
+        record = Record(
+            data=self.encode(data),
+            version=1 if moving else base.record.version + 1,
+            created_at=created_at,
+            expires_at=self.expiry(created_at, now, remember=remember),
+            last_seen=now,
+            user_id=user_id,
+            meta=self._meta(remember, base.ip, deadlines, session._environ),
+        )
+        return record, Snapshot(target, record, data, deadlines, remember, base.ip)
+
+    def _saved(self, session: Session, session_id: str, snapshot: Snapshot, moving: bool) -> bool:
+        session._use_snapshot(session_id, snapshot)
+        self.metrics.count("saves")
+        self.emit("regenerated" if moving else "saved", snapshot.key)
+        return True
+
+    def _tombstone(self, now: float) -> Record | None:
+        """The record a regenerate leaves under the old key for ``regenerate_grace``."""
+        grace = self.config.regenerate_grace
+        if not grace:
+            return None
+        # Version 0 marks a tombstone for the store too (it is never refreshed or counted),
+        # and a save still expecting the old session's version fails on it.
+        return Record(b"", 0, now, now + grace, now, None, PLAIN_META)
+
+    def _reload(self, key: str) -> Snapshot | Miss:
+        record = self._load(key)
+        if record is None:
+            miss: Miss = "gone"
+        elif record.version == 0:
+            miss = "moved"
+        else:
+            snapshot = self.decode(key, record)
+            if snapshot is not None:
+                return snapshot
+            miss = "corrupt"
+        log.info("session %s ended by another request; this request's changes dropped", key[:8])
+        return miss
 
     def _create(self, session: Session, now: float) -> None:
         data = {k: v for k, v in session._data.items() if session._live(k)}
@@ -318,7 +428,7 @@ class Engine:
         if expires_at <= session._expires_at:
             return False
         if not self.call(snapshot.key, self.store.refresh, snapshot.key, expires_at, now):
-            _ended(session)
+            _ended(session, "gone")
             return False
         session._expires_at = expires_at
         self.metrics.count("refreshes")
@@ -340,9 +450,16 @@ class Engine:
         if not failed:
             if session._snapshot is None:
                 # Initializer items alone are not a change, so they store nothing.
-                if session.modified and (
+                worth_storing = session.modified and (
                     session._user_id is not None or any(session._live(k) for k in session._data)
-                ):
+                )
+                if worth_storing and session._moved:
+                    # Its cookie would replace the one the regenerate just gave the browser.
+                    log.info(
+                        "request with a just-regenerated session id; its changes were dropped"
+                    )
+                    self.emit("conflict", None)
+                elif worth_storing:
                     self.save(session, now)
                     issue = True
             else:
@@ -363,9 +480,13 @@ class Engine:
             headers.append(
                 ("Set-Cookie", self.cookie.set_header(session._id, max_age=max_age, https=https))
             )
-        elif session._cookie is not None and (
-            session._invalidated
-            or (session._expired and session._snapshot is None and not session._foreign)
+        elif (
+            session._cookie is not None
+            and not session._moved
+            and (
+                session._invalidated
+                or (session._expired and session._snapshot is None and not session._foreign)
+            )
         ):
             headers.append(("Set-Cookie", self.cookie.expire_header(https=https)))
         return headers
@@ -405,8 +526,13 @@ class Engine:
             self.refresh(session, now)
 
 
-def _ended(session: Session) -> bool:
-    """Mark *session* as ended by another request; its cookie is then expired."""
+def _ended(session: Session, miss: Miss) -> bool:
+    """Mark *session* as ended by another request.
+
+    Its cookie is then expired, unless the session was regenerated ("moved"): the
+    browser may already hold the new cookie, which an expiring one would delete.
+    """
     session._snapshot = None
     session._expired = True
+    session._moved = miss == "moved"
     return False

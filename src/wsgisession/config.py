@@ -104,6 +104,19 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option("max_size", 1048576, "size", "largest serialized session saved, in bytes"),
     Option(
+        "regenerate_grace",
+        60,
+        "interval",
+        "seconds after `regenerate()` during which the old id gets no cookie-deleting "
+        "`Set-Cookie`; `0` disables",
+    ),
+    Option(
+        "save_timeout",
+        30,
+        "seconds",
+        "seconds a save may wait for concurrent saves of the same session",
+    ),
+    Option(
         "cleanup_interval",
         3600,
         "interval",
@@ -157,6 +170,8 @@ class Config:
     initializer: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
     bind_ip: bool = False
     max_size: int = 1048576
+    regenerate_grace: int = 60
+    save_timeout: int = 30
     cleanup_interval: int = 3600
     max_sessions_per_user: int | None = None
     track_clients: bool = False

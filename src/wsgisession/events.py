@@ -39,6 +39,8 @@ COUNTERS: Final = (
     "expired",
     "corrupt",
     "store_errors",
+    "locked_saves",
+    "lock_wait_seconds",
 )
 
 #: Upper bounds, in seconds, of the store latency histogram's buckets.
@@ -98,15 +100,16 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._counts: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+        self._counts["lock_wait_seconds"] = 0.0
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
         self._latency_count = 0
         self._samples: collections.deque[float] = collections.deque(maxlen=_RESERVOIR)
         # A counter as (name, amount), a store operation's latency as a float.
-        self._queue: collections.deque[tuple[str, int] | float] = collections.deque()
+        self._queue: collections.deque[tuple[str, float] | float] = collections.deque()
 
-    def count(self, name: str, amount: int = 1) -> None:
+    def count(self, name: str, amount: float = 1) -> None:
         """Add *amount* to the counter *name*."""
         if name not in self._counts:
             raise KeyError(f"unknown counter {name!r}")

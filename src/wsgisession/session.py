@@ -59,6 +59,7 @@ class Session(MutableMapping[str, Any]):
         "_id",
         "_invalidated",
         "_loaded",
+        "_moved",
         "_new",
         "_remember",
         "_remember_changed",
@@ -94,6 +95,7 @@ class Session(MutableMapping[str, Any]):
         self._cookie: CookieId | None = engine.read_cookie(self._environ)
         self._expired = False
         self._foreign = False
+        self._moved = False
         self._invalidated = False
         # A corrupt record is deleted when this request stores its fresh session.
         self._stale_key: str | None = None
@@ -116,6 +118,8 @@ class Session(MutableMapping[str, Any]):
                 self._expired = True
                 # bind_ip: the session lives on for its own address, so its cookie stays.
                 self._foreign = miss == "foreign"
+                # Regenerated a moment ago: the browser may hold the new cookie already.
+                self._moved = miss == "moved"
                 if miss == "corrupt":
                     self._stale_key = key
         if snapshot is None:

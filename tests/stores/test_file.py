@@ -422,17 +422,17 @@ def test_cleanup_rechecks_a_record_under_the_lock(
     """A session re-created between cleanup's scan and its unlink must survive."""
     key = new_key()
     assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
-    real = file_module._header_expiry
+    real = file_module._header
     raced: list[str] = []
 
-    def scan_then_race(path: str) -> float:
-        expires_at = real(path)
+    def scan_then_race(path: str) -> file_format.Header:
+        head = real(path)
         if not raced:
             raced.append(path)
             assert file_store.save(key, make_record(b"new"), expected_version=None)
-        return expires_at
+        return head
 
-    monkeypatch.setattr(file_module, "_header_expiry", scan_then_race)
+    monkeypatch.setattr(file_module, "_header", scan_then_race)
     assert file_store.cleanup() == 0
     loaded = file_store.load(key)
     assert loaded is not None and loaded.data == b"new"
@@ -474,7 +474,7 @@ def test_refresh_writes_the_times_in_place_and_rewrites_nothing(
     assert loaded is not None
     assert (loaded.data, loaded.version, loaded.user_id) == (record.data, 1, "ann")
     assert (loaded.expires_at, loaded.last_seen) == (record.expires_at + 60, record.last_seen + 5)
-    assert file_module._header_expiry(str(path)) == record.expires_at + 60  # cleanup's view
+    assert file_format.header(str(path)).expires_at == record.expires_at + 60  # cleanup's view
 
 
 def test_refreshes_take_turns_on_the_slots(file_store: FileStore) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from tests.conftest import (
     server_url,
     unreachable,
 )
+from tests.helpers import python_child
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import open_store
+from wsgisession.stores import LockTimeout, Record, open_store
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
 
@@ -641,3 +643,319 @@ def test_sqlite_survives_a_writer_killed_mid_save(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "shared.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+# -- the locked save -------------------------------------------------------------------
+
+#: How long a test waits for another thread or process to get somewhere: a bound that
+#: only a broken store reaches.
+_PATIENCE = 30.0
+
+
+def _bump(name: str) -> Callable[[Record], Record]:
+    """A build that adds ``name: True`` to the session's JSON data."""
+
+    def build(current: Record) -> Record:
+        data = json.loads(current.data)
+        data[name] = True
+        return make_record(json.dumps(data).encode(), version=current.version + 1)
+
+    return build
+
+
+def _never_build(current: Record) -> Record:
+    raise AssertionError("built without holding the lock")
+
+
+def _in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Start *target* in a thread; the list receives what it returned or raised."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(target())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_waiters(
+    store: SQLStore, threads: list[threading.Thread], count: int, what: str
+) -> None:
+    """Poll until *count* statements wait for a lock (see :func:`_lock_waiters`)."""
+    deadline = time.monotonic() + _PATIENCE
+    while _lock_waiters(store, threads) != count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        # InnoDB refreshes what INNODB_TRX shows only when it was last read more
+        # than 0.1 s ago, so faster polling would keep showing the same snapshot.
+        time.sleep(0.15)
+
+
+def _parked(thread: threading.Thread) -> bool:
+    """Whether *thread* is blocked in a ``threading`` wait, as in the SQLite write queue."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _lock_waiters(store: SQLStore, threads: list[threading.Thread]) -> int:
+    """How many of the store's statements wait for a lock, as the database sees them.
+
+    On SQLite the wait of this process's *threads* is in the store's own queue.
+    """
+    dialect = store.engine.dialect.name
+    if dialect == "sqlite":
+        return sum(_parked(thread) for thread in threads)
+    if dialect == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE :pattern"
+        )
+    else:
+        query = (
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX"
+            " WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE :pattern"
+        )
+    with store.engine.connect() as conn:
+        found = conn.execute(sa.text(query), {"pattern": f"%{store.table.name}%"}).scalar_one()
+    return int(found)
+
+
+@contextmanager
+def _locked_elsewhere(store: SQLStore, key: str) -> Iterator[None]:
+    """Hold the lock of the row under *key* from a connection outside the store.
+
+    On SQLite that is the database's write lock, as another process would hold it.
+    """
+    if store.engine.dialect.name == "sqlite":
+        db = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+        return
+    engine = sa.create_engine(store.engine.url)
+    table = store.table
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(
+                sa.select(table.c.version).where(table.c.id_hash == key).with_for_update()
+            ).all()
+            yield
+    finally:
+        engine.dispose()
+
+
+def _lock_wait_setting(store: SQLStore) -> object:
+    """The lock wait setting of the connection the store's one-connection pool holds."""
+    query = {
+        "sqlite": "PRAGMA busy_timeout",
+        "postgresql": "SHOW lock_timeout",
+    }.get(store.engine.dialect.name, "SELECT @@SESSION.innodb_lock_wait_timeout")
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql(query).scalar_one()
+
+
+def test_locked_saves_take_the_lock_first_come_first_served(store: SQLStore) -> None:
+    """Each waits in the database's queue (this process's, on SQLite) in arrival order."""
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def save(name: str) -> Record | None:
+        def build(current: Record) -> Record:
+            order.append(name)
+            if name == "holder":
+                holding.set()
+                release.wait(_PATIENCE)
+            return _bump(name)(current)
+
+        return store.save_locked(key, build, timeout=_PATIENCE)
+
+    started = [_in_thread(partial(save, "holder"))]
+    try:
+        assert holding.wait(_PATIENCE), "the first locked save never built"
+        for n, name in enumerate(["first", "second", "third"], start=1):
+            started.append(_in_thread(partial(save, name)))
+            waiting = [thread for thread, _ in started[1:]]
+            _wait_for_waiters(store, waiting, n, f"{name} to queue")
+    finally:
+        release.set()
+        for thread, _ in started:
+            thread.join(_PATIENCE)
+    assert all(isinstance(outcome[0], Record) for _, outcome in started), started
+    assert order == ["holder", "first", "second", "third"]
+    loaded = store.load(key)
+    assert loaded is not None and loaded.version == 5
+    assert json.loads(loaded.data) == dict.fromkeys(["holder", "first", "second", "third"], True)
+
+
+def test_a_plain_save_waits_for_a_locked_save_then_loses(store: SQLStore) -> None:
+    """It queues behind the lock instead of failing at once, and its version is stale."""
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+    rival: list[tuple[threading.Thread, list[object]]] = []
+
+    def build(current: Record) -> Record:
+        stale = make_record(b'{"rival": true}', version=2)
+        rival.append(_in_thread(lambda: store.save(key, stale, expected_version=1)))
+        waiting = [rival[0][0]]
+        _wait_for_waiters(store, waiting, 1, "the plain save to queue")
+        return _bump("holder")(current)
+
+    assert store.save_locked(key, build, timeout=_PATIENCE) is not None
+    thread, outcome = rival[0]
+    thread.join(_PATIENCE)
+    assert outcome == [False]
+    loaded = store.load(key)
+    assert loaded is not None and json.loads(loaded.data) == {"holder": True}
+
+
+def test_a_lock_held_elsewhere_times_out_and_leaves_the_connection_as_it_was(
+    open_sql: OpenSQL,
+) -> None:
+    """LockTimeout after the wait, naming the key by its prefix only; the pooled
+    connection's own lock wait is back to what it was, and the next save works."""
+    store = open_sql(pool_size=1, max_overflow=0)
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+    usual = _lock_wait_setting(store)
+    with _locked_elsewhere(store, key), pytest.raises(LockTimeout) as info:
+        store.save_locked(key, _never_build, timeout=0.2)
+    message = str(info.value)
+    assert key[:8] in message and key not in message
+    assert isinstance(info.value.__cause__, sa.exc.DBAPIError)
+    assert _lock_wait_setting(store) == usual
+    assert store.save_locked(key, _bump("later"), timeout=_PATIENCE) is not None
+    assert _lock_wait_setting(store) == usual
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_a_lock_timeout_masks_the_password(store_kind: str, sql_url: str) -> None:
+    url = sa.make_url(sql_url)
+    if url.password is None:
+        url = url.set(password="secretpw")  # the test server trusts loopback
+    secret = str(url.password)
+    store = SQLStore.from_url(
+        url.render_as_string(hide_password=False),
+        table_name=f"test_sessions_{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        key = new_key()
+        assert store.save(key, make_record(b"{}"), expected_version=None)
+        with _locked_elsewhere(store, key), pytest.raises(LockTimeout) as info:
+            store.save_locked(key, _never_build, timeout=0.1)
+        assert secret not in str(info.value)
+        assert "***" in str(info.value)
+    finally:
+        store.table.drop(store.engine, checkfirst=True)
+        store.close()
+
+
+_DIES_HOLDING_THE_LOCK = """
+import sys, time
+from wsgisession.stores.sql import SQLStore
+
+url, table, key = sys.argv[1:4]
+store = SQLStore.from_url(url, table_name=table)
+
+def build(current):
+    print("building", flush=True)
+    time.sleep(600)
+
+store.save_locked(key, build, timeout=30)
+"""
+
+
+def test_a_holder_killed_mid_build_releases_the_lock(
+    store_kind: str, sql_url: str, open_sql: OpenSQL
+) -> None:
+    """The database ends the dead process's transaction, and the waiter goes on."""
+    store = open_sql()
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+    child = python_child(_DIES_HOLDING_THE_LOCK, sql_url, store.table.name, key)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "building\n", child.stderr
+        waiter, outcome = _in_thread(
+            lambda: store.save_locked(key, _bump("survivor"), timeout=_PATIENCE)
+        )
+        if store_kind != "sqlite":
+            _wait_for_waiters(store, [], 1, "the survivor to queue")
+    finally:
+        child.kill()
+        child.communicate(timeout=_PATIENCE)
+    waiter.join(_PATIENCE)
+    assert len(outcome) == 1 and isinstance(outcome[0], Record), outcome
+    loaded = store.load(key)
+    assert loaded is not None and loaded.version == 2
+    assert json.loads(loaded.data) == {"survivor": True}
+
+
+def test_a_ready_engine_in_autocommit_still_holds_the_lock(sql_url: str) -> None:
+    """Its conn.begin() opens nothing; a SELECT … FOR UPDATE alone would lock nothing."""
+    engine = sa.create_engine(sql_url, isolation_level="AUTOCOMMIT")
+    store = SQLStore(engine, table_name=f"test_sessions_{uuid.uuid4().hex[:12]}")
+    try:
+        key = new_key()
+        assert store.save(key, make_record(b"{}"), expected_version=None)
+        rival: list[tuple[threading.Thread, list[object]]] = []
+
+        def build(current: Record) -> Record:
+            stale = make_record(b"{}", version=2)
+            rival.append(_in_thread(lambda: store.save(key, stale, expected_version=1)))
+            waiting = [rival[0][0]]
+            _wait_for_waiters(store, waiting, 1, "the plain save to queue")
+            return _bump("holder")(current)
+
+        assert store.save_locked(key, build, timeout=_PATIENCE) is not None
+        rival[0][0].join(_PATIENCE)
+        assert rival[0][1] == [False]
+    finally:
+        store.table.drop(engine, checkfirst=True)
+        engine.dispose()
+
+
+def test_sqlite_threads_hammering_sessions_never_hit_the_busy_timeout(tmp_path: Path) -> None:
+    """64 threads write one session and each its own, as the middleware does.
+
+    The busy handler alone lets newcomers take the write lock from long waiters until
+    one gives up with "database is locked"; this process's queue serves them in turn.
+    """
+    threads, writes = 64, 5
+    with SQLStore.from_url(
+        f"sqlite:///{tmp_path / 'busy.db'}", pool_size=threads, max_overflow=0
+    ) as store:
+        shared = new_key()
+        assert store.save(shared, make_record(b"{}"), expected_version=None)
+
+        def writer(n: int) -> None:
+            own = new_key()
+            assert store.save(own, make_record(b"{}"), expected_version=None)
+            for i in range(writes):
+                name = f"t{n}-{i}"
+                for _ in range(3):
+                    current = store.load(shared)
+                    assert current is not None
+                    if store.save(shared, _bump(name)(current), expected_version=current.version):
+                        break
+                else:
+                    assert store.save_locked(shared, _bump(name), timeout=_PATIENCE) is not None
+                mine = store.load(own)
+                assert mine is not None
+                assert store.save(own, _bump(name)(mine), expected_version=mine.version)
+
+        _run_threads(threads, writer)
+        loaded = store.load(shared)
+        assert loaded is not None and loaded.version == 1 + threads * writes

@@ -1,5 +1,6 @@
 """SQLStore edge cases of its transaction handling: failures between BEGIN and COMMIT,
-connections dropped inside a transaction or before its reply, engines in autocommit.
+connections dropped inside a transaction or before its reply, engines in autocommit,
+and the same for the locked save, whose transaction runs the caller's build.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from tests.conftest import (
 )
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
+from wsgisession.stores import Record
 from wsgisession.stores.sql import SQLStore
-from wsgisession.testing import make_record, new_key
+from wsgisession.testing import make_record, make_tombstone, new_key
 
 
 @pytest.fixture(params=SQL_KINDS)
@@ -303,3 +305,125 @@ def test_a_ready_engine_in_autocommit_keeps_a_failed_replacing_save_atomic(
         assert kept is not None and kept.data == b"old"
     finally:
         engine.dispose()
+
+
+# -- the locked save -------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """What a build raises in these tests."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        _Refused("too big"),
+        _Interrupt("stop"),
+        sa.exc.OperationalError("SELECT 1", {}, RuntimeError("boom")),
+    ],
+    ids=["exception", "base-exception", "sqlalchemy-error"],
+)
+def test_what_a_build_raises_comes_out_as_it_is_and_the_connection_comes_back_clean(
+    url: str, table_name: str, observer: sa.Engine, error: BaseException
+) -> None:
+    """Not translated, not retried (even a database error of the build's own), nothing
+    written; the one pooled connection is out of the transaction, its lock released."""
+    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    try:
+        key, other = new_key(), new_key()
+        assert store.save(key, make_record(b"{}"), expected_version=None)
+        builds: list[Record] = []
+
+        def build(current: Record) -> Record:
+            builds.append(current)
+            raise error
+
+        with pytest.raises(type(error)) as info:
+            store.save_locked(key, build, timeout=30, moves_to=other)
+        assert info.value is error
+        assert len(builds) == 1
+        assert store.save(key, make_record(b"v2", version=2), expected_version=1)
+        assert _committed(observer, store.table, key)
+        assert not _committed(observer, store.table, other)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"v2"
+    finally:
+        store.close()
+
+
+def _written(current: Record) -> Record:
+    return make_record(current.data + b"+", version=current.version + 1)
+
+
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+def test_a_locked_save_cut_mid_build_is_run_again_whole(
+    kind: str, url: str, table_name: str, observer: sa.Engine
+) -> None:
+    """The server rolls the cut transaction back and frees the row; the store starts
+    over, building again on what is stored."""
+    with _proxy_for(kind) as proxy:
+        store = _proxied_store(kind, proxy, table_name)
+        try:
+            key = new_key()
+            assert store.save(key, make_record(b"v1"), expected_version=None)
+            builds: list[Record] = []
+
+            def build(current: Record) -> Record:
+                builds.append(current)
+                if len(builds) == 1:
+                    proxy.cut()
+                    proxy.restore()
+                return _written(current)
+
+            written = store.save_locked(key, build, timeout=30)
+            assert [record.version for record in builds] == [1, 1]
+            loaded = store.load(key)
+            assert loaded is not None and loaded == written
+            assert (loaded.data, loaded.version) == (b"v1+", 2)
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("move", ["in place", "moved", "moved, tombstone"])
+def test_a_locked_save_whose_commit_reply_is_lost_returns_what_it_wrote(
+    kind: str, url: str, table_name: str, observer: sa.Engine, move: str
+) -> None:
+    """The run again finds the first run's commit: it neither answers None (the session
+    ended, to the middleware) nor builds and writes a second time."""
+    target = sa.make_url(server_url(kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    with _ReplyDroppingProxy((target.host or "127.0.0.1", target.port or default_port)) as proxy:
+        store = _proxied_store(kind, proxy, table_name)
+        try:
+            key = new_key()
+            moves_to = None if move == "in place" else new_key()
+            tombstone = make_tombstone() if move.endswith("tombstone") else None
+            assert store.save(key, make_record(b"v1"), expected_version=None)
+            builds: list[Record] = []
+
+            def build(current: Record) -> Record:
+                builds.append(current)
+                return _written(current)
+
+            def arm(conn: Any) -> None:
+                proxy.armed = True
+
+            sa.event.listen(store.engine, "commit", arm, once=True)
+            written = store.save_locked(
+                key, build, timeout=30, moves_to=moves_to, tombstone=tombstone
+            )
+            assert not proxy.armed, "no reply was dropped"
+            assert len(builds) == 1
+            assert written is not None
+            assert store.load(moves_to or key) == written
+            assert written.version == 2
+            left = store.load(key)
+            if moves_to is None:
+                assert left == written
+            elif tombstone is None:
+                assert left is None
+            else:
+                assert left is not None and left.version == 0
+        finally:
+            store.close()

@@ -12,6 +12,10 @@ proper: flags, version, ``created_at``, ``expires_at``, ``last_seen``, the lengt
 writes the slots empty (zeros never pass their CRC); a refresh overwrites one slot in
 place and the other is untouched, so the record's CRC never covers what a refresh
 changes.
+
+A tombstone (see :class:`~wsgisession.stores.base.Record`) is an ordinary record of
+version 0; the version is in the header, so a scan tells one apart without reading
+the body, and files of this format need no new version for it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Final
+from typing import Final, NamedTuple
 
 from .base import Record
 
@@ -27,9 +31,10 @@ __all__ = [
     "SLOT",
     "SLOT_AT",
     "CorruptRecord",
+    "Header",
     "decode_record",
     "encode_record",
-    "header_expiry",
+    "header",
     "slot",
     "slots",
     "spare_slot",
@@ -140,12 +145,20 @@ def decode_record(blob: bytes) -> Record:
     return Record(data, version, created, expires, seen, user_id, meta)
 
 
-def header_expiry(path: str) -> float:
-    """Return the ``expires_at`` in the header and slots of the record file at *path*.
+class Header(NamedTuple):
+    """What a scan reads of a record file: its latest expiry, and whether it is a tombstone."""
 
-    A corrupt file reads as expired long ago, so cleanup removes it. A file of a
-    newer format reads as never expiring: a newer worker sharing the directory may
-    have written it, and only that worker can judge it.
+    expires_at: float
+    tombstone: bool
+
+
+def header(path: str) -> Header:
+    """Return the latest ``expires_at`` of the record file at *path*, and its kind.
+
+    The expiry is the later of the header's and the slots'; the body is not read,
+    nor checked. A corrupt file reads as expired long ago, so cleanup removes it. A
+    file of a newer format reads as a record never expiring: a newer worker sharing the
+    directory may have written it, and only that worker can judge it.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,10 +166,10 @@ def header_expiry(path: str) -> float:
     finally:
         os.close(fd)
     if len(head) < _PREFIX.size or head[:4] != _MAGIC or head[4] < _FORMAT:
-        return float("-inf")
+        return Header(float("-inf"), False)
     if head[4] > _FORMAT:
-        return float("inf")
+        return Header(float("inf"), False)
     if len(head) < _BODY_AT:
-        return float("-inf")
-    expires: float = _HEAD.unpack_from(head, _HEAD_AT)[3]
-    return _times(head, expires, 0.0)[0]
+        return Header(float("-inf"), False)
+    _, version, _, expires, *_ = _HEAD.unpack_from(head, _HEAD_AT)
+    return Header(_times(head, expires, 0.0)[0], version == 0)

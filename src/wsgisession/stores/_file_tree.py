@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Final
 
@@ -57,23 +58,31 @@ class Tree:
         return "/".join(parts)
 
     @contextlib.contextmanager
-    def lock(self, shards: Iterable[str], *, wait: bool = True) -> Iterator[bool]:
+    def lock(
+        self, shards: Iterable[str], *, wait: bool = True, timeout: float | None = None
+    ) -> Iterator[bool]:
         """Hold the exclusive ``flock`` of each of *shards*, taken in sorted order.
 
         The lock file is opened anew each time: ``flock`` belongs to the open file
         description, so two threads of this process exclude each other as two
         processes do. The sorted order keeps two writers from deadlocking, and a
         lock this thread already holds is not taken again. Without *wait*, yields
-        ``False``, holding nothing, when a lock is held elsewhere.
+        ``False``, holding nothing, when a lock is held elsewhere; with a *timeout*,
+        when the locks could not all be taken within that many seconds.
         """
         held: set[str] | None = getattr(self._held, "dirs", None)
         if held is None:
             held = self._held.dirs = set()
         wanted = sorted(set(shards) - held)
+        deadline = None if timeout is None else time.monotonic() + timeout
         fds: list[int] = []
         try:
             for shard in wanted:
                 fds.append(self._open_lock(shard))
+                if deadline is not None:
+                    if not _flock_by(fds[-1], deadline):
+                        break
+                    continue
                 try:
                     fcntl.flock(fds[-1], fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except BlockingIOError:
@@ -256,3 +265,47 @@ def read_all(fd: int) -> bytes:
     while more := os.read(fd, 65536):
         blob += more
     return blob
+
+
+def _flock_by(fd: int, deadline: float) -> bool:
+    """Take the exclusive ``flock`` of *fd* by *deadline* (``time.monotonic()``), or don't.
+
+    Returns whether it was taken. ``flock`` has no timeout, and polling with
+    ``LOCK_NB`` would keep losing to blocking waiters (plain saves among them), which
+    the kernel wakes the moment the lock is free. So a contended lock is waited for
+    by a thread, in a blocking ``flock`` on a duplicate of *fd*: the two share one
+    open file description, which is what holds the lock. Given up on, the thread is
+    left to its wait and closes the duplicate when its ``flock`` returns; the caller
+    closes *fd*, and the last of the two closes releases a lock taken too late.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if deadline <= time.monotonic():
+            return False
+    spare = os.dup(fd)
+    taken = threading.Event()
+    failed: list[OSError] = []
+
+    def wait() -> None:
+        try:
+            fcntl.flock(spare, fcntl.LOCK_EX)
+        except OSError as exc:
+            failed.append(exc)
+        finally:
+            os.close(spare)
+            taken.set()
+
+    try:
+        threading.Thread(target=wait, name="wsgisession-flock", daemon=True).start()
+    except BaseException as exc:
+        os.close(spare)
+        if isinstance(exc, RuntimeError):  # out of threads: a store failure like ENOLCK
+            raise OSError(errno.EAGAIN, f"no thread to wait for a lock: {exc}") from exc
+        raise
+    if not taken.wait(max(0.0, deadline - time.monotonic())):
+        return False
+    if failed:
+        raise failed[0]
+    return True

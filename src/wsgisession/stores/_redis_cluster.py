@@ -5,7 +5,10 @@ changes the session, the key it replaces and its user's sorted set together. On
 Redis Cluster those keys live in different slots and no script may touch more than
 one, so the store does the rest here, as separate commands, in the order that fails
 safe: a regenerate deletes the old record before writing the new one, and a user's
-set is changed after the session. :func:`change_index` also serves
+set is changed after the session. A regenerate that leaves a tombstone writes it in
+the old record's place in the step that would have deleted it, and a locked save
+that moves a session (:func:`finish_locked_move`) vacates the old key under its
+lock before it writes the new one. :func:`change_index` also serves
 :meth:`~wsgisession.stores.redis.RedisStore.user_records` on every deployment, when
 it drops the stale entries it found.
 
@@ -30,7 +33,7 @@ from .base import Record
 if TYPE_CHECKING:
     from .redis import RedisStore
 
-__all__ = ["after_save", "change_index", "move"]
+__all__ = ["after_save", "change_index", "finish_locked_move", "free", "move"]
 
 log = logging.getLogger("wsgisession")
 
@@ -42,34 +45,42 @@ def move(
     expected_version: int | None,
     replaces: str,
     replaces_version: int,
+    tombstone: Record | None,
     now: float,
-    args: list[str | bytes | int],
 ) -> bool:
     """Save *record* under *key* in place of version *replaces_version* of *replaces*.
 
     On Redis Cluster, where no script can touch both keys, this is two steps in
-    the safe order: first the old record is deleted if it is still live and of
-    that version (one script, an atomic compare-and-delete), and only then is the
-    new one written. A concurrent write to the old key therefore makes this save
-    fail rather than be lost, and a logout that deleted it is never undone. A
-    crash or failure between the two steps loses the session (its user is logged
-    out) instead of leaving two live ids for it: the safe direction. The new key
-    is checked first, so that a save bound to fail on it deletes nothing; only a
-    writer of that same key racing this save (a regenerate's key is fresh, known
-    to no one else) could still make the second step fail after the first.
+    the safe order: first the old record is deleted (or overwritten by *tombstone*)
+    if it is still live and of that version (one script, an atomic
+    compare-and-delete), and only then is the new one written. A concurrent write
+    to the old key therefore makes this save fail rather than be lost, and a logout
+    that deleted it is never undone. A crash or failure between the two steps loses
+    the session (its user is logged out) instead of leaving two live ids for it:
+    the safe direction. The new key is checked first, so that a save bound to fail
+    on it deletes nothing; only a writer of that same key racing this save (a
+    regenerate's key is fresh, known to no one else) could still make the second
+    step fail after the first. With *tombstone*, what such a failure leaves under
+    the old key is the tombstone: the session reads as regenerated, not as live.
     """
     if not _may_write(store, key, expected_version, now):
         return False
     taken = store._run(
         redis_scripts.DELETE,
         [store.key_prefix + replaces],
-        [repr(now), "", replaces, redis_scripts.version_arg(replaces_version)],
+        [
+            repr(now),
+            "",
+            replaces,
+            redis_scripts.version_arg(replaces_version),
+            *redis_scripts.tombstone_args(tombstone, now),
+        ],
     )
     if taken[0] != 1:
         return False
     gone = user_of(taken[1])
     try:
-        result = store._run(redis_scripts.SAVE, [store.key_prefix + key], args)
+        result = _save_new(store, key, record, expected_version, now)
     finally:
         if gone is not None:
             change_index(store, gone, "unlink", [(replaces, 0.0)], quiet=True)
@@ -77,6 +88,52 @@ def move(
     if saved:
         after_save(store, key, record, user_of(result[1]), None)
     return saved
+
+
+def finish_locked_move(
+    store: RedisStore, key: str, moves_to: str, record: Record, gone: bytes | None
+) -> Record | None:
+    """Write *record* under *moves_to* once a locked save vacated *key*, on Redis Cluster.
+
+    The second step of a locked move: the lock's script already deleted *key*, or
+    left the tombstone there, after checking its lease and the version built on,
+    and *gone* is the user that record had. As with :func:`move`, a failure before
+    this write loses the session rather than leave two live ids for it. Return
+    *record*, or ``None`` if *moves_to* turned out to hold a live record.
+    """
+    try:
+        result = _save_new(store, moves_to, record, None, time.time())
+    finally:
+        if gone is not None:
+            change_index(store, gone, "unlink", [(key, 0.0)], quiet=True)
+    if result[0] != 1:
+        log.warning("session %s: the key a locked save moved it to was taken", key[:8])
+        return None
+    after_save(store, moves_to, record, user_of(result[1]), None)
+    return record
+
+
+def free(store: RedisStore, key: str) -> bool:
+    """Whether no live record is under *key*, so that a new session may go there."""
+    return _may_write(store, key, None, time.time())
+
+
+def _save_new(
+    store: RedisStore, key: str, record: Record, expected_version: int | None, now: float
+) -> Any:
+    """Run ``SAVE`` for *record* under *key* alone, replacing nothing."""
+    args: list[str | bytes | int] = [
+        redis_scripts.version_arg(expected_version),
+        repr(now),
+        redis_scripts.ttl_ms(record.expires_at, now),
+        "",
+        key,
+        "",
+        b"",
+        *redis_scripts.tombstone_args(None, now),
+        redis_scripts.encode(record),
+    ]
+    return store._run(redis_scripts.SAVE, [store.key_prefix + key, store._lock_name(key)], args)
 
 
 def _may_write(store: RedisStore, key: str, expected_version: int | None, now: float) -> bool:
@@ -97,12 +154,19 @@ def _may_write(store: RedisStore, key: str, expected_version: int | None, now: f
 
 
 def after_save(
-    store: RedisStore, key: str, record: Record, previous: bytes | None, replaces: str | None
+    store: RedisStore,
+    key: str,
+    record: Record,
+    previous: bytes | None,
+    replaces: str | None,
+    *,
+    tombstone: Record | None = None,
 ) -> None:
     """Finish a Cluster save of *record* under *key* that its script has written.
 
-    Delete *replaces*, if given, link *key* in its user's set, and unlink it from
-    the set of *previous*, the user the record had before, if that changed.
+    Delete *replaces*, if given (or overwrite it with *tombstone*), link *key* in
+    its user's set, and unlink it from the set of *previous*, the user the record
+    had before, if that changed.
     """
     # Both steps are tried even if the first fails: a replaced session left alive
     # would still open the session, and one missing from its user's set would
@@ -110,7 +174,7 @@ def after_save(
     failed: StoreError | None = None
     if replaces is not None:
         try:
-            store._delete(replaces, cluster=True)
+            store._delete(replaces, cluster=True, tombstone=tombstone)
         except StoreError as exc:
             failed = exc
     user_id = None if record.user_id is None else record.user_id.encode()

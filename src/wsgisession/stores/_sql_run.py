@@ -5,8 +5,10 @@ Getting it there takes more than a connection from the pool: the table is create
 on first use, a pooled connection the server dropped is replaced and the operation
 run once more, a deadlock or serialization failure is retried, a transaction is
 opened the way the engine needs (an engine in autocommit gets its ``BEGIN`` from
-the store), and the driver's errors become :exc:`~wsgisession.errors.StoreError`
-with the session data kept out of their messages.
+the store), a lock is waited for no longer than asked, SQLite's writers of this
+process take their turns first come, first served, and the driver's errors become
+:exc:`~wsgisession.errors.StoreError` with the session data kept out of their
+messages.
 
 Kept apart from :mod:`wsgisession.stores.sql` so that the store reads as the
 statements of each operation, with how they reach the database in one place.
@@ -14,18 +16,23 @@ statements of each operation, with how they reach the database in one place.
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import Final, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
-from ._sql_schema import begin_statement, built_by_store
-from .base import translate_errors
+from ..errors import StoreError
+from ._sql_schema import begin_statement, built_by_store, busy_timeout
+from ._turns import Turns
+from .base import LockTimeout, mask_url, translate_errors
 
-__all__ = ["Runner", "must_retry"]
+__all__ = ["Runner", "lock_timed_out", "must_retry"]
 
 _T = TypeVar("_T")
 
@@ -35,6 +42,28 @@ _ATTEMPTS: Final = 8
 # the operation again is safe; these are the codes that mean exactly that.
 _RETRY_SQLSTATES: Final = frozenset({"40001", "40P01"})
 _RETRY_MYSQL_ERRNOS: Final = frozenset({1020, 1213})
+
+# What a lock wait that ran out raises: PostgreSQL's lock_not_available, MySQL's
+# ER_LOCK_WAIT_TIMEOUT and SQLite's SQLITE_BUSY.
+_LOCK_SQLSTATES: Final = frozenset({"55P03"})
+_LOCK_MYSQL_ERRNOS: Final = frozenset({1205})
+_SQLITE_BUSY: Final = 5
+
+# MySQL bounds a row lock wait by a session variable of whole seconds, which no
+# statement can set for itself (MariaDB's SET STATEMENT and MySQL's SET_VAR hint are
+# each the other's unknown), so a locked read sets it and puts the old value back.
+_MYSQL_SHORT_WAIT: Final = (
+    "SET @wsgisession_lock_wait = @@SESSION.innodb_lock_wait_timeout,"
+    " SESSION innodb_lock_wait_timeout = {seconds}"
+)
+_MYSQL_USUAL_WAIT: Final = "SET SESSION innodb_lock_wait_timeout = @wsgisession_lock_wait"
+
+# The writers of this process on each SQLite file, by the file's real path. SQLite's
+# busy handler polls with growing sleeps, so under contention a thread that has
+# waited long keeps losing the write lock to newcomers; queued here first, this
+# process's writers get it in the order they asked, and the busy handler is left
+# to sort out only other processes.
+_SQLITE_WRITERS: Final = Turns()
 
 
 class Runner:
@@ -59,9 +88,21 @@ class Runner:
         # PostgreSQL engine a lone statement switches its connection to autocommit,
         # to save the round trips of BEGIN and COMMIT; other databases' drivers
         # would send a SET for it, which saves nothing.
-        self._switch_autocommit = self._begin is None and engine.dialect.name == "postgresql"
+        self._dialect = engine.dialect.name
+        self._switch_autocommit = self._begin is None and self._dialect == "postgresql"
+        self._database = ""
+        self._busy = 0.0
+        if self._dialect == "sqlite":
+            self._database = os.path.realpath(engine.url.database or "")
+            self._busy = busy_timeout(engine)
 
-    def run(self, operation: Callable[[sa.Connection], _T], *, single: bool = False) -> _T:
+    def run(
+        self,
+        operation: Callable[[sa.Connection], _T],
+        *,
+        single: bool = False,
+        writes: bool = False,
+    ) -> _T:
         """Run *operation* on a pooled connection, translating errors.
 
         *single* says it sends one statement, atomic by itself, which then runs in
@@ -70,10 +111,22 @@ class Runner:
         :meth:`transaction`. One that only reads opens none: it runs in the one
         SQLAlchemy begins by itself, which closing the connection ends with a single
         rollback, where a commit would be followed by the pool's rollback on return.
+
+        *writes* says it writes. On SQLite it then first waits its turn behind this
+        process's earlier writes, as :meth:`queue` does, for at most the busy
+        timeout; a wait that runs out is a :exc:`StoreError`, as a busy database is.
         """
         with translate_errors(self._what, *self._errors):
             try:
                 self._ensure_table()
+                if writes and self._database:
+                    with _SQLITE_WRITERS.hold(self._database, self._busy) as taken:
+                        if not taken:
+                            raise StoreError(
+                                f"{mask_url(self._what)}: database is locked: this"
+                                f" process's earlier writes held it {self._busy:g} s"
+                            )
+                        return self._attempt(operation, single)
                 return self._attempt(operation, single)
             except sa.exc.StatementError as exc:
                 # The parameters are session data; they must not reach a log
@@ -102,6 +155,96 @@ class Runner:
             # Should this fail, closing the connection rolls the transaction back.
             conn.exec_driver_sql(self._begin)
         return transaction
+
+    @contextmanager
+    def queue(self, timeout: float, named: str) -> Iterator[None]:
+        """Wait for this process's turn to write, for the block, on SQLite.
+
+        The turn is given first come, first served, to :meth:`run`'s writes and to
+        the blocks of this method alike; it passes to the next in line at the end of
+        the block. Other databases lock rows and queue their waiters themselves, so
+        there the block runs at once.
+
+        :raises LockTimeout: The turn did not come within *timeout* seconds; the
+            message names the store and *named*, what was to be locked.
+        """
+        if not self._database:
+            yield
+            return
+        with _SQLITE_WRITERS.hold(self._database, timeout) as taken:
+            if not taken:
+                raise self._timed_out(named, timeout)
+            yield
+
+    def lock(
+        self,
+        conn: sa.Connection,
+        query: sa.Select[Any],
+        params: dict[str, Any],
+        *,
+        timeout: float,
+        named: str,
+    ) -> tuple[sa.RootTransaction, sa.Row[Any] | None]:
+        """Begin a transaction on *conn* that holds the lock *query* takes, and run it.
+
+        *query* is a ``SELECT … FOR UPDATE``, whose row lock the server gives to its
+        waiters in the order they asked. SQLite has no row locks: there the
+        transaction holds the database's write lock (``BEGIN IMMEDIATE``), which
+        :meth:`queue` must be held for. Either way the wait for the lock lasts at
+        most *timeout* seconds (rounded up to whole seconds on MySQL), and the
+        connection keeps its own lock timeout for later statements.
+
+        Return the transaction, which the caller commits or rolls back, and the row
+        the query found. Should this raise, closing the connection rolls back.
+
+        :raises LockTimeout: The lock did not come within *timeout* seconds.
+        """
+        if self._dialect == "sqlite":
+            transaction = self._begin_immediate(conn, timeout, named)
+            return transaction, conn.execute(query, params).first()
+        transaction = self.transaction(conn)
+        mysql = self._dialect in ("mysql", "mariadb")
+        if mysql:
+            conn.exec_driver_sql(_MYSQL_SHORT_WAIT.format(seconds=max(1, math.ceil(timeout))))
+        elif self._dialect == "postgresql":
+            # In milliseconds; 0 would mean no limit at all.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, math.ceil(timeout * 1000))}")
+        try:
+            row = conn.execute(query, params).first()
+        except sa.exc.DBAPIError as exc:
+            # A dropped connection is thrown away; any other goes back to the pool.
+            if mysql and not exc.connection_invalidated:
+                conn.exec_driver_sql(_MYSQL_USUAL_WAIT)
+            if lock_timed_out(exc):
+                exc.hide_parameters = True  # the key, kept out of a logged traceback
+                raise self._timed_out(named, timeout) from exc
+            raise
+        if mysql:
+            conn.exec_driver_sql(_MYSQL_USUAL_WAIT)
+        return transaction, row
+
+    def _begin_immediate(
+        self, conn: sa.Connection, timeout: float, named: str
+    ) -> sa.RootTransaction:
+        # The busy timeout is the connection's; it is cut to what is left of the wait
+        # for this BEGIN, and set back before any other statement runs.
+        if self._foreign:
+            conn.execution_options(isolation_level=conn.default_isolation_level)
+        transaction = conn.begin()
+        usual = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(0, math.ceil(timeout * 1000))}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.DBAPIError as exc:
+            if lock_timed_out(exc):
+                raise self._timed_out(named, timeout) from exc
+            raise
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(usual)}")
+        return transaction
+
+    def _timed_out(self, named: str, timeout: float) -> LockTimeout:
+        return LockTimeout(f"{mask_url(self._what)}: {named} stayed locked {timeout:g} s")
 
     def _attempt(self, operation: Callable[[sa.Connection], _T], single: bool) -> _T:
         attempt = 1
@@ -147,6 +290,20 @@ class Runner:
                             raise
                     attempt += 1
             self._table_ready = True
+
+
+def lock_timed_out(exc: sa.exc.DBAPIError) -> bool:
+    """Whether *exc* says that a wait for a lock ran out."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _LOCK_SQLSTATES:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        # The extended codes of SQLITE_BUSY keep it in their low byte.
+        return code & 0xFF == _SQLITE_BUSY
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _LOCK_MYSQL_ERRNOS
 
 
 def must_retry(exc: sa.exc.DBAPIError) -> bool:

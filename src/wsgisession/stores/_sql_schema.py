@@ -25,6 +25,7 @@ __all__ = [
     "begin_statement",
     "build_engine",
     "build_statements",
+    "busy_timeout",
     "check_cleanup_batch",
     "check_table_name",
     "record_params",
@@ -41,6 +42,8 @@ LEASE_KEY: Final = "~purge-lease"
 _BEGIN_OPTION: Final = "wsgisession_begin"
 # Marks an engine build_engine() made, whose isolation the store knows.
 _BUILT_OPTION: Final = "wsgisession_built"
+# SQLite's busy timeout on an engine build_engine() made, in seconds.
+_BUSY_OPTION: Final = "wsgisession_busy_timeout"
 
 # Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
 # PostgreSQL's 63 and MySQL's 64 characters.
@@ -163,9 +166,13 @@ class Statements(NamedTuple):
 
     #: The live row under ``key``.
     load: sa.Select[Any]
+    #: The live row under ``key``, locked until the end of the transaction (``FOR
+    #: UPDATE``; on SQLite, which has no row locks, the same as :attr:`load`).
+    lock: sa.Select[Any]
     #: The compare-and-set: write the row if its version is ``expected`` and it is live.
     update: sa.Update
-    #: Move ``expires_at`` and ``last_seen`` of a live row forward, never back.
+    #: Move ``expires_at`` and ``last_seen`` of a live row, not a tombstone, forward,
+    #: never back.
     refresh: sa.Update
     #: Insert, or overwrite an expired row, in one statement; ``None`` on dialects
     #: without ``ON CONFLICT``, which use :attr:`insert` then :attr:`overwrite`.
@@ -176,6 +183,8 @@ class Statements(NamedTuple):
     #: Delete the row under ``key`` if its version is ``expected`` and it is live:
     #: the compare-and-delete of a save that replaces a given version.
     take: sa.Delete
+    #: Delete the row under ``key`` if it is live and no tombstone.
+    remove: sa.Delete
     #: Delete the row under ``key``, whatever it holds.
     drop: sa.Delete
 
@@ -198,21 +207,32 @@ def build_statements(table: sa.Table, dialect: str) -> Statements:
             set_={name: upsert.excluded[name] for name in new},
             where=c.expires_at <= now,
         ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount, when asked
+    live: sa.ColumnElement[bool] = c.expires_at > now
+    dead: sa.ColumnElement[bool] = c.expires_at <= now
+    if dialect in ("mysql", "mariadb"):
+        # The same tests, in a form no index can serve. On a small table MySQL may
+        # otherwise find a row by key through the expires_at index, locking that
+        # index entry before the row: the opposite order of a locked save, which
+        # locks the row by key and then rewrites that entry, so each would wait for
+        # the other until one of them is rolled back as a deadlock.
+        live = c.expires_at - now > 0
+        dead = c.expires_at - now <= 0
+    load = sa.select(*record_columns(table)).where(c.id_hash == key, live)
     return Statements(
-        load=sa.select(*record_columns(table)).where(c.id_hash == key, c.expires_at > now),
-        update=sa.update(table)
-        .where(c.id_hash == key, c.version == expected, c.expires_at > now)
-        .values(new),
+        load=load,
+        lock=load.with_for_update(),
+        update=sa.update(table).where(c.id_hash == key, c.version == expected, live).values(new),
         refresh=sa.update(table)
-        .where(c.id_hash == key, c.expires_at > now)
+        .where(c.id_hash == key, live, c.version > 0)
         .values(
             expires_at=sa.case((c.expires_at < expires, expires), else_=c.expires_at),
             last_seen=sa.case((c.last_seen < seen, seen), else_=c.last_seen),
         ),
         create=create,
         insert=sa.insert(table).values(id_hash=key, **new),
-        overwrite=sa.update(table).where(c.id_hash == key, c.expires_at <= now).values(new),
-        take=sa.delete(table).where(c.id_hash == key, c.version == expected, c.expires_at > now),
+        overwrite=sa.update(table).where(c.id_hash == key, dead).values(new),
+        take=sa.delete(table).where(c.id_hash == key, c.version == expected, live),
+        remove=sa.delete(table).where(c.id_hash == key, live, c.version > 0),
         drop=sa.delete(table).where(c.id_hash == key),
     )
 
@@ -265,6 +285,7 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
             kwargs[name] = options.pop(name)
     kwargs["echo"] = options.pop("echo", False)
     connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+    busy: float | None = None
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
             raise ConfigError(
@@ -273,6 +294,7 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
                 " such as 'sqlite:///sessions.db', or 'memory://'"
             )
         connect_args.setdefault("timeout", _SQLITE_TIMEOUT)
+        busy = _busy_seconds(shown, connect_args["timeout"])
     elif backend in ("mysql", "mariadb") and "client_flag" in connect_args:
         # The dialect sets FOUND_ROWS itself unless connect_args replaces its
         # client_flag; without it, a refresh that changes nothing counts no rows.
@@ -305,6 +327,8 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         # statement free of SQLAlchemy's event dispatch.
         event.listen(engine, "connect", _sqlite_connect)
     engine.update_execution_options(**{_BUILT_OPTION: True})
+    if busy is not None:
+        engine.update_execution_options(**{_BUSY_OPTION: busy})
     if begin is not None:
         engine.update_execution_options(**{_BEGIN_OPTION: begin})
     return engine
@@ -325,6 +349,26 @@ def begin_statement(engine: sa.Engine) -> str | None:
     """
     begin: str | None = engine.get_execution_options().get(_BEGIN_OPTION)
     return begin
+
+
+def busy_timeout(engine: sa.Engine) -> float:
+    """SQLite's busy timeout on *engine*, in seconds: how long a write waits for the lock.
+
+    That of :func:`build_engine`'s engines is known; any other engine is taken to have
+    the driver's default, which is also the store's.
+    """
+    busy: float = engine.get_execution_options().get(_BUSY_OPTION, _SQLITE_TIMEOUT)
+    return busy
+
+
+def _busy_seconds(shown: str, value: object) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ConfigError(f"store {shown!r}: SQLite's timeout must be a number of seconds >= 0")
+    return seconds
 
 
 def _check_types(options: dict[str, Any]) -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from ..errors import StoreError
 
-__all__ = ["Record", "Store", "mask_url", "translate_errors"]
+__all__ = ["LockTimeout", "Record", "Store", "mask_url", "translate_errors"]
+
+
+class LockTimeout(StoreError):
+    """A locked save could not take the session's save lock in the time it was given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,12 @@ class Record:
     inside either. ``version`` is set by the caller, one more than the version it
     replaces (``1`` for a new record), and is what :meth:`Store.save` compares.
     Times are Unix timestamps from the application's clock.
+
+    A record of version ``0`` is a *tombstone*: what a regenerated session leaves
+    under its old key for a short while (see :meth:`Store.save`). It is loaded like
+    any record, so that the middleware can see it, but it is no session: a refresh
+    leaves it alone and returns ``False``, a delete of it returns ``False``, and
+    :meth:`Store.count` does not count it.
     """
 
     data: bytes
@@ -42,6 +53,10 @@ class Store(abc.ABC):
     A store never sees a raw session id and never decodes a record. Concurrency is
     handled by one primitive, the versioned compare-and-set of :meth:`save`; the
     middleware merges a request's changes on top of the stored record and retries.
+
+    A compare-and-set can lose to concurrent saves again and again, so every store
+    also offers :meth:`save_locked`, which holds the session's save lock across the
+    read, the merge and the write, and so cannot lose.
 
     Every method raises :exc:`~wsgisession.StoreError`, chained to the driver's
     exception, when the backend fails, and no other exception. Building a store never
@@ -77,6 +92,7 @@ class Store(abc.ABC):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         """Write *record* if the stored version still equals *expected_version*.
 
@@ -94,6 +110,46 @@ class Store(abc.ABC):
         the old key, or undoing a logout that deleted it. With
         ``replaces_version=None``, whatever is under *replaces* is deleted (a corrupt
         record, for one). A *replaces* equal to *key* is ignored, with its version.
+
+        With *replaces* and *tombstone*, the record under *replaces* is not deleted but
+        overwritten by *tombstone*, in the same step and under the same conditions. A
+        tombstone is an ordinary record to the store (it has no user, so the replaced
+        record leaves its user's index as if deleted); the middleware writes one so
+        that it can tell a session regenerated a moment ago from an expired one.
+
+        A plain save never succeeds while another caller holds *key*'s save lock
+        (:meth:`save_locked`): it waits for the lock, or returns ``False``.
+        """
+
+    @abc.abstractmethod
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        """Write ``build(current)`` while holding *key*'s save lock: a save that can't lose.
+
+        This is the fallback of a save whose compare-and-set keeps losing. The store
+        takes *key*'s exclusive save lock, waiting for it at most *timeout* seconds
+        (:exc:`LockTimeout` after that) behind the callers that asked before it, first
+        come, first served where the backend allows. While it holds the lock, no other
+        save of *key* succeeds: a plain :meth:`save` waits for the lock or returns
+        ``False``. Refreshes and deletes are not held back: a delete that lands first
+        simply leaves nothing to build on.
+
+        Under the lock the store loads the live record under *key*. If there is none,
+        it writes nothing and returns ``None`` without calling *build*. Otherwise it
+        writes ``build(current)``: under *key* in place of *current*, or, with
+        *moves_to*, as a new record under *moves_to* while the record under *key* is
+        deleted (or overwritten by *tombstone*) in the same step, as :meth:`save`'s
+        *replaces* does. It returns the record written, or ``None`` if *build* returned
+        ``None``. *build* may run more than once, where the store has to start over
+        (a lease it lost, say); what it raises propagates unchanged, with the lock
+        released and nothing written.
         """
 
     @abc.abstractmethod
@@ -102,12 +158,12 @@ class Store(abc.ABC):
 
         Each of ``expires_at`` and ``last_seen`` becomes the later of the stored value
         and the given one, so a refresh never shortens an expiry that another request
-        set. Return ``False`` if no live record is under *key*.
+        set. Return ``False`` if no live record is under *key*, or only a tombstone.
         """
 
     @abc.abstractmethod
     def delete(self, key: str) -> bool:
-        """Remove the record under *key*; return ``True`` if a live one was there."""
+        """Remove the record under *key*; ``True`` if a live one, not a tombstone, was there."""
 
     @abc.abstractmethod
     def ping(self) -> None:
@@ -137,7 +193,7 @@ class Store(abc.ABC):
         """
 
     def count(self) -> int | None:
-        """Return the number of live records, or ``None`` if the store can't tell."""
+        """Return how many live records, tombstones aside, there are; ``None`` if unknown."""
         return None
 
     def claim_purge(self, interval: float) -> bool:

@@ -10,18 +10,19 @@ import os
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Self
 
 from ..errors import ConfigError
-from ._file_format import CorruptRecord, decode_record, encode_record
-from ._file_format import header_expiry as _header_expiry
+from ._file_format import CorruptRecord, Header, decode_record, encode_record
+from ._file_format import header as _header
 from ._file_format import slot as _slot
 from ._file_format import spare_slot as _spare_slot
 from ._file_tree import KEY as _KEY
 from ._file_tree import TEMP_PREFIX as _TEMP_PREFIX
 from ._file_tree import Tree, read_all
-from .base import Record, Store, translate_errors
+from ._turns import Turns
+from .base import LockTimeout, Record, Store, mask_url, translate_errors
 from .file_index import UserIndex
 
 __all__ = ["FileStore"]
@@ -33,6 +34,14 @@ _PURGE_NAME: Final = ".purge"
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
+
+#: What is under a key, as read under its lock: the key, whether a file is there,
+#: and its record (``None`` if missing or unreadable), expired or not.
+_Found = tuple[str, bool, Record | None]
+
+
+class _Lost(Exception):
+    """A write under the lock lost its file name to a lock-free create."""
 
 
 class FileStore(Store):
@@ -47,6 +56,14 @@ class FileStore(Store):
     machine (not over NFS, where ``flock`` is unreliable). A new record without a
     user is put in place with ``os.link``, which fails if the name is taken, so
     creating one takes no lock and reads nothing.
+
+    :meth:`save_locked` holds the same shard locks across its read, *build* and
+    write, so a plain save of the session waits for it. This process's threads
+    queue for a session's lock in the order they asked; between processes, the
+    kernel's ``flock`` decides.
+
+    A tombstone is an ordinary record file of version 0, written in place of the
+    record it replaces.
 
     A refresh rewrites no record: it writes the new expiry and ``last_seen`` into
     one of two small checksummed slots at the start of the file, the one not
@@ -100,6 +117,9 @@ class FileStore(Store):
         )
         self._users = UserIndex(self, self._tree)
         self._what = f"file store {self.directory}"
+        # Locked saves of this process queue here per key before taking the flock,
+        # which would serve them in no particular order.
+        self._turns = Turns()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -146,6 +166,7 @@ class FileStore(Store):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         """Compare versions and write, under the lock of the key's shard.
 
@@ -153,19 +174,18 @@ class FileStore(Store):
         linked into place only if no file has its name, and otherwise the create
         is judged under the lock like any save.
 
-        With *replaces*, the old record's file is removed under its shard's lock
-        too, after the new record is in place: a crash in between leaves both, and
-        the old one expires, rather than neither. Its version is compared with
-        *replaces_version*, if given, under that same lock, before anything is
-        written. The user index changes under the users' locks, taken after those:
-        the key is linked before the write and unlinked (from a previous user, and
-        *replaces* from its user) after it.
+        With *replaces*, the old record's file is removed, or overwritten by
+        *tombstone*, under its shard's lock too, after the new record is in place:
+        a crash in between leaves both, and the old one expires, rather than
+        neither. Its version is compared with *replaces_version*, if given, under
+        that same lock, before anything is written. The user index changes under
+        the users' locks, taken after those: the key is linked before the write and
+        unlinked (from a previous user, and *replaces* from its user) after it.
         """
         old = None if replaces is None or replaces == key else replaces
-        shard = self._shard(key)
         if old is None and expected_version is None and record.user_id is None:
             with self._errors():
-                if self._tree.create(shard, key, encode_record(record)):
+                if self._tree.create(self._shard(key), key, encode_record(record)):
                     return True
         keys = (key,) if old is None else (key, old)
         with self._errors(), self._locked(*keys):
@@ -174,29 +194,61 @@ class FileStore(Store):
             live = before is not None and before.expires_at > now
             if (before.version if before is not None and live else None) != expected_version:
                 return False
-            changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
-            old_found = False
+            replaced: _Found | None = None
             if old is not None:
-                old_found, replaced = self._read_any(old)
+                replaced = (old, *self._read_any(old))
+                gone = replaced[2]
                 if replaces_version is not None and (
-                    replaced is None
-                    or replaced.expires_at <= now
-                    or replaced.version != replaces_version
+                    gone is None or gone.expires_at <= now or gone.version != replaces_version
                 ):
                     return False
-                changes.append((old, replaced, None))
-            with self._users.change(changes):
-                blob = encode_record(record)
-                # With no file there, a lock-free create may race this one, so the
-                # name is taken only if still free, as such a create would take it.
-                created = None if found else self._tree.create(shard, key, blob)
-                if created is None:
-                    self._tree.write(shard, key, blob)
-                elif not created:
-                    return False
-                if old is not None and old_found:
-                    self._tree.unlink(self._path(old))
-            return True
+            return self._commit((key, found, before), record, replaced, tombstone)
+
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        """Write ``build(current)`` holding the shard locks across the read, build and write.
+
+        The locks are those a plain save of the same keys takes, so a plain save
+        waits while *build* runs. Threads of this process queue for *key* first
+        come, first served; then the shard's ``flock`` decides among processes and
+        plain saves. Both waits together last at most *timeout* seconds.
+
+        :raises LockTimeout: The lock was not taken within *timeout* seconds.
+        """
+        new = None if moves_to is None or moves_to == key else moves_to
+        keys = (key,) if new is None else (key, new)
+        for name in keys:
+            self._shard(name)  # a bad key fails before it queues
+        deadline = time.monotonic() + timeout
+        with self._turns.hold(key, timeout) as taken, contextlib.ExitStack() as held:
+            if not taken:
+                raise self._timed_out(key, timeout)
+            with self._errors():
+                if not held.enter_context(
+                    self._locked(*keys, timeout=deadline - time.monotonic())
+                ):
+                    raise self._timed_out(key, timeout)
+                found, current = self._read_any(key)
+            if current is None or current.expires_at <= time.time():
+                return None
+            # Outside the error translation: what build raises is the caller's own.
+            record = build(current)
+            if record is None:
+                return None
+            with self._errors():
+                if new is None:
+                    written = self._commit((key, found, current), record, None, None)
+                else:
+                    target = (new, *self._read_any(new))
+                    written = self._commit(target, record, (key, found, current), tombstone)
+            return record if written else None
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move the expiry and ``last_seen`` of a live record forward, never back.
@@ -213,7 +265,7 @@ class FileStore(Store):
             try:
                 blob = read_all(fd)
                 current = self._decoded(key, blob)
-                if current is None or current.expires_at <= time.time():
+                if current is None or current.version == 0 or current.expires_at <= time.time():
                     return False
                 if expires_at > current.expires_at or last_seen > current.last_seen:
                     slot = _slot(
@@ -228,7 +280,10 @@ class FileStore(Store):
                 os.close(fd)
 
     def delete(self, key: str) -> bool:
-        """Remove the record file under *key*; ``True`` if it held a live record."""
+        """Remove the record file under *key*; ``True`` if it held a live record.
+
+        A tombstone is removed too, but is no live record.
+        """
         with self._errors(), self._locked(key):
             found, before = self._read_any(key)
             if not found:
@@ -237,7 +292,9 @@ class FileStore(Store):
                 return False
             with self._users.change([(key, before, None)]):
                 self._tree.unlink(self._path(key))
-            return before is not None and before.expires_at > time.time()
+            if before is None or before.version == 0:
+                return False
+            return before.expires_at > time.time()
 
     def ping(self) -> None:
         """Create the directory if needed and check that a file can be written in it.
@@ -266,14 +323,14 @@ class FileStore(Store):
         removed = 0
         now = time.time()
         with self._errors():
-            for path, expires_at in self._scan(stale_before=now - _TEMP_MAX_AGE):
+            for path, head in self._scan(stale_before=now - _TEMP_MAX_AGE):
                 if limit is not None and removed >= limit:
                     break
-                if expires_at > now:
+                if head.expires_at > now:
                     continue
                 key = os.path.basename(path)
                 with self._locked(key), contextlib.suppress(FileNotFoundError):
-                    if _header_expiry(path) <= now:
+                    if _header(path).expires_at <= now:
                         with self._users.change([(key, self._read(key, expired=True), None)]):
                             self._tree.unlink(path)
                         removed += 1
@@ -291,10 +348,10 @@ class FileStore(Store):
             return self._users.records(user_id)
 
     def count(self) -> int:
-        """Return the number of live records, reading the header of every file."""
+        """Return the number of live records, tombstones aside, from every file's header."""
         now = time.time()
         with self._errors():
-            return sum(1 for _, expires_at in self._scan() if expires_at > now)
+            return sum(1 for _, h in self._scan() if h.expires_at > now and not h.tombstone)
 
     def claim_purge(self, interval: float) -> bool:
         """Claim the purge for *interval* seconds through a ``.purge`` lease file.
@@ -335,17 +392,17 @@ class FileStore(Store):
     def _path(self, key: str) -> str:
         return self._shard(key) + "/" + key
 
-    def _scan(self, stale_before: float = float("-inf")) -> Iterator[tuple[str, float]]:
-        """Yield the path and header expiry of every record file, shard by shard.
+    def _scan(self, stale_before: float = float("-inf")) -> Iterator[tuple[str, Header]]:
+        """Yield the path and header of every record file, shard by shard.
 
         Temp files last modified before *stale_before* are removed on the way.
         """
         for path in self._tree.files(self.directory, stale_before):
             try:
-                expires_at = _header_expiry(path)
+                head = _header(path)
             except FileNotFoundError:
                 continue  # files come and go under a scan that takes no lock
-            yield path, expires_at
+            yield path, head
 
     def _read(self, key: str, *, expired: bool = False) -> Record | None:
         """Return the live record under *key*, ``None`` if missing or unreadable.
@@ -373,7 +430,55 @@ class FileStore(Store):
             )
             return None
 
-    def _locked(self, *keys: str, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+    def _locked(
+        self, *keys: str, wait: bool = True, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[bool]:
         """Hold the locks of the shards of *keys*; see :meth:`Tree.lock`."""
         shards = [self._shard(key) for key in keys]  # a bad key fails before any mkdir
-        return self._tree.lock(shards, wait=wait)
+        return self._tree.lock(shards, wait=wait, timeout=timeout)
+
+    def _commit(
+        self, target: _Found, record: Record, old: _Found | None, tombstone: Record | None
+    ) -> bool:
+        """Write *record* over *target*, then remove *old* or put *tombstone* in its place.
+
+        The caller holds the shard locks of both and has checked every condition of
+        the write. Returns ``False``, having written nothing, if a lock-free create
+        took *target*'s name first.
+        """
+        key, found, before = target
+        changes: list[tuple[str, Record | None, Record | None]] = [(key, before, record)]
+        if old is not None:
+            changes.append((old[0], old[2], tombstone))
+        try:
+            with self._users.change(changes):
+                if not self._put(key, found, encode_record(record)):
+                    # Raised, not returned, so the index unlinks nothing: *old* stays.
+                    raise _Lost
+                if old is not None:
+                    old_key, old_found, _ = old
+                    if tombstone is not None:
+                        self._put(old_key, old_found, encode_record(tombstone))
+                    elif old_found:
+                        self._tree.unlink(self._path(old_key))
+        except _Lost:
+            return False
+        return True
+
+    def _put(self, key: str, found: bool, blob: bytes) -> bool:
+        """Make *blob* the file of *key*, holding its lock; ``False`` if a create won.
+
+        *found* says whether a file was under *key* when read under the lock.
+        """
+        shard = self._shard(key)
+        # With no file there, a lock-free create may race this one, so the name is
+        # taken only if still free, as such a create would take it.
+        created = None if found else self._tree.create(shard, key, blob)
+        if created is None:
+            self._tree.write(shard, key, blob)
+        return created is not False
+
+    def _timed_out(self, key: str, timeout: float) -> LockTimeout:
+        return LockTimeout(
+            f"{mask_url(self._what)}: session {key[:8]}… stayed locked for {timeout:g} s"
+        )

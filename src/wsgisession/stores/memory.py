@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace as _replace
 from typing import Any, Self
 
 from ..errors import ConfigError
-from .base import Record, Store
+from ._turns import Turns
+from .base import LockTimeout, Record, Store
 
 __all__ = ["MemoryStore"]
 
@@ -26,6 +28,9 @@ class MemoryStore(Store):
         # user id -> keys of that user's records; entries leave with their record.
         self._users: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        # Keys whose save lock a save_locked holds; plain saves of them fail meanwhile.
+        self._held: set[str] = set()
+        self._turns = Turns()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -56,10 +61,13 @@ class MemoryStore(Store):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         """Compare the stored versions (and *replaces_version*) and write, under the lock."""
         old = None if replaces == key else replaces
         with self._lock:
+            if key in self._held or old in self._held:
+                return False
             current = self._live(key)
             stored_version = None if current is None else current.version
             if stored_version != expected_version:
@@ -68,20 +76,62 @@ class MemoryStore(Store):
                 replaced = self._live(old)
                 if replaced is None or replaced.version != replaces_version:
                     return False
-            self._unlink(key)
-            self._records[key] = record
-            if record.user_id is not None:
-                self._users.setdefault(record.user_id, set()).add(key)
-            if old is not None:
-                self._unlink(old)
-                self._records.pop(old, None)
+            self._write(key, record, old, tombstone)
             return True
+
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        """Write ``build(current)`` with *key* reserved; threads wait in arrival order."""
+        with self._turns.hold(key, timeout) as taken:
+            if not taken:
+                raise LockTimeout(f"memory store: session {key[:8]}… stayed locked {timeout:g} s")
+            with self._lock:
+                current = self._live(key)
+                if current is None:
+                    return None
+                self._held.add(key)
+            try:
+                # Built outside the store's lock, so other sessions' saves go on meanwhile.
+                record = build(current)
+                with self._lock:
+                    now_there = self._live(key)
+                    # A delete landing during build leaves nothing to write onto.
+                    if record is None or now_there is None or now_there.version != current.version:
+                        return None
+                    if moves_to is None or moves_to == key:
+                        self._write(key, record, None, None)
+                    else:
+                        self._write(moves_to, record, key, tombstone)
+                    return record
+            finally:
+                with self._lock:
+                    self._held.discard(key)
+
+    def _write(self, key: str, record: Record, old: str | None, tombstone: Record | None) -> None:
+        # Called under the lock, once every condition of the write has been checked.
+        self._unlink(key)
+        self._records[key] = record
+        if record.user_id is not None:
+            self._users.setdefault(record.user_id, set()).add(key)
+        if old is not None:
+            self._unlink(old)
+            if tombstone is None:
+                self._records.pop(old, None)
+            else:
+                self._records[old] = tombstone
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move the expiry and ``last_seen`` of a live record forward, never back."""
         with self._lock:
             current = self._live(key)
-            if current is None:
+            if current is None or current.version == 0:
                 return False
             if expires_at > current.expires_at or last_seen > current.last_seen:
                 self._records[key] = _replace(
@@ -94,10 +144,10 @@ class MemoryStore(Store):
     def delete(self, key: str) -> bool:
         """Remove the record under *key*; ``True`` if a live one was there."""
         with self._lock:
-            live = self._live(key) is not None
+            current = self._live(key)
             self._unlink(key)
             self._records.pop(key, None)
-            return live
+            return current is not None and current.version != 0
 
     def ping(self) -> None:
         """Do nothing: memory is always reachable."""
@@ -133,6 +183,6 @@ class MemoryStore(Store):
                 del self._users[record.user_id]
 
     def count(self) -> int:
-        """Return the number of live records."""
+        """Return the number of live records, tombstones aside."""
         now = time.time()
-        return sum(1 for r in list(self._records.values()) if r.expires_at > now)
+        return sum(1 for r in list(self._records.values()) if r.expires_at > now and r.version)

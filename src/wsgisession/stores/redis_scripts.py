@@ -35,11 +35,32 @@ are known only once the script has read the record. On Redis Cluster the prefix 
 empty, the scripts touch only their declared session keys and return the user ids
 they found, and the store updates the sets afterwards with ``INDEX``, which touches
 only its one declared key.
+
+A record of version 0 is a tombstone (see :class:`~wsgisession.stores.base.Record`):
+``REFRESH`` leaves it alone, ``DELETE`` does not call it live, and ``SAVE`` writes
+one in place of deleting the key it replaces when given one.
+
+The save lock of ``Store.save_locked`` is three kinds of keys beside a session's,
+all named ``<prefix>l:{<prefix><key>}…``: the hash tag puts them in the session's
+own slot on Redis Cluster (a prefix with its own hash tag wins, which keeps them
+in that slot too). The *lock* itself, ``…}``, holds the holder's random token with a
+lease (``PX``), so a holder that dies frees it when the lease runs out. The *line*,
+``…}:q``, is a list of the tokens of the callers waiting for it, oldest first.
+Each waiter blocks (``BLPOP``) on its own *baton*, ``…}:<token>``. Whoever frees the
+lock hands it straight to the oldest waiter, in the same script: the lock takes that
+waiter's token and its baton gets an element, which wakes it. The lock is never free
+while someone waits, so no newcomer can overtake the line; the order of the line is
+the order in which the callers' ``TAKE`` scripts ran. The baton is named from a
+token that only the script knows, so the scripts touch it without declaring it;
+it is in the lock's slot, which Redis Cluster allows. Every one of these keys
+expires: the lock and a baton with the lease, the line a while after its last
+waiter last looked at it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from typing import Final, NamedTuple
 
@@ -49,13 +70,18 @@ __all__ = [
     "DELETE",
     "HEADER",
     "INDEX",
+    "LOCKED",
     "REFRESH",
+    "RELEASE",
     "SAVE",
+    "TAKE",
     "Peek",
     "Script",
     "decode",
     "encode",
     "peek",
+    "tombstone_args",
+    "ttl_ms",
     "version_arg",
 ]
 
@@ -78,6 +104,26 @@ def version_arg(version: int | None) -> bytes:
     version, so a compare-and-set never mistakes one version for its neighbour.
     """
     return b"" if version is None else _VERSION.pack(version)
+
+
+def ttl_ms(expires_at: float, now: float) -> int:
+    """Return the TTL in milliseconds that makes Redis drop a record at *expires_at*.
+
+    Relative to the application's *now*, so Redis drops the record when the
+    application's clock reaches *expires_at* even if the server's clock is off. Zero
+    or less means the record is already expired, and the scripts delete the key.
+    """
+    return math.ceil((expires_at - now) * 1000)
+
+
+def tombstone_args(tombstone: Record | None, now: float) -> list[str | bytes | int]:
+    """Return a tombstone as the scripts take it: its TTL, then its encoding.
+
+    ``[0, b""]`` for none: the replaced key is deleted instead.
+    """
+    if tombstone is None:
+        return [0, b""]
+    return [ttl_ms(tombstone.expires_at, now), encode(tombstone)]
 
 
 def encode(record: Record) -> bytes:
@@ -156,19 +202,21 @@ class Script(NamedTuple):
 
 
 def _script(body: str) -> Script:
-    source = _LAYOUT + _INDEX_FUNCTIONS + body
+    source = _LAYOUT + _INDEX_FUNCTIONS + _WRITE_FUNCTIONS + body
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
 # Reading a record: ``stored(key)`` and ``parse(s)`` return its version (the header's
 # 8 raw bytes, compared with version_arg()'s, as a Lua number loses digits past
-# 2**53), expires_at, last_seen and user id (false if none), or nothing at all when
-# there is no record in this layout (missing, another type, another format).
+# 2**53; TOMBSTONE is version 0's), expires_at, last_seen and user id (false if
+# none), or nothing at all when there is no record in this layout (missing, another
+# type, another format).
 # ``stored`` reads only the header, and the user id after it only when there is one.
 # pcall, because GETRANGE on a key of another type is an error, and such a key must
 # read as absent.
 _LAYOUT: Final = f"""
 local MAGIC, HEADER, EXPIRES_AT = '{_MAGIC.decode()}', {HEADER.size}, {_EXPIRES_AT}
+local TOMBSTONE = string.rep(string.char(0), 8)
 local function parse(s, key)
   if #s < HEADER then return nil end
   local magic, _, _, expires, seen, ulen = struct.unpack('>c4i8dddi4', s)
@@ -219,16 +267,66 @@ local function unlink(idx, uid, member, now)
 end
 """
 
-#: KEYS: the key, then optionally the key it replaces.
+# Shared by the writing scripts. ``vacate`` empties a replaced key: the tombstone
+# (when one is given and not already expired) or nothing. ``put`` writes a record,
+# vacates the key it replaces, and moves the user index entries with them: *old* is
+# the user of the record the write replaces under the same key, *gone* the user of
+# the replaced key's record. ``hand_over`` frees the save lock: the oldest waiter in
+# line gets it, with a fresh lease, and is woken through its baton.
+_WRITE_FUNCTIONS: Final = """
+local function vacate(key, stone_ttl, stone)
+  if stone ~= '' and tonumber(stone_ttl) > 0 then
+    redis.call('SET', key, stone, 'PX', stone_ttl)
+  else
+    redis.call('DEL', key)
+  end
+end
+local function put(key, record, ttl, replaced, stone_ttl, stone, idx, member, replaced_member,
+                   now, old, gone)
+  if tonumber(ttl) > 0 then
+    redis.call('SET', key, record, 'PX', ttl)
+  else
+    redis.call('DEL', key)
+  end
+  if replaced then vacate(replaced, stone_ttl, stone) end
+  if idx ~= '' then
+    local _, score, _, new = parse(record)
+    if old and old ~= new then unlink(idx, old, member, now) end
+    if new then link(idx, new, member, string.format('%.17g', score), now) end
+    if gone then unlink(idx, gone, replaced_member, now) end
+  end
+end
+local function hand_over(lock, line, lease)
+  local waiter = redis.call('LPOP', line)
+  if not waiter then
+    redis.call('DEL', lock)
+    return
+  end
+  redis.call('SET', lock, waiter, 'PX', lease)
+  local baton = lock .. ':' .. waiter
+  redis.call('RPUSH', baton, 1)
+  redis.call('PEXPIRE', baton, lease)
+end
+local function value_of(key)
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then return false end
+  return value
+end
+"""
+
+#: KEYS: the key, its save lock, then optionally the key it replaces.
 #: ARGV: the expected version (from version_arg(); '' to create), now, the TTL in ms
 #: (0 or less: the record is already expired, and the key is deleted), the index
 #: prefix ('' to leave the index alone), the key and the replaced key without the
 #: store's prefix (the members of the user sets), the version the replaced record
-#: must have (from version_arg(); '' to delete whatever is there), and last the
-#: encoded record: redis-py copies its buffer once per argument after a long one.
+#: must have (from version_arg(); '' to delete whatever is there), the tombstone's
+#: TTL and the encoded tombstone (from tombstone_args(); '' to delete the replaced
+#: key), and last the encoded record: redis-py copies its buffer once per argument
+#: after a long one.
 #: Returns {1, the user id the stored record had (nil if none)} when written, {0}
-#: when the stored version did not match, or the replaced record is not live with
-#: the version given.
+#: when the stored version did not match, the replaced record is not live with the
+#: version given, or another caller holds the key's save lock. The lock is looked at
+#: last, so a save that fails its compare pays nothing for it.
 SAVE: Final = _script("""
 local now = tonumber(ARGV[2])
 local version, expires, _, old = stored(KEYS[1])
@@ -238,34 +336,24 @@ elseif ARGV[1] ~= '' then
   return {0}
 end
 local gone = false
-if KEYS[2] then
-  local was, until_, _, uid = stored(KEYS[2])
+if KEYS[3] then
+  local was, until_, _, uid = stored(KEYS[3])
   if ARGV[7] ~= '' and not (was == ARGV[7] and until_ > now) then return {0} end
   gone = uid or false
 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[8], 'PX', ARGV[3])
-else
-  redis.call('DEL', KEYS[1])
-end
-if KEYS[2] then redis.call('DEL', KEYS[2]) end
-local idx = ARGV[4]
-if idx ~= '' then
-  local _, score, _, new = parse(ARGV[8])
-  if old and old ~= new then unlink(idx, old, ARGV[5], ARGV[2]) end
-  if new then link(idx, new, ARGV[5], string.format('%.17g', score), ARGV[2]) end
-  if gone then unlink(idx, gone, ARGV[6], ARGV[2]) end
-end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
+put(KEYS[1], ARGV[10], ARGV[3], KEYS[3], ARGV[8], ARGV[9], ARGV[4], ARGV[5], ARGV[6],
+    ARGV[2], old, gone)
 return {1, old or false}
 """)
 
 #: KEYS: the key. ARGV: now, expires_at, last_seen, the TTL in ms for expires_at,
 #: the index prefix ('' to leave the index alone), the key without the store's prefix.
 #: Returns {1, 1 if the expiry moved else 0, the user id or nil} when the record was
-#: live, {0} otherwise.
+#: live, {0} otherwise, and for a tombstone, which no refresh keeps alive.
 REFRESH: Final = _script("""
 local version, expires, seen, uid = stored(KEYS[1])
-if not version or expires <= tonumber(ARGV[1]) then return {0} end
+if not version or expires <= tonumber(ARGV[1]) or version == TOMBSTONE then return {0} end
 local want, saw = tonumber(ARGV[2]), tonumber(ARGV[3])
 local moved = 0
 if want > expires then
@@ -282,17 +370,21 @@ return {1, moved, uid}
 #: KEYS: the key. ARGV: now, the index prefix ('' to leave the index alone), the key
 #: without the store's prefix, and optionally a version (from version_arg()): then
 #: only a live record of that version is deleted (the compare-and-delete of a
-#: regenerate on Redis Cluster), and anything else is left as it is and answered {0}.
-#: Returns {1 if a live record was deleted else 0, the user id the record had or nil}.
+#: regenerate on Redis Cluster), and anything else is left as it is and answered {0};
+#: then optionally a tombstone's TTL and encoding (from tombstone_args()), written in
+#: place of the deleted record.
+#: Returns {1 if a live record, not a tombstone, was deleted else 0, the user id the
+#: record had or nil}.
 DELETE: Final = _script("""
 local version, expires, _, uid = stored(KEYS[1])
 local live = version ~= nil and expires > tonumber(ARGV[1])
 if ARGV[4] and ARGV[4] ~= '' and not (live and version == ARGV[4]) then
   return {0}
 end
-local removed = redis.call('DEL', KEYS[1])
+local removed = redis.call('EXISTS', KEYS[1])
+vacate(KEYS[1], ARGV[5] or 0, ARGV[6] or '')
 if uid and ARGV[2] ~= '' then unlink(ARGV[2], uid, ARGV[3], ARGV[1]) end
-if removed == 1 and live then return {1, uid or false} end
+if removed == 1 and live and version ~= TOMBSTONE then return {1, uid or false} end
 return {0, uid or false}
 """)
 
@@ -315,4 +407,96 @@ for i = 3, #ARGV, 2 do
 end
 tidy(name, now)
 return 1
+""")
+
+#: Take a session's save lock, or wait in line for it. KEYS: the session, its lock,
+#: its line and the caller's baton. ARGV: the caller's token, the lease in ms, the
+#: line's TTL in ms, and '1' when the caller gives up (its time ran out).
+#: The lock goes to the caller if it is free and nobody waits, or if it was handed to
+#: the caller. A free lock with a line means its holder's lease ran out (the holder
+#: died or stalled): it goes to the oldest waiter, as a release would have done. A
+#: caller that does not get it joins the line, unless it is in it already, and keeps
+#: the line alive; one that gives up leaves the line.
+#: Returns {1, the session's value (false if none or not a string)} to the new holder,
+#: {0} to a waiter.
+TAKE: Final = _script("""
+local token, lease = ARGV[1], ARGV[2]
+local holder = redis.call('GET', KEYS[2])
+if not holder then
+  local first = redis.call('LINDEX', KEYS[3], 0)
+  if first and first ~= token then
+    hand_over(KEYS[2], KEYS[3], lease)
+  else
+    if first then redis.call('LPOP', KEYS[3]) end
+    redis.call('SET', KEYS[2], token, 'PX', lease)
+    holder = token
+  end
+end
+if holder == token then
+  redis.call('DEL', KEYS[4])
+  return {1, value_of(KEYS[1])}
+end
+if ARGV[4] == '1' then
+  redis.call('LREM', KEYS[3], 0, token)
+  redis.call('DEL', KEYS[4])
+  return {0}
+end
+if not redis.call('LPOS', KEYS[3], token) then redis.call('RPUSH', KEYS[3], token) end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {0}
+""")
+
+#: Give up a save lock: hand it over if the caller holds it, or leave the line.
+#: KEYS: the lock, its line and the caller's baton. ARGV: the caller's token, the
+#: lease in ms. Returns 1 if the caller held the lock, else 0.
+RELEASE: Final = _script("""
+redis.call('DEL', KEYS[3])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  hand_over(KEYS[1], KEYS[2], ARGV[2])
+  return 1
+end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+return 0
+""")
+
+#: The write of a save_locked, which hands the lock over in the same step. KEYS: the
+#: key, its lock, its line, and the key the record moves to (only on a standalone
+#: server or a Sentinel master). ARGV: the holder's token, the lease in ms, the
+#: version the record was built on (from version_arg()), now, the record's TTL in ms,
+#: the index prefix ('' to leave the index alone), the key and the key the record
+#: moves to without the store's prefix ('' when it stays), the tombstone's TTL and
+#: encoding (from tombstone_args()), and last the encoded record.
+#: With a key to move to, the record is written there, if no live record is, and the
+#: key is vacated. With a key to move to but none in KEYS (Redis Cluster, where it is
+#: in another slot), the key is only vacated, and the store writes the record next.
+#: Returns {-1} if the caller's lease ran out (the lock may be someone else's now:
+#: nothing written), {2, the session's value} if the record is no longer the version
+#: it was built on (a regenerate replaced it: nothing written, the lock still held),
+#: and otherwise frees the lock and returns {0} if there is no live record any more
+#: (a delete, or expiry: nothing written), {3} if the key to move to holds a live
+#: record (nothing written), {1, the user id of the key's record or nil} once written.
+LOCKED: Final = _script("""
+local now = tonumber(ARGV[4])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1} end
+local version, expires, _, uid = stored(KEYS[1])
+if not version or expires <= now then
+  hand_over(KEYS[2], KEYS[3], ARGV[2])
+  return {0}
+end
+if version ~= ARGV[3] then return {2, value_of(KEYS[1])} end
+if ARGV[8] == '' then
+  put(KEYS[1], ARGV[11], ARGV[5], nil, 0, '', ARGV[6], ARGV[7], '', ARGV[4], uid, false)
+elseif KEYS[4] then
+  local was, until_, _, prior = stored(KEYS[4])
+  if was and until_ > now then
+    hand_over(KEYS[2], KEYS[3], ARGV[2])
+    return {3}
+  end
+  put(KEYS[4], ARGV[11], ARGV[5], KEYS[1], ARGV[9], ARGV[10], ARGV[6], ARGV[8], ARGV[7],
+      ARGV[4], prior, uid)
+else
+  vacate(KEYS[1], ARGV[9], ARGV[10])
+end
+hand_over(KEYS[2], KEYS[3], ARGV[2])
+return {1, uid or false}
 """)

@@ -23,7 +23,7 @@ from redis.sentinel import Sentinel
 from ..errors import ConfigError
 from .base import mask_url
 
-__all__ = ["Client", "ClientPlan", "plan_client"]
+__all__ = ["Client", "ClientPlan", "check_cluster_prefix", "plan_client"]
 
 #: The clients a :class:`~wsgisession.stores.redis.RedisStore` drives.
 Client: TypeAlias = redis.Redis | RedisCluster
@@ -131,12 +131,34 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
         nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call,unused-ignore]
         if parts.path not in ("", "/", "/0"):
             raise ConfigError(f"store {shown!r}: Redis Cluster has only database 0")
+        check_cluster_prefix(opts.key_prefix, shown)
         return ClientPlan(
             opts.key_prefix, lambda: RedisCluster(startup_nodes=nodes, **kwargs), lazy=True
         )
     raise ConfigError(
         f"store {shown!r}: unknown Redis scheme {scheme!r}; use redis, rediss, unix, "
         "redis+sentinel or redis+cluster"
+    )
+
+
+def check_cluster_prefix(prefix: str, shown: str) -> None:
+    """Check that a session's save lock can share its Redis Cluster slot.
+
+    The lock's name carries the session's name as its hash tag, which works when
+    *prefix* has no braces, or a hash tag of its own (which then decides every
+    slot). Braces that make no hash tag would part the two.
+
+    :raises ConfigError: *prefix* has braces that are no hash tag.
+    """
+    opening = prefix.find("{")
+    if opening < 0 and "}" not in prefix:
+        return
+    closing = prefix.find("}", opening + 1) if opening >= 0 else -1
+    if closing > opening + 1:
+        return
+    raise ConfigError(
+        f"store {mask_url(shown)!r}: on Redis Cluster, key_prefix {prefix!r} may hold "
+        "braces only as a hash tag, such as '{sessions}:'"
     )
 
 

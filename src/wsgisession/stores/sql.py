@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple, Self
 
 import sqlalchemy as sa
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreError
 from ._sql_run import Runner
 from ._sql_schema import (
     LEASE_KEY,
@@ -32,11 +33,23 @@ def _now() -> float:
 
 
 class _Replaced(NamedTuple):
-    """The row a save replaces: its key, the version it must have (if any), and now."""
+    """The row a save replaces: its key, the version it must have (if any), and now.
+
+    With a *tombstone*, the row is overwritten by it rather than deleted.
+    """
 
     key: str
     version: int | None
     now: float
+    tombstone: Record | None
+
+
+class _BuildFailed(BaseException):
+    """A locked save's build raised: carried past the store's retries and translation.
+
+    Not an :exc:`Exception`, so that nothing on the way catches it; the build's own
+    exception is raised in its place once the transaction is rolled back.
+    """
 
 
 class SQLStore(Store):
@@ -48,7 +61,13 @@ class SQLStore(Store):
     ``version``, ``created_at``, ``expires_at`` (indexed) and ``last_seen`` (double
     precision Unix times from the application's clock, never the server's) and
     ``user_id`` (indexed, nullable). Each operation is one short transaction; a save
-    is a compare-and-set on ``version``.
+    is a compare-and-set on ``version``. A tombstone is a row of version ``0``.
+
+    The save lock of :meth:`save_locked` is the row's lock (``SELECT … FOR
+    UPDATE``), and on SQLite the database's write lock, taken by this process's
+    threads first come, first served: there every write of the process waits its
+    turn in one queue before it asks SQLite, so that a busy session never starves a
+    writer into SQLite's busy timeout.
 
     The purge lease of :meth:`claim_purge` is a row in the same table under a key
     that is not hex (``~purge-lease``), so dropping the table removes everything;
@@ -92,6 +111,8 @@ class SQLStore(Store):
         runner = Runner(engine, self.table)
         self._run = runner.run
         self._transaction = runner.transaction
+        self._queue = runner.queue
+        self._lock = runner.lock
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -167,19 +188,21 @@ class SQLStore(Store):
         expected_version: int | None,
         replaces: str | None = None,
         replaces_version: int | None = None,
+        tombstone: Record | None = None,
     ) -> bool:
         """Write *record* if the stored version is *expected_version*, in one statement.
 
         A create (``expected_version=None``) overwrites an expired row. With
-        *replaces*, the old row is deleted first in the same transaction (only if it
-        is live and of *replaces_version*, when that is given), and the transaction
-        is rolled back, deleting nothing, unless both the delete and the write
-        succeed.
+        *replaces*, the old row is deleted (or overwritten by *tombstone*) first in
+        the same transaction (only if it is live and of *replaces_version*, when that
+        is given), and the transaction is rolled back, changing nothing, unless both
+        that and the write succeed. A row locked by :meth:`save_locked` makes the
+        save wait for the lock, and then fail its version check.
         """
         now = _now()
         old: _Replaced | None = None
         if replaces is not None and replaces != key:
-            old = _Replaced(replaces, replaces_version, now)
+            old = _Replaced(replaces, replaces_version, now, tombstone)
         params = {"key": key, "expected": expected_version, "now": now, **record_params(record)}
         attempts = 0
 
@@ -205,7 +228,76 @@ class SQLStore(Store):
             return attempts > 1 and self._holds(conn, key, record)
 
         single = old is None and (expected_version is not None or self._sql.create is not None)
-        return self._run(run, single=single)
+        return self._run(run, single=single, writes=True)
+
+    def save_locked(
+        self,
+        key: str,
+        build: Callable[[Record], Record | None],
+        *,
+        timeout: float,
+        moves_to: str | None = None,
+        tombstone: Record | None = None,
+    ) -> Record | None:
+        """Write ``build(current)`` in one transaction that holds the row's lock.
+
+        The transaction locks the live row under *key* with ``SELECT … FOR UPDATE``,
+        waiting at most *timeout* seconds behind the transactions that asked first
+        (PostgreSQL's ``lock_timeout``; MySQL's ``innodb_lock_wait_timeout``, whole
+        seconds, so rounded up), calls *build* and writes its record, then commits.
+        A plain save of the row meanwhile waits for the lock, then fails its version
+        check. On SQLite the transaction is ``BEGIN IMMEDIATE`` instead, holding the
+        database's write lock, which this process's writers take in turn.
+
+        A run again after a dropped connection finds the first run's work if its
+        commit landed, and returns that record without building again.
+
+        :raises LockTimeout: The lock did not come within *timeout* seconds.
+        """
+        deadline = time.monotonic() + timeout
+        target = key if moves_to is None else moves_to
+        named = f"session {key[:8]}…"
+        failures: list[BaseException] = []
+        written: Record | None = None
+
+        def run(conn: sa.Connection) -> Record | None:
+            nonlocal written
+            now = _now()
+            params = {"key": key, "now": now}
+            left = deadline - time.monotonic()
+            transaction, row = self._lock(conn, self._sql.lock, params, timeout=left, named=named)
+            with transaction:
+                # A run again after a dropped connection may find the first run's
+                # work: its commit landed and only the reply was lost.
+                if written is not None and self._holds(conn, target, written):
+                    return written
+                if row is None:
+                    return None
+                current = row_record(row)
+                try:
+                    record = build(current)
+                except BaseException as exc:
+                    failures.append(exc)
+                    raise _BuildFailed from None
+                if record is None:
+                    return None
+                if not self._write_locked(conn, key, target, record, current, now, tombstone):
+                    transaction.rollback()
+                    return None
+                written = record
+            return record
+
+        try:
+            with self._queue(timeout, named):
+                return self._run(run)
+        except _BuildFailed:
+            pass
+        except StoreError:
+            # Rolling back after the build failed failed as well; the build's
+            # exception is the one to see.
+            if not failures:
+                raise
+        raise failures[0]
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
@@ -215,23 +307,20 @@ class SQLStore(Store):
             with self._transaction(conn, single=True):
                 return conn.execute(self._sql.refresh, params).rowcount == 1
 
-        return self._run(run, single=True)
+        return self._run(run, single=True, writes=True)
 
     def delete(self, key: str) -> bool:
-        """Remove the row under *key*; ``True`` if it was live."""
-        t = self.table
-        now = _now()
+        """Remove the row under *key*; ``True`` if it was live, and no tombstone."""
+        params = {"key": key, "now": _now()}
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn):
-                live = conn.execute(
-                    sa.delete(t).where(t.c.id_hash == key, t.c.expires_at > now)
-                ).rowcount
+                live = conn.execute(self._sql.remove, params).rowcount
                 if not live:
-                    conn.execute(sa.delete(t).where(t.c.id_hash == key))
+                    conn.execute(self._sql.drop, params)
             return live == 1
 
-        return self._run(run)
+        return self._run(run, writes=True)
 
     def ping(self) -> None:
         """Connect, create the table if it is missing, and query it once."""
@@ -261,18 +350,18 @@ class SQLStore(Store):
             if not keys:
                 break
             delete = sa.delete(t).where(t.c.id_hash.in_(keys), *expired)
-            removed += self._run(partial(self._rowcount, delete), single=True)
+            removed += self._run(partial(self._rowcount, delete), single=True, writes=True)
             if len(keys) < batch:
                 break
         return removed
 
     def count(self) -> int:
-        """Return the number of live sessions."""
+        """Return the number of live sessions, tombstones aside."""
         t = self.table
         query = (
             sa.select(sa.func.count())
             .select_from(t)
-            .where(t.c.expires_at > _now(), t.c.id_hash != LEASE_KEY)
+            .where(t.c.expires_at > _now(), t.c.version > 0, t.c.id_hash != LEASE_KEY)
         )
 
         def run(conn: sa.Connection) -> int:
@@ -294,6 +383,7 @@ class SQLStore(Store):
         return self._run(
             lambda conn: self._create(conn, LEASE_KEY, lease, now, None),
             single=self._sql.create is not None,
+            writes=True,
         )
 
     def close(self) -> None:
@@ -347,15 +437,44 @@ class SQLStore(Store):
         ends the save (its transaction has changed nothing yet). Deleting first
         takes the old row's lock before the new row is written, so a concurrent
         write to the old row either lands before (and the version no longer
-        matches) or waits until this transaction is over.
+        matches) or waits until this transaction is over. With a tombstone, the row
+        is overwritten by it instead, under the same conditions.
         """
         if old is None:
             return True
         if old.version is None:
             conn.execute(self._sql.drop, {"key": old.key})
+            if old.tombstone is not None:
+                conn.execute(self._sql.insert, {"key": old.key, **record_params(old.tombstone)})
             return True
         params = {"key": old.key, "expected": old.version, "now": old.now}
-        return conn.execute(self._sql.take, params).rowcount == 1
+        if old.tombstone is None:
+            return conn.execute(self._sql.take, params).rowcount == 1
+        buried = {**params, **record_params(old.tombstone)}
+        return conn.execute(self._sql.update, buried).rowcount == 1
+
+    def _write_locked(
+        self,
+        conn: sa.Connection,
+        key: str,
+        target: str,
+        record: Record,
+        current: Record,
+        now: float,
+        tombstone: Record | None,
+    ) -> bool:
+        """Write a locked save's *record* under *target*, in place of *current* under *key*.
+
+        The row under *key* is locked, so the version checks only guard against a
+        bug; a fresh *target* is a new row, and the old one goes or is buried.
+        """
+        if target == key:
+            params = {"key": key, "expected": current.version, "now": now}
+            return (
+                conn.execute(self._sql.update, {**params, **record_params(record)}).rowcount == 1
+            )
+        conn.execute(self._sql.insert, {"key": target, **record_params(record)})
+        return self._delete_replaced(conn, _Replaced(key, current.version, now, tombstone))
 
     def _rowcount(self, statement: sa.Delete, conn: sa.Connection) -> int:
         with self._transaction(conn, single=True):

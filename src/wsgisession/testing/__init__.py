@@ -19,15 +19,16 @@ The class name has no ``Test`` prefix, so pytest collects it only through a subc
 
 from __future__ import annotations
 
-from ._helpers import make_record, new_key
+from ._helpers import make_record, make_tombstone, new_key
+from ._locked import LockedSaveTests
 from ._records import RecordTests
 from ._users import UserIndexTests
 from ._writes import WriteTests
 
-__all__ = ["StoreConformance", "make_record", "new_key"]
+__all__ = ["StoreConformance", "make_record", "make_tombstone", "new_key"]
 
 
-class StoreConformance(RecordTests, WriteTests, UserIndexTests):
+class StoreConformance(RecordTests, WriteTests, LockedSaveTests, UserIndexTests):
     """Tests every :class:`~wsgisession.stores.Store` must pass.
 
     Needs one fixture, ``store``: a fresh, empty store, closed after the test.

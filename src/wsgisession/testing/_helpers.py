@@ -10,7 +10,7 @@ from typing import Final
 from ..ids import new_session_id, store_key
 from ..stores.base import Record
 
-__all__ = ["THREADS", "make_record", "new_key", "run_threads"]
+__all__ = ["THREADS", "make_record", "make_tombstone", "new_key", "run_threads"]
 
 #: How many threads the race tests start at once.
 THREADS: Final = 16
@@ -42,7 +42,14 @@ def make_record(
     )
 
 
+def make_tombstone(ttl: float = 60.0) -> Record:
+    """Return a tombstone, as a regenerate leaves one: version 0, no user, no data."""
+    now = time.time()
+    return Record(data=b"", version=0, created_at=now, expires_at=now + ttl, last_seen=now)
+
+
 def run_threads(count: int, target: Callable[[int], None]) -> None:
+    """Run *target(n)* in *count* threads released together; re-raise the first failure."""
     barrier = threading.Barrier(count)
     errors: list[BaseException] = []
 
