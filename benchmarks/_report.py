@@ -133,7 +133,7 @@ def cell_figures(cell: Cell) -> dict[str, Any]:
 
 # -- targets -------------------------------------------------------------------------
 
-#: Why a target is missed, where the reason is known; see the README's "Performance".
+#: Why a target is missed, where the reason is known; see benchmarks/README.md, "Performance".
 WHY: dict[str, str] = {
     "untouched-overhead": (
         "the pass-through stores a dict and wraps start_response: about 0.3 µs over the"
@@ -439,7 +439,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def readme_section(results: dict[str, Any]) -> str:
-    """The figures the README's "Performance" section quotes, as Markdown."""
+    """The figures the "Performance" section of benchmarks/README.md quotes, as Markdown."""
     lines = [*_header(results), "", "Plain WSGI:", "", *_wsgi_table(results)]
     lines += ["", "Around one Flask app:", "", *_flask_table(results)]
     lines += ["", "Targets:", "", *_targets_summary(results)]

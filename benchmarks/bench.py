@@ -3,7 +3,7 @@
 Run by hand, never as a test::
 
     pip install -e '.[bench]'
-    python benchmarks/bench.py             # the full run, about 15 minutes
+    python benchmarks/bench.py             # the full run, five to twelve minutes
     python benchmarks/bench.py --quick     # a smoke run of a minute or two
 
 It needs PostgreSQL and Redis on loopback (``--pg-url``, ``--redis-url``; a store that

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 from typing import Any
 
 import bottle
@@ -63,7 +64,9 @@ def create_app(**options: Any) -> SessionMiddleware:
         session().invalidate()
         bottle.redirect("/")
 
-    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
+    # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
     return SessionMiddleware(app, **options)
 

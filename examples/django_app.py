@@ -12,6 +12,7 @@ with ``get_session(request.META)``, and the WSGI application is wrapped in
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -90,7 +91,9 @@ urlpatterns = [path("", index), path("login", login), path("logout", logout)]
 
 def create_app(**options: Any) -> SessionMiddleware:
     """Build the demo as a WSGI app; *options* go to :class:`SessionMiddleware`."""
-    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
+    # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
     return SessionMiddleware(get_wsgi_application(), **options)
 

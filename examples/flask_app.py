@@ -9,6 +9,7 @@ Sessions go to ``./sessions`` (the default file store). Set ``SECRET_KEY`` and
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from typing import Any
 
@@ -133,7 +134,9 @@ def create_app(**options: Any) -> Flask:
             middleware.end_user_sessions(s.user_id, keep=s)
         return redirect(url_for("sessions"))
 
-    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
+    # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
     options.setdefault("track_clients", True)
     middleware = SessionMiddleware(app.wsgi_app, **options)

@@ -11,6 +11,7 @@ session, behind Pyramid's own session interface.
 from __future__ import annotations
 
 import os
+import secrets
 from html import escape
 from typing import Any
 
@@ -73,7 +74,9 @@ def create_app(**options: Any) -> SessionMiddleware:
         config.add_view(login, route_name="login", request_method="POST")
         config.add_view(logout, route_name="logout", request_method="POST")
         wsgi_app = config.make_wsgi_app()
-    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
+    # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
     return SessionMiddleware(wsgi_app, **options)
 

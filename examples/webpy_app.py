@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 import sys
 from typing import Any
 
@@ -93,7 +94,9 @@ def create_app(**options: Any) -> Any:
     Serve ``create_app().wsgifunc()`` with any WSGI server, or call ``.run()``.
     """
     app = web.application(urls, globals())
-    options.setdefault("secret_key", os.environ.get("SECRET_KEY", "dev-only-change-me"))
+    # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
+    # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
+    options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
     options.setdefault("initializer", {"count": 0})
     WebpySession(app, **options)

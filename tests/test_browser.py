@@ -76,7 +76,9 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     example.FLASH_SECONDS = FLASH_SECONDS
     directory = tmp_path_factory.mktemp("browser")
     app = example.create_app(
-        secret_key="browser-test-secret", store=f"file:{directory}/sessions", cleanup_interval=0
+        secret_key="browser-test-secret-long-enough-for-a-key",
+        store=f"file:{directory}/sessions",
+        cleanup_interval=0,
     )
     server: Any = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, name="waitress", daemon=True)

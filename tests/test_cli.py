@@ -17,7 +17,7 @@ from wsgisession.cli import main
 from wsgisession.config import Config
 from wsgisession.testing import make_record, new_key
 
-KEY = "a-long-random-test-secret"
+KEY = "a-long-random-test-secret-for-the-test-suite"
 
 
 def _write_ini(path: Path, *lines: str, section: str = "session") -> Path:
@@ -179,21 +179,43 @@ def test_store_failure_exits_1_with_one_line_on_stderr(
     assert err[0].startswith("wsgisession: store error:") and "blocker" in err[0]
 
 
+@pytest.mark.parametrize("command", ["check", "stats", "stats --json"])
+@pytest.mark.parametrize("password", ["hunter2", "hun@ter:2"])
 def test_store_error_masks_the_password(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], password: str, command: str
 ) -> None:
-    """Nothing listens on port 1, and the message must not show the password."""
+    """Nothing listens on port 1, and no output may show the password, even one holding
+    ``@``, ``:`` or ``/`` (the mask used to stop at the first ``@``)."""
     path = _write_ini(
         tmp_path / "app.ini",
         f"secret_key = {KEY}",
-        "store = redis://:hunter2@127.0.0.1:1/0",
+        f"store = redis://:{password}@127.0.0.1:1/0",
         "store.socket_timeout = 2",
+    )
+
+    code, out, err = _run(capsys, *command.split(), "--config", str(path))
+
+    assert (code, out) == (1, [])
+    assert len(err) == 1 and "***" in err[0]
+    for part in ("hunter2", "hun", "ter:2"):
+        assert part not in err[0]
+
+
+def test_a_url_the_driver_cannot_parse_is_refused_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``/`` in a password must be percent-encoded; unencoded, the URL's path starts
+    inside the password, and the error must not quote that path."""
+    path = _write_ini(
+        tmp_path / "app.ini", f"secret_key = {KEY}", "store = redis://:hun@ter:2/xyz@127.0.0.1/0"
     )
 
     code, out, err = _run(capsys, "check", "--config", str(path))
 
-    assert (code, out) == (1, [])
-    assert len(err) == 1 and "hunter2" not in err[0] and "***" in err[0]
+    assert (code, out) == (2, [])
+    assert len(err) == 1
+    for part in ("hun", "ter:2", "xyz"):
+        assert part not in err[0]
 
 
 def test_secret_is_never_printed(ini: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from wsgisession.stores import Store
 from wsgisession.stores.memory import MemoryStore
 from wsgisession.testing import make_record, new_key
 
-KEY = "a-long-random-test-secret"
+KEY = "a-long-random-test-secret-for-the-test-suite"
 
 
 class _Terminal(io.StringIO):

@@ -33,7 +33,9 @@ def load_example(name: str) -> ModuleType:
 def make_wsgi(name: str, tmp_path: Path) -> Any:
     module = load_example(name)
     app = module.create_app(
-        secret_key="example-tests", store=f"file:{tmp_path / 'sessions'}", cleanup_interval=0
+        secret_key="example-tests-secret-long-enough-for-a-key",
+        store=f"file:{tmp_path / 'sessions'}",
+        cleanup_interval=0,
     )
     return app
 

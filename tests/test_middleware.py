@@ -205,7 +205,9 @@ def test_tampered_signature_gets_a_fresh_session(caplog: pytest.LogCaptureFixtur
 def test_cookie_signed_with_another_key_is_ignored() -> None:
     client, _ = make_client({"/inc": counter})
     client.get("/inc")
-    other, _ = make_client({"/inc": counter}, secret_key="another-key")
+    other, _ = make_client(
+        {"/inc": counter}, secret_key="another-key-entirely-long-enough-to-pass"
+    )
     other.set_cookie("session_id", cookie_value(client))
     assert body(other.get("/inc")) == 1
 
@@ -221,14 +223,16 @@ def test_first_cookie_that_verifies_is_used() -> None:
 
 def test_fallback_key_cookie_is_accepted_and_reissued_under_the_current_key() -> None:
     store = MemoryStore()
-    old_client, _ = make_client({"/inc": counter}, store=store, secret_key="old-key")
+    old_client, _ = make_client(
+        {"/inc": counter}, store=store, secret_key="the-old-key-from-before-the-rotation"
+    )
     old_client.get("/inc")
     old_value = cookie_value(old_client)
     client, _ = make_client(
         {"/inc": counter, "/": untouched},
         store=store,
-        secret_key="new-key",
-        secret_key_fallbacks=["old-key"],
+        secret_key="the-new-key-from-after-the-rotation",
+        secret_key_fallbacks=["the-old-key-from-before-the-rotation"],
     )
     client.set_cookie("session_id", old_value)
     assert set_cookies(client.get("/")) == []  # not re-issued when the session isn't used

@@ -178,7 +178,7 @@ class Browser:
 def demo(outage: Outage) -> Iterator[tuple[str, int]]:
     """Serve the Flask demo on *outage*'s store, plus ``/health`` and ``/peek`` routes."""
     flask_app: Flask = _flask_example().create_app(
-        secret_key="outage-tests",
+        secret_key="outage-tests-secret-long-enough-for-a-key",
         store=outage.url,
         store_options=outage.options,
         cleanup_interval=0,

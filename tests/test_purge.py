@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from wsgiref.types import StartResponse, WSGIEnvironment
 
-KEY = "a-long-random-test-secret"
+KEY = "a-long-random-test-secret-for-the-test-suite"
 THREAD_NAME = "wsgisession-purge"
 
 #: The ``purge_threads`` fixture: the purge threads started by the running test.

@@ -231,3 +231,33 @@ def test_a_request_loaded_before_the_login_and_saved_after_sets_no_cookie(store:
     response = client.get("/slow")
     assert response.status_code == 200 and set_cookies(response) == []
     assert body(tabs["login"].get("/")) == {"n": 1, "user": "ann"}
+
+
+def test_a_read_loaded_before_the_login_and_refreshed_after_sets_no_cookie(
+    store: Store, clock: FakeClock
+) -> None:
+    """A read past half its lifetime refreshes at the end; on the tombstone the refresh
+    fails, and that must not read as an ended session whose cookie is expired."""
+    tabs: dict[str, Client] = {}
+
+    def slow(session: Session, request: Request) -> int:
+        n: int = session["n"]
+        tabs["login"].get("/login")
+        return n
+
+    def login(session: Session, request: Request) -> str:
+        session.regenerate()
+        session["user"] = "ann"
+        return "ok"
+
+    client, _ = make_client(
+        {"/inc": counter, "/slow": slow, "/login": login, "/": dump}, store=store
+    )
+    client.get("/inc")
+    cookie = client.get_cookie("session_id")
+    assert cookie is not None
+    tabs["login"] = _with(client, cookie.value)
+    clock.advance(1801)  # past half of the default timeout: a read now refreshes
+    response = client.get("/slow")
+    assert response.status_code == 200 and set_cookies(response) == []
+    assert body(tabs["login"].get("/")) == {"n": 1, "user": "ann"}

@@ -467,7 +467,8 @@ def test_ini_store_file_mode_can_be_written_as_the_readme_shows_it(tmp_path: Pat
     """README: ``store.file_mode`` (default ``0o600``); the ini value 0o640 is refused."""
     ini = tmp_path / "app.ini"
     ini.write_text(
-        f"[session]\nsecret_key = k\nstore = file:{tmp_path / 's'}\nstore.file_mode = 0o640\n"
+        f"[session]\nsecret_key = {SECRET}\nstore = file:{tmp_path / 's'}\n"
+        "store.file_mode = 0o640\n"
     )
     middleware = SessionMiddleware.from_ini(lambda e, s: [], ini)
     assert middleware.store.file_mode == 0o640  # type: ignore[attr-defined]
@@ -476,7 +477,7 @@ def test_ini_store_file_mode_can_be_written_as_the_readme_shows_it(tmp_path: Pat
 def test_ini_numeric_redis_password_is_text_when_quoted(tmp_path: Path) -> None:
     """``store.NAME`` values are guessed; double quotes keep one as text (README)."""
     ini = tmp_path / "app.ini"
-    base = "[session]\nsecret_key = k\nstore = redis://127.0.0.1:6379/0\n"
+    base = f"[session]\nsecret_key = {SECRET}\nstore = redis://127.0.0.1:6379/0\n"
     ini.write_text(base + 'store.password = "123456"\n')
     SessionMiddleware.from_ini(lambda e, s: [], ini)  # contacts nothing
     ini.write_text(base + "store.password = 123456\n")

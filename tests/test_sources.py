@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["helper"]  # the fixture, imported so that the VALID cases can name its objects
 
-KEY = "a-long-random-test-secret"
+KEY = "a-long-random-test-secret-for-the-test-suite"
 
 
 def counter(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -264,11 +264,11 @@ def test_app_main_values_follow_pastedeploy_escaping(tmp_path: Path) -> None:
         tmp_path / "app.ini",
         """
         [app:main]
-        session.secret_key = 100%%-random
+        session.secret_key = 100%%-random-and-long-enough-for-a-key
         """,
     )
 
-    assert Config.from_ini(path).secret_key == "100%-random"
+    assert Config.from_ini(path).secret_key == "100%-random-and-long-enough-for-a-key"
 
 
 def test_a_session_section_wins_over_app_main(tmp_path: Path) -> None:

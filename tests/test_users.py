@@ -363,7 +363,7 @@ def test_command_line_user_commands_exit_codes(
     assert main(["logout", "--user", "ann", "--config", str(bad)]) == 2
     assert "option 'secret_key'" in capsys.readouterr().err
     down = tmp_path / "down.ini"
-    down.write_text("[session]\nsecret_key = k\nstore = redis://127.0.0.1:1/0\n")
+    down.write_text(f"[session]\nsecret_key = {SECRET}\nstore = redis://127.0.0.1:1/0\n")
     assert main(["sessions", "--user", "ann", "--config", str(down)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("wsgisession: store error") and err.count("\n") == 1

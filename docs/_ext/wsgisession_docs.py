@@ -28,7 +28,7 @@ KINDS: Final[dict[str, tuple[str, str]]] = {
     "secret": ("a non-empty string or bytes", "the text"),
     "secrets": (
         "a list of non-empty strings or bytes",
-        "one per line, or comma-separated on one line",
+        "one per line (a key may hold a comma)",
     ),
     "store": (
         "a store URL, a ``Store``, a ``sqlalchemy.Engine`` or a ``redis`` client",

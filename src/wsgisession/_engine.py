@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from . import _clock
 from ._record import PLAIN_META, Snapshot, decode_meta, encode_meta, merge
@@ -17,7 +16,7 @@ from .errors import SessionError, StoreError
 from .events import EventName, Metrics, SessionEvent, notify
 from .ids import new_session_id, store_key
 from .serializers import Serializer
-from .stores.base import LockTimeout, Record, Store
+from .stores.base import CorruptRecord, LockTimeout, Record, Store
 from .users import list_user_sessions
 
 if TYPE_CHECKING:
@@ -28,11 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsgisession")
 
 _T = TypeVar("_T")
-
-# Compare-and-set rounds a save tries before it takes the session's lock. Losing
-# this many in a row means real contention, where the lock is cheaper than more rounds.
-_OPTIMISTIC_ATTEMPTS: Final = 3
-
 
 #: Why a validly signed cookie brought no session: it expired or was ended ("gone"),
 #: its record is undecodable ("corrupt"), ``bind_ip`` refused it ("foreign"), or it
@@ -98,7 +92,11 @@ class Engine:
         self, key: str, environ: WSGIEnvironment, now: float
     ) -> tuple[Snapshot | None, Miss | None]:
         """Return the live session under *key*, or ``None`` and why there is none."""
-        record = self._load(key)
+        try:
+            record = self._load(key)
+        except CorruptRecord as exc:
+            self._corrupt(key, exc)
+            return None, "corrupt"
         if record is None or record.expires_at <= now:
             return self._expired(key, "gone")
         if record.version == 0:
@@ -131,13 +129,20 @@ class Engine:
             if not isinstance(data, dict):
                 raise ValueError(f"data is a {type(data).__name__}, not a dict")
         # A custom serializer may raise anything on garbage; any failure is a corrupt
-        # record, which SPEC treats as a missing session.
+        # record, which counts as a missing session.
         except Exception as exc:
-            log.warning("session record %s is corrupt and was ignored: %s", key[:8], exc)
-            self.metrics.count("corrupt")
-            self.emit("corrupt", key)
+            self._corrupt(key, exc)
             return None
         return Snapshot(key, record, data, deadlines, remember, ip)
+
+    def _corrupt(self, key: str, exc: Exception) -> None:
+        """Log, count and announce the unreadable record under *key*."""
+        # The store's CorruptRecord says what is wrong in its own words; a decoder's
+        # message may quote the data, so only its type is logged.
+        reason = str(exc) if isinstance(exc, CorruptRecord) else type(exc).__name__
+        log.warning("session record %s… is corrupt and was ignored (%s)", key[:8], reason)
+        self.metrics.count("corrupt")
+        self.emit("corrupt", key)
 
     # -- time -------------------------------------------------------------------------
 
@@ -163,16 +168,36 @@ class Engine:
         return ended
 
     def encode(self, data: dict[str, Any]) -> bytes:
-        """Serialize *data*, refusing more than ``max_size`` bytes."""
+        """Serialize *data* to bytes; :meth:`_record` checks the size of the whole."""
         out = self.serializer.dumps(data)
-        if isinstance(out, str):
-            out = out.encode("utf-8")
-        if len(out) > self.config.max_size:
-            raise SessionError(
-                f"the session is {len(out)} bytes serialized, over max_size "
-                f"{self.config.max_size}; it was not saved"
-            )
-        return out
+        return out.encode("utf-8") if isinstance(out, str) else out
+
+    def _record(
+        self,
+        data: bytes,
+        meta: bytes,
+        user_id: str | None,
+        *,
+        version: int,
+        created_at: float,
+        expires_at: float,
+        last_seen: float,
+    ) -> Record:
+        """Return the record to store, refusing one over ``max_size`` in all.
+
+        The data, the per-key deadlines and client details in the meta, and the user
+        id all count, so no mix of keys and key timeouts grows a record past the limit.
+        """
+        size = len(data) + len(meta) + (0 if user_id is None else len(user_id.encode()))
+        if size > self.config.max_size:
+            self._too_big(size)
+        return Record(data, version, created_at, expires_at, last_seen, user_id, meta)
+
+    def _too_big(self, size: int) -> NoReturn:
+        raise SessionError(
+            f"the session is {size} bytes stored (data, key timeouts and metadata), over "
+            f"max_size {self.config.max_size}; it was not saved"
+        )
 
     def _meta(
         self,
@@ -190,11 +215,15 @@ class Engine:
     def save(self, session: Session, now: float) -> bool:
         """Write *session*'s changes on top of what the store holds, by compare-and-set.
 
-        A save first tries a few optimistic rounds: merge onto the stored record,
-        compare-and-set, and on a conflict reload and merge again. Once it has lost
-        that many, it takes the session's save lock (:meth:`Store.save_locked`), under
-        which its merge and write cannot lose, waiting its turn behind the saves that
-        asked first for at most ``save_timeout`` seconds from the start of the save.
+        A save first merges onto the record it loaded and writes by compare-and-set,
+        which costs nothing extra when nobody else writes the session. If another save
+        got there first, it takes the session's save lock (:meth:`Store.save_locked`),
+        under which it merges onto what is stored and writes, and cannot lose again,
+        waiting its turn behind the saves that asked first for at most
+        ``save_timeout`` seconds from the start of the save. Retrying the
+        compare-and-set instead only pays off with little contention, where the lock
+        costs no more; under heavy contention the losers' retries slow the winner, and
+        one in a few requests then loses round after round.
 
         A session that a concurrent request deleted (a logout), regenerated or that
         expired meanwhile is not written again: a logout is never undone, and an
@@ -225,29 +254,20 @@ class Engine:
                 return _ended(session, reloaded)
             base = reloaded
         changes = self._changes(session)
-        for attempt in range(_OPTIMISTIC_ATTEMPTS):
-            record, snapshot = self._merged(session, base, changes, now, target, moving)
-            if self.call(
-                target,
-                self.store.save,
-                target,
-                record,
-                expected_version=None if moving else base.record.version,
-                replaces=base.key if moving else None,
-                replaces_version=base.record.version if moving else None,
-                tombstone=tombstone,
-            ):
-                return self._saved(session, session_id, snapshot, moving)
-            self.metrics.count("conflicts")
-            self.emit("conflict", base.key)
-            if attempt == _OPTIMISTIC_ATTEMPTS - 1:
-                break  # the locked save reads the record itself
-            reloaded = self._reload(base.key)
-            if isinstance(reloaded, str):
-                return _ended(session, reloaded)
-            base = reloaded
-            # Jittered, growing backoff spreads out writers that keep colliding.
-            time.sleep(random.uniform(0, 0.001 * 2**attempt))
+        record, snapshot = self._merged(session, base, changes, now, target, moving)
+        if self.call(
+            target,
+            self.store.save,
+            target,
+            record,
+            expected_version=None if moving else base.record.version,
+            replaces=base.key if moving else None,
+            replaces_version=base.record.version if moving else None,
+            tombstone=tombstone,
+        ):
+            return self._saved(session, session_id, snapshot, moving)
+        self.metrics.count("conflicts")
+        self.emit("conflict", base.key)
         return self._save_locked(session, base.key, changes, now, deadline, tombstone)
 
     def _save_locked(
@@ -330,14 +350,14 @@ class Engine:
         remember = session._remember if session._remember_changed else base.remember
         user_id = session._user_id if session._user_changed else base.record.user_id
         created_at = base.record.created_at
-        record = Record(
-            data=self.encode(data),
+        record = self._record(
+            self.encode(data),
+            self._meta(remember, base.ip, deadlines, session._environ),
+            user_id,
             version=1 if moving else base.record.version + 1,
             created_at=created_at,
             expires_at=self.expiry(created_at, now, remember=remember),
             last_seen=now,
-            user_id=user_id,
-            meta=self._meta(remember, base.ip, deadlines, session._environ),
         )
         return record, Snapshot(target, record, data, deadlines, remember, base.ip)
 
@@ -357,16 +377,20 @@ class Engine:
         return Record(b"", 0, now, now + grace, now, None, PLAIN_META)
 
     def _reload(self, key: str) -> Snapshot | Miss:
-        record = self._load(key)
-        if record is None:
-            miss: Miss = "gone"
-        elif record.version == 0:
-            miss = "moved"
+        miss: Miss = "corrupt"
+        try:
+            record = self._load(key)
+        except CorruptRecord as exc:
+            self._corrupt(key, exc)
         else:
-            snapshot = self.decode(key, record)
-            if snapshot is not None:
-                return snapshot
-            miss = "corrupt"
+            if record is None:
+                miss = "gone"
+            elif record.version == 0:
+                miss = "moved"
+            else:
+                snapshot = self.decode(key, record)
+                if snapshot is not None:
+                    return snapshot
         log.info("session %s ended by another request; this request's changes dropped", key[:8])
         return miss
 
@@ -374,14 +398,14 @@ class Engine:
         data = {k: v for k, v in session._data.items() if session._live(k)}
         deadlines = {k: t for k, t in session._deadlines.items() if k in data}
         ip = self._client_ip(session._environ)
-        record = Record(
-            data=self.encode(data),
+        record = self._record(
+            self.encode(data),
+            self._meta(session._remember, ip, deadlines, session._environ),
+            session._user_id,
             version=1,
             created_at=session._created_at,
             expires_at=self.expiry(session._created_at, now, remember=session._remember),
             last_seen=now,
-            user_id=session._user_id,
-            meta=self._meta(session._remember, ip, deadlines, session._environ),
         )
         while True:
             session_id = new_session_id()
@@ -428,7 +452,10 @@ class Engine:
         if expires_at <= session._expires_at:
             return False
         if not self.call(snapshot.key, self.store.refresh, snapshot.key, expires_at, now):
-            _ended(session, "gone")
+            # Gone, or regenerated by another request: only a reload tells which, and a
+            # regenerated session's old cookie must not be expired.
+            reloaded = self._reload(snapshot.key)
+            _ended(session, "gone" if isinstance(reloaded, Snapshot) else reloaded)
             return False
         session._expires_at = expires_at
         self.metrics.count("refreshes")

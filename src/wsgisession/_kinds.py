@@ -18,7 +18,15 @@ from typing import Any, Final, Literal
 from .errors import ConfigError
 from .stores.base import Store
 
-__all__ = ["CHECKS", "PARSERS", "SameSite", "import_object", "parse_store_option"]
+__all__ = [
+    "CHECKS",
+    "KEY_ADVICE",
+    "MAX_SECONDS",
+    "PARSERS",
+    "SameSite",
+    "import_object",
+    "parse_store_option",
+]
 
 SameSite = Literal["Strict", "Lax", "None"]
 
@@ -31,8 +39,8 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
-def parse_store_option(text: str) -> Any:
-    """Parse a ``store.NAME`` value: a bool, ``none``, a number, JSON, or the text.
+def parse_store_option(name: str, text: str) -> Any:
+    """Parse the value of store option *name*: a bool, ``none``, a number, JSON, or the text.
 
     Integers may be written as Python writes them (``0o640``, ``0x1f``). A value in
     double quotes is text whatever it looks like (``"123456"`` for a numeric password).
@@ -56,46 +64,73 @@ def parse_store_option(text: str) -> Any:
     if text[:1] in ("{", "["):
         try:
             return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"store option value {text!r} is not valid JSON: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            # Not the text: a JSON object of options may hold a password.
+            raise ConfigError(
+                f"store option {name!r} is not valid JSON: {exc.msg} at character {exc.pos}"
+            ) from None
     return text
 
 
 # -- strict checks of Python values ---------------------------------------------
 
 
+#: The longest duration an option or a key timeout takes, in seconds: ten years. A
+#: longer one is a mistake, and would fail later (an overflow, a store's TTL limit).
+MAX_SECONDS: Final = 315_360_000
+
+#: How to make a good secret key, as warnings and errors say it.
+KEY_ADVICE: Final = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
 def _type_error(name: str, expected: str, value: object) -> ConfigError:
-    return ConfigError(f"option {name!r} must be {expected}, got {value!r}")
+    return ConfigError(f"option {name!r} must be {expected}, got {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """*value* as an error message may quote it: short, and never a long secret."""
+    if isinstance(value, str | bytes | int | float | type(None)) and len(repr(value)) <= 40:
+        return repr(value)
+    return f"a {type(value).__name__} too long to show"
 
 
 def _check_secret(name: str, value: object) -> str | bytes:
+    # Never quote the value: whatever was passed here may be a key.
     if not isinstance(value, str | bytes):
-        raise _type_error(name, "a string", value)
+        raise ConfigError(f"option {name!r} must be a string, got a {type(value).__name__}")
     if not value:
-        raise ConfigError(f"option {name!r} must not be empty: use a long random string")
+        raise ConfigError(f"option {name!r} must not be empty; {KEY_ADVICE}")
     return value
 
 
 def _check_secrets(name: str, value: object) -> tuple[str | bytes, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise _type_error(name, "a list of strings", value)
+        raise ConfigError(
+            f"option {name!r} must be a list of strings, got a {type(value).__name__}"
+        )
     return tuple(_check_secret(name, item) for item in value)
 
 
-def _check_int(name: str, value: object, minimum: int, unit: str = "seconds") -> int:
+def _check_int(
+    name: str, value: object, minimum: int, unit: str = "seconds", maximum: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _type_error(name, f"a whole number of {unit}", value)
     if value < minimum:
         raise ConfigError(f"option {name!r} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"option {name!r} must be at most {maximum} {unit} (ten years), got {_shown(value)}"
+        )
     return value
 
 
 def _check_seconds(name: str, value: object) -> int:
-    return _check_int(name, value, 1)
+    return _check_int(name, value, 1, maximum=MAX_SECONDS)
 
 
 def _check_optional_seconds(name: str, value: object) -> int | None:
-    return None if value is None else _check_int(name, value, 1)
+    return None if value is None else _check_seconds(name, value)
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -191,7 +226,7 @@ def _check_size(name: str, value: object) -> int:
 
 
 def _check_interval(name: str, value: object) -> int:
-    return _check_int(name, value, 0)
+    return _check_int(name, value, 0, maximum=MAX_SECONDS)
 
 
 def _check_optional_count(name: str, value: object) -> int | None:
@@ -270,6 +305,12 @@ def _parse_list(name: str, text: str) -> list[str]:
     return [part.strip() for part in parts if part.strip()]
 
 
+def _parse_secret_list(name: str, text: str) -> list[str]:
+    # One per line only: a key may hold a comma, and splitting there would turn one
+    # old key into several short ones, each of them accepted.
+    return [part.strip() for part in text.splitlines() if part.strip()]
+
+
 def _parse_samesite(name: str, text: str) -> str | None:
     # In ini files the empty value means "no attribute"; "None" is the attribute.
     return None if text == "" else text
@@ -311,7 +352,7 @@ def _parse_listeners(name: str, text: str) -> list[object]:
 
 PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "secret": _parse_text,
-    "secrets": _parse_list,
+    "secrets": _parse_secret_list,
     "store": _parse_text,
     "mapping": _parse_mapping,
     "seconds": _parse_int,

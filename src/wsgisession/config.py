@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
+import sys
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from ._kinds import CHECKS, PARSERS, SameSite, parse_store_option
+from ._kinds import CHECKS, KEY_ADVICE, PARSERS, SameSite, parse_store_option
 from .errors import ConfigError
 from .stores import open_store, wrap_client
-from .stores.base import Store
+from .stores.base import Store, mask_url
 
 __all__ = ["OPTIONS", "Config", "Option", "options_markdown"]
 
@@ -144,6 +147,26 @@ OPTIONS: Final[tuple[Option, ...]] = (
 
 _BY_NAME: Final = {option.name: option for option in OPTIONS}
 
+#: Keys shorter than this many characters (bytes, for a bytes key) are flagged as weak.
+MIN_KEY_LENGTH: Final = 32
+# Placeholders that documentation, ours included, shows for a key.
+_PLACEHOLDER_KEYS: Final = frozenset(
+    {
+        "a long random string",
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace-me",
+        "secret",
+        "secret-key",
+        "secret_key",
+        "your-secret-key",
+        "...",
+    }
+)
+# Store option names whose values are never shown (passwords, tokens, credentials).
+_SECRET_NAME: Final = re.compile(r"pass|secret|token|credential|auth", re.IGNORECASE)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -199,6 +222,7 @@ class Config:
             raise ConfigError("option 'secret_key' is required: a long random string")
         config = cls(**values)
         config._check_consistency()
+        config._warn_weak_keys()
         return config
 
     @classmethod
@@ -237,7 +261,7 @@ class Config:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {name!r}: {exc}") from exc
         except configparser.Error as exc:
-            raise ConfigError(f"config file {name!r} is malformed: {exc}") from exc
+            raise ConfigError(f"config file {name!r} is malformed: {_where(exc)}") from None
         return cls.from_options(parse_text_options(items))
 
     @classmethod
@@ -265,6 +289,44 @@ class Config:
                 "is required, a long random string"
             )
         return cls.from_options(values)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={self._shown(f.name)}" for f in fields(self))
+        return f"Config({shown})"
+
+    def _shown(self, name: str) -> str:
+        """Option *name*'s value as a repr may show it: secrets and passwords masked."""
+        value = getattr(self, name)
+        if name == "secret_key":
+            return "'***'"
+        if name == "secret_key_fallbacks":
+            return repr(("***",) * len(value))
+        if name == "store":
+            return repr(mask_url(value)) if isinstance(value, str) else f"<{type(value).__name__}>"
+        if name == "store_options":
+            return repr(_masked_options(value))
+        return repr(value)
+
+    def _warn_weak_keys(self) -> None:
+        """Warn about a short or placeholder ``secret_key`` or fallback (never quoting it)."""
+        keys = [("secret_key", self.secret_key)]
+        keys += [("secret_key_fallbacks", key) for key in self.secret_key_fallbacks]
+        for name, key in keys:
+            text = key.decode("latin-1") if isinstance(key, bytes) else key
+            if text.strip().lower() in _PLACEHOLDER_KEYS:
+                reason = "is a placeholder from documentation"
+            elif len(key) < MIN_KEY_LENGTH:
+                reason = f"is shorter than {MIN_KEY_LENGTH} characters"
+            elif len(set(text)) < 8:
+                reason = "repeats a handful of characters"
+            else:
+                continue
+            warnings.warn(
+                f"option {name!r} {reason}, so cookies signed with it can be forged; "
+                + KEY_ADVICE,
+                UserWarning,
+                stacklevel=_outside_package(),
+            )
 
     def _check_consistency(self) -> None:
         if self.cookie_name.lower().startswith("__host-"):
@@ -331,7 +393,8 @@ def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:
     for raw_name, text in items.items():
         name = raw_name.strip()
         if name.startswith("store."):
-            store_options[name[len("store.") :]] = parse_store_option(text)
+            option_name = name[len("store.") :]
+            store_options[option_name] = parse_store_option(option_name, text)
             continue
         option = _BY_NAME.get(name)
         if option is None:
@@ -361,7 +424,8 @@ def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]
                 parsed = PARSERS[option.kind](option.name, text.strip())
                 values[option.name] = CHECKS[option.kind](option.name, parsed)
             elif rest.startswith("STORE_") and len(rest) > len("STORE_"):
-                store_options[rest[len("STORE_") :].lower()] = parse_store_option(text)
+                option_name = rest[len("STORE_") :].lower()
+                store_options[option_name] = parse_store_option(option_name, text)
         except ConfigError as exc:
             raise ConfigError(f"environment variable {variable}: {exc}") from exc
     if store_options:
@@ -384,6 +448,51 @@ def _paste_items(text: str, name: str, section: str) -> dict[str, str]:
         for key in parser.options("app:main")
         if key.startswith(prefix)
     }
+
+
+def _where(exc: configparser.Error) -> str:
+    """What *exc* says is wrong and where, without the text of the line (a secret?)."""
+    # DuplicateOptionError -> "duplicate option"
+    what = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__.removesuffix("Error")).lower()
+    place = []
+    section = getattr(exc, "section", None)
+    if isinstance(section, str):
+        place.append(f"section [{section}]")
+    option = getattr(exc, "option", None)
+    if isinstance(option, str):
+        place.append(f"key {option!r}")
+    errors = getattr(exc, "errors", None)
+    lineno = getattr(exc, "lineno", None)
+    if errors:
+        lineno = errors[0][0]
+    if isinstance(lineno, int):
+        place.append(f"line {lineno}")
+    return f"{what} error" + (f" at {', '.join(place)}" if place else "")
+
+
+def _masked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """*options* with the values of secret-looking names, at any depth, masked."""
+    shown: dict[str, Any] = {}
+    for name, value in options.items():
+        if _SECRET_NAME.search(name):
+            shown[name] = "***"
+        elif isinstance(value, Mapping):
+            shown[name] = _masked_options(value)
+        elif isinstance(value, str):
+            shown[name] = mask_url(value)
+        else:
+            shown[name] = value
+    return shown
+
+
+def _outside_package() -> int:
+    """The ``stacklevel`` of the nearest caller outside wsgisession, for a warning."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("wsgisession"):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def options_markdown() -> str:

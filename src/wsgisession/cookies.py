@@ -6,22 +6,27 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 from typing import Final, NamedTuple
 
 from itsdangerous import Signer
 from werkzeug.http import dump_cookie
 
 from .config import Config
-from .ids import is_session_id
+from .ids import ID_PATTERN
 
-__all__ = ["CookieId", "SessionCookie"]
+__all__ = ["MAX_CHECKED", "CookieId", "SessionCookie"]
 
 log = logging.getLogger("wsgisession")
 
 _SALT: Final = b"wsgisession.session-id"
-# A signed id is 43 + 1 + 43 characters; anything much longer is not ours, and
-# checking it would only cost HMAC time an attacker chooses.
-_MAX_VALUE: Final = 128
+# The exact shape of a cookie we mint: a 43-character id, a dot, a 43-character
+# HMAC-SHA256 signature, both URL-safe base64. Anything else is refused before any
+# HMAC is computed, so a request can't make us spend HMAC time on its garbage.
+_SHAPE: Final = re.compile(rf"{ID_PATTERN}\.[A-Za-z0-9_-]{{43}}")
+#: How many cookies of our name a request may have checked; browsers send one per
+#: matching path, never dozens, so the rest are ignored unverified.
+MAX_CHECKED: Final = 4
 #: SHA-256's block size, which HMAC pads its key to.
 _BLOCK: Final = 64
 
@@ -77,6 +82,14 @@ def _unquote(value: str) -> str:
     return value
 
 
+def _rejected(value: str, reason: str) -> None:
+    # Never any part of the value: after a key rotation without a fallback, a rejected
+    # cookie still carries a live session id.
+    log.info(
+        "ignored a session cookie of %d characters that did not verify: %s", len(value), reason
+    )
+
+
 class SessionCookie:
     """Sign, verify and format the session cookie for one :class:`Config`."""
 
@@ -90,20 +103,25 @@ class SessionCookie:
     def read(self, cookie_header: str) -> CookieId | None:
         """Return the id of the first cookie of our name that verifies, or ``None``.
 
-        Browsers send one cookie per matching path, so several may share the name.
-        Rejected values are logged (never in full) and otherwise ignored.
+        Browsers send one cookie per matching path, so several may share the name;
+        only values of our cookie's exact shape are verified, and at most the first
+        :data:`MAX_CHECKED` of them, so a request's cost is bounded whatever its size.
+        Rejected values are logged by their length and the reason, never their content.
         """
         values = self._values(cookie_header)
+        checked = 0
         for value in values:
+            if not _SHAPE.fullmatch(value):
+                _rejected(value, "not of our shape")
+                continue
+            if checked == MAX_CHECKED:
+                _rejected(value, f"beyond the first {MAX_CHECKED} checked")
+                break
+            checked += 1
             found = self._verify(value)
             if found is not None:
                 return found
-        if values:
-            log.info(
-                "ignored %d session cookie(s) that did not verify (first starts %r)",
-                len(values),
-                values[0][:8],
-            )
+            _rejected(value, "signed with no key we hold")
         return None
 
     def _values(self, cookie_header: str) -> list[str]:
@@ -126,19 +144,12 @@ class SessionCookie:
         return values
 
     def _verify(self, value: str) -> CookieId | None:
-        if not value or len(value) > _MAX_VALUE or not value.isascii():
-            return None
-        session_id, dot, signature = value.rpartition(".")
-        if not dot:
-            return None
+        # The value has our shape: ASCII, one dot between two 43-character parts.
+        session_id, _, signature = value.partition(".")
         payload, expected = session_id.encode("ascii"), signature.encode("ascii")
         for index, key in enumerate(self._keys):
             if not hmac.compare_digest(key.signature(payload), expected):
                 continue
-            # A valid signature over a value we did not mint would mean a leaked key;
-            # refusing odd shapes keeps such ids away from the store anyway.
-            if not is_session_id(session_id):
-                return None
             return CookieId(session_id, stale_key=index > 0)
         return None
 

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from typing import Final
 
 #: 32 bytes from the OS's CSPRNG, well above OWASP's 64-bit floor.
 ID_BYTES: Final = 32
 
-# token_urlsafe(32) is 43 characters of the URL-safe base64 alphabet, no padding.
-_ID_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+#: The shape of an id, as a regular expression: token_urlsafe(32) is 43 characters of
+#: the URL-safe base64 alphabet, with no padding.
+ID_PATTERN: Final = r"[A-Za-z0-9_-]{43}"
 
 
 def new_session_id() -> str:
     """Return a fresh session id: 256 random bits from :mod:`secrets`, URL-safe."""
     return secrets.token_urlsafe(ID_BYTES)
-
-
-def is_session_id(value: str) -> bool:
-    """Return whether *value* has the shape of an id made by :func:`new_session_id`."""
-    return _ID_SHAPE.fullmatch(value) is not None
 
 
 def store_key(session_id: str) -> str:

@@ -181,8 +181,10 @@ class SessionMiddleware:
 
         The counters are ``requests`` (that touched a session), ``loads``, ``saves``,
         ``refreshes``, ``conflicts`` (concurrent saves merged), ``expired``,
-        ``corrupt`` and ``store_errors``; ``store_latency`` holds ``count``, ``sum``,
-        ``p50`` and ``p99``, in seconds (``None`` before the first store call).
+        ``corrupt``, ``store_errors``, ``locked_saves`` (saves that lost a race and
+        took the session's save lock) and ``lock_wait_seconds`` (the time those took,
+        in all); ``store_latency`` holds ``count``, ``sum``, ``p50`` and ``p99``, in
+        seconds (``None`` before the first store call).
         """
         return self._engine.metrics.snapshot()
 

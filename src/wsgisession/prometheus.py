@@ -31,7 +31,7 @@ _HELP = {
     "expired": "Requests whose cookie named an expired or ended session.",
     "corrupt": "Stored records that could not be decoded.",
     "store_errors": "Store operations that failed.",
-    "locked_saves": "Saves that kept losing to concurrent ones and took the session's lock.",
+    "locked_saves": "Saves that lost a race to a concurrent one and took the session's lock.",
     "lock_wait_seconds": "Time locked saves spent, from taking the fallback to the write.",
 }
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
+from ._kinds import MAX_SECONDS
 from .errors import SessionError
 from .ids import new_session_id, store_key
 from .users import check_user_id
@@ -195,9 +196,12 @@ class Session(MutableMapping[str, Any]):
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
             or not math.isfinite(timeout)
-            or timeout <= 0
+            or not 0 < timeout <= MAX_SECONDS
         ):
-            raise ValueError(f"timeout for session key {key!r} must be positive seconds")
+            raise ValueError(
+                f"timeout for session key {key!r} must be positive seconds, at most "
+                f"{MAX_SECONDS} (ten years)"
+            )
         self._ensure()
         self._check_writable()
         self._data[key] = value

@@ -14,20 +14,32 @@ __all__ = ["MAX_USER_ID", "SessionInfo", "check_user_id", "is_handle", "list_use
 _HANDLE: Final = re.compile(r"[0-9a-f]{64}")
 
 #: The longest user id, in characters; the SQL store's column holds this many.
-MAX_USER_ID: Final = 255
+MAX_USER_ID: Final = 256
+# C0 and C1 control characters and DEL: NUL ends strings in C drivers and PostgreSQL
+# refuses it; the others have no place in an identifier and hide in logs.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def check_user_id(value: object) -> str:
     """Return *value* if it can be a user id on every store, else raise.
 
+    A user id is a non-empty ``str`` of at most :data:`MAX_USER_ID` characters, of
+    valid Unicode, without control characters (NUL included), the same on every store.
+
     :raises TypeError: It is not a ``str``.
-    :raises ValueError: It is empty, longer than :data:`MAX_USER_ID` characters, or
-        not valid Unicode (a lone surrogate).
+    :raises ValueError: It is empty, too long, holds a control character or is not
+        valid Unicode (a lone surrogate). The message never quotes the value.
     """
     if not isinstance(value, str):
         raise TypeError(f"a user id must be a str, got {type(value).__name__}")
     if not value or len(value) > MAX_USER_ID:
         raise ValueError(f"a user id must be 1 to {MAX_USER_ID} characters, got {len(value)}")
+    control = _CONTROL.search(value)
+    if control is not None:
+        raise ValueError(
+            f"a user id must not hold control characters; character {control.start() + 1} "
+            f"is U+{ord(control.group()):04X}"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -29,7 +29,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: The servers every framework runs under.
 SERVERS = ["waitress", "gunicorn"]
 
-SECRET = "framework-tests-secret"
+SECRET = "framework-tests-secret-long-enough-for-a-key"
 #: Not the default, so a test can tell the option reached the middleware.
 REMEMBER_ME_TIMEOUT = 1209600
 #: The per-key timeout of the examples' "Welcome" flash, in seconds.

@@ -29,6 +29,7 @@ from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _file_format as file_format
 from wsgisession.stores import file as file_module
 from wsgisession.stores import open_store
+from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.file import FileStore
 from wsgisession.stores.file_index import decode_index, encode_index
 from wsgisession.testing import make_record, new_key
@@ -211,20 +212,26 @@ _CORRUPTIONS = [
 
 
 @pytest.mark.parametrize("corrupt", _CORRUPTIONS)
-def test_corrupt_file_is_a_logged_miss_and_can_be_overwritten(
+def test_corrupt_file_is_a_corrupt_record_and_can_be_overwritten(
     corrupt: Callable[[bytes], bytes], file_store: FileStore, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """load() raises, for the middleware to count; the store's other reads log and go on."""
     key = new_key()
     assert file_store.save(key, make_record(b'{"a": 1}', user_id="u"), expected_version=None)
     path = _path_of(file_store, key)
     path.write_bytes(corrupt(path.read_bytes()))
     caplog.set_level(logging.WARNING, logger="wsgisession")
 
-    assert file_store.load(key) is None
+    with pytest.raises(CorruptRecord) as info:
+        file_store.load(key)
+    assert '"a"' not in str(info.value) and key[:8] not in str(info.value)
+    assert caplog.records == [], "the middleware logs a corrupt load, not the store"
 
+    assert not file_store.refresh(key, time.time() + 60, time.time())
     lines = [r.getMessage() for r in caplog.records if r.name == "wsgisession"]
     assert len(lines) == 1
     assert key[:8] in lines[0] and key not in lines[0]
+    assert file_store.user_records("u") == []
     assert not file_store.refresh(key, time.time() + 60, time.time())
     assert not file_store.save(key, make_record(b"v2", version=2), expected_version=1)
     assert file_store.save(key, make_record(b"new"), expected_version=None)
@@ -425,12 +432,12 @@ def test_cleanup_rechecks_a_record_under_the_lock(
     real = file_module._header
     raced: list[str] = []
 
-    def scan_then_race(path: str) -> file_format.Header:
-        head = real(path)
+    def scan_then_race(head: bytes) -> file_format.Header:
+        found = real(head)
         if not raced:
-            raced.append(path)
+            raced.append(key)
             assert file_store.save(key, make_record(b"new"), expected_version=None)
-        return head
+        return found
 
     monkeypatch.setattr(file_module, "_header", scan_then_race)
     assert file_store.cleanup() == 0
@@ -474,7 +481,8 @@ def test_refresh_writes_the_times_in_place_and_rewrites_nothing(
     assert loaded is not None
     assert (loaded.data, loaded.version, loaded.user_id) == (record.data, 1, "ann")
     assert (loaded.expires_at, loaded.last_seen) == (record.expires_at + 60, record.last_seen + 5)
-    assert file_format.header(str(path)).expires_at == record.expires_at + 60  # cleanup's view
+    head = path.read_bytes()[: file_format.HEAD_SIZE]
+    assert file_format.header(head).expires_at == record.expires_at + 60  # cleanup's view
 
 
 def test_refreshes_take_turns_on_the_slots(file_store: FileStore) -> None:
@@ -565,7 +573,7 @@ def test_refresh_with_fsync_flushes_the_record(
     assert len(flushed) == 1
 
 
-def test_a_record_of_the_previous_format_is_a_logged_miss(
+def test_a_record_of_the_previous_format_is_corrupt(
     file_store: FileStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Format 1 kept the times under the checksum; its files read as corrupt, not as errors."""
@@ -578,7 +586,8 @@ def test_a_record_of_the_previous_format_is_a_logged_miss(
     path.write_bytes(head + crc + body)
     caplog.set_level(logging.WARNING, logger="wsgisession")
 
-    assert file_store.load(key) is None
+    with pytest.raises(CorruptRecord, match="unknown format version 1"):
+        file_store.load(key)
     assert not file_store.refresh(key, now + 7200, now)
     assert "unknown format version 1" in caplog.text
     assert file_store.cleanup() == 1
@@ -753,9 +762,9 @@ def _indexed(store: FileStore, user_id: str) -> set[str]:
     path = _index_path(store, user_id)
     if not path.exists():
         return set()
-    owner, keys = decode_index(path.read_bytes())
+    owner, entries = decode_index(path.read_bytes())
     assert owner == user_id
-    return keys
+    return set(entries)
 
 
 def _listed(store: FileStore, user_id: str) -> set[str]:
@@ -778,10 +787,13 @@ def test_index_file_layout(depth: int, root: Path) -> None:
     digest = hashlib.sha256(b"ann").hexdigest()
     path = root.joinpath("users", *[digest[2 * i : 2 * i + 2] for i in range(depth)], digest)
     assert [p for p in (root / "users").rglob("*") if p.is_file() and p.name[0] != "."] == [path]
-    assert decode_index(path.read_bytes()) == ("ann", keys)
+    owner, entries = decode_index(path.read_bytes())
+    assert (owner, set(entries)) == ("ann", keys)
+    assert all(entries[key] == store.load(key).expires_at for key in keys)  # type: ignore[union-attr]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert store.count() == 3  # the index is not counted as records
-    assert path.read_bytes() == encode_index("ann", sorted(keys, reverse=True))  # sorted
+    backwards = dict(sorted(entries.items(), reverse=True))
+    assert path.read_bytes() == encode_index("ann", backwards)  # sorted
     for key in keys:
         assert store.delete(key)
     assert not path.exists()  # an index left empty is removed
@@ -883,7 +895,7 @@ def test_cleanup_removes_an_empty_index_file(file_store: FileStore) -> None:
     key = new_key()
     assert file_store.save(key, make_record(user_id="ann"), expected_version=None)
     path = _index_path(file_store, "ann")
-    path.write_bytes(encode_index("ann", []))
+    path.write_bytes(encode_index("ann", {}))
     assert file_store.cleanup() == 0
     assert not path.exists()
 
@@ -907,7 +919,9 @@ _INDEX_CORRUPTIONS = [
     pytest.param(lambda b: random.Random(0).randbytes(len(b)), id="random-bytes"),
     pytest.param(lambda b: b[:-1] + bytes([b[-1] ^ 1]), id="flipped-bit"),
     pytest.param(lambda b: b[:4] + bytes([99]) + b[5:], id="future-format"),
-    pytest.param(lambda b: encode_index("bob", [new_key()]), id="another-users-index"),
+    pytest.param(
+        lambda b: encode_index("bob", {new_key(): time.time() + 60}), id="another-users-index"
+    ),
 ]
 
 

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
-from redis.sentinel import SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from tests.conftest import SERVER, open_test_store, server_url, unreachable
-from tests.redis_servers import RedisServer
+from tests.helpers import SECRET
+from tests.redis_servers import RedisServer, ServerUnavailable, free_ports
+from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import open_store, redis_scripts
 from wsgisession.stores import redis as redis_module
 from wsgisession.stores import redis_url as redis_url_module
-from wsgisession.stores.base import LockTimeout, Record
+from wsgisession.stores.base import CorruptRecord, LockTimeout, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, make_tombstone, new_key
 
@@ -221,6 +226,202 @@ def test_dead_cluster_or_sentinel_raises_store_error_on_use(url: str) -> None:
             store.load(new_key())
 
 
+# -- credentials out of sight -----------------------------------------------------
+
+#: A password holding what ends a part of a URL, and the pieces of the credentials
+#: these tests use that a message might quote (a URL split in the wrong place shows
+#: only a piece of its password).
+PASSWORD = "s3cr@t:pa/ssw0rd"
+_PIECES = ("s3cr", "t:pa", "pa/ss", "pa%2Fss", "ssw0rd", "424242")
+
+
+def _told(exc: BaseException) -> str:
+    """All that a traceback of *exc* shows: its message and every exception chained."""
+    return "".join(traceback.format_exception(exc))
+
+
+def _shows_a_credential(text: str) -> bool:
+    return any(piece in text for piece in _PIECES)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "named"),
+    [
+        pytest.param("redis://h.invalid/0", {"password": 424242}, "'password'", id="int"),
+        pytest.param("redis://h.invalid/0", {"password": 424242.0}, "'password'", id="float"),
+        pytest.param("redis://h.invalid/0", {"username": 424242}, "'username'", id="username"),
+        pytest.param(
+            "redis+sentinel://h.invalid/svc",
+            {"sentinel_kwargs": {"password": 424242}},
+            "'password'",
+            id="sentinel-password",
+        ),
+        pytest.param(
+            "redis+sentinel://h.invalid/svc",
+            {"sentinel_kwargs": {"username": ["u-424242"]}},
+            "'username'",
+            id="sentinel-username",
+        ),
+        pytest.param(
+            "redis+sentinel://h.invalid/svc",
+            {"sentinel_kwargs": {"password": "pw-424242", 1: 2}},
+            "'sentinel_kwargs'",
+            id="sentinel-key-not-str",
+        ),
+        pytest.param(
+            "redis+sentinel://h.invalid/svc",
+            {"sentinel_kwargs": "password=424242"},
+            "'sentinel_kwargs'",
+            id="sentinel-not-dict",
+        ),
+        pytest.param(
+            "redis+sentinel://h.invalid/svc",
+            {"sentinel_kwargs": {"pasword": "pw-424242"}},
+            "'pasword'",
+            id="sentinel-unknown-argument",
+        ),
+    ],
+)
+def test_a_config_error_about_a_credential_names_it_and_never_quotes_it(
+    url: str, options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisStore.from_url(url, **options)
+    assert named in str(info.value)
+    assert not _shows_a_credential(_told(info.value))
+
+
+def test_an_ini_files_numeric_password_must_be_quoted(tmp_path: Path) -> None:
+    """``store.password = 424242`` reads as a number, which could differ from the text."""
+    ini = tmp_path / "app.ini"
+    head = f"[session]\nsecret_key = {SECRET}\nstore = redis://h.invalid/0\n"
+    ini.write_text(head + "store.password = 424242\n")
+    with pytest.raises(ConfigError, match="'password' must be a string.*double quotes") as info:
+        Config.from_ini(ini).open_store()
+    assert not _shows_a_credential(_told(info.value))
+    ini.write_text(head + 'store.password = "424242"\n')
+    store = Config.from_ini(ini).open_store()
+    assert isinstance(store, RedisStore)
+    with store:
+        assert _pool_kwargs(store)["password"] == "424242"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"redis://:{PASSWORD}@h.invalid:6379/0", id="slash"),
+        pytest.param(f"redis://u:{PASSWORD}@h.invalid:6379/0?db=1", id="slash-and-query"),
+        pytest.param(f"redis+cluster://:{PASSWORD}@h.invalid:7000", id="cluster-slash"),
+        pytest.param(f"redis+sentinel://:{PASSWORD}@h.invalid/svc", id="sentinel-slash"),
+        pytest.param(f"unix://:{PASSWORD}@/run/redis.sock", id="unix-slash"),
+        pytest.param("redis://:s3cr@t:pa?ssw0rd@h.invalid/0", id="question-mark"),
+        pytest.param("redis://:s3cr@t:pa#ssw0rd@h.invalid/0", id="hash"),
+        pytest.param("redis://:s3cr\uff03t:pa-ssw0rd@h.invalid/0", id="nfkc-hash"),
+    ],
+)
+def test_a_url_whose_password_ends_its_host_part_early_is_refused_unquoted(url: str) -> None:
+    """Split there, the rest of the password would be read, and quoted, as a path, a
+    port, a query or a fragment, and redis-py would send a piece of it."""
+    with pytest.raises(ConfigError, match="store") as info:
+        RedisStore.from_url(url)
+    assert not _shows_a_credential(_told(info.value))
+
+
+def test_a_unix_socket_path_may_hold_an_at_sign() -> None:
+    with RedisStore.from_url("unix:///run/user@1/redis.sock") as store:
+        assert _pool_kwargs(store)["path"] == "/run/user@1/redis.sock"
+
+
+def test_a_store_on_a_ready_client_is_named_without_credentials() -> None:
+    sentinel = Sentinel([("h.invalid", 26379)], password=PASSWORD)
+    clients = [
+        (
+            redis.Redis(host="h.invalid", port=6380, db=2, password=PASSWORD),
+            "redis://h.invalid:6380/2",
+        ),
+        (
+            redis.Redis(unix_socket_path="/run/r.sock", password=PASSWORD),
+            "unix:///run/r.sock?db=0",
+        ),
+        (sentinel.master_for("svc", db=3), "redis+sentinel:///svc/3"),
+    ]
+    for client, name in clients:
+        with RedisStore(client) as store:
+            assert repr(store) == f"<RedisStore {name}>"
+    sentinel.close()
+
+
+class _GuardedServer(RedisServer):
+    """A server started with ``--requirepass PASSWORD``; its own client knows it."""
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            port=self.port, password=PASSWORD, socket_timeout=2, socket_connect_timeout=2
+        )
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[_GuardedServer]:
+    server = _GuardedServer(tmp_path / "redis", free_ports(1)[0], "--requirepass", PASSWORD)
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        unreachable(server.url, exc)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@SERVER
+@pytest.mark.parametrize("form", ["url", "url-with-user", "option"])
+def test_a_password_with_at_colon_and_slash_connects_and_never_shows(
+    guarded: _GuardedServer, caplog: pytest.LogCaptureFixture, form: str
+) -> None:
+    """In a repr, a LockTimeout, a StoreError, a ConfigError, a log line: never."""
+    caplog.set_level(logging.DEBUG)
+    host = f"127.0.0.1:{guarded.port}"
+    # In a URL, only its '/' must be percent-encoded; the '@' and the ':' may stay.
+    encoded = quote(PASSWORD, safe="@:")
+    url, options = {
+        "url": (f"redis://:{encoded}@{host}/0", {}),
+        "url-with-user": (f"redis://default:{encoded}@{host}/0", {}),
+        "option": (f"redis://{host}/0", {"password": PASSWORD}),
+    }[form]
+    told: list[str] = []
+    with RedisStore.from_url(url, **options) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"{}", user_id="u"), expected_version=None)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"{}"
+        told.append(repr(store))
+        assert f"@{host}/0>" in told[-1] or f"//{host}/0>" in told[-1]
+        lock, _ = _lock_keys(store, key)
+        store.client.set(lock, "another-caller", px=60_000)
+        with pytest.raises(LockTimeout) as timed_out:
+            store.save_locked(key, lambda current: current, timeout=0.1)
+        told.append(_told(timed_out.value))
+    with pytest.raises(ConfigError) as bad:
+        RedisStore.from_url(url, socket_timeout=0, **options)
+    told.append(_told(bad.value))
+    if form == "option":
+        wrong_url, wrong_options = url, {"password": PASSWORD + "-wrong"}
+    else:
+        wrong_url, wrong_options = url.replace("ssw0rd", "ssw0rd-wrong"), {}
+    with RedisStore.from_url(wrong_url, **wrong_options) as wrong:
+        with pytest.raises(StoreError) as refused:
+            wrong.load(new_key())
+        told.append(_told(refused.value))
+    guarded.stop()
+    with RedisStore.from_url(url, retries=0, **options) as store:
+        with pytest.raises(StoreError) as down:
+            store.load(new_key())
+        told.append(_told(down.value))
+    told.append(caplog.text)
+    for text in told:
+        assert not _shows_a_credential(text), text
+
+
 # -- the record layout (no server) ------------------------------------------------
 
 
@@ -252,11 +453,24 @@ def test_layout_round_trips(record: Record) -> None:
             redis_scripts.encode(make_record(b"", user_id="\u00e9"))[:-1], id="cut-in-user"
         ),
         pytest.param(b"\x81" + b"\0" * 60, id="garbage"),
+        pytest.param(b"SeCr" + redis_scripts.encode(make_record())[4:], id="secret-format"),
+        pytest.param(
+            redis_scripts.HEADER.pack(b"wsr1", 1, 0.0, 2e9, 0.0, -7, 0) + b"SeCr",
+            id="negative-user-length",
+        ),
+        pytest.param(
+            redis_scripts.encode(make_record(user_id="SeCr")).replace(b"SeCr", b"\xffeCr"),
+            id="user-not-utf8",
+        ),
     ],
 )
-def test_a_value_not_in_the_layout_does_not_decode(value: bytes) -> None:
-    with pytest.raises(ValueError):
+def test_a_value_not_in_the_layout_does_not_decode_nor_quote_it(value: bytes) -> None:
+    """The message says what is wrong; it ends up in logs and events, never the value."""
+    with pytest.raises(ValueError) as info:
         redis_scripts.decode(value)
+    message = str(info.value)
+    for quoted in ("SeCr", "eCr", "b'", "\\x", "0x", "-7"):
+        assert quoted not in message
 
 
 # -- the shared server -----------------------------------------------------------
@@ -330,13 +544,13 @@ def test_delete_of_an_expired_record_says_it_was_not_live(shared: RedisStore) ->
 
 
 @SERVER
-def test_undecodable_string_is_a_logged_miss_and_is_replaced(
-    shared: RedisStore, caplog: pytest.LogCaptureFixture
+def test_undecodable_string_is_corrupt_to_load_absent_elsewhere_and_replaced(
+    shared: RedisStore,
 ) -> None:
     key = new_key()
     shared.client.set(shared.key_prefix + key, b"wsr1 but not a record", ex=3600)
-    assert shared.load(key) is None
-    assert key[:8] in caplog.text
+    with pytest.raises(CorruptRecord, match="too short for a record header"):
+        shared.load(key)
     assert shared.count() == 0
     assert not shared.refresh(key, time.time() + 60, time.time())
     assert not shared.save(key, make_record(version=2), expected_version=1)
@@ -347,16 +561,16 @@ def test_undecodable_string_is_a_logged_miss_and_is_replaced(
 
 @SERVER
 @pytest.mark.parametrize("user_id", [None, "ann"])
-def test_a_key_of_another_type_is_a_miss_never_an_error(
-    shared: RedisStore, caplog: pytest.LogCaptureFixture, user_id: str | None
+def test_a_key_of_another_type_is_corrupt_to_load_never_a_store_error(
+    shared: RedisStore, user_id: str | None
 ) -> None:
-    """A hash of the layout before this one, say: it reads as absent everywhere."""
+    """A hash of the layout before this one, say: load says so, the rest see nothing."""
     key, other = new_key(), new_key()
     name = shared.key_prefix + key
     shared.client.hset(name, mapping={"data": b"x", "version": 1, "expires_at": 2e9})
     shared.client.expire(name, 3600)
-    assert shared.load(key) is None
-    assert key[:8] in caplog.text
+    with pytest.raises(CorruptRecord, match="another type than a string"):
+        shared.load(key)
     assert shared.count() == 0
     assert not shared.refresh(key, time.time() + 60, time.time())
     assert not shared.save(key, make_record(version=2), expected_version=1)

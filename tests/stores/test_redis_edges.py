@@ -1,22 +1,38 @@
-"""RedisStore at the edges: numbers through Lua, odd user ids, TTLs, old layouts, Cluster."""
+"""RedisStore at the edges: numbers through Lua, odd user ids, TTLs, old layouts,
+corrupt records, Cluster."""
 
 from __future__ import annotations
 
+import logging
+import math
+import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
 
 from tests.conftest import SERVER, open_test_store
+from tests.helpers import body, cookie_value, make_client
 from tests.redis_servers import RedisServer
+from wsgisession import Session
+from wsgisession.events import SessionEvent
+from wsgisession.ids import store_key
 from wsgisession.stores import redis as redis_module
-from wsgisession.stores.base import Record
+from wsgisession.stores import redis_scripts
+from wsgisession.stores.base import CorruptRecord, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
+
+#: Ten years, the longest duration the middleware accepts.
+TEN_YEARS = 315_360_000
+#: A user id no log line or message has any business quoting.
+USER = "Qz9-user"
 
 
 @pytest.fixture
@@ -62,6 +78,71 @@ def test_refresh_never_shortens_redis_ttl(shared: RedisStore) -> None:
     assert shared.client.pttl(name) > before - 2000
     loaded = shared.load(key)
     assert loaded is not None and loaded.expires_at > time.time() + 7000
+
+
+def test_ttl_ms_is_always_a_ttl_redis_takes() -> None:
+    now = time.time()
+    assert abs(redis_scripts.ttl_ms(now + TEN_YEARS, now) - TEN_YEARS * 1000) <= 1
+    for far in (now + 1e14, now + 1e20, 1e300, math.inf):
+        assert redis_scripts.ttl_ms(far, now) == redis_scripts.MAX_TTL_MS
+    for gone in (now, now - 1, -math.inf, math.nan):
+        assert redis_scripts.ttl_ms(gone, now) == 0
+
+
+@SERVER
+@pytest.mark.parametrize("skew", [0, TEN_YEARS], ids=["clock-right", "clock-ten-years-ahead"])
+def test_a_record_expiring_in_ten_years_gets_valid_ttls_everywhere(
+    indexed: RedisStore, monkeypatch: pytest.MonkeyPatch, skew: int
+) -> None:
+    """Save, refresh, locked save, regenerate with a tombstone, the user set's TTL."""
+    real = time.time
+    monkeypatch.setattr(redis_module.time, "time", lambda: real() + skew)
+    now = real() + skew
+    client = indexed.client
+    key, new = new_key(), new_key()
+    far = now + TEN_YEARS
+    assert indexed.save(key, Record(b"{}", 1, now, far, now, USER), expected_version=None)
+    for name in (indexed.key_prefix + key, _user_key(indexed, USER)):
+        assert abs(client.pttl(name) - TEN_YEARS * 1000) < 5000
+    assert indexed.refresh(key, far + 60, now + 1)
+    assert abs(client.pttl(indexed.key_prefix + key) - (TEN_YEARS + 60) * 1000) < 5000
+    written = indexed.save_locked(
+        key, lambda c: Record(c.data, c.version + 1, now, far, now, USER), timeout=30
+    )
+    assert written is not None
+    assert indexed.save(
+        new,
+        Record(b"{}", 1, now, far, now, USER),
+        expected_version=None,
+        replaces=key,
+        replaces_version=2,
+        tombstone=Record(b"", 0, now, far, now),
+    )
+    assert abs(client.pttl(indexed.key_prefix + key) - TEN_YEARS * 1000) < 5000
+    assert [k for k, _ in indexed.user_records(USER)] == [new]
+    assert indexed.count() == 1
+    assert indexed.delete(new)
+
+
+@SERVER
+@pytest.mark.parametrize("far", [1e14, 1e20, math.inf], ids=["1e14-s", "1e20-s", "infinity"])
+def test_an_expiry_past_any_duration_caps_the_redis_ttl_instead_of_failing(
+    indexed: RedisStore, far: float
+) -> None:
+    """Redis refuses a TTL past its clock's range, and a Lua number of 1e17 or more."""
+    client = indexed.client
+    now = time.time()
+    key = new_key()
+    record = Record(b"{}", 1, now, now + far, now, USER)
+    assert indexed.save(key, record, expected_version=None)
+    cap = redis_scripts.MAX_TTL_MS
+    for name in (indexed.key_prefix + key, _user_key(indexed, USER)):
+        assert cap - 5000 < client.pttl(name) <= cap
+    assert indexed.load(key) == record
+    assert indexed.refresh(key, now + far, now + 1)
+    assert indexed.save(key, Record(b"[]", 2, now, now + far, now, USER), expected_version=1)
+    assert [k for k, _ in indexed.user_records(USER)] == [key]
+    assert indexed.delete(key)
 
 
 @SERVER
@@ -181,15 +262,19 @@ def test_script_flush_on_cluster_is_recovered(redis_cluster_url: str) -> None:
 
 
 @SERVER
-def test_old_hashes_are_misses_for_reads_on_every_deployment(indexed: RedisStore) -> None:
-    """load, count and user_records (a pipelined GET) skip a hash, on Cluster too."""
+def test_old_hashes_are_corrupt_to_load_and_misses_to_other_reads_everywhere(
+    indexed: RedisStore,
+) -> None:
+    """count and user_records (a pipelined GET) skip a hash, on Cluster too; load
+    reports it."""
     client = indexed.client
     live, old = new_key(), new_key()
     assert indexed.save(live, make_record(user_id="ann"), expected_version=None)
     assert indexed.save(old, make_record(user_id="ann"), expected_version=None)
     client.delete(indexed.key_prefix + old)
     client.hset(indexed.key_prefix + old, mapping={"version": 1, "expires_at": 2e9})
-    assert indexed.load(old) is None
+    with pytest.raises(CorruptRecord):
+        indexed.load(old)
     assert indexed.count() == 1
     assert [k for k, _ in indexed.user_records("ann")] == [live]
     assert client.zrange(_user_key(indexed, "ann"), 0, -1) == [live.encode()]
@@ -205,3 +290,100 @@ def test_old_hashes_are_misses_for_reads_on_every_deployment(indexed: RedisStore
     )
     assert indexed.load(live) is None
     assert [k for k, _ in indexed.user_records("ann")] == [fresh]
+
+
+# -- corrupt records -------------------------------------------------------------------
+
+_HEAD = redis_scripts.HEADER.size
+#: Where the header keeps the user id's length.
+_USER_LENGTH = struct.calcsize(">4sqddd")
+
+
+def _login(session: Session, request: Request) -> int:
+    session.user_id = USER
+    session["n"] = 1
+    return 1
+
+
+def _count(session: Session, request: Request) -> int:
+    session["n"] = session.get("n", 0) + 1
+    n: int = session["n"]
+    return n
+
+
+#: Strings that are no record, made from the value of one a user's session left.
+_GARBAGE: dict[str, Callable[[bytes], bytes]] = {
+    "unknown-format": lambda v: b"SeCr" + v[4:],
+    "short": lambda v: v[:20],
+    "cut-in-user-id": lambda v: v[: _HEAD + 2],
+    "cut-in-meta": lambda v: v[: _HEAD + len(USER) + 1],
+    "bad-user-length": lambda v: v[:_USER_LENGTH] + struct.pack(">i", -7) + v[_USER_LENGTH + 4 :],
+    "user-id-not-utf8": lambda v: v.replace(USER.encode(), b"\xff" + USER.encode()[1:], 1),
+}
+#: What the scripts can't read either: a plain create overwrites it.
+_UNREADABLE = ["hash", "list", "unknown-format", "short", "cut-in-user-id"]
+
+
+def _corrupt(store: RedisStore, key: str, kind: str) -> None:
+    """Put garbage of *kind* under *key*, in place of the record there."""
+    client: Any = store.client
+    name = store.key_prefix + key
+    value = client.get(name)
+    assert value is not None and redis_scripts.decode(value).user_id == USER
+    client.delete(name)
+    if kind == "hash":
+        client.hset(name, mapping={"data": b"SeCr", "version": 1, "user_id": USER})
+    elif kind == "list":
+        client.rpush(name, value)
+    else:
+        client.set(name, _GARBAGE[kind](value))
+    client.pexpire(name, 600_000)
+
+
+def _key_of(client: Client) -> str:
+    return store_key(cookie_value(client).rsplit(".", 1)[0])
+
+
+@SERVER
+@pytest.mark.parametrize("kind", ["hash", "list", *_GARBAGE])
+def test_anything_but_a_record_is_corrupt_to_load_and_the_next_request_replaces_it(
+    indexed: RedisStore, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """The middleware counts it, announces it, and deletes it with its fresh session's
+    first save; no message or log line quotes what was stored."""
+    caplog.set_level(logging.DEBUG, logger="wsgisession")
+    events: list[SessionEvent] = []
+    client, middleware = make_client(
+        {"/login": _login, "/n": _count}, store=indexed, listeners=[events.append]
+    )
+    assert body(client.get("/login")) == 1
+    old = _key_of(client)
+    _corrupt(indexed, old, kind)
+    with pytest.raises(CorruptRecord) as info:
+        indexed.load(old)
+    assert indexed.user_records(USER) == []
+    assert body(client.get("/n")) == 1, "the corrupt record was served"
+    assert _key_of(client) != old
+    assert indexed.client.exists(indexed.key_prefix + old) == 0, "the corrupt record stayed"
+    assert middleware.metrics()["corrupt"] == 1
+    assert [e.name for e in events].count("corrupt") == 1
+    told = str(info.value) + caplog.text
+    for quoted in ("SeCr", USER, "Qz9", "\\x", "0x", "-7", old):
+        assert quoted not in told
+
+
+@SERVER
+@pytest.mark.parametrize("kind", _UNREADABLE)
+def test_a_plain_create_overwrites_what_the_scripts_cannot_read(
+    indexed: RedisStore, kind: str
+) -> None:
+    key = new_key()
+    assert indexed.save(key, make_record(user_id=USER), expected_version=None)
+    _corrupt(indexed, key, kind)
+    assert indexed.count() == 0
+    assert not indexed.refresh(key, time.time() + 60, time.time())
+    assert not indexed.save(key, make_record(version=2, user_id=USER), expected_version=1)
+    assert indexed.save(key, make_record(b"new", user_id=USER), expected_version=None)
+    loaded = indexed.load(key)
+    assert loaded is not None and loaded.data == b"new"
+    assert [k for k, _ in indexed.user_records(USER)] == [key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -31,12 +32,14 @@ from tests.conftest import (
     server_url,
     unreachable,
 )
-from tests.helpers import python_child
+from tests.helpers import body, counter, make_client, python_child
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import LockTimeout, Record, open_store
+from wsgisession.ids import store_key
+from wsgisession.stores import CorruptRecord, LockTimeout, Record, open_store
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
+from wsgisession.users import MAX_USER_ID
 
 
 @pytest.fixture(params=SQL_KINDS)
@@ -184,6 +187,134 @@ def test_a_ready_engine_can_be_passed(sql_url: str) -> None:
     finally:
         store.table.drop(engine, checkfirst=True)
         engine.dispose()
+
+
+# -- the SQLite file -------------------------------------------------------------------
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mode & 0o777 for path in directory.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "mask", [0o000, 0o022, 0o277], ids=["umask-000", "umask-022", "umask-277"]
+)
+def test_a_new_sqlite_file_and_its_wal_are_the_owners_alone(tmp_path: Path, mask: int) -> None:
+    """SQLite would create the file 0644 whatever the umask, and give -wal and -shm its mode."""
+    with _umask(mask), SQLStore.from_url(f"sqlite:///{tmp_path / 's.db'}") as store:
+        assert store.save(new_key(), make_record(b"private"), expected_version=None)
+        # The connection is still open, so the -wal and -shm files are there.
+        assert _modes(tmp_path) == {"s.db": 0o600, "s.db-wal": 0o600, "s.db-shm": 0o600}
+
+
+def test_an_existing_sqlite_file_keeps_the_mode_its_owner_chose(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.touch()
+    path.chmod(0o640)
+    with _umask(0o022), SQLStore.from_url(f"sqlite:///{path}") as store:
+        assert store.save(new_key(), make_record(b"shared"), expected_version=None)
+        assert _modes(tmp_path) == {"s.db": 0o640, "s.db-wal": 0o640, "s.db-shm": 0o640}
+
+
+def test_a_uri_sqlite_url_creates_the_file_it_names_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///file:{tmp_path / 'a%20b.db'}?mode=rwc&uri=true"
+    with _umask(0o022), SQLStore.from_url(url) as store:
+        store.ping()
+        assert _modes(tmp_path)["a b.db"] == 0o600
+    read_only = f"sqlite:///file:{tmp_path / 'missing.db'}?mode=ro&uri=true"
+    with SQLStore.from_url(read_only) as store, pytest.raises(StoreError):
+        store.ping()
+    assert sorted(_modes(tmp_path)) == ["a b.db"]  # SQLite removed its -wal and -shm
+
+
+# -- user ids --------------------------------------------------------------------------
+
+
+def test_a_user_id_of_the_longest_length_fits_the_column(open_sql: OpenSQL) -> None:
+    """MAX_USER_ID characters, four of them multi-byte in UTF-8, on every database."""
+    user = ("é😀жa" * MAX_USER_ID)[:MAX_USER_ID]
+    store = open_sql()
+    key = new_key()
+    assert store.save(key, make_record(b"{}", user_id=user), expected_version=None)
+    loaded = store.load(key)
+    assert loaded is not None and loaded.user_id == user
+    assert [found for found, _ in store.user_records(user)] == [key]
+    assert store.user_records(user[:-1]) == []
+    columns = {c["name"]: c for c in sa.inspect(store.engine).get_columns(store.table.name)}
+    assert columns["user_id"]["type"].length == MAX_USER_ID
+
+
+# -- rows that can't be read ------------------------------------------------------------
+
+
+def _spoil(path: Path, key: str, assignment: str) -> None:
+    """Set a column of the row under *key* to a value of another type, as only SQLite,
+    whose columns take any value, allows."""
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE sessions SET {assignment} WHERE id_hash = ?", (key,))
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("assignment", "column"),
+    [
+        pytest.param("version = 'topsecret'", "version", id="text-version"),
+        pytest.param("data = 'topsecret text'", "data", id="text-data"),
+        # bytes(4096) is 4096 zero bytes: a huge number asked for as much memory.
+        pytest.param("data = 4096", "data", id="int-data"),
+        pytest.param("meta = 2.5", "meta", id="real-meta"),
+        # A text column turns an int into text, but keeps a blob.
+        pytest.param("user_id = x'616e6e'", "user_id", id="blob-user"),
+        # Text sorts after every number in SQLite: the row is live forever.
+        pytest.param("expires_at = 'topsecret'", "expires_at", id="text-expiry"),
+    ],
+)
+def test_a_row_of_the_wrong_types_is_a_corrupt_record(
+    tmp_path: Path, assignment: str, column: str
+) -> None:
+    """load() raises CorruptRecord naming the column, never its value; every other
+    operation sees no row there. Each used to fail with the conversion's TypeError or
+    ValueError (quoting the value), or to read an int as that many zero bytes."""
+    with SQLStore.from_url(f"sqlite:///{tmp_path / 's.db'}") as store:
+        bad, good = new_key(), new_key()
+        for key in (bad, good):
+            assert store.save(key, make_record(b"{}", user_id="ann"), expected_version=None)
+        _spoil(tmp_path / "s.db", bad, assignment)
+        with pytest.raises(CorruptRecord, match=column) as info:
+            store.load(bad)
+        assert "topsecret" not in str(info.value) and "4096" not in str(info.value)
+        assert [key for key, _ in store.user_records("ann")] == [good]
+        assert store.save_locked(bad, _never_build, timeout=_PATIENCE) is None
+        assert store.count() in (1, 2)
+        store.cleanup()
+        assert store.load(good) is not None
+
+
+def test_a_corrupt_row_is_counted_and_replaced_by_the_middleware(tmp_path: Path) -> None:
+    store = SQLStore.from_url(f"sqlite:///{tmp_path / 's.db'}")
+    client, middleware = make_client({"/inc": counter}, store=store)
+    try:
+        assert body(client.get("/inc")) == 1
+        cookie = client.get_cookie("session_id")
+        assert cookie is not None
+        key = store_key(cookie.value.rsplit(".", 1)[0])
+        _spoil(tmp_path / "s.db", key, "version = 'x'")
+        assert body(client.get("/inc")) == 1
+        assert middleware.metrics()["corrupt"] == 1
+    finally:
+        store.close()
 
 
 # -- expiry, cleanup, counting, the purge lease ----------------------------------
@@ -438,16 +569,19 @@ def test_a_missing_dialect_or_driver_names_the_extra(url: str, hint: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "secret"),
     [
-        pytest.param("not a url", id="words"),
-        pytest.param("postgresql+psycopg://u:secretpw@h:port/db", id="port"),
+        pytest.param("not a url", "not a url", id="words"),
+        pytest.param("postgresql+psycopg://u:secretpw@h:port/db", "secretpw", id="port"),
+        # SQLAlchemy reads "w0rd@h:5432" as the port, and its complaint quotes it.
+        pytest.param("postgresql+psycopg://u:p@ss:w0rd@h:5432/db", "w0rd", id="at-and-colon"),
     ],
 )
-def test_an_unreadable_url_raises_config_error(url: str) -> None:
+def test_an_unreadable_url_raises_config_error(url: str, secret: str) -> None:
     with pytest.raises(ConfigError) as info:
         SQLStore.from_url(url)
-    assert "secretpw" not in str(info.value)
+    assert secret not in str(info.value)
+    assert "percent-encode" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -485,6 +619,34 @@ def test_passwords_never_appear_in_errors() -> None:
     assert isinstance(info.value.__cause__, sa.exc.SQLAlchemyError)
 
 
+def test_echo_logs_statements_but_no_parameters(
+    store_kind: str, sql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ``echo`` option logs every statement; never the password, a key or a record."""
+    url = sa.make_url(sql_url)
+    if store_kind == "postgresql":
+        url = url.set(password=_PASSWORD)  # the test server trusts loopback
+    caplog.set_level(logging.DEBUG)
+    store = SQLStore.from_url(
+        url.render_as_string(hide_password=False),
+        table_name=f"test_sessions_{uuid.uuid4().hex[:12]}",
+        echo=True,
+    )
+    try:
+        key = new_key()
+        record = make_record(b"topsecret-data", user_id="s3cret-user")
+        assert store.save(key, record, expected_version=None)
+        assert store.load(key) == record
+        assert store.user_records("s3cret-user") != []
+    finally:
+        store.table.drop(store.engine, checkfirst=True)
+        store.close()
+    logged = "\n".join(entry.getMessage() for entry in caplog.records)
+    assert "INSERT" in logged
+    for secret in ("s3cr", _ENCODED, key, "topsecret", b"topsecret".hex(), "s3cret-user"):
+        assert secret not in logged
+
+
 @pytest.mark.parametrize("store_kind", SQL_SERVER_KINDS)
 def test_session_data_never_appears_in_errors(sql_url: str) -> None:
     """Even on an engine built without hide_parameters, errors don't carry the data."""
@@ -499,6 +661,140 @@ def test_session_data_never_appears_in_errors(sql_url: str) -> None:
     finally:
         store.table.drop(engine, checkfirst=True)
         engine.dispose()
+
+
+# A password the test servers never check (PostgreSQL trusts loopback), holding what
+# a URL must percent-encode.
+_PASSWORD = "s3cr@t:p/w"
+_ENCODED = "s3cr%40t%3Ap%2Fw"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param(
+            f"postgresql+psycopg://postgres:{_ENCODED}@127.0.0.1:5432/test",
+            "postgresql+psycopg://postgres:***@127.0.0.1:5432/test",
+            id="postgresql",
+        ),
+        pytest.param(
+            f"mariadb+pymysql://root:{_ENCODED}@127.0.0.1:3306/test",
+            "mariadb+pymysql://root:***@127.0.0.1:3306/test",
+            id="mariadb",
+        ),
+        pytest.param(
+            f"postgresql+psycopg://postgres@127.0.0.1/test?password={_ENCODED}",
+            "postgresql+psycopg://postgres@127.0.0.1/test?password=***",
+            id="query",
+        ),
+    ],
+)
+def test_the_repr_shows_the_store_with_its_password_masked(url: str, shown: str) -> None:
+    with SQLStore.from_url(url, table_name="web_sessions") as store:
+        assert repr(store) == f"<SQLStore web_sessions at {shown}>"
+
+
+@pytest.mark.parametrize("password", ["s3cr@t", _PASSWORD])
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "mariadb+pymysql"])
+def test_a_password_with_a_raw_at_sign_is_refused_unquoted(scheme: str, password: str) -> None:
+    """SQLAlchemy cuts the password at its "@" and reads the rest as the host, which the
+    driver's connection error then quoted ("failed to resolve host 't@127.0.0.1'"), or
+    as the port, which its own complaint quoted."""
+    url = f"{scheme}://user:{password}@127.0.0.1/test"
+    with pytest.raises(ConfigError, match="percent-encode") as info:
+        SQLStore.from_url(url)
+    messages = [str(info.value)]
+    if password == "s3cr@t":
+        with pytest.raises(ConfigError, match="%40") as ready:
+            SQLStore(sa.create_engine(url))
+        messages.append(str(ready.value))
+    for message in messages:
+        assert "s3cr" not in message and "t@" not in message and "p/w" not in message
+
+
+def test_a_password_parameter_is_masked_when_an_asyncio_driver_is_refused() -> None:
+    with pytest.raises(ConfigError, match="asyncio") as info:
+        SQLStore.from_url(f"postgresql+psycopg_async://u@127.0.0.1/db?password={_ENCODED}")
+    assert "s3cr" not in str(info.value)
+    assert "password=***" in str(info.value)
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_a_percent_encoded_password_works_and_stays_masked(store_kind: str, sql_url: str) -> None:
+    """Every message of a working store on a password URL: a failed statement's too."""
+    url = sa.make_url(sql_url).set(password=_PASSWORD).render_as_string(hide_password=False)
+    assert _ENCODED in url
+    store = SQLStore.from_url(url, table_name=f"test_sessions_{uuid.uuid4().hex[:12]}")
+    try:
+        key = new_key()
+        assert store.save(key, make_record(b"{}"), expected_version=None)
+        with pytest.raises(StoreError) as info:
+            store.save(
+                new_key(),
+                make_record(b"{}", user_id="u" * (MAX_USER_ID + 1)),
+                expected_version=None,
+            )
+        messages = [repr(store), str(info.value)]
+        with _locked_elsewhere(store, key), pytest.raises(LockTimeout) as timeout:
+            store.save_locked(key, _never_build, timeout=0.1)
+        messages.append(str(timeout.value))
+        for message in messages:
+            assert "s3cr" not in message and _ENCODED not in message
+            assert "postgres:***@" in message
+    finally:
+        store.table.drop(store.engine, checkfirst=True)
+        store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_a_refused_password_stays_masked(store_kind: str, sql_url: str) -> None:
+    """The test server's root has no password, so any password is refused."""
+    url = sa.make_url(sql_url).set(password=_PASSWORD).render_as_string(hide_password=False)
+    with SQLStore.from_url(url) as store, pytest.raises(StoreError) as info:
+        store.ping()
+    message = str(info.value)
+    assert "s3cr" not in message and _ENCODED not in message
+    assert ":***@" in message and "1045" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "connect_args", "secret"),
+    [
+        pytest.param("sqlite:///x.db", {"password": 123456}, "123456", id="sqlite"),
+        pytest.param(
+            "mariadb+pymysql://u@127.0.0.1/db", {"passwd": 123456}, "123456", id="mariadb"
+        ),
+        pytest.param(
+            "postgresql+psycopg://u@127.0.0.1/db", {"sslpassword": 1234}, "1234", id="postgresql"
+        ),
+        pytest.param(
+            "mariadb+pymysql://u@127.0.0.1/db", {"client_flag": "12x45"}, "12x45", id="flag"
+        ),
+    ],
+)
+def test_a_bad_connect_args_entry_is_named_and_never_quoted(
+    url: str, connect_args: dict[str, Any], secret: str
+) -> None:
+    """A numeric password (as a configuration file reads 123456) would fail on first use,
+    on PyMySQL with a bare TypeError; a flag that is no number raised a bare ValueError
+    that quoted it."""
+    with pytest.raises(ConfigError) as info:
+        SQLStore.from_url(url, connect_args=connect_args)
+    message = str(info.value)
+    assert "'connect_args'" in message and repr(next(iter(connect_args))) in message
+    assert secret not in message
+
+
+def test_a_driver_refusing_an_argument_is_a_store_error_that_quotes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The driver's TypeError used to escape the store as it was."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with SQLStore.from_url(url, connect_args={"s3cr3t_option": 1}) as store:
+        with pytest.raises(StoreError, match="'connect_args'") as info:
+            store.ping()
+    assert "s3cr3t" not in str(info.value)
+    assert isinstance(info.value.__cause__, TypeError)
 
 
 @pytest.mark.parametrize("store_kind", SQL_SERVER_KINDS)

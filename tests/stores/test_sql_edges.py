@@ -427,3 +427,62 @@ def test_a_locked_save_whose_commit_reply_is_lost_returns_what_it_wrote(
                 assert left is not None and left.version == 0
         finally:
             store.close()
+
+
+# -- what a failure's message says ----------------------------------------------------------
+
+
+def _password_url(url: str, kind: str) -> str:
+    """*url* with a password on PostgreSQL, which the test server (trusting loopback) ignores."""
+    if kind != "postgresql":
+        return url
+    return sa.make_url(url).set(password="pw-s3cret").render_as_string(hide_password=False)
+
+
+def _assert_quotes_none_of(message: str, *values: str) -> None:
+    for value in values:
+        assert value not in message, f"the message quotes {value[:12]!r}…: {message}"
+
+
+def test_a_taken_key_to_move_to_is_not_quoted(url: str, kind: str, table_name: str) -> None:
+    """PostgreSQL's DETAIL ("Key (id_hash)=(…) already exists") and MySQL's "Duplicate
+    entry '…'" quote the whole key; the store's message names at most its first 8."""
+    store = SQLStore.from_url(_password_url(url, kind), table_name=table_name)
+    try:
+        key, taken = new_key(), new_key()
+        old = make_record(b"topsecret-old", user_id="s3cret-user")
+        assert store.save(key, old, expected_version=None)
+        assert store.save(taken, make_record(b"topsecret-taken"), expected_version=None)
+        with pytest.raises(StoreError) as info:
+            store.save_locked(key, _written, timeout=30, moves_to=taken)
+        message = str(info.value)
+        _assert_quotes_none_of(message, key, taken, "topsecret", "s3cret", "pw-s3cret")
+        assert "IntegrityError" in message
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+def test_a_failing_row_is_not_quoted(
+    url: str, kind: str, table_name: str, observer: sa.Engine
+) -> None:
+    """A constraint of the operator's refuses a row: PostgreSQL's DETAIL quotes all of it
+    ("Failing row contains (<key>, \\x…, …, <user id>)")."""
+    store = SQLStore.from_url(_password_url(url, kind), table_name=table_name)
+    try:
+        key = new_key()
+        data = b"topsecret-data"
+        assert store.save(key, make_record(data, user_id="s3cret-user"), expected_version=None)
+        with observer.begin() as conn:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table_name} ADD CONSTRAINT {table_name}_v CHECK (version < 2)"
+            )
+        with pytest.raises(StoreError) as info:
+            store.save(
+                key, make_record(data, version=2, user_id="s3cret-user"), expected_version=1
+            )
+        message = str(info.value)
+        _assert_quotes_none_of(message, key, "topsecret", data.hex(), "s3cret", "pw-s3cret")
+        assert "IntegrityError" in message or "OperationalError" in message
+    finally:
+        store.close()

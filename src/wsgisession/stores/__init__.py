@@ -16,9 +16,10 @@ from importlib.metadata import entry_points
 from typing import Any, Final
 
 from ..errors import ConfigError
-from .base import LockTimeout, Record, Store, mask_url
+from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
 
 __all__ = [
+    "CorruptRecord",
     "LockTimeout",
     "Record",
     "Store",

@@ -20,17 +20,18 @@ the body, and files of this format need no new version for it.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from typing import Final, NamedTuple
 
-from .base import Record
+from .base import CorruptRecord, Record
 
 __all__ = [
+    "HEAD_SIZE",
     "SLOT",
     "SLOT_AT",
     "CorruptRecord",
+    "UNREADABLE",
     "Header",
     "decode_record",
     "encode_record",
@@ -50,15 +51,13 @@ _CRC: Final = struct.Struct(">I")
 SLOT_AT: Final = (_PREFIX.size, _PREFIX.size + SLOT.size)
 _HEAD_AT: Final = SLOT_AT[1] + SLOT.size
 _BODY_AT: Final = _HEAD_AT + _HEAD.size + _CRC.size
+#: How much of a record file :func:`header` reads: all but the body.
+HEAD_SIZE: Final = _BODY_AT
 _EMPTY_SLOTS: Final = bytes(2 * SLOT.size)
 _MAGIC: Final = b"WSGS"
 _FORMAT: Final = 2
 _PREFIX_BYTES: Final = _PREFIX.pack(_MAGIC, _FORMAT)
 _HAS_USER: Final = 1
-
-
-class CorruptRecord(Exception):
-    """A record file that cannot be decoded; the message says why."""
 
 
 def encode_record(record: Record) -> bytes:
@@ -152,24 +151,24 @@ class Header(NamedTuple):
     tombstone: bool
 
 
-def header(path: str) -> Header:
-    """Return the latest ``expires_at`` of the record file at *path*, and its kind.
+#: What :func:`header` makes of a file that is no record: expired long ago.
+UNREADABLE: Final = Header(float("-inf"), False)
 
-    The expiry is the later of the header's and the slots'; the body is not read,
-    nor checked. A corrupt file reads as expired long ago, so cleanup removes it. A
-    file of a newer format reads as a record never expiring: a newer worker sharing the
+
+def header(head: bytes) -> Header:
+    """Return the latest ``expires_at`` of a record file that starts with *head*, and its kind.
+
+    *head* is the file's first :data:`HEAD_SIZE` bytes, or all of a shorter file. The
+    expiry is the later of the header's and the slots'; the body is not read, nor
+    checked. A corrupt file reads as expired long ago, so cleanup removes it. A file of
+    a newer format reads as a record never expiring: a newer worker sharing the
     directory may have written it, and only that worker can judge it.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        head = os.read(fd, _BODY_AT)
-    finally:
-        os.close(fd)
     if len(head) < _PREFIX.size or head[:4] != _MAGIC or head[4] < _FORMAT:
-        return Header(float("-inf"), False)
+        return UNREADABLE
     if head[4] > _FORMAT:
         return Header(float("inf"), False)
     if len(head) < _BODY_AT:
-        return Header(float("-inf"), False)
+        return UNREADABLE
     _, version, _, expires, *_ = _HEAD.unpack_from(head, _HEAD_AT)
     return Header(_times(head, expires, 0.0)[0], version == 0)

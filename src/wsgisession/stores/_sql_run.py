@@ -7,8 +7,8 @@ run once more, a deadlock or serialization failure is retried, a transaction is
 opened the way the engine needs (an engine in autocommit gets its ``BEGIN`` from
 the store), a lock is waited for no longer than asked, SQLite's writers of this
 process take their turns first come, first served, and the driver's errors become
-:exc:`~wsgisession.errors.StoreError` with the session data kept out of their
-messages.
+:exc:`~wsgisession.errors.StoreError` with the session data, keys and user ids kept
+out of their messages.
 
 Kept apart from :mod:`wsgisession.stores.sql` so that the store reads as the
 statements of each operation, with how they reach the database in one place.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +31,9 @@ import sqlalchemy as sa
 from ..errors import StoreError
 from ._sql_schema import begin_statement, built_by_store, busy_timeout
 from ._turns import Turns
-from .base import LockTimeout, mask_url, translate_errors
+from .base import LockTimeout, mask_url
 
-__all__ = ["Runner", "lock_timed_out", "must_retry"]
+__all__ = ["Runner", "describe", "lock_timed_out", "must_retry"]
 
 _T = TypeVar("_T")
 
@@ -64,6 +65,12 @@ _MYSQL_USUAL_WAIT: Final = "SET SESSION innodb_lock_wait_timeout = @wsgisession_
 # process's writers get it in the order they asked, and the busy handler is left
 # to sort out only other processes.
 _SQLITE_WRITERS: Final = Turns()
+
+# What a driver's message quotes is where it puts values ("Duplicate entry '<key>'",
+# PostgreSQL's 'invalid input syntax: "<value>"'): from a quote that is no
+# apostrophe inside a word to the last quote of its kind on the line, since a value
+# may hold quotes itself, or to the end of the line.
+_QUOTED: Final = re.compile(r"""(?<!\w)(['"])(?:.*\1|.*)""")
 
 
 class Runner:
@@ -116,24 +123,25 @@ class Runner:
         process's earlier writes, as :meth:`queue` does, for at most the busy
         timeout; a wait that runs out is a :exc:`StoreError`, as a busy database is.
         """
-        with translate_errors(self._what, *self._errors):
-            try:
-                self._ensure_table()
-                if writes and self._database:
-                    with _SQLITE_WRITERS.hold(self._database, self._busy) as taken:
-                        if not taken:
-                            raise StoreError(
-                                f"{mask_url(self._what)}: database is locked: this"
-                                f" process's earlier writes held it {self._busy:g} s"
-                            )
-                        return self._attempt(operation, single)
-                return self._attempt(operation, single)
-            except sa.exc.StatementError as exc:
-                # The parameters are session data; they must not reach a log
-                # through the message, even on an engine built without
-                # hide_parameters.
-                exc.hide_parameters = True
-                raise
+        try:
+            self._ensure_table()
+            if writes and self._database:
+                with _SQLITE_WRITERS.hold(self._database, self._busy) as taken:
+                    if not taken:
+                        raise StoreError(
+                            f"{mask_url(self._what)}: database is locked: this"
+                            f" process's earlier writes held it {self._busy:g} s"
+                        )
+                    return self._attempt(operation, single)
+            return self._attempt(operation, single)
+        except sa.exc.StatementError as exc:
+            # The parameters are session data; they must not reach a log through
+            # the chained exception either, even on an engine built without
+            # hide_parameters.
+            exc.hide_parameters = True
+            raise StoreError(f"{mask_url(self._what)}: {describe(exc)}") from exc
+        except self._errors as exc:
+            raise StoreError(f"{mask_url(self._what)}: {describe(exc)}") from exc
 
     def transaction(self, conn: sa.Connection, *, single: bool = False) -> sa.RootTransaction:
         """Begin a transaction on *conn* for one statement or, unless *single*, several.
@@ -250,7 +258,7 @@ class Runner:
         attempt = 1
         while True:
             try:
-                with self.engine.connect() as conn:
+                with self._connect() as conn:
                     if single and self._switch_autocommit:
                         conn.execution_options(isolation_level="AUTOCOMMIT")
                     return operation(conn)
@@ -265,13 +273,24 @@ class Runner:
             time.sleep(random.uniform(0, 0.002 * attempt))
             attempt += 1
 
+    def _connect(self) -> sa.Connection:
+        try:
+            return self.engine.connect()
+        except TypeError as exc:
+            # Drivers check their connect() arguments with plain Python, which
+            # SQLAlchemy passes on untranslated.
+            raise StoreError(
+                f"{mask_url(self._what)}: the driver refused an argument of the connection"
+                f" (store option 'connect_args', or the URL's query): {describe(exc)}"
+            ) from exc
+
     def _ensure_table(self) -> None:
         if self._table_ready:
             return
         with self._table_lock:
             if self._table_ready:
                 return
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 attempt = 1
                 while True:
                     try:
@@ -290,6 +309,37 @@ class Runner:
                             raise
                     attempt += 1
             self._table_ready = True
+
+
+def describe(exc: BaseException) -> str:
+    """What *exc* says went wrong, fit for a message that may be logged or shown.
+
+    The error's class, the driver's exception and code, and the first line of the
+    driver's message with what it quotes left out. Never the statement, its
+    parameters, or anything after the first line, such as PostgreSQL's ``DETAIL``
+    (``Key (id_hash)=(…) already exists``, ``Failing row contains (…)``).
+    """
+    cause = getattr(exc, "orig", None) or exc
+    args: tuple[object, ...] = getattr(cause, "args", ())
+    code: object = None
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        code, text = args[0], args[1]  # MySQL's drivers: (errno, message)
+    else:
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        code = code or getattr(cause, "sqlite_errorname", None)
+        text = str(cause)
+    line = _QUOTED.sub(_elide, text.strip().partition("\n")[0])
+    name = type(exc).__name__
+    if cause is not exc:
+        name += f" ({type(cause).__module__}.{type(cause).__qualname__}"
+        name += f" {code})" if code is not None else ")"
+    return f"{name}: {line}" if line else name
+
+
+def _elide(quoted: re.Match[str]) -> str:
+    quote = quoted.group(1)
+    closed = len(quoted.group()) > 1 and quoted.group().endswith(quote)
+    return f"{quote}…{quote}" if closed else f"{quote}…"
 
 
 def lock_timed_out(exc: sa.exc.DBAPIError) -> bool:

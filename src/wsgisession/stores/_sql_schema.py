@@ -6,18 +6,21 @@ Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries, and from
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import ConfigError
-from .base import Record, mask_url
+from ..users import MAX_USER_ID
+from .base import CorruptRecord, Record, mask_url
 
 __all__ = [
     "LEASE_KEY",
@@ -32,6 +35,7 @@ __all__ = [
     "row_record",
     "row_values",
     "session_table",
+    "shown_url",
 ]
 
 #: The key of the purge lease row. It is not hex, so no session key can collide.
@@ -57,8 +61,9 @@ _BLOB: Final = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb
 _KEY: Final = sa.String(64).with_variant(
     mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
 )
-_USER: Final = sa.String(255).with_variant(
-    mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+# Every dialect counts a VARCHAR's length in characters, as MAX_USER_ID does.
+_USER: Final = sa.String(MAX_USER_ID).with_variant(
+    mysql.VARCHAR(MAX_USER_ID, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 # option -> (accepted types, description for messages)
@@ -80,6 +85,12 @@ _EXTRAS: Final = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"
 _CLIENT_FOUND_ROWS: Final = 2
 
 _SQLITE_TIMEOUT: Final = 5.0
+
+# Entries of connect_args that hold a credential: their values are never shown.
+_SECRET_ARG: Final = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
+
+# What a URL's user name or password must percent-encode, as messages say it.
+_ENCODE_HINT: Final = "percent-encode any @ : / ? # or % in its user name or password"
 
 
 def check_table_name(name: object) -> str:
@@ -127,19 +138,59 @@ def row_record(row: Sequence[Any]) -> Record:
     """Return the record a row selected with :func:`record_columns` holds.
 
     Further columns after those are ignored.
+
+    :raises CorruptRecord: A column holds a value of another type than the column's,
+        which only SQLite, whose columns take any value, lets a row have. The message
+        names the columns, never what they hold.
     """
     # Unpacking by position skips the name lookup of each Row attribute, which costs
     # more than the conversions.
     data, meta, version, created_at, expires_at, last_seen, user_id = row[:7]
-    return Record(
-        data=bytes(data),
-        version=int(version),
-        created_at=float(created_at),
-        expires_at=float(expires_at),
-        last_seen=float(last_seen),
-        user_id=user_id,
-        meta=bytes(meta),
-    )
+    try:
+        # Every driver reads a binary column as bytes; bytes() of anything else
+        # would make an int into that many zero bytes, and text into an error.
+        return Record(
+            data=data if type(data) is bytes else _binary(data),
+            version=int(version),
+            created_at=float(created_at),
+            expires_at=float(expires_at),
+            last_seen=float(last_seen),
+            user_id=user_id if user_id is None or type(user_id) is str else _text(user_id),
+            meta=meta if type(meta) is bytes else _binary(meta),
+        )
+    except (TypeError, ValueError, OverflowError):
+        pass
+    wrong = []
+    for (name, convert), value in zip(_CONVERSIONS, row[:7], strict=True):
+        try:
+            convert(value)
+        except (TypeError, ValueError, OverflowError):
+            wrong.append(name)
+    raise CorruptRecord(f"a value of the wrong type in column(s) {', '.join(wrong) or '?'}")
+
+
+def _binary(value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(type(value).__name__)
+    return bytes(value)
+
+
+def _text(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+# The conversion of each column of record_columns, in its order.
+_CONVERSIONS: Final[tuple[tuple[str, Callable[[Any], object]], ...]] = (
+    ("data", _binary),
+    ("meta", _binary),
+    ("version", int),
+    ("created_at", float),
+    ("expires_at", float),
+    ("last_seen", float),
+    ("user_id", _text),
+)
 
 
 def row_values(record: Record) -> dict[str, Any]:
@@ -262,20 +313,34 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
     without ``BEGIN`` and ``COMMIT`` around it; :func:`begin_statement` then names
     the statement that opens one.
 
+    A SQLite database file that does not exist yet is created by the engine's
+    first connection with mode ``0600``, whatever the umask, so that SQLite's
+    ``-wal`` and ``-shm`` files, which take the database file's mode, are the
+    owner's alone as well. An existing file keeps the mode it has.
+
+    No message quotes the URL's password or the value of a secret entry of
+    ``connect_args``.
+
     :raises ConfigError: The URL can't be parsed, its driver is missing, or an
         option is unknown or of the wrong type.
     """
     _check_types(options)
-    shown = mask_url(url)
     if url.startswith(("postgres:", "postgres+")):
         # Heroku-style URLs; SQLAlchemy knows only "postgresql".
         url = "postgresql" + url[len("postgres") :]
     try:
         parsed = sa.make_url(url)
-    except (sa.exc.ArgumentError, ValueError) as exc:
+    except (sa.exc.ArgumentError, ValueError):
+        # Neither the URL nor SQLAlchemy's complaint is shown: a password holding
+        # "@" is what usually trips the parser, and the complaint quotes a piece
+        # of it as the port.
+        scheme, sep, _ = url.partition("://")
+        shown = f"{scheme}://…" if sep else "…"
         raise ConfigError(
-            f"store {shown!r} is not a database URL SQLAlchemy can read: {exc}"
-        ) from exc
+            f"store {shown!r} is not a database URL SQLAlchemy can read; {_ENCODE_HINT}"
+        ) from None
+    shown = shown_url(parsed)
+    check_host(parsed)
     backend = parsed.get_backend_name()
     # No pool_pre_ping by default: SQLStore replaces a dropped connection when an
     # operation finds it, instead of paying a round trip per operation to look.
@@ -298,7 +363,7 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
     elif backend in ("mysql", "mariadb") and "client_flag" in connect_args:
         # The dialect sets FOUND_ROWS itself unless connect_args replaces its
         # client_flag; without it, a refresh that changes nothing counts no rows.
-        connect_args["client_flag"] = int(connect_args["client_flag"]) | _CLIENT_FOUND_ROWS
+        connect_args["client_flag"] = _client_flag(connect_args["client_flag"])
     if connect_args:
         kwargs["connect_args"] = connect_args
     begin: str | None = None
@@ -326,12 +391,37 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         # A pool event: unlike a "begin" listener on the engine, it leaves every
         # statement free of SQLAlchemy's event dispatch.
         event.listen(engine, "connect", _sqlite_connect)
+        # A dialect event, run before the driver opens (and may create) the file: an
+        # open() per new connection, which as a rule finds the file there. It costs
+        # each statement a look at an empty list of listeners, under a microsecond.
+        event.listen(engine, "do_connect", _sqlite_create)
     engine.update_execution_options(**{_BUILT_OPTION: True})
     if busy is not None:
         engine.update_execution_options(**{_BUSY_OPTION: busy})
     if begin is not None:
         engine.update_execution_options(**{_BEGIN_OPTION: begin})
     return engine
+
+
+def shown_url(url: sa.URL) -> str:
+    """*url* as messages and reprs show it, its password and any password parameter masked."""
+    return mask_url(url.render_as_string(hide_password=True))
+
+
+def check_host(url: sa.URL) -> None:
+    """Refuse *url* if its password holds an ``@``, which SQLAlchemy does not read.
+
+    SQLAlchemy ends the password at its first ``@`` and takes the rest of it for the
+    host, which the driver then quotes in its connection errors. An ``@`` never
+    belongs in a host, so one there means a password to percent-encode.
+
+    :raises ConfigError: The host holds an ``@``; the message shows none of it.
+    """
+    if "@" in (url.host or ""):
+        raise ConfigError(
+            f"store '{url.drivername}://…' has an '@' in its password,"
+            f" which SQLAlchemy cuts short; {_ENCODE_HINT} ('@' is %40)"
+        )
 
 
 def built_by_store(engine: sa.Engine) -> bool:
@@ -367,8 +457,22 @@ def _busy_seconds(shown: str, value: object) -> float:
     except (TypeError, ValueError):
         seconds = -1.0
     if not seconds >= 0:
-        raise ConfigError(f"store {shown!r}: SQLite's timeout must be a number of seconds >= 0")
+        raise ConfigError(
+            f"store {shown!r}: store option 'connect_args' entry 'timeout' (SQLite's"
+            " busy timeout) must be a number of seconds >= 0"
+        )
     return seconds
+
+
+def _client_flag(value: Any) -> int:
+    try:
+        flag: int = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "store option 'connect_args' entry 'client_flag' must be an int,"
+            f" not {type(value).__name__}"
+        ) from None
+    return flag | _CLIENT_FOUND_ROWS
 
 
 def _check_types(options: dict[str, Any]) -> None:
@@ -385,11 +489,53 @@ def _check_types(options: dict[str, Any]) -> None:
             raise ConfigError(
                 f"store option {name!r} must be {described}, not {type(value).__name__}"
             )
-    if "connect_args" in options and not all(isinstance(k, str) for k in options["connect_args"]):
-        raise ConfigError("store option 'connect_args' must have str keys")
+    if "connect_args" in options:
+        _check_connect_args(options["connect_args"])
     for name in ("pool_size", "pool_timeout"):
         if options.get(name, 0) < 0:
             raise ConfigError(f"store option {name!r} must not be negative")
+
+
+def _check_connect_args(connect_args: dict[Any, Any]) -> None:
+    if not all(isinstance(name, str) for name in connect_args):
+        raise ConfigError("store option 'connect_args' must have str keys")
+    for name, value in connect_args.items():
+        # A password the configuration file read as a number ("123456", or worse,
+        # "0123" as 123) would fail on first use, in some drivers with a TypeError.
+        if _SECRET_ARG.search(name) and not isinstance(value, (str, bytes)):
+            raise ConfigError(
+                f"store option 'connect_args' entry {name!r} must be a str, not"
+                f" {type(value).__name__} (quote it in a configuration file)"
+            )
+
+
+def _sqlite_create(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+    # SQLite creates a missing database file with mode 0644 whatever the umask, and
+    # its -wal and -shm files with the database file's mode. Created first here,
+    # exclusively, the file is the owner's alone before it holds a byte; an existing
+    # file (or a link, even a dangling one) is left to SQLite as it is.
+    path = _sqlite_file(cargs, cparams)
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return  # there already, or not to be made here: SQLite opens it, or says why
+    try:
+        os.fchmod(fd, 0o600)  # what the umask took away, SQLite needs back
+    finally:
+        os.close(fd)
+
+
+def _sqlite_file(cargs: list[Any], cparams: dict[str, Any]) -> str | None:
+    """The file a connection with these arguments may create, or ``None``."""
+    name = str(cargs[0]) if cargs else str(cparams.get("database", ""))
+    if cparams.get("uri") and name.startswith("file:"):
+        parts = urlsplit(name)
+        if parse_qs(parts.query).get("mode", ["rwc"])[-1] != "rwc":
+            return None  # read-only, read-write of an existing file, or in memory
+        name = unquote(parts.path)
+    return None if name in ("", ":memory:") else name
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

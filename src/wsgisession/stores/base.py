@@ -7,11 +7,23 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from ..errors import StoreError
 
-__all__ = ["LockTimeout", "Record", "Store", "mask_url", "translate_errors"]
+__all__ = ["CorruptRecord", "LockTimeout", "Record", "Store", "mask_url", "translate_errors"]
+
+
+class CorruptRecord(Exception):
+    """What :meth:`Store.load` raises for something under a key that is no readable record.
+
+    Bad framing, a failed checksum, a truncated file, a layout the store does not know:
+    the store works, but this one record can't be read. It is not a
+    :exc:`~wsgisession.StoreError`: the middleware treats the session as missing, logs
+    the key's first characters and the reason, counts it in ``metrics()["corrupt"]``
+    and emits a ``corrupt`` event. The message says what is wrong, never what the
+    record holds.
+    """
 
 
 class LockTimeout(StoreError):
@@ -81,6 +93,9 @@ class Store(abc.ABC):
 
         A record whose ``expires_at`` has passed by the application's clock is never
         returned, whatever the backend's own expiry says.
+
+        :raises CorruptRecord: Something is under *key* that the store can't read as a
+            record (where the store frames records itself).
         """
 
     @abc.abstractmethod
@@ -133,7 +148,7 @@ class Store(abc.ABC):
     ) -> Record | None:
         """Write ``build(current)`` while holding *key*'s save lock: a save that can't lose.
 
-        This is the fallback of a save whose compare-and-set keeps losing. The store
+        This is the fallback of a save whose compare-and-set lost a race. The store
         takes *key*'s exclusive save lock, waiting for it at most *timeout* seconds
         (:exc:`LockTimeout` after that) behind the callers that asked before it, first
         come, first served where the backend allows. While it holds the lock, no other
@@ -215,12 +230,25 @@ class Store(abc.ABC):
         self.close()
 
 
-_PASSWORD = re.compile(r"(?<=://)([^:/@]*):([^@]*)@")
+# A password given as a query parameter (``?password=``), as some drivers accept.
+_QUERY_PASSWORD: Final = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """Return *url* with any password replaced by ``***``, fit for messages and logs."""
-    return _PASSWORD.sub(r"\1:***@", url)
+    """Return *url* with any password replaced by ``***``, fit for messages and logs.
+
+    The password runs from the first ``:`` after the scheme to the last ``@``, so one
+    holding ``@``, ``:``, ``/``, ``?`` or ``#`` is hidden whole. An ``@`` in the path or
+    the query hides the host as well: when in doubt, more is hidden, never less. A
+    ``password=`` query parameter is masked too.
+    """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    colon = rest.find(":", 0, at) if sep and at >= 0 else -1
+    if colon < 0 or "/" in rest[:colon]:
+        return url
+    return f"{scheme}://{rest[:colon]}:***{rest[at:]}"
 
 
 class translate_errors:

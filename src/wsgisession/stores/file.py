@@ -7,22 +7,24 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any, Final, Self
 
-from ..errors import ConfigError
-from ._file_format import CorruptRecord, Header, decode_record, encode_record
+from ..errors import ConfigError, StoreError
+from ._file_format import HEAD_SIZE, UNREADABLE, Header, decode_record, encode_record
 from ._file_format import header as _header
 from ._file_format import slot as _slot
 from ._file_format import spare_slot as _spare_slot
 from ._file_tree import KEY as _KEY
 from ._file_tree import TEMP_PREFIX as _TEMP_PREFIX
-from ._file_tree import Tree, read_all
+from ._file_tree import Tree, Unsafe
 from ._turns import Turns
-from .base import LockTimeout, Record, Store, mask_url, translate_errors
+from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
 from .file_index import UserIndex
 
 __all__ = ["FileStore"]
@@ -30,6 +32,8 @@ __all__ = ["FileStore"]
 log = logging.getLogger("wsgisession")
 
 _OPTIONS: Final = ("file_mode", "fsync", "shard_depth")
+#: The bits ``file_mode`` may hold beyond the owner's read and write: the group's.
+_GROUP_BITS: Final = 0o060
 _PURGE_NAME: Final = ".purge"
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
@@ -74,18 +78,32 @@ class FileStore(Store):
     :mod:`~wsgisession.stores.file_index`), changed under its own lock while the
     records' locks are held, so it changes in the same step as the records.
 
-    A record file that cannot be decoded counts as missing and is logged. Keys must
-    be 64 lowercase hex digits, as :func:`wsgisession.ids.store_key` makes them;
+    The store owns its directory. It makes what is missing, the directory's parents
+    included, with mode ``0o700`` (``0o750`` or ``0o770`` when *file_mode* lets the
+    group read or write) and files with *file_mode*. On first use it refuses, with
+    :exc:`~wsgisession.StoreError`, a directory that another user owns or that others
+    can write (the group too, unless *file_mode* lets it write the records anyway).
+    Inside, it follows no symbolic link: a link, or another user's directory, in a
+    shard's place is refused, a link or anything but a regular file of the store's
+    user at a lock file's or the purge lease's path too, and at a record's path it
+    reads as a corrupt record, without blocking on a FIFO. See
+    :class:`~wsgisession.stores._file_tree.Tree`.
+
+    :meth:`load` raises :exc:`~wsgisession.stores.CorruptRecord` for a file that holds
+    no record it can read; elsewhere such a file counts as missing and is logged. Keys
+    must be 64 lowercase hex digits, as :func:`wsgisession.ids.store_key` makes them;
     any other key raises :exc:`ValueError`, a programming error, so that no key can
-    name a file outside *directory*.
+    name a file outside *directory*. Messages and log lines name a file by its first 8
+    hex digits at most.
 
     :param directory: Where the records live; a relative path is resolved against
         the current directory now. It is created by the first write or :meth:`ping`.
     :param shard_depth: Levels of two-hex-digit sub-directories, from 0 to 4.
     :param fsync: Flush every write and its directory to disk, so a power loss
         keeps it too. Slower.
-    :param file_mode: Permission bits of the record files; directories get the
-        matching search bits.
+    :param file_mode: Permission bits of the record files: ``0o600``, plus read or
+        write for the group (``0o640``, ``0o660``); directories get the matching
+        search bits.
     :raises ConfigError: An option has the wrong type or is out of range.
     """
 
@@ -103,10 +121,12 @@ class FileStore(Store):
             )
         if type(fsync) is not bool:
             raise ConfigError(f"store option 'fsync' must be true or false, got {fsync!r}")
-        if type(file_mode) is not int or not 0o600 <= file_mode <= 0o777 or ~file_mode & 0o600:
+        if type(file_mode) is not int or file_mode & ~_GROUP_BITS != 0o600:
+            shown = f"{file_mode:#o}" if type(file_mode) is int else repr(file_mode)
             raise ConfigError(
-                "store option 'file_mode' must be permission bits that let the owner "
-                f"read and write, such as 0o600, got {file_mode!r}"
+                "store option 'file_mode' must be 0o600, 0o640 or 0o660: read and write "
+                f"for the owner, at most read and write for the group, nothing for others; "
+                f"got {shown}"
             )
         self.directory: Final = os.path.abspath(os.fspath(directory))
         self.shard_depth: Final = shard_depth
@@ -137,11 +157,14 @@ class FileStore(Store):
             host, slash, rest = path[2:].partition("/")
             if host not in ("", "localhost") or not slash:
                 raise ConfigError(
-                    f"store {url!r} must name a local directory, such as 'file:///var/sessions'"
+                    f"store {mask_url(url)!r} must name a local directory, "
+                    "such as 'file:///var/sessions'"
                 )
             path = "/" + urllib.parse.unquote(rest)
         if scheme.lower() != "file" or not path:
-            raise ConfigError(f"store {url!r} must name a directory, such as 'file:./sessions'")
+            raise ConfigError(
+                f"store {mask_url(url)!r} must name a directory, such as 'file:./sessions'"
+            )
         for name in options:
             if name not in _OPTIONS:
                 raise ConfigError(
@@ -154,9 +177,21 @@ class FileStore(Store):
         return f"{type(self).__name__}({self.directory!r})"
 
     def load(self, key: str) -> Record | None:
-        """Return the live record under *key*, or ``None``; takes no lock."""
+        """Return the live record under *key*, or ``None``; takes no lock.
+
+        :raises CorruptRecord: The file under *key* holds no record this store can
+            read (bad framing or checksum, truncated, an unknown format), or is no
+            regular file of the store's user (a symbolic link, a FIFO, a directory).
+        """
+        shard = self._shard(key)
         with self._errors():
-            return self._read(key)
+            if not self._tree.ready(create=False):
+                return None
+            blob = self._tree.read(shard, key)
+        if blob is None:
+            return None
+        record = decode_record(blob)
+        return record if record.expires_at > time.time() else None
 
     def save(
         self,
@@ -183,9 +218,14 @@ class FileStore(Store):
         unlinked (from a previous user, and *replaces* from its user) after it.
         """
         old = None if replaces is None or replaces == key else replaces
+        shard = self._shard(key)
+        if old is not None:
+            self._shard(old)  # a bad key fails before the directory is made
+        with self._errors():
+            self._tree.ready(create=True)
         if old is None and expected_version is None and record.user_id is None:
             with self._errors():
-                if self._tree.create(self._shard(key), key, encode_record(record)):
+                if self._tree.create(shard, key, encode_record(record)):
                     return True
         keys = (key,) if old is None else (key, old)
         with self._errors(), self._locked(*keys):
@@ -231,6 +271,8 @@ class FileStore(Store):
             if not taken:
                 raise self._timed_out(key, timeout)
             with self._errors():
+                if not self._tree.ready(create=False):
+                    return None
                 if not held.enter_context(
                     self._locked(*keys, timeout=deadline - time.monotonic())
                 ):
@@ -256,53 +298,32 @@ class FileStore(Store):
         The new times go into a slot of the record file, written in place; the
         record itself is not rewritten.
         """
-        path = self._path(key)
-        with self._errors(), self._locked(key):
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
+        shard = self._shard(key)
+        with self._errors():
+            if not self._tree.ready(create=False):
                 return False
-            try:
-                blob = read_all(fd)
-                current = self._decoded(key, blob)
-                if current is None or current.version == 0 or current.expires_at <= time.time():
-                    return False
-                if expires_at > current.expires_at or last_seen > current.last_seen:
-                    slot = _slot(
-                        max(expires_at, current.expires_at), max(last_seen, current.last_seen)
-                    )
-                    if os.pwrite(fd, slot, _spare_slot(blob)) != len(slot):
-                        raise OSError(errno.EIO, "short write of a refresh slot")
-                    if self.fsync:
-                        os.fsync(fd)
-                return True
-            finally:
-                os.close(fd)
+            with self._locked(key):
+                return self._refresh(shard, key, expires_at, last_seen)
 
     def delete(self, key: str) -> bool:
         """Remove the record file under *key*; ``True`` if it held a live record.
 
         A tombstone is removed too, but is no live record.
         """
-        with self._errors(), self._locked(key):
-            found, before = self._read_any(key)
-            if not found:
-                # A file that appears from now on was made by a lock-free create
-                # ordered after this delete: it is not this delete's to remove.
+        self._shard(key)
+        with self._errors():
+            if not self._tree.ready(create=False):
                 return False
-            with self._users.change([(key, before, None)]):
-                self._tree.unlink(self._path(key))
-            if before is None or before.version == 0:
-                return False
-            return before.expires_at > time.time()
+            return self._delete(key)
 
     def ping(self) -> None:
-        """Create the directory if needed and check that a file can be written in it.
+        """Create the directory if needed, check it, and check that a file can be written in it.
 
-        :raises StoreError: The directory cannot be created or written to.
+        :raises StoreError: The directory cannot be created or written to, or is
+            refused (another user's, or writable by others).
         """
         with self._errors():
-            self._tree.mkdir(self.directory)
+            self._tree.ready(create=True)
             fd, probe = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.directory)
             try:
                 os.write(fd, b"ping")
@@ -323,16 +344,17 @@ class FileStore(Store):
         removed = 0
         now = time.time()
         with self._errors():
-            for path, head in self._scan(stale_before=now - _TEMP_MAX_AGE):
+            if not self._tree.ready(create=False):
+                return 0
+            for shard, key, head in self._scan(stale_before=now - _TEMP_MAX_AGE):
                 if limit is not None and removed >= limit:
                     break
                 if head.expires_at > now:
                     continue
-                key = os.path.basename(path)
                 with self._locked(key), contextlib.suppress(FileNotFoundError):
-                    if _header(path).expires_at <= now:
+                    if self._head(shard, key).expires_at <= now:
                         with self._users.change([(key, self._read(key, expired=True), None)]):
-                            self._tree.unlink(path)
+                            self._tree.unlink(f"{shard}/{key}")
                         removed += 1
             if limit is None or removed < limit:
                 self._users.sweep(stale_before=now - _TEMP_MAX_AGE)
@@ -345,13 +367,17 @@ class FileStore(Store):
         dropped under the user's lock.
         """
         with self._errors():
+            if not self._tree.ready(create=False):
+                return []
             return self._users.records(user_id)
 
     def count(self) -> int:
         """Return the number of live records, tombstones aside, from every file's header."""
         now = time.time()
         with self._errors():
-            return sum(1 for _, h in self._scan() if h.expires_at > now and not h.tombstone)
+            if not self._tree.ready(create=False):
+                return 0
+            return sum(1 for *_, h in self._scan() if h.expires_at > now and not h.tombstone)
 
     def claim_purge(self, interval: float) -> bool:
         """Claim the purge for *interval* seconds through a ``.purge`` lease file.
@@ -359,11 +385,12 @@ class FileStore(Store):
         The file holds the time of the last successful claim and is updated in
         place under ``flock``, so of the workers sharing the directory only one
         purges per interval. A claim dated in the future (a clock set back) is stale.
+        The file must be a regular file of the store's user with no other name: a
+        link planted there to make the store truncate another file is refused.
         """
         with self._errors():
-            self._tree.mkdir(self.directory)
-            path = os.path.join(self.directory, _PURGE_NAME)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, self.file_mode)
+            self._tree.ready(create=True)
+            fd = self._open_lease()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
@@ -381,8 +408,8 @@ class FileStore(Store):
 
     # -- internals ---------------------------------------------------------------
 
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return translate_errors(self._what, OSError)
+    def _errors(self) -> _Errors:
+        return _Errors(self._what)
 
     def _shard(self, key: str) -> str:
         if not _KEY.fullmatch(key):
@@ -392,17 +419,24 @@ class FileStore(Store):
     def _path(self, key: str) -> str:
         return self._shard(key) + "/" + key
 
-    def _scan(self, stale_before: float = float("-inf")) -> Iterator[tuple[str, Header]]:
-        """Yield the path and header of every record file, shard by shard.
+    def _scan(self, stale_before: float = float("-inf")) -> Iterator[tuple[str, str, Header]]:
+        """Yield the shard, key and header of every record file, shard by shard.
 
         Temp files last modified before *stale_before* are removed on the way.
         """
-        for path in self._tree.files(self.directory, stale_before):
+        for shard, key in self._tree.files(self.directory, stale_before):
             try:
-                head = _header(path)
+                head = self._head(shard, key)
             except FileNotFoundError:
                 continue  # files come and go under a scan that takes no lock
-            yield path, head
+            yield shard, key, head
+
+    def _head(self, shard: str, key: str) -> Header:
+        """Return the header of the record file *key* in *shard*; a corrupt one's if none."""
+        try:
+            return _header(self._tree.head(shard, key, HEAD_SIZE))
+        except CorruptRecord:
+            return UNREADABLE
 
     def _read(self, key: str, *, expired: bool = False) -> Record | None:
         """Return the live record under *key*, ``None`` if missing or unreadable.
@@ -415,8 +449,15 @@ class FileStore(Store):
         return None
 
     def _read_any(self, key: str) -> tuple[bool, Record | None]:
-        """Return whether a file is under *key*, and its record, expired or not."""
-        blob = self._tree.read(self._path(key))
+        """Return whether a file is under *key*, and its record, expired or not.
+
+        A file that holds no readable record is logged and read as ``None``.
+        """
+        try:
+            blob = self._tree.read(self._shard(key), key)
+        except CorruptRecord as exc:
+            self._unreadable(key, exc)
+            return True, None
         if blob is None:
             return False, None
         return True, self._decoded(key, blob)
@@ -425,10 +466,64 @@ class FileStore(Store):
         try:
             return decode_record(blob)
         except CorruptRecord as exc:
-            log.warning(
-                "file store: record %s… is unreadable (%s); treated as missing", key[:8], exc
-            )
+            self._unreadable(key, exc)
             return None
+
+    def _unreadable(self, key: str, exc: CorruptRecord) -> None:
+        log.warning("file store: record %s… is unreadable (%s); treated as missing", key[:8], exc)
+
+    def _open_lease(self) -> int:
+        """Open the purge lease file, made if missing, refusing anything but our own file."""
+        path = os.path.join(self.directory, _PURGE_NAME)
+        try:
+            fd, found = self._tree.open(path, os.O_RDWR | os.O_CREAT)
+        except CorruptRecord as exc:
+            raise Unsafe(f"purge lease {_PURGE_NAME} is {exc}; refused") from None
+        # A hard link to another file of ours would have that file truncated.
+        if found.st_nlink != 1:
+            os.close(fd)
+            raise Unsafe(f"purge lease {_PURGE_NAME} has {found.st_nlink} names; refused")
+        return fd
+
+    def _delete(self, key: str) -> bool:
+        """Do :meth:`delete` once the directory is known to be there."""
+        with self._locked(key):
+            found, before = self._read_any(key)
+            if not found:
+                # A file that appears from now on was made by a lock-free create
+                # ordered after this delete: it is not this delete's to remove.
+                return False
+            with self._users.change([(key, before, None)]):
+                self._tree.unlink(self._path(key))
+            if before is None or before.version == 0:
+                return False
+            return before.expires_at > time.time()
+
+    def _refresh(self, shard: str, key: str, expires_at: float, last_seen: float) -> bool:
+        """Write the times of :meth:`refresh` into a slot of the record; hold its lock."""
+        try:
+            opened = self._tree.read_for_update(shard, key)
+        except CorruptRecord as exc:
+            self._unreadable(key, exc)
+            return False
+        if opened is None:
+            return False
+        fd, blob = opened
+        try:
+            current = self._decoded(key, blob)
+            if current is None or current.version == 0 or current.expires_at <= time.time():
+                return False
+            if expires_at > current.expires_at or last_seen > current.last_seen:
+                slot = _slot(
+                    max(expires_at, current.expires_at), max(last_seen, current.last_seen)
+                )
+                if os.pwrite(fd, slot, _spare_slot(blob)) != len(slot):
+                    raise OSError(errno.EIO, "short write of a refresh slot")
+                if self.fsync:
+                    os.fsync(fd)
+            return True
+        finally:
+            os.close(fd)
 
     def _locked(
         self, *keys: str, wait: bool = True, timeout: float | None = None
@@ -482,3 +577,43 @@ class FileStore(Store):
         return LockTimeout(
             f"{mask_url(self._what)}: session {key[:8]}… stayed locked for {timeout:g} s"
         )
+
+
+#: A store key inside a file name or message, of which no more than 8 digits are shown.
+_KEY_IN_TEXT: Final = re.compile(r"([0-9a-f]{8})[0-9a-f]{56}")
+
+
+def _redacted(name: object) -> object:
+    return _KEY_IN_TEXT.sub(r"\1…", name) if isinstance(name, str) else name
+
+
+class _Errors:
+    """Turn an :exc:`OSError` raised inside the block into :exc:`StoreError`.
+
+    As :class:`~wsgisession.stores.base.translate_errors` does, but a file name in the
+    message (and in the chained error, which a logged traceback shows) keeps only the
+    first 8 digits of a key, and a refusal (:exc:`Unsafe`) says just what it refused.
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not isinstance(exc, OSError):
+            return
+        what = mask_url(self._what)
+        if isinstance(exc, Unsafe):
+            raise StoreError(f"{what}: {exc}") from exc
+        exc.filename = _redacted(exc.filename)
+        exc.filename2 = _redacted(exc.filename2)
+        raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -2,10 +2,11 @@
 
 Private to :mod:`wsgisession.stores.file`. :class:`UserIndex` keeps one file per
 user, under ``<directory>/users/`` and named by the SHA-256 of the user id, listing
-the keys of the user's records. The file holds the user id itself, checked on every
-read, so that a misplaced file or a hash collision can't mix two users up. Its files
-are written, replaced and locked through the store's
-:class:`~wsgisession.stores._file_tree.Tree`, like the records.
+the keys of the user's records, each with the expiry its record had when the index
+last looked at it. The file holds the user id itself, checked on every read, so that
+a misplaced file or a hash collision can't mix two users up. Its files are written,
+replaced and locked through the store's :class:`~wsgisession.stores._file_tree.Tree`,
+like the records.
 
 Locks: an index file changes only under the lock of its shard, which a writer takes
 *after* the shard locks of the records it changes, never before, each kind in sorted
@@ -15,8 +16,15 @@ after a user's lock is tried without waiting (see :meth:`UserIndex._holds`).
 Invariant, under a user's lock: every live record of that user is listed (a lost or
 corrupt index is relisted by the records' next saves). Linking writes the index
 before the record and unlinking after it, so a crash in between leaves a stale entry,
-never a missing one; stale entries (a record gone, expired or another user's) are
-dropped whenever the index is rewritten, read or swept.
+never a missing one. Stale entries (a record gone, expired or another user's) are
+dropped whenever the index is read or swept, and whenever it is rewritten those whose
+recorded expiry has passed: a session ends by expiring or by a change that unlinks it
+in the same step, so an entry whose recorded expiry is still ahead needs no read of
+its record, and linking a session reads only the records whose expiry passed since
+the index last looked, not every record of the user. A record read then keeps its
+entry with its current expiry (a refresh moved it), so it is not read again before
+that. The index holds at most the user's live sessions and those that ended since it
+was last rewritten, or that a crash left behind, until their expiry.
 """
 
 from __future__ import annotations
@@ -28,11 +36,11 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
 from ._file_tree import Tree
-from .base import Record
+from .base import CorruptRecord, Record
 
 if TYPE_CHECKING:
     from .file import FileStore
@@ -51,13 +59,19 @@ log = logging.getLogger("wsgisession")
 USERS_DIR: Final = "users"
 
 # magic, format version, length of the user id, number of keys; then a CRC-32 of that
-# and the body, then the body: the UTF-8 user id and the keys as 32 raw bytes each.
+# and the body, then the body: the UTF-8 user id, and each key as 32 raw bytes followed
+# (from format 2) by the expiry of its record when last seen, a big-endian double.
 _HEAD: Final = struct.Struct(">4sBII")
 _CRC: Final = struct.Struct(">I")
+_EXPIRY: Final = struct.Struct(">d")
 _HEADER_SIZE: Final = _HEAD.size + _CRC.size
 _MAGIC: Final = b"WSGU"
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 _KEY_SIZE: Final = 32
+#: The size of an entry in each format; format 1 had no expiries.
+_ENTRY_SIZE: Final = {1: _KEY_SIZE, 2: _KEY_SIZE + _EXPIRY.size}
+#: The recorded expiry of an entry of format 1: unknown, so looked at on the next rewrite.
+_UNKNOWN: Final = float("-inf")
 
 
 class CorruptIndex(Exception):
@@ -69,30 +83,37 @@ def _utf8(user_id: str) -> bytes:
     return user_id.encode("utf-8", "surrogatepass")
 
 
-def encode_index(user_id: str, keys: Iterable[str]) -> bytes:
-    """Return the index file of *user_id* listing *keys* (store keys, 64 hex digits)."""
+def encode_index(user_id: str, entries: Mapping[str, float]) -> bytes:
+    """Return the index file of *user_id* listing *entries*, keys and their records' expiry.
+
+    The keys are store keys, 64 hex digits, written in sorted order.
+    """
     user = _utf8(user_id)
-    packed = [bytes.fromhex(key) for key in sorted(keys)]
+    packed = [bytes.fromhex(key) + _EXPIRY.pack(entries[key]) for key in sorted(entries)]
     head = _HEAD.pack(_MAGIC, _FORMAT, len(user), len(packed))
     body = user + b"".join(packed)
     return head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
 
 
-def decode_index(blob: bytes) -> tuple[str, set[str]]:
-    """Return the user id and the keys of an index file.
+def decode_index(blob: bytes) -> tuple[str, dict[str, float]]:
+    """Return the user id and the entries of an index file: keys and their recorded expiry.
 
-    :raises CorruptIndex: *blob* is not an index file of this format.
+    A file of format 1, which had no expiries, is read with every expiry unknown
+    (``-inf``), so the next rewrite looks at each record once.
+
+    :raises CorruptIndex: *blob* is not an index file of a known format.
     """
     if len(blob) < _HEADER_SIZE:
         raise CorruptIndex(f"truncated to {len(blob)} bytes")
     magic, fmt, n_user, n_keys = _HEAD.unpack_from(blob)
     if magic != _MAGIC:
         raise CorruptIndex("not a user index")
-    if fmt != _FORMAT:
+    size = _ENTRY_SIZE.get(fmt)
+    if size is None:
         raise CorruptIndex(f"unknown format version {fmt}")
     body = blob[_HEADER_SIZE:]
-    if len(body) != n_user + n_keys * _KEY_SIZE:
-        raise CorruptIndex(f"{len(body)} bytes of body, expected {n_user + n_keys * _KEY_SIZE}")
+    if len(body) != n_user + n_keys * size:
+        raise CorruptIndex(f"{len(body)} bytes of body, expected {n_user + n_keys * size}")
     (crc,) = _CRC.unpack_from(blob, _HEAD.size)
     if zlib.crc32(body, zlib.crc32(blob[: _HEAD.size])) != crc:
         raise CorruptIndex("checksum mismatch")
@@ -100,8 +121,11 @@ def decode_index(blob: bytes) -> tuple[str, set[str]]:
         user_id = body[:n_user].decode("utf-8", "surrogatepass")
     except UnicodeDecodeError as exc:
         raise CorruptIndex("user id is not UTF-8") from exc
-    keys = {body[i : i + _KEY_SIZE].hex() for i in range(n_user, len(body), _KEY_SIZE)}
-    return user_id, keys
+    entries: dict[str, float] = {}
+    for at in range(n_user, len(body), size):
+        key = body[at : at + _KEY_SIZE].hex()
+        entries[key] = _EXPIRY.unpack_from(body, at + _KEY_SIZE)[0] if fmt > 1 else _UNKNOWN
+    return user_id, entries
 
 
 class UserIndex:
@@ -138,20 +162,20 @@ class UserIndex:
         (again, if already there: that rebuilds a lost index) and unlinked from a
         previous user after it; an exception in the block skips the unlinking.
         """
-        link: list[tuple[str, str]] = []
+        link: list[tuple[str, str, float]] = []
         unlink: list[tuple[str, str]] = []
         for key, before, after in changes:
             user_id = None if after is None else after.user_id
-            if user_id is not None:
-                link.append((user_id, key))
+            if after is not None and user_id is not None:
+                link.append((user_id, key, after.expires_at))
             if before is not None and before.user_id is not None and before.user_id != user_id:
                 unlink.append((before.user_id, key))
         if not link and not unlink:
             yield
             return
-        with self.locked(user_id for user_id, _ in (*link, *unlink)):
-            for user_id, key in link:
-                self._update(user_id, add={key})
+        with self.locked([entry[0] for entry in link] + [entry[0] for entry in unlink]):
+            for user_id, key, expires_at in link:
+                self._update(user_id, add={key: expires_at})
             yield
             for user_id, key in unlink:
                 self._update(user_id, remove={key})
@@ -175,7 +199,8 @@ class UserIndex:
         For :meth:`FileStore.cleanup`, holding no lock. Temp files of the index
         last modified before *stale_before* are removed on the way.
         """
-        for path in self._tree.files(self.root, stale_before):
+        for shard, name in self._tree.files(self.root, stale_before):
+            path = f"{shard}/{name}"
             try:
                 user_id, keys = self._read_file(path)
             except FileNotFoundError:
@@ -189,8 +214,11 @@ class UserIndex:
 
     # -- internals ----------------------------------------------------------------
 
-    def _read_file(self, path: str) -> tuple[str, set[str]]:
-        blob = self._tree.read(path)
+    def _read_file(self, path: str) -> tuple[str, dict[str, float]]:
+        try:
+            blob = self._tree.read(*os.path.split(path))
+        except CorruptRecord as exc:
+            raise CorruptIndex(str(exc)) from None
         if blob is None:
             raise FileNotFoundError(path)
         user_id, keys = decode_index(blob)
@@ -198,61 +226,76 @@ class UserIndex:
             raise CorruptIndex("it names another user")
         return user_id, keys
 
-    def _load(self, user_id: str) -> set[str]:
-        """Return the keys listed for *user_id*; a corrupt index is logged and empty."""
+    def _load(self, user_id: str) -> dict[str, float]:
+        """Return the entries listed for *user_id*; a corrupt index is logged and empty."""
         path = self.path(user_id)
         try:
             return self._read_file(path)[1]
         except FileNotFoundError:
-            return set()
+            return {}
         except CorruptIndex as exc:
             _log_corrupt(path, exc)
-            return set()
+            return {}
 
     def _update(
         self,
         user_id: str,
         *,
-        add: Collection[str] = (),
+        add: Mapping[str, float] | None = None,
         remove: Collection[str] = (),
         prune: bool = False,
     ) -> None:
         """Rewrite the user's index with *add* and without *remove*; hold its lock.
 
-        A rewrite, and a *prune*, drops every other entry whose record is gone,
-        unreadable, expired or another user's; an index left empty is removed.
+        *add* maps keys to their records' expiry. A rewrite looks again at every other
+        entry whose recorded expiry has passed, a *prune* at every entry: one whose
+        record is gone, unreadable, expired or another user's is dropped, and the others
+        keep their record's current expiry. An index left empty is removed.
         """
+        add = add or {}
         old = self._load(user_id)
-        keys = (old - set(remove)) | set(add)
-        if keys == old and not prune:
+        entries = {key: known for key, known in old.items() if key not in remove}
+        entries.update(add)
+        if entries.keys() == old.keys() and not prune:
             return
-        keys = {key for key in keys if key in add or self._holds(user_id, key)}
+        now = time.time()
+        for key, known in list(entries.items()):
+            if key not in add and (prune or known <= now):
+                expires_at = self._holds(user_id, key)
+                if expires_at is None:
+                    del entries[key]
+                else:
+                    entries[key] = expires_at
         path = self.path(user_id)
-        if not keys:
+        if not entries:
             self._tree.unlink(path)  # an unreadable one too: rebuilt from now on
-        elif keys != old:
-            data = encode_index(user_id, keys)
+        elif entries != old:
+            data = encode_index(user_id, entries)
             self._tree.write(os.path.dirname(path), os.path.basename(path), data)
 
     def _listed_live(self, user_id: str, key: str) -> bool:
         record = self._store._read(key)
         return record is not None and record.user_id == user_id
 
-    def _holds(self, user_id: str, key: str) -> bool:
-        """Whether the entry of *key* stays in the index of *user_id*; hold its lock.
+    def _holds(self, user_id: str, key: str) -> float | None:
+        """Return the expiry the entry of *key* keeps in the index of *user_id*, if it stays.
 
-        A record that is missing, unreadable or another user's becomes this user's
-        only by a save under this user's lock, which the caller holds. An expired
-        one is judged again under its record lock, tried without waiting: a refresh
-        that found it live just before it expired may be about to write it.
+        ``None`` drops it. The caller holds the user's lock. A record that is missing,
+        unreadable or another user's becomes this user's only by a save under this
+        user's lock. An expired one is judged again under its record lock, tried
+        without waiting: a refresh that found it live just before it expired may be
+        about to write it.
         """
         record = self._store._read(key, expired=True)
         if record is None or record.user_id != user_id:
-            return False
+            return None
         if record.expires_at > time.time():
-            return True
+            return record.expires_at
         with self._store._locked(key, wait=False) as got:
-            return not got or self._store._read(key) is not None
+            if not got:
+                return record.expires_at  # looked at again on the next rewrite
+            again = self._store._read(key)
+            return None if again is None else again.expires_at
 
     def _drop_corrupt(self, path: str) -> None:
         # Judged again under the lock: a writer may have rebuilt the file meanwhile.

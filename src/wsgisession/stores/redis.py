@@ -36,8 +36,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from ..errors import ConfigError, StoreError
 from . import _redis_cluster, redis_scripts
 from ._redis_replies import strings, user_of, wrong_type
-from .base import LockTimeout, Record, Store, mask_url, translate_errors
-from .redis_url import Client, ClientPlan, check_cluster_prefix, plan_client
+from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
+from .redis_url import Client, ClientPlan, check_cluster_prefix, describe, plan_client
 
 __all__ = ["RedisStore"]
 
@@ -64,9 +64,11 @@ class RedisStore(Store):
     The string is a fixed header (format, version, ``created_at``, ``expires_at``,
     ``last_seen``, lengths), then the user id, the meta and the data; see
     :mod:`~wsgisession.stores.redis_scripts`. Anything else under a session's key (a
-    hash of an earlier layout, say) is a logged miss, and the next save replaces it.
-    Redis drops a record by itself when it expires, so :meth:`cleanup` has nothing
-    to do; :meth:`load` still checks ``expires_at`` against the application's clock.
+    hash of an earlier layout, a string in no known format or cut short) makes
+    :meth:`load` raise :exc:`~wsgisession.stores.base.CorruptRecord`; every other
+    operation treats it as no record, and a save replaces it. Redis drops a record by
+    itself when it expires, so :meth:`cleanup` has nothing to do; :meth:`load` still
+    checks ``expires_at`` against the application's clock.
 
     Each user's sessions are listed in a sorted set under ``<key_prefix>u:`` and the
     hex of the user id's UTF-8, whose members are the sessions' keys scored by their
@@ -121,7 +123,7 @@ class RedisStore(Store):
         self._closers: list[Callable[[], None]] = []
         self._poll = _POLL
         if isinstance(client, redis.Redis | RedisCluster):
-            self._name = repr(client)
+            self._name = describe(client)
             self._adopt(client)
         else:
             self._build = client
@@ -148,7 +150,8 @@ class RedisStore(Store):
         """
         plan: ClientPlan = plan_client(url, options)
         store = cls(plan.connect if plan.lazy else plan.connect(), key_prefix=plan.key_prefix)
-        store._name = url
+        # Masked once here, as the name goes into repr() and every message.
+        store._name = mask_url(url)
         store._closers = plan.closers
         return store
 
@@ -169,17 +172,27 @@ class RedisStore(Store):
             return self._client
 
     def load(self, key: str) -> Record | None:
-        """Return the live record under *key*, or ``None``; one ``GET``."""
+        """Return the live record under *key*, or ``None``; one ``GET``.
+
+        :raises CorruptRecord: The key holds another type than a string, or a string
+            that is no record in this store's layout.
+        """
         with self._errors():
             try:
                 value: Any = self.client.get(self.key_prefix + key)
             except ResponseError as exc:
                 if not wrong_type(exc):
                     raise
-                log.warning("session %s in Redis is not a string record; ignored", key[:8])
-                return None
-        record = _decode(key, value)
-        return record if record is not None and record.expires_at > time.time() else None
+                raise CorruptRecord(
+                    "the Redis key holds another type than a string (an older layout?)"
+                ) from None
+        if value is None:
+            return None
+        try:
+            record = redis_scripts.decode(value)
+        except ValueError as exc:
+            raise CorruptRecord(f"the Redis string is no session record: {exc}") from None
+        return record if record.expires_at > time.time() else None
 
     def save(
         self,
@@ -486,8 +499,9 @@ class RedisStore(Store):
     def count(self) -> int:
         """Count live sessions with ``SCAN`` over the prefix (every primary on Cluster).
 
-        This reads every session key's header, so it suits the command line, not a
-        request. Tombstones are not counted, nor the user sets and save locks.
+        This reads every session key's header and length, so it suits the command
+        line, not a request. Tombstones are not counted, nor the user sets and save
+        locks, nor a string whose header is no record's or whose lengths don't fit.
         """
         now = time.time()
         total = 0
@@ -578,16 +592,23 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.getrange(name, 0, redis_scripts.HEADER.size - 1)
-        heads = strings(pipe.execute(raise_on_error=False))
+            pipe.strlen(name)
+        replies = pipe.execute(raise_on_error=False)
         pipe.reset()
-        return sum(1 for head in heads if _is_live(head, now))
+        heads = strings(replies[::2])
+        return sum(
+            1 for head, size in zip(heads, replies[1::2], strict=True) if _is_live(head, size, now)
+        )
 
     def _errors(self) -> AbstractContextManager[None]:
         return translate_errors(self._name, *_ERRORS)
 
 
 def _decode(key: str, value: bytes | None) -> Record | None:
-    """Return the record a session string holds, expired or not; ``None`` if none."""
+    """Return the record a session string holds, expired or not; ``None`` if none.
+
+    Where a corrupt record reads as no record: everywhere but :meth:`RedisStore.load`.
+    """
     if value is None:
         return None
     try:
@@ -601,6 +622,7 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _is_live(head: bytes | None, now: float) -> bool:
-    found = None if head is None else redis_scripts.peek(head)
+def _is_live(head: bytes | None, size: object, now: float) -> bool:
+    # STRLEN of a key of another type is an error, whose GETRANGE reads as None.
+    found = None if head is None or not isinstance(size, int) else redis_scripts.peek(head, size)
     return found is not None and found.expires_at > now and found.version != 0

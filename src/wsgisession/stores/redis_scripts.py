@@ -10,13 +10,16 @@ than a hash's fields. The scripts read only the header and the user id, with
 ``GETRANGE``, so checking a stored record costs the same whatever its size, and a
 refresh rewrites the two times in place with ``SETRANGE``. A value that is not a
 string in this layout (a hash from before, or anything else) is treated as absent by
-the scripts and as a miss by :func:`decode`.
+the scripts, and :func:`decode` refuses it; the messages of its errors say what is
+wrong with a value, never what the value holds.
 
 Expiry is judged by the application's clock, so every script takes the caller's
 ``time.time()`` as ``now`` and treats a record whose ``expires_at`` is not after it
 as absent, whatever TTL Redis still gives it. Redis's own TTL is set relative to
 that same ``now``, so Redis drops a record when the application's clock reaches
-``expires_at``, even if the two clocks disagree.
+``expires_at``, even if the two clocks disagree. Every TTL given to Redis is at most
+:data:`MAX_TTL_MS`: a record meant to live longer is dropped by Redis then, and till
+then ``expires_at`` decides.
 
 The user index is one sorted set per user under ``<prefix>u:<hex of the user id's
 UTF-8>``, whose members are store keys (without the prefix) scored by their
@@ -70,6 +73,7 @@ __all__ = [
     "DELETE",
     "HEADER",
     "INDEX",
+    "MAX_TTL_MS",
     "LOCKED",
     "REFRESH",
     "RELEASE",
@@ -96,6 +100,12 @@ _EXPIRES_AT: Final = 20
 
 _VERSION: Final = struct.Struct(">q")
 
+#: The longest TTL, in milliseconds, given to Redis: a hundred years, ten times the
+#: longest duration the middleware accepts. Redis refuses a TTL that overflows its
+#: clock, and a Lua number becomes a command argument in exponent notation from 1e17
+#: on, which Redis refuses as "not an integer".
+MAX_TTL_MS: Final = 100 * 365 * 86_400 * 1000
+
 
 def version_arg(version: int | None) -> bytes:
     """Return *version* as the scripts compare it: its 8 header bytes (empty for none).
@@ -111,9 +121,14 @@ def ttl_ms(expires_at: float, now: float) -> int:
 
     Relative to the application's *now*, so Redis drops the record when the
     application's clock reaches *expires_at* even if the server's clock is off. Zero
-    or less means the record is already expired, and the scripts delete the key.
+    means the record is already expired, and the scripts delete the key. At most
+    :data:`MAX_TTL_MS`, however far *expires_at* is.
     """
-    return math.ceil((expires_at - now) * 1000)
+    left = (expires_at - now) * 1000
+    if not left > 0:  # NaN too: a record that is never live
+        return 0
+    # Compared before rounding, as math.ceil() of an infinity raises.
+    return MAX_TTL_MS if left >= MAX_TTL_MS else math.ceil(left)
 
 
 def tombstone_args(tombstone: Record | None, now: float) -> list[str | bytes | int]:
@@ -144,22 +159,28 @@ def encode(record: Record) -> bytes:
 def decode(value: bytes) -> Record:
     """Return the record *value* holds, expired or not.
 
-    :raises ValueError: *value* is not a record in this layout.
+    :raises ValueError: *value* is not a record in this layout. The message says
+        what is wrong, never what *value* holds.
     """
     version, created_at, expires_at, last_seen, user_len, meta_len = _unpack(value)
     if user_len < -1:
-        raise ValueError(f"user id length {user_len}")
+        raise ValueError("the header gives the user id a negative length")
     start = HEADER.size + max(user_len, 0)
     end = start + meta_len
     if end > len(value):
-        raise ValueError(f"record of {len(value)} bytes cut short")
+        raise ValueError("the record is cut short")
+    try:
+        user_id = None if user_len < 0 else value[HEADER.size : start].decode()
+    except UnicodeDecodeError:
+        # Its message quotes the bytes it could not decode.
+        raise ValueError("the user id is not UTF-8") from None
     return Record(
         data=value[end:],
         version=version,
         created_at=created_at,
         expires_at=expires_at,
         last_seen=last_seen,
-        user_id=None if user_len < 0 else value[HEADER.size : start].decode(),
+        user_id=user_id,
         meta=value[start:end],
     )
 
@@ -171,14 +192,18 @@ class Peek(NamedTuple):
     expires_at: float
 
 
-def peek(head: bytes) -> Peek | None:
+def peek(head: bytes, size: int | None = None) -> Peek | None:
     """Return the version and expiry in the first :data:`HEADER` bytes of a record.
 
-    ``None`` if *head* is not the start of a record in this layout.
+    ``None`` if *head* is not the start of a record in this layout, or, given the
+    record's *size* in bytes, if the lengths in the header don't fit in it, as
+    :func:`decode` would find.
     """
     try:
-        version, _, expires_at, _, _, _ = _unpack(head)
+        version, _, expires_at, _, user_len, meta_len = _unpack(head)
     except ValueError:
+        return None
+    if size is not None and (user_len < -1 or HEADER.size + max(user_len, 0) + meta_len > size):
         return None
     return Peek(version, expires_at)
 
@@ -186,10 +211,10 @@ def peek(head: bytes) -> Peek | None:
 def _unpack(value: bytes) -> tuple[int, float, float, float, int, int]:
     try:
         magic, *fields = HEADER.unpack_from(value)
-    except struct.error as exc:
-        raise ValueError(f"{len(value)} bytes are too few for a record header") from exc
+    except struct.error:
+        raise ValueError("too short for a record header") from None
     if magic != _MAGIC:
-        raise ValueError(f"unknown record format {magic!r}")
+        raise ValueError("not in this store's record format")
     version, created_at, expires_at, last_seen, user_len, meta_len = fields
     return version, created_at, expires_at, last_seen, user_len, meta_len
 
@@ -202,7 +227,9 @@ class Script(NamedTuple):
 
 
 def _script(body: str) -> Script:
-    source = _LAYOUT + _INDEX_FUNCTIONS + _WRITE_FUNCTIONS + body
+    source = (
+        f"local MAX_TTL = {MAX_TTL_MS}\n" + _LAYOUT + _INDEX_FUNCTIONS + _WRITE_FUNCTIONS + body
+    )
     return Script(source, hashlib.sha1(source.encode()).hexdigest())
 
 
@@ -241,7 +268,8 @@ end
 
 # Shared by the scripts: a user's set name, and linking, unlinking and tidying it.
 # Scores and times go to Redis as the strings they came in as, or with %.17g: a Lua
-# number turned into a command argument by Redis keeps fewer digits.
+# number turned into a command argument by Redis keeps fewer digits. A set's TTL is
+# capped at MAX_TTL, like a session's, for a member whose expiry is ever so far.
 _INDEX_FUNCTIONS: Final = """
 local function user_key(idx, uid)
   return idx .. (string.gsub(uid, '.', function(c)
@@ -252,7 +280,8 @@ local function tidy(name, now)
   redis.call('ZREMRANGEBYSCORE', name, '-inf', now)
   local last = redis.call('ZRANGE', name, -1, -1, 'WITHSCORES')
   if last[2] then
-    redis.call('PEXPIRE', name, math.ceil((tonumber(last[2]) - tonumber(now)) * 1000))
+    local ttl = math.ceil((tonumber(last[2]) - tonumber(now)) * 1000)
+    redis.call('PEXPIRE', name, math.min(ttl, MAX_TTL))
   end
 end
 local function link(idx, uid, member, score, now)

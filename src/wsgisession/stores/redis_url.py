@@ -2,12 +2,17 @@
 
 Private to :mod:`wsgisession.stores.redis`. Everything here is checked without
 contacting a server, so a bad URL or option fails when the store is built, and a
-server that is down fails only the first operation.
+server that is down fails only the first operation. No message shows a password, a
+user name given as an option or what ``sentinel_kwargs`` holds: URLs are shown
+masked, and an option's value only when it is no credential.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -23,7 +28,7 @@ from redis.sentinel import Sentinel
 from ..errors import ConfigError
 from .base import mask_url
 
-__all__ = ["Client", "ClientPlan", "check_cluster_prefix", "plan_client"]
+__all__ = ["Client", "ClientPlan", "check_cluster_prefix", "describe", "plan_client"]
 
 #: The clients a :class:`~wsgisession.stores.redis.RedisStore` drives.
 Client: TypeAlias = redis.Redis | RedisCluster
@@ -68,9 +73,15 @@ _CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "password": (lambda v: v is None or isinstance(v, str), "a string"),
     "sentinel_kwargs": (
         lambda v: v is None or isinstance(v, dict) and all(isinstance(k, str) for k in v),
-        "a dict of redis.Redis keyword arguments",
+        "a dict of redis.Redis keyword arguments, named by strings",
     ),
 }
+
+# Options whose values a message never shows, only their type.
+_CREDENTIALS: Final = frozenset({"username", "password", "sentinel_kwargs"})
+
+# Where a URL's host part ends.
+_AUTHORITY_END: Final = re.compile(r"[/?#]")
 
 
 @dataclass
@@ -97,11 +108,13 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
     scheme = scheme.lower()
     if not sep:
         raise ConfigError(f"store {shown!r}: a Redis URL starts with '{scheme}://'")
+    _check_userinfo(scheme, rest)
     opts = _read_options(scheme, shown, options)
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigError(f"store {shown!r} is not a valid URL: {exc}") from exc
+    except ValueError:
+        # Its message may quote the host part, credentials and all.
+        raise ConfigError(f"store {shown!r} is not a valid URL") from None
     opts = _credentials(parts.netloc, shown, opts)
     kwargs = _connection_kwargs(opts)
     if scheme in ("redis", "rediss", "unix"):
@@ -116,6 +129,7 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
     if scheme == "redis+sentinel":
         hosts = _hosts(parts.netloc, 26379, shown)
         service, db = _sentinel_path(parts.path, shown)
+        _check_sentinel_kwargs(opts.sentinel_kwargs or {})
         sentinel_kwargs = {
             "socket_timeout": opts.socket_timeout,
             "socket_connect_timeout": opts.socket_connect_timeout,
@@ -162,6 +176,79 @@ def check_cluster_prefix(prefix: str, shown: str) -> None:
     )
 
 
+def describe(client: Client) -> str:
+    """Name the server of a ready *client* as a URL without credentials.
+
+    For messages and ``repr``: built from the host, port, database or socket path
+    alone, so that nothing a client holds (a password) can show, whatever the
+    version of redis-py. Contacts nothing.
+    """
+    if isinstance(client, RedisCluster):
+        # The nodes known from the slot map read when the client was built.
+        nodes = ",".join(node.name for node in client.get_nodes())  # type: ignore[no-untyped-call,unused-ignore]
+        return f"redis+cluster://{nodes}"
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    service = getattr(pool, "service_name", None)
+    if isinstance(service, str):
+        return f"redis+sentinel:///{service}/{db}"
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={db}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def _check_userinfo(scheme: str, rest: str) -> None:
+    """Refuse a URL whose credentials spill out of its host part.
+
+    A ``/``, ``?`` or ``#`` in a password ends the host part early, so that the rest
+    of the password would be read as the path, query or fragment, and quoted by the
+    messages about them; redis-py would use a piece of the password as the password.
+    Such a URL shows as an ``@`` after the host part, which a Redis URL never needs
+    there, but for a ``unix://`` URL's socket path (whose host part is empty).
+    """
+    end = _AUTHORITY_END.search(rest)
+    if end is None or "@" not in rest[end.start() :]:
+        return
+    host = rest[: end.start()].rpartition("@")[2]
+    if scheme != "unix" or host:
+        # The URL is not shown: mask_url() can't know where such a password ends.
+        raise ConfigError(
+            f"store {scheme}:// URL: a '/', '?' or '#' in its user name or password, and "
+            "an '@' anywhere after its host, must be percent-encoded (%2F, %3F, %23, %40); "
+            "or give them as store options 'username' and 'password'"
+        )
+
+
+def _check_sentinel_kwargs(sentinel_kwargs: Mapping[str, object]) -> None:
+    """Check that *sentinel_kwargs* are arguments a Sentinel's ``redis.Redis`` takes."""
+    known = _redis_arguments()
+    for name, value in sentinel_kwargs.items():
+        if name not in known:
+            raise ConfigError(
+                f"store option 'sentinel_kwargs': {name!r} is no keyword argument of "
+                "redis.Redis that a Sentinel's connection takes"
+            )
+        if name in ("username", "password") and not (value is None or isinstance(value, str)):
+            raise ConfigError(
+                f"store option 'sentinel_kwargs': its {name!r} must be a string, got "
+                f"{_kind(value)}"
+            )
+
+
+@functools.cache
+def _redis_arguments() -> frozenset[str]:
+    # Sentinel gives each of its connections the host and port itself.
+    names = set(inspect.signature(redis.Redis).parameters) - {"host", "port"}
+    return frozenset(names)
+
+
+def _kind(value: object) -> str:
+    """What a message says of a credential's value: its type alone."""
+    name = type(value).__name__
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
 def _read_options(scheme: str, shown: str, options: Mapping[str, object]) -> _Options:
     for name, value in options.items():
         if name not in _CHECKS:
@@ -170,8 +257,16 @@ def _read_options(scheme: str, shown: str, options: Mapping[str, object]) -> _Op
                 f"{', '.join(sorted(_CHECKS))}"
             )
         test, what = _CHECKS[name]
-        if not test(value):
+        if test(value):
+            continue
+        if name not in _CREDENTIALS:
             raise ConfigError(f"store option {name!r} must be {what}, got {value!r}")
+        hint = ""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # An ini file's "store.password = 123456" reads as a number, and turning it
+            # back into text could change it (0x1f, 1e3, 007): the operator quotes it.
+            hint = '; write one that looks like a number in double quotes ("123456")'
+        raise ConfigError(f"store option {name!r} must be {what}, got {_kind(value)}{hint}")
     if options.get("sentinel_kwargs") is not None and scheme != "redis+sentinel":
         raise ConfigError(
             f"store {shown!r}: store option 'sentinel_kwargs' is only for redis+sentinel://"
@@ -226,8 +321,8 @@ def _connection_kwargs(opts: _Options) -> dict[str, Any]:
 def _check_standalone(scheme: str, parts: SplitResult, shown: str) -> None:
     try:
         params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as exc:
-        raise ConfigError(f"store {shown!r}: malformed query string: {exc}") from exc
+    except ValueError:
+        raise ConfigError(f"store {shown!r}: malformed query string") from None
     allowed = {"db"} | (_SSL_QUERY if scheme == "rediss" else set())
     for name, value in params:
         if name not in allowed:

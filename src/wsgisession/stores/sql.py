@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple, Self
 
@@ -16,13 +16,15 @@ from ._sql_schema import (
     build_engine,
     build_statements,
     check_cleanup_batch,
+    check_host,
     check_table_name,
     record_columns,
     record_params,
     row_record,
     session_table,
+    shown_url,
 )
-from .base import Record, Store
+from .base import CorruptRecord, Record, Store
 
 __all__ = ["SQLStore"]
 
@@ -60,8 +62,20 @@ class SQLStore(Store):
     ``data`` and ``meta`` (binary: ``bytea``, ``BLOB``, or ``LONGBLOB`` on MySQL),
     ``version``, ``created_at``, ``expires_at`` (indexed) and ``last_seen`` (double
     precision Unix times from the application's clock, never the server's) and
-    ``user_id`` (indexed, nullable). Each operation is one short transaction; a save
-    is a compare-and-set on ``version``. A tombstone is a row of version ``0``.
+    ``user_id`` (:data:`~wsgisession.users.MAX_USER_ID` characters, indexed,
+    nullable). Each operation is one short transaction; a save is a compare-and-set
+    on ``version``. A tombstone is a row of version ``0``.
+
+    A table created before user ids could be 256 characters long has a ``user_id``
+    of 255, and the store leaves an existing table as it is: widen it with ``ALTER
+    TABLE sessions ALTER COLUMN user_id TYPE VARCHAR(256)`` on PostgreSQL, or
+    ``ALTER TABLE sessions MODIFY user_id VARCHAR(256) CHARACTER SET utf8mb4 COLLATE
+    utf8mb4_bin NULL`` on MySQL and MariaDB (SQLite does not check the length).
+
+    A :exc:`~wsgisession.StoreError` names the store with its password masked, the
+    driver's error and its code, and the first line of the driver's message with
+    whatever it quotes left out, since drivers quote values there (a key, a user
+    id). The driver's exception, which may hold more, is its ``__cause__``.
 
     The save lock of :meth:`save_locked` is the row's lock (``SELECT … FOR
     UPDATE``), and on SQLite the database's write lock, taken by this process's
@@ -98,9 +112,10 @@ class SQLStore(Store):
             )
         if engine.dialect.is_async:
             raise ConfigError(
-                f"store {engine.url.render_as_string(hide_password=True)!r} uses an"
-                " asyncio driver; a WSGI application needs a synchronous one"
+                f"store {shown_url(engine.url)!r} uses an asyncio driver; a WSGI"
+                " application needs a synchronous one"
             )
+        check_host(engine.url)
         self.engine = engine
         self.table = session_table(check_table_name(table_name), sa.MetaData())
         self.cleanup_batch = check_cleanup_batch(cleanup_batch)
@@ -124,7 +139,13 @@ class SQLStore(Store):
         and runs once more, so a restart fails no request. SQLite gets WAL mode, a 5
         second busy timeout and ``BEGIN IMMEDIATE`` for writes, so threads and
         processes can share one file. An in-memory SQLite URL is refused: its one
-        connection can't be shared.
+        connection can't be shared. A database file that does not exist yet is
+        created readable and writable by its owner only (``0600``), whatever the
+        umask, and SQLite gives its ``-wal`` and ``-shm`` files the same mode; an
+        existing file keeps its mode, which its owner may have chosen.
+
+        A password holding ``@`` must be percent-encoded (``%40``) in *url*, as
+        SQLAlchemy would read the rest of it as the host; such a URL is refused.
 
         Operations of one statement, which is every operation of the request path,
         run in autocommit on SQLite and on PostgreSQL through psycopg: the engine
@@ -150,10 +171,17 @@ class SQLStore(Store):
         store._owns_engine = True
         return store
 
+    def __repr__(self) -> str:
+        return f"<SQLStore {self.table.name} at {shown_url(self.engine.url)}>"
+
     # -- the Store interface -------------------------------------------------
 
     def load(self, key: str) -> Record | None:
-        """Return the live record under *key*, or ``None``, in one query."""
+        """Return the live record under *key*, or ``None``, in one query.
+
+        :raises CorruptRecord: A column of the row holds a value of the wrong type,
+            as only a SQLite row can.
+        """
         params = {"key": key, "now": _now()}
 
         def run(conn: sa.Connection) -> Record | None:
@@ -166,7 +194,7 @@ class SQLStore(Store):
         """Return the user's live records, in one query on the indexed ``user_id``.
 
         The index is the column itself, so it changes in the same statement as the
-        record and needs no pruning of its own.
+        record and needs no pruning of its own. A row that can't be read is left out.
         """
         t = self.table
         query = sa.select(*record_columns(t), t.c.id_hash).where(
@@ -176,7 +204,11 @@ class SQLStore(Store):
         def run(conn: sa.Connection) -> list[tuple[str, Record]]:
             rows = conn.execute(query).all()
             # MySQL compares VARCHARs with trailing spaces ignored; "ann " is not "ann".
-            return [(row.id_hash, row_record(row)) for row in rows if row.user_id == user_id]
+            return [
+                (row.id_hash, record)
+                for row in rows
+                if row.user_id == user_id and (record := _readable(row)) is not None
+            ]
 
         return self._run(run, single=True)
 
@@ -271,9 +303,9 @@ class SQLStore(Store):
                 # work: its commit landed and only the reply was lost.
                 if written is not None and self._holds(conn, target, written):
                     return written
-                if row is None:
+                current = None if row is None else _readable(row)
+                if current is None:
                     return None
-                current = row_record(row)
                 try:
                     record = build(current)
                 except BaseException as exc:
@@ -428,7 +460,7 @@ class SQLStore(Store):
     def _holds(self, conn: sa.Connection, key: str, record: Record) -> bool:
         """Whether the live row under *key* is *record*, field for field."""
         row = conn.execute(self._sql.load, {"key": key, "now": _now()}).first()
-        return row is not None and row_record(row) == record
+        return row is not None and _readable(row) == record
 
     def _delete_replaced(self, conn: sa.Connection, old: _Replaced | None) -> bool:
         """Delete the row a save replaces, first in its transaction; whether it may go on.
@@ -479,6 +511,14 @@ class SQLStore(Store):
     def _rowcount(self, statement: sa.Delete, conn: sa.Connection) -> int:
         with self._transaction(conn, single=True):
             return conn.execute(statement).rowcount
+
+
+def _readable(row: Sequence[Any]) -> Record | None:
+    """The record *row* holds, or ``None`` where it can't be read: as if it were missing."""
+    try:
+        return row_record(row)
+    except CorruptRecord:
+        return None
 
 
 def _scalars(query: sa.Select[Any], conn: sa.Connection) -> list[str]:

@@ -19,6 +19,7 @@ The class name has no ``Test`` prefix, so pytest collects it only through a subc
 
 from __future__ import annotations
 
+from ._hardening import HardeningTests
 from ._helpers import make_record, make_tombstone, new_key
 from ._locked import LockedSaveTests
 from ._records import RecordTests
@@ -28,7 +29,7 @@ from ._writes import WriteTests
 __all__ = ["StoreConformance", "make_record", "make_tombstone", "new_key"]
 
 
-class StoreConformance(RecordTests, WriteTests, LockedSaveTests, UserIndexTests):
+class StoreConformance(RecordTests, WriteTests, LockedSaveTests, UserIndexTests, HardeningTests):
     """Tests every :class:`~wsgisession.stores.Store` must pass.
 
     Needs one fixture, ``store``: a fresh, empty store, closed after the test.
