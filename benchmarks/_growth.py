@@ -27,6 +27,7 @@ from _scenarios import OTHER_COOKIES, SCENARIOS, TIMEOUT, cart, handler
 from _timing import Contender, base_environ, interleave
 
 import wsgisession
+from wsgisession.cookies import SessionCookie
 from wsgisession.ids import new_session_id, store_key
 from wsgisession.serializers import JSONSerializer
 from wsgisession.stores.base import Record
@@ -76,7 +77,7 @@ class _Population:
 
     @staticmethod
     def _redis(store: Any, keys: list[str], record: Record) -> None:
-        from wsgisession.stores import redis_scripts
+        from wsgisession.stores import _redis_scripts as redis_scripts
 
         client = store.client
         ttl = max(1, int((record.expires_at - time.time()) * 1000))
@@ -201,7 +202,7 @@ def live_sessions(
 def _environs(
     mw: wsgisession.SessionMiddleware, ids: list[str], name: str
 ) -> list[dict[str, Any]]:
-    cookie = mw._engine.cookie
+    cookie = SessionCookie(mw.config)
     return [
         base_environ(
             HTTP_COOKIE=f"{OTHER_COOKIES}; session_id={cookie.sign(i)}",

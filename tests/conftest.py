@@ -155,7 +155,8 @@ def store(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> It
 
 
 class FakeClock:
-    """The middleware's clock, moved by hand (stores keep the real one)."""
+    """The application's clock (wsgisession._clock.now), moved by hand: the middleware and
+    every store read it."""
 
     def __init__(self) -> None:
         import time

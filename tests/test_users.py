@@ -1,4 +1,7 @@
-"""Sessions per user, events, metrics and their command line (SPEC section 7)."""
+"""Sessions per user, events, metrics and their command line.
+
+The behaviour is in docs/behaviour.rst, sections "Users" and "Observability".
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,7 +20,7 @@ from tests.conftest import FakeClock
 from tests.helpers import SECRET, body, counter, dump, make_client
 from wsgisession import Session, SessionMiddleware, StoreError
 from wsgisession.cli import main
-from wsgisession.events import EVENT_NAMES, SessionEvent
+from wsgisession.events import EventName, SessionEvent
 from wsgisession.ids import store_key
 from wsgisession.prometheus import register
 from wsgisession.stores import Store
@@ -229,7 +232,7 @@ def test_events_name_the_handle_and_nothing_else(clock: FakeClock) -> None:
     assert names[-1] == "expired"
     assert events[0].handle == first and events[3].handle == second
     assert events[4].handle == second
-    assert set(names) <= set(EVENT_NAMES)
+    assert set(names) <= set(get_args(EventName))
     for event in events:
         assert [field.name for field in dataclasses.fields(event)] == ["name", "handle", "time"]
         assert event.time == pytest.approx(clock(), abs=300)

@@ -8,15 +8,15 @@ Everything is checked when the middleware is built, never on a request.
 from __future__ import annotations
 
 import configparser
+import inspect
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from ._kinds import CHECKS, KEY_ADVICE, PARSERS, SameSite, parse_store_option
+from ._option_kinds import CHECKS, KEY_ADVICE, PARSERS, SameSite, parse_store_option
 from .errors import ConfigError
 from .stores import open_store, wrap_client
 from .stores.base import Store, mask_url
@@ -400,9 +400,7 @@ def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:
         if option is None:
             raise ConfigError(f"unknown option {name!r}; known options: {', '.join(_BY_NAME)}")
         values[name] = PARSERS[option.kind](name, text.strip())
-    if store_options:
-        values["store_options"] = {**values.get("store_options", {}), **store_options}
-    return values
+    return _with_store_options(values, store_options)
 
 
 def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -428,6 +426,14 @@ def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]
                 store_options[option_name] = parse_store_option(option_name, text)
         except ConfigError as exc:
             raise ConfigError(f"environment variable {variable}: {exc}") from exc
+    return _with_store_options(values, store_options)
+
+
+def _with_store_options(values: dict[str, Any], store_options: dict[str, Any]) -> dict[str, Any]:
+    """*values* with the ``store.NAME`` settings added to its ``store_options``.
+
+    The ``store.NAME`` spelling wins over the same name in a ``store_options`` JSON object.
+    """
     if store_options:
         values["store_options"] = {**values.get("store_options", {}), **store_options}
     return values
@@ -487,10 +493,11 @@ def _masked_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _outside_package() -> int:
     """The ``stacklevel`` of the nearest caller outside wsgisession, for a warning."""
-    frame = sys._getframe(1)
+    here = inspect.currentframe()
+    frame = None if here is None else here.f_back
     level = 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith("wsgisession"):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
         level += 1
     return level
 

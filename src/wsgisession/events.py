@@ -8,9 +8,9 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
-__all__ = ["EVENT_NAMES", "EventName", "Metrics", "SessionEvent"]
+__all__ = ["EventName", "Metrics", "SessionEvent"]
 
 log = logging.getLogger("wsgisession")
 
@@ -26,8 +26,6 @@ EventName = Literal[
     "store_error",
 ]
 
-#: Every event name, in the order SPEC section 7 lists them.
-EVENT_NAMES: Final[tuple[EventName, ...]] = get_args(EventName)
 
 #: The counters :meth:`Metrics.snapshot` reports.
 COUNTERS: Final = (

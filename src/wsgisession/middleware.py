@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
-from ._engine import Engine
+from ._saving import Saver
 from .config import Config
 from .cookies import SessionCookie
-from .errors import SessionError
+from .errors import ConfigError, SessionError
+from .ids import store_key
 from .purge import Purger
 from .serializers import resolve_serializer
-from .session import FINISHED, HEADERS_SENT, Session
+from .session import Session, Stage
 from .users import SessionInfo, is_handle, list_user_sessions
 
 if TYPE_CHECKING:
@@ -35,7 +37,8 @@ class SessionMiddleware:
     never on a request, and the store is not contacted until a request needs it.
 
     :param app: The WSGI application to wrap.
-    :param options: A mapping of options; keyword arguments override it.
+    :param options: A mapping of options, which keyword arguments override, or a
+        :class:`~wsgisession.config.Config` already checked.
     :raises ConfigError: An option is missing, unknown or of the wrong type.
 
     .. code-block:: python
@@ -44,16 +47,28 @@ class SessionMiddleware:
     """
 
     def __init__(
-        self, app: WSGIApplication, options: Mapping[str, Any] | None = None, /, **kwargs: Any
+        self,
+        app: WSGIApplication,
+        options: Mapping[str, Any] | Config | None = None,
+        /,
+        **kwargs: Any,
     ) -> None:
         self.app = app
-        self.config = config = Config.from_options(options, **kwargs)
+        if isinstance(options, Config) and not kwargs:
+            config = options  # checked already, by from_ini or from_env
+        elif isinstance(options, Config):
+            raise ConfigError("pass options either as a Config or as keyword arguments")
+        else:
+            config = Config.from_options(options, **kwargs)
+        self.config = config
         #: The store sessions are kept in.
         self.store = config.open_store()
         serializer = resolve_serializer(
             config.serializer, config.secret_key, config.secret_key_fallbacks
         )
-        self._engine = Engine(config, self.store, serializer, SessionCookie(config))
+        self._saver = Saver(config, self.store, serializer)
+        self._cookies = SessionCookie(config)
+        self._initial = _initial_data(config.initializer)
         self._environ_key = config.environ_key
         self._purger: Purger | None = None
         if config.cleanup_interval and not self.store.native_expiry:
@@ -72,8 +87,7 @@ class SessionMiddleware:
 
         :raises ConfigError: The file, the section or an option is bad.
         """
-        config = Config.from_ini(path, section)
-        return cls(app, {name: getattr(config, name) for name in config.__dataclass_fields__})
+        return cls(app, Config.from_ini(path, section))
 
     @classmethod
     def from_env(
@@ -94,8 +108,7 @@ class SessionMiddleware:
         :raises ConfigError: A variable's value is bad (the message names it) or
             ``WSGISESSION_SECRET_KEY`` is unset.
         """
-        config = Config.from_env(prefix, environ)
-        return cls(app, {name: getattr(config, name) for name in config.__dataclass_fields__})
+        return cls(app, Config.from_env(prefix, environ))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Handle one request: a lazy session in, its cookie and its save out.
@@ -109,14 +122,14 @@ class SessionMiddleware:
         purger = self._purger
         if purger is not None and not purger.started:
             purger.start()
-        session = Session(self._engine, environ)
+        session = Session(self._saver, self._cookies, self._initial, environ)
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
-        response = _Response(session, self._engine, start_response)
+        response = _Response(session, start_response)
         try:
             iterable = self.app(environ, response.start_response)
         except BaseException:
-            session._failed = True
+            session.fail()
             raise
         if response.pending is not None:
             try:
@@ -124,13 +137,13 @@ class SessionMiddleware:
             except BaseException:
                 _close(iterable)
                 raise
-        if session._stage and (
+        if session.stage is not Stage.OPEN and (
             type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ)
         ):
             # The headers are out and iterating a list or a file runs no application
             # code: nothing is left to save, so the server gets the body itself (and,
             # for a file, can send it with sendfile()).
-            session._stage = FINISHED
+            session.hand_over()
             return iterable
         response.iterable = iterable
         return response
@@ -143,8 +156,7 @@ class SessionMiddleware:
 
         :raises StoreError: The store failed.
         """
-        engine = self._engine
-        return engine.call(None, list_user_sessions, self.store, user_id, _clock.now())
+        return self._saver.timed(None, list_user_sessions, self.store, user_id, _clock.now())
 
     def end_session(self, handle: str) -> bool:
         """End the session whose :attr:`SessionInfo.handle` is *handle*.
@@ -155,7 +167,7 @@ class SessionMiddleware:
         """
         if not is_handle(handle):
             return False
-        return self._engine.delete(handle)
+        return self._saver.delete(handle)
 
     def end_user_sessions(self, user_id: str, *, keep: str | Session | None = None) -> int:
         """End every session of *user_id* except *keep*; return how many were ended.
@@ -165,14 +177,14 @@ class SessionMiddleware:
 
         :raises StoreError: The store failed.
         """
-        spared: set[str] = set()
         if isinstance(keep, Session):
-            spared = set(keep._handles())
-        elif keep is not None:
+            # Its handle now, and the one a regenerate in this request will give it.
+            spared = {keep.handle, None if keep.id is None else store_key(keep.id)}
+        else:
             spared = {keep}
         ended = 0
         for info in self.user_sessions(user_id):
-            if info.handle not in spared and self._engine.delete(info.handle):
+            if info.handle not in spared and self._saver.delete(info.handle):
                 ended += 1
         return ended
 
@@ -186,7 +198,15 @@ class SessionMiddleware:
         in all); ``store_latency`` holds ``count``, ``sum``, ``p50`` and ``p99``, in
         seconds (``None`` before the first store call).
         """
-        return self._engine.metrics.snapshot()
+        return self._saver.metrics.snapshot()
+
+    def store_latency_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Return the store latency histogram: cumulative buckets, the sum and the count.
+
+        Each bucket is ``(upper bound in seconds, count)``, the last bound being
+        ``float("inf")``; the bounds are :data:`wsgisession.events.LATENCY_BUCKETS`.
+        """
+        return self._saver.metrics.histogram()
 
     def close(self) -> None:
         """Stop the background purge and close the store."""
@@ -267,7 +287,6 @@ class _Response:
     # The request path creates one per request: only what every request needs is set
     # in __init__; _server_write, iterable and _exhausted are set before any read.
     __slots__ = (
-        "_engine",
         "_exhausted",
         "_server_start_response",
         "_server_write",
@@ -276,14 +295,8 @@ class _Response:
         "pending",
     )
 
-    def __init__(
-        self,
-        session: Session,
-        engine: Engine,
-        start_response: StartResponse,
-    ) -> None:
+    def __init__(self, session: Session, start_response: StartResponse) -> None:
         self._session = session
-        self._engine = engine
         self._server_start_response = start_response
         self._exhausted = False
         #: The status and headers the application gave, not yet passed on.
@@ -300,8 +313,8 @@ class _Response:
             return self._write
         # An error page replaces whatever was pending, and goes out at once.
         self.pending = None
-        self._session._failed = True
-        headers = self._headers(headers, failed=True)
+        self._session.fail()
+        headers = self._headers(status, headers)
         self._server_write = self._server_start_response(status, headers, exc_info)
         return self._server_write
 
@@ -312,24 +325,12 @@ class _Response:
             return
         self.pending = None
         status, headers = pending
-        if self._session._loaded:
-            failed = self._session._failed or status[:1] == "5"
-            headers = self._headers(headers, failed=failed)
-        else:
-            self._session._stage = HEADERS_SENT
         # Some start_response callables (web.py's test helper) take two arguments.
-        self._server_write = self._server_start_response(status, headers)
+        self._server_write = self._server_start_response(status, self._headers(status, headers))
 
-    def _headers(self, headers: list[tuple[str, str]], *, failed: bool) -> list[tuple[str, str]]:
-        session = self._session
-        if failed:
-            session._failed = True
-        if session._loaded and not session._stage:
-            headers = _with_headers(headers, self._engine.finish(session, failed))
-        elif session._loaded:
-            headers = _with_headers(headers, [])
-        session._stage = HEADERS_SENT
-        return headers
+    def _headers(self, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        extra = self._session.respond(status)
+        return headers if extra is None else _with_headers(headers, extra)
 
     def _write(self, data: bytes) -> object:
         # The legacy write() callable sends headers, so the session is saved first.
@@ -350,7 +351,7 @@ class _Response:
             if self.pending is not None:  # a generator that called it and yielded nothing
                 self.flush()
         except BaseException:
-            self._session._failed = True
+            self._session.fail()
             raise
         self._exhausted = True
 
@@ -358,14 +359,19 @@ class _Response:
         """Close the application's iterable, then save what changed during the body."""
         session = self._session
         try:
-            try:
-                _close(self.iterable)
-            except BaseException:
-                session._failed = True
-                raise
-            if not self._exhausted:
-                session._failed = True  # the client went away before the body ended
-            if session._loaded and session._stage and not session._failed:
-                self._engine.finish_late(session)
-        finally:
-            session._stage = FINISHED
+            _close(self.iterable)
+        except BaseException:
+            session.close(completed=False)
+            raise
+        # Not exhausted: the client went away before the body ended.
+        session.close(completed=self._exhausted)
+
+
+def _initial_data(
+    initializer: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+) -> Callable[[], dict[str, Any]] | None:
+    """What makes a new session's data: a deep copy of ``initializer``, or ``None``."""
+    if initializer is None:
+        return None
+    fresh = initializer if callable(initializer) else lambda: initializer
+    return lambda: copy.deepcopy(dict(fresh()))

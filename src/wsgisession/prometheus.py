@@ -44,17 +44,17 @@ class SessionCollector(Collector):
     """
 
     def __init__(self, middleware: SessionMiddleware, namespace: str = "wsgisession") -> None:
-        self._metrics = middleware._engine.metrics
+        self._middleware = middleware
         self._namespace = namespace
 
     def collect(self) -> Iterator[Metric]:
         """Yield the counters and the latency histogram as they are now."""
-        snapshot = self._metrics.snapshot()
+        snapshot = self._middleware.metrics()
         for name in COUNTERS:
             family = CounterMetricFamily(f"{self._namespace}_{name}", _HELP[name])
             family.add_metric([], snapshot[name])
             yield family
-        buckets, total, _ = self._metrics.histogram()
+        buckets, total, _ = self._middleware.store_latency_histogram()
         histogram = HistogramMetricFamily(
             f"{self._namespace}_store_latency_seconds",
             "Time taken by session store operations.",

@@ -77,6 +77,15 @@ class Purger:
             thread.join(timeout=10)
         self.started = False
 
+    def forget_thread(self) -> None:
+        """Forget the purge thread, in a forked child: it inherits the state, not the thread.
+
+        The next request of the child starts a thread of its own.
+        """
+        self.started = False
+        self._thread = None
+        self._lock = threading.Lock()
+
     def _run(self) -> None:
         # The first purge comes soon, so workers that are recycled often still purge;
         # the jitter keeps workers started together from asking at the same instant.
@@ -95,9 +104,6 @@ class Purger:
 
 
 def _forget_thread(ref: weakref.ref[Purger]) -> None:
-    # A forked child inherits the flag but not the thread.
     purger = ref()
     if purger is not None:
-        purger.started = False
-        purger._thread = None
-        purger._lock = threading.Lock()
+        purger.forget_thread()

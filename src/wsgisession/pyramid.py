@@ -20,12 +20,12 @@ code written against ``request.session`` (flash messages, CSRF tokens,
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, MutableMapping
 from typing import Any, Final
 
 from pyramid.interfaces import ISession
 from zope.interface import classImplements
 
+from ._view import SessionView
 from .middleware import get_session
 from .session import Session
 
@@ -36,7 +36,7 @@ _FLASH_PREFIX: Final = "_f_"
 _CSRF_KEY: Final = "_csrft_"
 
 
-class PyramidSession(MutableMapping[str, Any]):
+class PyramidSession(SessionView):
     """Pyramid's ``ISession`` over a wsgisession :class:`Session`.
 
     The mapping is the session's own data. :meth:`set`, :meth:`regenerate`,
@@ -52,23 +52,8 @@ class PyramidSession(MutableMapping[str, Any]):
         #: The wsgisession :class:`Session` behind this one.
         self.wsgi_session = session
 
-    def __getitem__(self, key: str) -> Any:
-        return self.wsgi_session[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.wsgi_session[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.wsgi_session[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.wsgi_session)
-
-    def __len__(self) -> int:
-        return len(self.wsgi_session)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.wsgi_session
+    def _session(self) -> Session:
+        return self.wsgi_session
 
     def __repr__(self) -> str:
         return f"<PyramidSession over {self.wsgi_session!r}>"
@@ -83,15 +68,6 @@ class PyramidSession(MutableMapping[str, Any]):
     def created(self) -> float:
         """When the session started, as a Unix timestamp."""
         return self.wsgi_session.created_at
-
-    @property
-    def new(self) -> bool:
-        """``True`` when this request started the session."""
-        return self.wsgi_session.new
-
-    def invalidate(self) -> None:
-        """End the session: delete its record and expire its cookie."""
-        self.wsgi_session.invalidate()
 
     def changed(self) -> None:
         """Save the session even though only a nested value was changed in place."""
@@ -123,34 +99,6 @@ class PyramidSession(MutableMapping[str, Any]):
         """Return the session's CSRF token, making one if it has none."""
         token: str | None = self.wsgi_session.get(_CSRF_KEY)
         return token if token is not None else self.new_csrf_token()
-
-    # -- wsgisession ------------------------------------------------------------------
-
-    def set(self, key: str, value: Any, timeout: float | None = None) -> None:
-        """Store *value*; with *timeout* (seconds), *key* vanishes that long after."""
-        self.wsgi_session.set(key, value, timeout=timeout)
-
-    def regenerate(self) -> None:
-        """Give the session a new id, keeping its data (call it on login)."""
-        self.wsgi_session.regenerate()
-
-    @property
-    def remember(self) -> bool:
-        """Whether the cookie persists for ``remember_me_timeout`` (remember-me)."""
-        return self.wsgi_session.remember
-
-    @remember.setter
-    def remember(self, value: bool) -> None:
-        self.wsgi_session.remember = value
-
-    @property
-    def user_id(self) -> str | None:
-        """The user this session belongs to, or ``None``."""
-        return self.wsgi_session.user_id
-
-    @user_id.setter
-    def user_id(self, value: str | None) -> None:
-        self.wsgi_session.user_id = value
 
 
 classImplements(PyramidSession, ISession)

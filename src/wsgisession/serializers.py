@@ -15,7 +15,14 @@ from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
 
 from .errors import ConfigError
 
-__all__ = ["JSONSerializer", "PickleSerializer", "Serializer", "dumps_bytes", "resolve_serializer"]
+__all__ = [
+    "JSONSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "check_serializer",
+    "dumps_bytes",
+    "resolve_serializer",
+]
 
 _T = TypeVar("_T")
 
@@ -299,28 +306,43 @@ class PickleSerializer:
             raise ValueError(f"signed record does not unpickle: {exc!r}") from exc
 
 
+def check_serializer(spec: object) -> object:
+    """Return *spec* if it can be the ``serializer`` option, else raise.
+
+    It can be ``"json"``, ``"pickle"``, or an object (not a class) with ``dumps`` and
+    ``loads``.
+
+    :raises ConfigError: *spec* is none of those, or a class rather than an instance.
+    """
+    if spec in ("json", "pickle"):
+        return spec
+    # A class has callable dumps/loads too, but it is its instance that serializes.
+    if not isinstance(spec, str | type) and all(
+        callable(getattr(spec, name, None)) for name in ("dumps", "loads")
+    ):
+        return spec
+    hint = " (a class; pass an instance)" if isinstance(spec, type) else ""
+    shown = repr(spec) if isinstance(spec, str) and len(spec) <= 40 else type(spec).__name__
+    raise ConfigError(
+        "option 'serializer' must be 'json', 'pickle', or an object with dumps() and"
+        f" loads(), got {shown}{hint}"
+    )
+
+
 def resolve_serializer(
     spec: str | object, secret_key: str | bytes, fallbacks: Sequence[str | bytes]
 ) -> Serializer:
     """Return the serializer the ``serializer`` option names: ``"json"``,
     ``"pickle"`` (signed with *secret_key*, *fallbacks* accepted), or *spec* itself.
 
-    :raises ConfigError: *spec* is none of those, or a class rather than an instance.
+    :raises ConfigError: *spec* can't be a serializer (:func:`check_serializer`).
     """
-    if isinstance(spec, str):
-        if spec == "json":
-            return JSONSerializer()
-        if spec == "pickle":
-            return PickleSerializer(secret_key, fallbacks)
-    elif not isinstance(spec, type) and all(
-        callable(getattr(spec, name, None)) for name in ("dumps", "loads")
-    ):
-        return cast(Serializer, spec)
-    hint = " (a class; pass an instance)" if isinstance(spec, type) else ""
-    raise ConfigError(
-        "option 'serializer' must be 'json', 'pickle', or an object with dumps() and"
-        f" loads(), got {spec!r}{hint}"
-    )
+    spec = check_serializer(spec)
+    if spec == "json":
+        return JSONSerializer()
+    if spec == "pickle":
+        return PickleSerializer(secret_key, fallbacks)
+    return cast(Serializer, spec)
 
 
 def dumps_bytes(serializer: Serializer, obj: Any) -> bytes:

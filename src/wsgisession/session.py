@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
-from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from . import _clock
-from ._kinds import MAX_SECONDS
+from ._expiry import key_live
+from ._option_kinds import MAX_SECONDS
+from ._saving import Absence, Change, Saver, Stored
 from .errors import SessionError
 from .ids import new_session_id, store_key
 from .users import check_user_id
@@ -16,19 +19,24 @@ from .users import check_user_id
 if TYPE_CHECKING:
     from wsgiref.types import WSGIEnvironment
 
-    from ._engine import Engine
-    from ._record import Snapshot
-    from .cookies import CookieId
+    from ._snapshot import Snapshot
+    from .cookies import CookieId, SessionCookie
 
-__all__ = ["Session"]
+__all__ = ["Session", "Stage"]
 
 log = logging.getLogger("wsgisession")
 
-# Where a session's response is (Session._stage). Changes made once the response is
-# finished could never be saved, so they raise rather than vanish.
-OPEN: Final = 0
-HEADERS_SENT: Final = 1
-FINISHED: Final = 2
+
+class Stage(enum.Enum):
+    """Where the response of a session's request is."""
+
+    #: The response has not started: anything may change, and the save decides the cookie.
+    OPEN = "open"
+    #: The headers are out: changes to a stored session are still saved when the
+    #: response closes, but nothing that needs a new cookie may happen.
+    HEADERS_SENT = "headers sent"
+    #: The response is done: a change could no longer be saved, so it raises.
+    FINISHED = "finished"
 
 
 class Session(MutableMapping[str, Any]):
@@ -46,11 +54,11 @@ class Session(MutableMapping[str, Any]):
     __slots__ = (
         "_changed",
         "_cookie",
+        "_cookies",
         "_created_at",
         "_data",
         "_deadlines",
         "_deleted",
-        "_engine",
         "_environ",
         "_expired",
         "_expires_at",
@@ -58,12 +66,14 @@ class Session(MutableMapping[str, Any]):
         "_force",
         "_foreign",
         "_id",
+        "_initial",
         "_invalidated",
         "_loaded",
         "_moved",
         "_new",
         "_remember",
         "_remember_changed",
+        "_saver",
         "_snapshot",
         "_stage",
         "_stale_key",
@@ -72,11 +82,19 @@ class Session(MutableMapping[str, Any]):
         "_user_id",
     )
 
-    def __init__(self, engine: Engine, environ: WSGIEnvironment) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        saver: Saver,
+        cookies: SessionCookie,
+        initial: Callable[[], dict[str, Any]] | None,
+        environ: WSGIEnvironment,
+    ) -> None:
+        self._saver = saver
+        self._cookies = cookies
+        self._initial = initial
         self._environ = environ
         self._loaded = False
-        self._stage = OPEN
+        self._stage = Stage.OPEN
         self._failed = False
 
     # -- loading -------------------------------------------------------------------
@@ -84,16 +102,18 @@ class Session(MutableMapping[str, Any]):
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
-        if self._stage:
+        if self._stage is not Stage.OPEN:
             # The response can no longer say Vary: Cookie, so a shared cache might hand
             # what this body shows to another user.
             log.warning(
                 "session first used after the response headers were sent: the response "
                 "has no Vary: Cookie; read the session before start_response"
             )
-        engine = self._engine
+        saver = self._saver
+        saver.metrics.count("requests")
         now = _clock.now()
-        self._cookie: CookieId | None = engine.read_cookie(self._environ)
+        header = self._environ.get("HTTP_COOKIE")
+        self._cookie: CookieId | None = self._cookies.read(header) if header else None
         self._expired = False
         self._foreign = False
         self._moved = False
@@ -105,29 +125,29 @@ class Session(MutableMapping[str, Any]):
         self._force = False
         self._remember_changed = False
         self._user_changed = False
-        snapshot = None
+        loaded: Snapshot | Absence | None = None
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
             try:
-                snapshot, miss = engine.load(key, self._environ, now)
+                loaded = saver.load(key, saver.client(self._environ), now)
             except BaseException:
                 # Left unloaded, the next touch asks the store again (and fails loudly
                 # while it is down), and the response does not save a half-made session.
                 self._loaded = False
                 raise
-            if snapshot is None:
+            if isinstance(loaded, str):
                 self._expired = True
                 # bind_ip: the session lives on for its own address, so its cookie stays.
-                self._foreign = miss == "foreign"
+                self._foreign = loaded == "foreign"
                 # Regenerated a moment ago: the browser may hold the new cookie already.
-                self._moved = miss == "moved"
-                if miss == "corrupt":
+                self._moved = loaded == "moved"
+                if loaded == "corrupt":
                     self._stale_key = key
-        if snapshot is None:
-            self._start_fresh(now, engine.initial_data())
+        if loaded is None or isinstance(loaded, str):
+            self._start_fresh(now, self._initial() if self._initial is not None else {})
         else:
             assert self._cookie is not None
-            self._use_snapshot(self._cookie.session_id, snapshot)
+            self._use_snapshot(self._cookie.session_id, loaded)
             self._new = False
 
     def _start_fresh(self, now: float, data: dict[str, Any]) -> None:
@@ -139,7 +159,7 @@ class Session(MutableMapping[str, Any]):
         self._created_at = now
         self._remember = False
         self._user_id: str | None = None
-        self._expires_at = self._engine.expiry(now, now, remember=False)
+        self._expires_at = self._saver.expiry.expires_at(now, now, remember=False)
 
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
         """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""
@@ -170,7 +190,7 @@ class Session(MutableMapping[str, Any]):
         if key not in self._data:
             return False
         deadline = self._deadlines.get(key)
-        return deadline is None or deadline > _clock.now()
+        return deadline is None or key_live(deadline, _clock.now())
 
     def __getitem__(self, key: str) -> Any:
         if not self._loaded:
@@ -208,10 +228,9 @@ class Session(MutableMapping[str, Any]):
         if timeout is None:
             self._deadlines.pop(key, None)
         else:
-            now = _clock.now()
-            # Capped by the session's own lifetime, as it stands when the key is set.
-            ceiling = self._engine.expiry(self._created_at, now, remember=self._remember)
-            self._deadlines[key] = min(now + timeout, ceiling)
+            self._deadlines[key] = self._saver.expiry.key_deadline(
+                timeout, self._created_at, _clock.now(), remember=self._remember
+            )
         self._changed.add(key)
         self._deleted.discard(key)
 
@@ -247,7 +266,7 @@ class Session(MutableMapping[str, Any]):
         return f"<Session {'new' if self._new else 'stored'} keys={sorted(self)!r}>"
 
     def _check_open(self) -> None:
-        if self._stage == FINISHED:
+        if self._stage is Stage.FINISHED:
             raise SessionError(
                 "the response is finished: this change to the session could no longer "
                 "be saved; make it before the response ends"
@@ -255,7 +274,7 @@ class Session(MutableMapping[str, Any]):
 
     def _check_writable(self) -> None:
         self._check_open()
-        if self._stage and self._snapshot is None:
+        if self._stage is not Stage.OPEN and self._snapshot is None:
             raise SessionError(
                 "can't start a session after the response headers were sent: "
                 "its cookie could no longer be set; write to it before start_response"
@@ -278,16 +297,6 @@ class Session(MutableMapping[str, Any]):
         """
         self._ensure()
         return None if self._snapshot is None else self._snapshot.key
-
-    def _handles(self) -> list[str]:
-        """Every handle this session is or will be stored under in this request."""
-        self._ensure()
-        handles = []
-        if self._loaded and self._snapshot is not None:
-            handles.append(self._snapshot.key)
-        if self._loaded and self._id is not None:
-            handles.append(store_key(self._id))
-        return handles
 
     @property
     def new(self) -> bool:
@@ -348,15 +357,16 @@ class Session(MutableMapping[str, Any]):
         value = bool(value)
         if value == self._remember:
             return
-        if self._stage:
+        if self._stage is not Stage.OPEN:
             raise SessionError(
                 "can't change 'remember' after the response headers were sent: "
                 "the cookie's lifetime could no longer change"
             )
         self._remember = value
         self._remember_changed = True
-        now = _clock.now()
-        self._expires_at = self._engine.expiry(self._created_at, now, remember=value)
+        self._expires_at = self._saver.expiry.expires_at(
+            self._created_at, _clock.now(), remember=value
+        )
 
     @property
     def user_id(self) -> str | None:
@@ -390,10 +400,6 @@ class Session(MutableMapping[str, Any]):
         self._ensure()
         return self._expires_at
 
-    def max_age(self, now: float) -> int:
-        """Seconds the cookie of a remembered session should live, from *now*."""
-        return max(0, math.ceil(self._expires_at - now))
-
     # -- lifecycle ----------------------------------------------------------------------
 
     def regenerate(self) -> None:
@@ -406,7 +412,7 @@ class Session(MutableMapping[str, Any]):
         :raises SessionError: The response headers were already sent.
         """
         self._ensure()
-        if self._stage:
+        if self._stage is not Stage.OPEN:
             raise SessionError("can't regenerate the session id after the headers were sent")
         if self._snapshot is not None:
             self._id = new_session_id()
@@ -421,9 +427,178 @@ class Session(MutableMapping[str, Any]):
         """
         self._ensure()
         if self._snapshot is not None:
-            self._engine.delete(self._snapshot.key)
+            self._saver.delete(self._snapshot.key)
         if self._stale_key is not None:
-            self._engine.delete(self._stale_key)
+            self._saver.delete(self._stale_key)
         self._start_fresh(_clock.now(), {})
         self._forget_changes()
         self._invalidated = True
+
+    # -- the response: called by the middleware, never by handlers ---------------------
+
+    @property
+    def stage(self) -> Stage:
+        """Where this request's response is; the middleware moves it along."""
+        return self._stage
+
+    def fail(self) -> None:
+        """Note that the request failed: nothing it changed will be saved.
+
+        The middleware calls this when the application raises, its body fails, or the
+        client goes away before the body ends. A logout already done stays done.
+        """
+        self._failed = True
+
+    def respond(self, status: str) -> list[tuple[str, str]] | None:
+        """Save the session as the response starts; return the headers it needs.
+
+        The middleware calls this with the status the application gave, just before
+        the headers go out. A 5xx status, like a failure noted before, saves nothing.
+        ``None`` means the session was never touched and needs no header at all, not
+        even ``Vary: Cookie``; otherwise the list holds the ``Set-Cookie`` to send, if
+        any.
+        """
+        if not self._loaded:
+            self._stage = Stage.HEADERS_SENT
+            return None
+        if status[:1] == "5":
+            self._failed = True
+        if self._stage is not Stage.OPEN:
+            return []  # an error page after the first start_response: only Vary
+        self._stage = Stage.HEADERS_SENT
+        return self._save_for_response(_clock.now())
+
+    def close(self, *, completed: bool) -> None:
+        """Save what changed while the body was produced, as the response closes.
+
+        The middleware calls this once the server has closed the body; *completed* is
+        ``False`` when the body failed or was abandoned. No header can be sent any more,
+        so only what needs none happens: saving a stored session, refreshing one first
+        read during the body, and ending a user's oldest sessions when this one was
+        linked to them.
+        """
+        try:
+            if not completed:
+                self._failed = True
+            if self._loaded and self._stage is Stage.HEADERS_SENT and not self._failed:
+                self._save_late(_clock.now())
+        finally:
+            self._stage = Stage.FINISHED
+
+    def hand_over(self) -> None:
+        """Mark the response finished without a late save: its body runs no code."""
+        self._stage = Stage.FINISHED
+
+    def _save_for_response(self, now: float) -> list[tuple[str, str]]:
+        issue = False
+        linking = self._user_changed and self._user_id is not None
+        expiry = self._saver.expiry
+        if not self._failed:
+            if self._snapshot is None:
+                # Initializer items alone are not a change, so they store nothing.
+                worth_storing = self.modified and (
+                    self._user_id is not None or any(self._live(k) for k in self._data)
+                )
+                if worth_storing and self._moved:
+                    # Its cookie would replace the one the regenerate just gave the browser.
+                    log.info(
+                        "request with a just-regenerated session id; its changes were dropped"
+                    )
+                    self._saver.emit("conflict", None)
+                elif worth_storing:
+                    self._store(now)
+                    issue = True
+            else:
+                moving = self._moving
+                if self.modified:
+                    remember_changed = self._remember_changed
+                    saved = self._store(now)
+                    issue = saved and (
+                        moving or remember_changed or expiry.persistent(self._remember)
+                    )
+                elif self._refresh(now):
+                    issue = expiry.persistent(self._remember)
+                if self._snapshot is not None and self._cookie is not None:
+                    issue = issue or self._cookie.stale_key
+        if linking and self._snapshot is not None:
+            self._enforce_cap(now)
+        https = self._environ.get("wsgi.url_scheme") == "https"
+        if issue and self._snapshot is not None and self._id is not None:
+            max_age = expiry.cookie_max_age(self._expires_at, now, remember=self._remember)
+            return [
+                ("Set-Cookie", self._cookies.set_header(self._id, max_age=max_age, https=https))
+            ]
+        if (
+            self._cookie is not None
+            and not self._moved
+            and (
+                self._invalidated
+                or (self._expired and self._snapshot is None and not self._foreign)
+            )
+        ):
+            return [("Set-Cookie", self._cookies.expire_header(https=https))]
+        return []
+
+    def _save_late(self, now: float) -> None:
+        if self._snapshot is None:
+            return
+        if self.modified:
+            linking = self._user_changed and self._user_id is not None
+            if self._store(now) and linking:
+                self._enforce_cap(now)
+        else:
+            self._refresh(now)
+
+    def _store(self, now: float) -> bool:
+        """Hand this request's changes to the saver; ``False`` if the session ended."""
+        change = Change(
+            base=self._snapshot,
+            session_id=self._id,
+            data=self._data,
+            deadlines=self._deadlines,
+            changed=frozenset(self._changed),
+            deleted=frozenset(self._deleted),
+            forced=self._force,
+            remember=self._remember if self._remember_changed or self._snapshot is None else None,
+            user_id=self._user_id,
+            user_changed=self._user_changed or self._snapshot is None,
+            created_at=self._created_at,
+            client=self._saver.client(self._environ),
+            moving=self._moving,
+            stale_key=self._stale_key,
+        )
+        outcome = self._saver.save(change, now)
+        if isinstance(outcome, Stored):
+            self._use_snapshot(outcome.session_id, outcome.snapshot)
+            return True
+        self._ended(outcome)
+        return False
+
+    def _refresh(self, now: float) -> bool:
+        """Extend the session if it was only read and is due; ``True`` if it moved."""
+        if self._snapshot is None:
+            return False
+        extended = self._saver.refresh(self._snapshot, self._expires_at, now)
+        if extended is None:
+            return False
+        if isinstance(extended, str):
+            self._ended(extended)
+            return False
+        self._expires_at = extended
+        return True
+
+    def _enforce_cap(self, now: float) -> None:
+        assert self._snapshot is not None
+        user_id = self._snapshot.record.user_id
+        if user_id is not None:
+            self._saver.enforce_cap(user_id, self._snapshot.key, now)
+
+    def _ended(self, absence: Absence) -> None:
+        """Another request ended the session: it is not written again.
+
+        Its cookie is then expired, unless the session was regenerated ("moved"): the
+        browser may already hold the new cookie, which an expiring one would delete.
+        """
+        self._snapshot = None
+        self._expired = True
+        self._moved = absence == "moved"

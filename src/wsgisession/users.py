@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from ._record import client_details
+from ._snapshot import client_details
 from .stores.base import Record, Store
 
 __all__ = ["MAX_USER_ID", "SessionInfo", "check_user_id", "is_handle", "list_user_sessions"]

@@ -25,11 +25,12 @@ whose reloader imports the module again and builds a second ``WebpySession``: no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import web
 
+from ._view import SessionView
 from .errors import SessionError
 from .middleware import SessionMiddleware, get_session
 from .session import Session
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["WebpySession"]
 
 
-class WebpySession(MutableMapping[str, Any]):
+class WebpySession(SessionView):
     """The session of the request being handled, with web.py's attribute access.
 
     ``session.count`` reads a key (a missing one raises :exc:`AttributeError`),
@@ -72,6 +73,9 @@ class WebpySession(MutableMapping[str, Any]):
     def _processor(self, handler: Callable[[], Any]) -> Any:
         web.ctx.session = self
         return handler()
+
+    def _session(self) -> Session:
+        return self._current()
 
     @staticmethod
     def _current() -> Session:
@@ -107,26 +111,6 @@ class WebpySession(MutableMapping[str, Any]):
         except KeyError:
             raise AttributeError(name) from None
 
-    # -- the mapping ------------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self._current()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._current()[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._current()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._current()
-
     def __repr__(self) -> str:
         return "<WebpySession>"
 
@@ -143,44 +127,9 @@ class WebpySession(MutableMapping[str, Any]):
         return self._current().id
 
     @property
-    def new(self) -> bool:
-        """``True`` when this request started the session."""
-        return self._current().new
-
-    @property
     def expired(self) -> bool:
         """``True`` when the request's cookie named a session that expired or is gone."""
         return self._current().expired
-
-    @property
-    def remember(self) -> bool:
-        """Whether the cookie persists for ``remember_me_timeout`` (remember-me)."""
-        return self._current().remember
-
-    @remember.setter
-    def remember(self, value: bool) -> None:
-        self._current().remember = value
-
-    @property
-    def user_id(self) -> str | None:
-        """The user this session belongs to, or ``None``."""
-        return self._current().user_id
-
-    @user_id.setter
-    def user_id(self, value: str | None) -> None:
-        self._current().user_id = value
-
-    def set(self, key: str, value: Any, timeout: float | None = None) -> None:
-        """Store *value*; with *timeout* (seconds), *key* vanishes that long after."""
-        self._current().set(key, value, timeout=timeout)
-
-    def regenerate(self) -> None:
-        """Give the session a new id, keeping its data (call it on login)."""
-        self._current().regenerate()
-
-    def invalidate(self) -> None:
-        """End the session: delete its record and expire its cookie."""
-        self._current().invalidate()
 
     def kill(self) -> None:
         """web.py's name for :meth:`invalidate`."""

@@ -24,14 +24,16 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import FakeClock
 from tests.helpers import python_child
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _file_format as file_format
 from wsgisession.stores import file as file_module
 from wsgisession.stores import open_store
+from wsgisession.stores._file_tree import TEMP_PREFIX
+from wsgisession.stores._file_users import decode_index, encode_index
 from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.file import FileStore
-from wsgisession.stores.file_index import decode_index, encode_index
 from wsgisession.testing import make_record, new_key
 from wsgisession.testing._helpers import run_threads
 
@@ -61,7 +63,7 @@ def _record_files(root: Path) -> list[Path]:
 
 
 def _temp_files(root: Path) -> list[Path]:
-    return list(root.rglob(file_module._TEMP_PREFIX + "*"))
+    return list(root.rglob(TEMP_PREFIX + "*"))
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
@@ -429,17 +431,17 @@ def test_cleanup_rechecks_a_record_under_the_lock(
     """A session re-created between cleanup's scan and its unlink must survive."""
     key = new_key()
     assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
-    real = file_module._header
+    real = file_store._tree.head
     raced: list[str] = []
 
-    def scan_then_race(head: bytes) -> file_format.Header:
-        found = real(head)
+    def scan_then_race(shard: str, name: str, size: int) -> bytes:
+        head = real(shard, name, size)
         if not raced:
             raced.append(key)
             assert file_store.save(key, make_record(b"new"), expected_version=None)
-        return found
+        return head
 
-    monkeypatch.setattr(file_module, "_header", scan_then_race)
+    monkeypatch.setattr(file_store._tree, "head", scan_then_race)
     assert file_store.cleanup() == 0
     loaded = file_store.load(key)
     assert loaded is not None and loaded.data == b"new"
@@ -511,8 +513,8 @@ def test_a_refresh_cut_short_loses_only_itself(
     assert file_store.refresh(key, record.expires_at + 60, record.last_seen + 1)
     path = _path_of(file_store, key)
     blob = path.read_bytes()
-    torn = file_module._slot(record.expires_at + 120, record.last_seen + 2)[:cut]
-    at = file_module._spare_slot(blob)
+    torn = file_format.slot(record.expires_at + 120, record.last_seen + 2)[:cut]
+    at = file_format.spare_slot(blob)
     path.write_bytes(blob[:at] + torn + blob[at + len(torn) :])
     caplog.set_level(logging.WARNING, logger="wsgisession")
 
@@ -598,7 +600,7 @@ def test_a_create_takes_no_lock(file_store: FileStore, monkeypatch: pytest.Monke
     def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError("a create of a new key must not lock")
 
-    monkeypatch.setattr(file_store._tree, "lock", refused)
+    monkeypatch.setattr(file_store._locks, "hold", refused)
     key = new_key()
     assert file_store.save(key, make_record(b"new"), expected_version=None)
     loaded = file_store.load(key)
@@ -746,6 +748,41 @@ def test_claim_purge_lease(file_store: FileStore, root: Path) -> None:
     assert file_store.claim_purge(60)
     lease.write_text(repr(time.time() + 3600))  # the clock was set back
     assert file_store.claim_purge(60)
+
+
+# -- the application's clock ----------------------------------------------------------
+
+
+def test_expiry_is_judged_by_the_application_clock(
+    file_store: FileStore, root: Path, clock: FakeClock
+) -> None:
+    """Every expiry, and the purge lease, is read on ``wsgisession._clock.now``."""
+    key, anns = new_key(), new_key()
+    assert file_store.save(key, make_record(b"live", ttl=60), expected_version=None)
+    assert file_store.save(anns, make_record(b"a", ttl=60, user_id="ann"), expected_version=None)
+    assert file_store.claim_purge(100)
+    assert not file_store.claim_purge(100)
+    clock.advance(120)
+    now = clock()
+    assert file_store.load(key) is None
+    assert not file_store.refresh(key, now + 60, now)
+    assert not file_store.save(key, make_record(b"v2", version=2), expected_version=1)
+    assert file_store.user_records("ann") == []
+    assert file_store.count() == 0
+    assert file_store.claim_purge(100)
+    assert file_store.cleanup() == 2
+    assert _record_files(root) == []
+
+
+def test_a_temp_file_is_aged_by_the_kernels_clock(root: Path, clock: FakeClock) -> None:
+    """A temp file is as old as its mtime says, however far the application's clock moved."""
+    store = FileStore(root, shard_depth=0)  # temp files in the one shard cleanup scans
+    store.ping()
+    fresh = root / (TEMP_PREFIX + "fresh")
+    fresh.write_bytes(b"being written")
+    clock.advance(2 * file_module._TEMP_MAX_AGE)
+    assert store.cleanup() == 0
+    assert fresh.exists()
 
 
 # -- the user index ------------------------------------------------------------------

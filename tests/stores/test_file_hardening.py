@@ -38,9 +38,9 @@ from wsgisession.errors import ConfigError, StoreError
 from wsgisession.events import SessionEvent
 from wsgisession.stores import open_store
 from wsgisession.stores._file_format import encode_record
+from wsgisession.stores._file_users import decode_index, encode_index
 from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.file import FileStore
-from wsgisession.stores.file_index import decode_index, encode_index
 from wsgisession.testing import make_record, new_key
 
 #: Another user than the one the tests run as (nobody).

@@ -19,14 +19,13 @@ from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from tests.conftest import SERVER, open_test_store, server_url, unreachable
+from tests.conftest import SERVER, FakeClock, open_test_store, server_url, unreachable
 from tests.helpers import SECRET
 from tests.redis_servers import RedisServer, ServerUnavailable, free_ports
 from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import open_store, redis_scripts
+from wsgisession.stores import _redis_lock, _redis_scripts, _redis_url, open_store
 from wsgisession.stores import redis as redis_module
-from wsgisession.stores import redis_url as redis_url_module
 from wsgisession.stores.base import CorruptRecord, LockTimeout, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, make_tombstone, new_key
@@ -97,7 +96,7 @@ def test_cluster_url_is_built_on_first_use(monkeypatch: pytest.MonkeyPatch) -> N
         built.append(kwargs)
         raise Built
 
-    monkeypatch.setattr(redis_url_module, "RedisCluster", fake_cluster)
+    monkeypatch.setattr(_redis_url, "RedisCluster", fake_cluster)
     store = RedisStore.from_url("redis+cluster://h1.invalid:7000,h2.invalid:7001", retries=1)
     assert built == []
     with pytest.raises(Built):
@@ -434,9 +433,9 @@ def test_a_password_with_at_colon_and_slash_connects_and_never_shows(
     ],
 )
 def test_layout_round_trips(record: Record) -> None:
-    value = redis_scripts.encode(record)
-    assert redis_scripts.decode(value) == record
-    assert redis_scripts.peek(value[: redis_scripts.HEADER.size]) == (
+    value = _redis_scripts.encode(record)
+    assert _redis_scripts.decode(value) == record
+    assert _redis_scripts.peek(value[: _redis_scripts.HEADER.size]) == (
         record.version,
         record.expires_at,
     )
@@ -447,19 +446,19 @@ def test_layout_round_trips(record: Record) -> None:
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"wsr1" + b"\0" * 10, id="short-header"),
-        pytest.param(b"wsr0" + redis_scripts.encode(make_record())[4:], id="unknown-format"),
-        pytest.param(redis_scripts.encode(make_record(meta=b"meta"))[:-3], id="cut-short"),
+        pytest.param(b"wsr0" + _redis_scripts.encode(make_record())[4:], id="unknown-format"),
+        pytest.param(_redis_scripts.encode(make_record(meta=b"meta"))[:-3], id="cut-short"),
         pytest.param(
-            redis_scripts.encode(make_record(b"", user_id="\u00e9"))[:-1], id="cut-in-user"
+            _redis_scripts.encode(make_record(b"", user_id="\u00e9"))[:-1], id="cut-in-user"
         ),
         pytest.param(b"\x81" + b"\0" * 60, id="garbage"),
-        pytest.param(b"SeCr" + redis_scripts.encode(make_record())[4:], id="secret-format"),
+        pytest.param(b"SeCr" + _redis_scripts.encode(make_record())[4:], id="secret-format"),
         pytest.param(
-            redis_scripts.HEADER.pack(b"wsr1", 1, 0.0, 2e9, 0.0, -7, 0) + b"SeCr",
+            _redis_scripts.HEADER.pack(b"wsr1", 1, 0.0, 2e9, 0.0, -7, 0) + b"SeCr",
             id="negative-user-length",
         ),
         pytest.param(
-            redis_scripts.encode(make_record(user_id="SeCr")).replace(b"SeCr", b"\xffeCr"),
+            _redis_scripts.encode(make_record(user_id="SeCr")).replace(b"SeCr", b"\xffeCr"),
             id="user-not-utf8",
         ),
     ],
@@ -467,7 +466,7 @@ def test_layout_round_trips(record: Record) -> None:
 def test_a_value_not_in_the_layout_does_not_decode_nor_quote_it(value: bytes) -> None:
     """The message says what is wrong; it ends up in logs and events, never the value."""
     with pytest.raises(ValueError) as info:
-        redis_scripts.decode(value)
+        _redis_scripts.decode(value)
     message = str(info.value)
     for quoted in ("SeCr", "eCr", "b'", "\\x", "0x", "-7"):
         assert quoted not in message
@@ -502,7 +501,7 @@ def test_ready_client_and_key_layout() -> None:
         try:
             assert client.type(prefix + key) == b"string"
             value = client.get(prefix + key)
-            assert value == redis_scripts.encode(record)
+            assert value == _redis_scripts.encode(record)
             assert value.endswith(b"metadata")
             remaining = (record.expires_at - time.time()) * 1000
             assert abs(client.pttl(prefix + key) - remaining) < 2000
@@ -521,10 +520,10 @@ def test_empty_user_id_is_not_none(shared: RedisStore) -> None:
 
 @SERVER
 def test_expiry_is_judged_by_the_application_clock(shared: RedisStore) -> None:
-    """A record Redis still holds is gone once expires_at passes by time.time()."""
+    """A record Redis still holds is gone once expires_at passes by the application's clock."""
     key = new_key()
     name = shared.key_prefix + key
-    shared.client.set(name, redis_scripts.encode(make_record(b"x", ttl=-5)), ex=3600)
+    shared.client.set(name, _redis_scripts.encode(make_record(b"x", ttl=-5)), ex=3600)
     assert shared.load(key) is None
     assert shared.count() == 0
     assert not shared.refresh(key, time.time() + 60, time.time())
@@ -538,7 +537,7 @@ def test_expiry_is_judged_by_the_application_clock(shared: RedisStore) -> None:
 def test_delete_of_an_expired_record_says_it_was_not_live(shared: RedisStore) -> None:
     key = new_key()
     name = shared.key_prefix + key
-    shared.client.set(name, redis_scripts.encode(make_record(ttl=-5)), ex=3600)
+    shared.client.set(name, _redis_scripts.encode(make_record(ttl=-5)), ex=3600)
     assert not shared.delete(key)
     assert shared.client.exists(name) == 0
 
@@ -685,7 +684,7 @@ def test_refresh_rewrites_only_the_times(shared: RedisStore) -> None:
     assert shared.refresh(key, later, seen)
     after = shared.client.get(name)
     assert len(after) == len(before)
-    assert redis_scripts.decode(after) == Record(
+    assert _redis_scripts.decode(after) == Record(
         record.data, 1, record.created_at, later, seen, "ann", b"meta"
     )
     assert shared.refresh(key, later - 30, seen - 1)  # never back
@@ -764,13 +763,13 @@ def test_cluster_regenerate_across_slots(cluster: RedisStore) -> None:
 def _fail_script(
     store: RedisStore,
     monkeypatch: pytest.MonkeyPatch,
-    script: redis_scripts.Script,
+    script: _redis_scripts.Script,
     message: str,
 ) -> Callable[[], None]:
     """Make every run of *script* fail as if its node were down; return the undo."""
     run = store._run
 
-    def failing(which: redis_scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def failing(which: _redis_scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if which == script:
             with store._errors():
                 raise redis.ConnectionError(message)
@@ -816,7 +815,7 @@ def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
     new = _other_slot(cluster, old)
     assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
 
-    _fail_script(cluster, monkeypatch, redis_scripts.SAVE, "node of the new key down")
+    _fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save(
             new, make_record(user_id="u"), expected_version=None, replaces=old, replaces_version=1
@@ -906,7 +905,7 @@ def test_expired_members_are_pruned_by_the_next_write(indexed: RedisStore) -> No
 
 
 @SERVER
-def test_the_index_never_grows_without_bound(indexed: RedisStore) -> None:
+def test_the_index_never_grows_without_bound(indexed: RedisStore, clock: FakeClock) -> None:
     """Sessions that expired unseen leave no entries once the user's set is written."""
     client = indexed.client
     name = _user_key(indexed, "ann")
@@ -915,7 +914,7 @@ def test_the_index_never_grows_without_bound(indexed: RedisStore) -> None:
     live = [new_key() for _ in range(3)]
     for key in live:
         assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
-    time.sleep(0.6)
+    clock.advance(1)
     assert client.zcard(name) > len(live)  # they expired after the set was last written
     assert sorted(k for k, _ in indexed.user_records("ann")) == sorted(live)
     last = new_key()
@@ -934,7 +933,7 @@ def test_an_entry_whose_session_went_behind_its_back_is_dropped_when_read(
     for key in (live, gone, moved):
         assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
     client.delete(indexed.key_prefix + gone)
-    client.set(indexed.key_prefix + moved, redis_scripts.encode(make_record(user_id="bob")))
+    client.set(indexed.key_prefix + moved, _redis_scripts.encode(make_record(user_id="bob")))
     assert [key for key, _ in indexed.user_records("ann")] == [live]
     assert client.zrange(name, 0, -1) == [live.encode()]
 
@@ -944,8 +943,6 @@ def test_reading_keeps_an_entry_a_concurrent_save_renewed(
     indexed: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stale entry is dropped only if its score is still the one that was read."""
-    from wsgisession.stores import redis as redis_module
-
     key = new_key()
     assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
     assert indexed.save(key, make_record(version=2, user_id="bob"), expected_version=1)
@@ -1031,7 +1028,7 @@ def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
     cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = new_key()
-    restore = _fail_script(cluster, monkeypatch, redis_scripts.INDEX, "index node down")
+    restore = _fail_script(cluster, monkeypatch, _redis_scripts.INDEX, "index node down")
     with pytest.raises(StoreError, match="index node down"):
         cluster.save(key, make_record(user_id="ann"), expected_version=None)
     loaded = cluster.load(key)
@@ -1111,7 +1108,7 @@ def test_the_lock_lives_beside_the_session_in_its_slot_and_goes_with_the_save(
 
     assert indexed.save_locked(key, build, timeout=_PATIENCE) is not None
     assert seen["holder"] is not None
-    assert 0 < seen["ttl"] <= redis_module._LEASE * 1000
+    assert 0 < seen["ttl"] <= _redis_lock._LEASE * 1000
     assert seen["count"] == 1, "the lock key was counted as a session"
     assert _lock_debris(indexed) == []
     if isinstance(client, RedisCluster):
@@ -1213,7 +1210,7 @@ def test_a_waiter_that_died_in_line_costs_one_lease(
     quick: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lock is handed to the dead waiter, whose lease then runs out in turn."""
-    monkeypatch.setattr(redis_module, "_LEASE", 0.3)
+    monkeypatch.setattr(_redis_lock, "_LEASE", 0.3)
     key = new_key()
     assert quick.save(key, make_record(b"{}"), expected_version=None)
     lock, line = _lock_keys(quick, key)
@@ -1342,7 +1339,7 @@ def test_cluster_locked_move_failing_between_its_steps_loses_the_session(
     old = new_key()
     new = _other_slot(cluster, old)
     assert cluster.save(old, make_record(b"{}", user_id="u"), expected_version=None)
-    _fail_script(cluster, monkeypatch, redis_scripts.SAVE, "node of the new key down")
+    _fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save_locked(
             old,

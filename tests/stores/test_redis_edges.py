@@ -20,11 +20,10 @@ from werkzeug.wrappers import Request
 from tests.conftest import SERVER, open_test_store
 from tests.helpers import body, cookie_value, make_client
 from tests.redis_servers import RedisServer
-from wsgisession import Session
+from wsgisession import Session, _clock
 from wsgisession.events import SessionEvent
 from wsgisession.ids import store_key
-from wsgisession.stores import redis as redis_module
-from wsgisession.stores import redis_scripts
+from wsgisession.stores import _redis_scripts
 from wsgisession.stores.base import CorruptRecord, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
@@ -82,11 +81,11 @@ def test_refresh_never_shortens_redis_ttl(shared: RedisStore) -> None:
 
 def test_ttl_ms_is_always_a_ttl_redis_takes() -> None:
     now = time.time()
-    assert abs(redis_scripts.ttl_ms(now + TEN_YEARS, now) - TEN_YEARS * 1000) <= 1
+    assert abs(_redis_scripts.ttl_ms(now + TEN_YEARS, now) - TEN_YEARS * 1000) <= 1
     for far in (now + 1e14, now + 1e20, 1e300, math.inf):
-        assert redis_scripts.ttl_ms(far, now) == redis_scripts.MAX_TTL_MS
+        assert _redis_scripts.ttl_ms(far, now) == _redis_scripts.MAX_TTL_MS
     for gone in (now, now - 1, -math.inf, math.nan):
-        assert redis_scripts.ttl_ms(gone, now) == 0
+        assert _redis_scripts.ttl_ms(gone, now) == 0
 
 
 @SERVER
@@ -96,7 +95,7 @@ def test_a_record_expiring_in_ten_years_gets_valid_ttls_everywhere(
 ) -> None:
     """Save, refresh, locked save, regenerate with a tombstone, the user set's TTL."""
     real = time.time
-    monkeypatch.setattr(redis_module.time, "time", lambda: real() + skew)
+    monkeypatch.setattr(_clock, "now", lambda: real() + skew)
     now = real() + skew
     client = indexed.client
     key, new = new_key(), new_key()
@@ -135,7 +134,7 @@ def test_an_expiry_past_any_duration_caps_the_redis_ttl_instead_of_failing(
     key = new_key()
     record = Record(b"{}", 1, now, now + far, now, USER)
     assert indexed.save(key, record, expected_version=None)
-    cap = redis_scripts.MAX_TTL_MS
+    cap = _redis_scripts.MAX_TTL_MS
     for name in (indexed.key_prefix + key, _user_key(indexed, USER)):
         assert cap - 5000 < client.pttl(name) <= cap
     assert indexed.load(key) == record
@@ -152,7 +151,7 @@ def test_redis_ttl_follows_the_application_clock(
     """An application clock far from the server's still gives Redis the right TTL."""
     skew = 100_000.0
     real = time.time
-    monkeypatch.setattr(redis_module.time, "time", lambda: real() + skew)
+    monkeypatch.setattr(_clock, "now", lambda: real() + skew)
     key = new_key()
     name = shared.key_prefix + key
     now = real() + skew
@@ -294,7 +293,7 @@ def test_old_hashes_are_corrupt_to_load_and_misses_to_other_reads_everywhere(
 
 # -- corrupt records -------------------------------------------------------------------
 
-_HEAD = redis_scripts.HEADER.size
+_HEAD = _redis_scripts.HEADER.size
 #: Where the header keeps the user id's length.
 _USER_LENGTH = struct.calcsize(">4sqddd")
 
@@ -329,7 +328,7 @@ def _corrupt(store: RedisStore, key: str, kind: str) -> None:
     client: Any = store.client
     name = store.key_prefix + key
     value = client.get(name)
-    assert value is not None and redis_scripts.decode(value).user_id == USER
+    assert value is not None and _redis_scripts.decode(value).user_id == USER
     client.delete(name)
     if kind == "hash":
         client.hset(name, mapping={"data": b"SeCr", "version": 1, "user_id": USER})

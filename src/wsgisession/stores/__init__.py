@@ -8,11 +8,10 @@ add schemes with :func:`register_store` or the entry-point group
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import threading
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
 from ..errors import ConfigError
@@ -29,6 +28,9 @@ __all__ = [
     "register_store",
     "wrap_client",
 ]
+
+# The entry-point group third-party stores declare.
+_GROUP: Final = "wsgisession.stores"
 
 #: ``factory(url, **store_options) -> Store``, such as ``MyStore.from_url``.
 StoreFactory = Callable[..., Store]
@@ -164,16 +166,14 @@ def _find_factory(scheme: str) -> StoreFactory | None:
 
 def _import_builtin(scheme: str) -> StoreFactory:
     target, extra = _BUILTIN[scheme]
-    module_name, _, class_name = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        store_class: type[Store] = EntryPoint(scheme, target, _GROUP).load()
     except ImportError as exc:
         hint = f": pip install 'wsgisession[{extra}]'" if extra else ""
         raise ConfigError(
             f"store scheme {scheme!r} needs a driver that is not installed"
             f" ({exc.name or exc}){hint}"
         ) from exc
-    store_class: type[Store] = getattr(module, class_name)
     return store_class.from_url
 
 
@@ -181,24 +181,21 @@ def _load_entry_points() -> dict[str, StoreFactory]:
     global _entry_points
     if _entry_points is None:
         found: dict[str, StoreFactory] = {}
-        for entry in entry_points(group="wsgisession.stores"):
-            found[entry.name.lower()] = _lazy_entry_point(entry.name, entry.value)
+        for entry in entry_points(group=_GROUP):
+            found[entry.name.lower()] = _lazy_entry_point(entry)
         _entry_points = found
     return _entry_points
 
 
-def _lazy_entry_point(name: str, value: str) -> StoreFactory:
+def _lazy_entry_point(entry: EntryPoint) -> StoreFactory:
     # Loading is deferred to the first URL of that scheme, so a broken plugin only
     # breaks the applications that use it.
     def factory(url: str, **options: Any) -> Store:
-        module_name, _, attr = value.partition(":")
         try:
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split(".") if attr else ():
-                target = getattr(target, part)
+            target: Any = entry.load()
         except (ImportError, AttributeError) as exc:
             raise ConfigError(
-                f"store scheme {name!r}: entry point {value!r} cannot be loaded: {exc}"
+                f"store scheme {entry.name!r}: entry point {entry.value!r} cannot be loaded: {exc}"
             ) from exc
         if isinstance(target, type) and issubclass(target, Store):
             target = target.from_url

@@ -30,7 +30,6 @@ __all__ = [
     "HEAD_SIZE",
     "SLOT",
     "SLOT_AT",
-    "CorruptRecord",
     "UNREADABLE",
     "Header",
     "decode_record",

@@ -1,25 +1,22 @@
-"""The file store's files on disk: shard directories, atomic replacement, shard locks.
+"""The file store's directory tree: shards, ownership checks, safe opens, atomic writes.
 
-Private to :mod:`wsgisession.stores.file` and :mod:`wsgisession.stores.file_index`.
-The records and the user index are both files named by 64 hex digits in shard
-directories, written and locked the same way, so that handling lives here once and
-neither of them needs to know what the other's files contain. Nothing here
-translates ``OSError``: the store's methods do.
+Private to the file store's modules. The records and the user index are both files
+named by 64 hex digits in shard directories, written the same way and opened with the
+same distrust of what may have been put in their place, as are the shards' lock files.
+That handling lives here, and knows nothing of what the files contain or of who holds
+a lock. Nothing here translates ``OSError``: the store's methods do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
 import secrets
 import stat
-import threading
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 from .base import CorruptRecord
@@ -65,12 +62,13 @@ class Unsafe(OSError):
 
 
 class Tree:
-    """Files in shard directories, replaced atomically and locked per shard.
+    """Files in shard directories, checked before use and replaced atomically.
 
     *directory* is the store's directory; the trees of records and of the index
     both live under it. A shard is ``shard_depth`` levels of two-hex-digit
-    directories named by the leading digits of a file's name. Shard directories
-    are created when a write or a lock first finds one missing, never ahead of it.
+    directories named by the leading digits of a file's name, holding a lock file
+    (see :meth:`open_lock`). Shard directories are created when a write or a lock
+    first finds one missing, never ahead of it.
 
     The tree owns its directory. :meth:`ready` checks it on first use: it must be a
     directory (a symbolic link to one is the operator's choice) owned by the process's
@@ -102,7 +100,6 @@ class Tree:
         self._dir_mode = file_mode | (file_mode & 0o444) >> 2
         # Others never write; the group may if it may write the records themselves.
         self._foreign_write = 0o002 if file_mode & 0o020 else 0o022
-        self._held = threading.local()  # .dirs: the shards whose lock this thread holds
         #: False once ``os.link`` failed for want of hard links (some FUSE and FAT
         #: file systems); :meth:`create` then declines and creates take the lock.
         self.links = True
@@ -140,48 +137,6 @@ class Tree:
         parts = [root]
         parts += [name[i : i + 2] for i in range(0, 2 * self.shard_depth, 2)]
         return "/".join(parts)
-
-    @contextlib.contextmanager
-    def lock(
-        self, shards: Iterable[str], *, wait: bool = True, timeout: float | None = None
-    ) -> Iterator[bool]:
-        """Hold the exclusive ``flock`` of each of *shards*, taken in sorted order.
-
-        The lock file is opened anew each time: ``flock`` belongs to the open file
-        description, so two threads of this process exclude each other as two
-        processes do. The sorted order keeps two writers from deadlocking, and a
-        lock this thread already holds is not taken again. Without *wait*, yields
-        ``False``, holding nothing, when a lock is held elsewhere; with a *timeout*,
-        when the locks could not all be taken within that many seconds.
-        """
-        held: set[str] | None = getattr(self._held, "dirs", None)
-        if held is None:
-            held = self._held.dirs = set()
-        wanted = sorted(set(shards) - held)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        fds: list[int] = []
-        try:
-            for shard in wanted:
-                fds.append(self._open_lock(shard))
-                if deadline is not None:
-                    if not _flock_by(fds[-1], deadline):
-                        break
-                    continue
-                try:
-                    fcntl.flock(fds[-1], fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    break
-            else:
-                held.update(wanted)
-                try:
-                    yield True
-                finally:
-                    held.difference_update(wanted)
-                return
-        finally:
-            for fd in reversed(fds):
-                os.close(fd)
-        yield False
 
     def mkdir(self, path: str) -> None:
         """Create the directory *path* of the store, and any missing above it, with its mode.
@@ -324,6 +279,35 @@ class Tree:
             return fd, found
         os.close(fd)
         raise _wrong_file(found)
+
+    def open_lock(self, shard: str) -> int:
+        """Open the lock file of *shard*, made if missing, with the shard if need be.
+
+        A lock file is checked (``fstat``) the first time only, as directories are: no
+        one else can write its directory to put something else in its place.
+        """
+        lock = f"{shard}/{_LOCK_NAME}"
+        if lock in self._checked:
+            try:
+                return os.open(lock, os.O_RDWR | os.O_CREAT | _SAFELY, self.file_mode)
+            except OSError:
+                # Gone with its shard (an operator's cleanup), or something else in
+                # its place: both are judged again below.
+                self._checked.difference_update((shard, lock))
+        if shard not in self._checked:
+            self._enter(shard, create=True)
+        try:
+            try:
+                fd = self.open(lock, os.O_RDWR | os.O_CREAT)[0]
+            except FileNotFoundError:
+                self._checked.discard(shard)
+                self._enter(shard, create=True)
+                fd = self.open(lock, os.O_RDWR | os.O_CREAT)[0]
+        except CorruptRecord as exc:
+            name = lock[len(self.directory) + 1 :]
+            raise Unsafe(f"lock file {name} is {exc}; refused") from None
+        self._remember(lock)
+        return fd
 
     def write(self, shard: str, name: str, data: bytes) -> None:
         """Replace the file *name* in *shard* through a temp file in the same directory."""
@@ -487,35 +471,6 @@ class Tree:
             self._mkdir_parents(os.path.dirname(path))
             self._mkdir(path)
 
-    def _open_lock(self, shard: str) -> int:
-        """Open the lock file of *shard*, made if missing, with the shard if need be.
-
-        A lock file is checked (``fstat``) the first time only, as directories are: no
-        one else can write its directory to put something else in its place.
-        """
-        lock = f"{shard}/{_LOCK_NAME}"
-        if lock in self._checked:
-            try:
-                return os.open(lock, os.O_RDWR | os.O_CREAT | _SAFELY, self.file_mode)
-            except OSError:
-                # Gone with its shard (an operator's cleanup), or something else in
-                # its place: both are judged again below.
-                self._checked.difference_update((shard, lock))
-        if shard not in self._checked:
-            self._enter(shard, create=True)
-        try:
-            try:
-                fd = self.open(lock, os.O_RDWR | os.O_CREAT)[0]
-            except FileNotFoundError:
-                self._checked.discard(shard)
-                self._enter(shard, create=True)
-                fd = self.open(lock, os.O_RDWR | os.O_CREAT)[0]
-        except CorruptRecord as exc:
-            name = lock[len(self.directory) + 1 :]
-            raise Unsafe(f"lock file {name} is {exc}; refused") from None
-        self._remember(lock)
-        return fd
-
     def _temp(self, shard: str, data: bytes) -> str:
         """Write *data* to a new temp file in *shard*, creating the shard if missing."""
         self._enter(shard, create=True)
@@ -578,47 +533,3 @@ def _read_all(fd: int, size: int) -> bytes:
     while more := os.read(fd, 65536):
         blob += more
     return blob
-
-
-def _flock_by(fd: int, deadline: float) -> bool:
-    """Take the exclusive ``flock`` of *fd* by *deadline* (``time.monotonic()``), or don't.
-
-    Returns whether it was taken. ``flock`` has no timeout, and polling with
-    ``LOCK_NB`` would keep losing to blocking waiters (plain saves among them), which
-    the kernel wakes the moment the lock is free. So a contended lock is waited for
-    by a thread, in a blocking ``flock`` on a duplicate of *fd*: the two share one
-    open file description, which is what holds the lock. Given up on, the thread is
-    left to its wait and closes the duplicate when its ``flock`` returns; the caller
-    closes *fd*, and the last of the two closes releases a lock taken too late.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        if deadline <= time.monotonic():
-            return False
-    spare = os.dup(fd)
-    taken = threading.Event()
-    failed: list[OSError] = []
-
-    def wait() -> None:
-        try:
-            fcntl.flock(spare, fcntl.LOCK_EX)
-        except OSError as exc:
-            failed.append(exc)
-        finally:
-            os.close(spare)
-            taken.set()
-
-    try:
-        threading.Thread(target=wait, name="wsgisession-flock", daemon=True).start()
-    except BaseException as exc:
-        os.close(spare)
-        if isinstance(exc, RuntimeError):  # out of threads: a store failure like ENOLCK
-            raise OSError(errno.EAGAIN, f"no thread to wait for a lock: {exc}") from exc
-        raise
-    if not taken.wait(max(0.0, deadline - time.monotonic())):
-        return False
-    if failed:
-        raise failed[0]
-    return True

@@ -1,10 +1,15 @@
-"""A store that keeps one file per session in sharded sub-directories."""
+"""A store that keeps one file per session in sharded sub-directories.
+
+The store decides what is written when, and under which locks. The rest is in private
+modules, one idea each: ``_file_format`` (the bytes of a record file), ``_file_tree``
+(the directory: shards, ownership checks, safe opens, atomic writes), ``_file_locks``
+(the shard locks and the purge lease) and ``_file_users`` (the per-user index files).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -15,17 +20,23 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, Self
 
+from .. import _clock
 from ..errors import ConfigError, StoreError
-from ._file_format import HEAD_SIZE, UNREADABLE, Header, decode_record, encode_record
-from ._file_format import header as _header
-from ._file_format import slot as _slot
-from ._file_format import spare_slot as _spare_slot
-from ._file_tree import KEY as _KEY
-from ._file_tree import TEMP_PREFIX as _TEMP_PREFIX
-from ._file_tree import Tree, Unsafe
+from ._file_format import (
+    HEAD_SIZE,
+    UNREADABLE,
+    Header,
+    decode_record,
+    encode_record,
+    header,
+    slot,
+    spare_slot,
+)
+from ._file_locks import ShardLocks, claim_purge_lease
+from ._file_tree import KEY, TEMP_PREFIX, Tree, Unsafe
+from ._file_users import UserIndex
 from ._turns import Turns
 from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
-from .file_index import UserIndex
 
 __all__ = ["FileStore"]
 
@@ -34,7 +45,6 @@ log = logging.getLogger("wsgisession")
 _OPTIONS: Final = ("file_mode", "fsync", "shard_depth")
 #: The bits ``file_mode`` may hold beyond the owner's read and write: the group's.
 _GROUP_BITS: Final = 0o060
-_PURGE_NAME: Final = ".purge"
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
@@ -75,7 +85,7 @@ class FileStore(Store):
     done falls back on the other slot, and at worst loses that refresh.
 
     The user index is a file per user under ``users/`` (see
-    :mod:`~wsgisession.stores.file_index`), changed under its own lock while the
+    :mod:`~wsgisession.stores._file_users`), changed under its own lock while the
     records' locks are held, so it changes in the same step as the records.
 
     The store owns its directory. It makes what is missing, the directory's parents
@@ -135,8 +145,11 @@ class FileStore(Store):
         self._tree = Tree(
             self.directory, shard_depth=shard_depth, fsync=fsync, file_mode=file_mode
         )
-        self._users = UserIndex(self, self._tree)
+        self._locks = ShardLocks(self._tree)
+        self._users = UserIndex(self._tree, self._locks, self._record)
         self._what = f"file store {self.directory}"
+        # One for every call: it keeps no state between a block's entry and exit.
+        self._errors: Final = _Errors(self._what)
         # Locked saves of this process queue here per key before taking the flock,
         # which would serve them in no particular order.
         self._turns = Turns()
@@ -184,14 +197,14 @@ class FileStore(Store):
             regular file of the store's user (a symbolic link, a FIFO, a directory).
         """
         shard = self._shard(key)
-        with self._errors():
+        with self._errors:
             if not self._tree.ready(create=False):
                 return None
             blob = self._tree.read(shard, key)
         if blob is None:
             return None
         record = decode_record(blob)
-        return record if record.expires_at > time.time() else None
+        return record if record.expires_at > _clock.now() else None
 
     def save(
         self,
@@ -221,15 +234,15 @@ class FileStore(Store):
         shard = self._shard(key)
         if old is not None:
             self._shard(old)  # a bad key fails before the directory is made
-        with self._errors():
+        with self._errors:
             self._tree.ready(create=True)
         if old is None and expected_version is None and record.user_id is None:
-            with self._errors():
+            with self._errors:
                 if self._tree.create(shard, key, encode_record(record)):
                     return True
         keys = (key,) if old is None else (key, old)
-        with self._errors(), self._locked(*keys):
-            now = time.time()
+        with self._errors, self._locked(*keys):
+            now = _clock.now()
             found, before = self._read_any(key)
             live = before is not None and before.expires_at > now
             if (before.version if before is not None and live else None) != expected_version:
@@ -270,7 +283,7 @@ class FileStore(Store):
         with self._turns.hold(key, timeout) as taken, contextlib.ExitStack() as held:
             if not taken:
                 raise self._timed_out(key, timeout)
-            with self._errors():
+            with self._errors:
                 if not self._tree.ready(create=False):
                     return None
                 if not held.enter_context(
@@ -278,13 +291,13 @@ class FileStore(Store):
                 ):
                     raise self._timed_out(key, timeout)
                 found, current = self._read_any(key)
-            if current is None or current.expires_at <= time.time():
+            if current is None or current.expires_at <= _clock.now():
                 return None
             # Outside the error translation: what build raises is the caller's own.
             record = build(current)
             if record is None:
                 return None
-            with self._errors():
+            with self._errors:
                 if new is None:
                     written = self._commit((key, found, current), record, None, None)
                 else:
@@ -299,7 +312,7 @@ class FileStore(Store):
         record itself is not rewritten.
         """
         shard = self._shard(key)
-        with self._errors():
+        with self._errors:
             if not self._tree.ready(create=False):
                 return False
             with self._locked(key):
@@ -311,7 +324,7 @@ class FileStore(Store):
         A tombstone is removed too, but is no live record.
         """
         self._shard(key)
-        with self._errors():
+        with self._errors:
             if not self._tree.ready(create=False):
                 return False
             return self._delete(key)
@@ -322,9 +335,9 @@ class FileStore(Store):
         :raises StoreError: The directory cannot be created or written to, or is
             refused (another user's, or writable by others).
         """
-        with self._errors():
+        with self._errors:
             self._tree.ready(create=True)
-            fd, probe = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.directory)
+            fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
             try:
                 os.write(fd, b"ping")
             finally:
@@ -342,22 +355,24 @@ class FileStore(Store):
         every user's index of stale entries and removes the empty ones.
         """
         removed = 0
-        now = time.time()
-        with self._errors():
+        now = _clock.now()
+        # A temp file's age is measured on the clock that set its mtime: the kernel's.
+        stale_before = time.time() - _TEMP_MAX_AGE
+        with self._errors:
             if not self._tree.ready(create=False):
                 return 0
-            for shard, key, head in self._scan(stale_before=now - _TEMP_MAX_AGE):
+            for shard, key, head in self._scan(stale_before):
                 if limit is not None and removed >= limit:
                     break
                 if head.expires_at > now:
                     continue
                 with self._locked(key), contextlib.suppress(FileNotFoundError):
                     if self._head(shard, key).expires_at <= now:
-                        with self._users.change([(key, self._read(key, expired=True), None)]):
+                        with self._users.change([(key, self._record(key), None)]):
                             self._tree.unlink(f"{shard}/{key}")
                         removed += 1
             if limit is None or removed < limit:
-                self._users.sweep(stale_before=now - _TEMP_MAX_AGE)
+                self._users.sweep(stale_before)
         return removed
 
     def user_records(self, user_id: str) -> list[tuple[str, Record]]:
@@ -366,15 +381,15 @@ class FileStore(Store):
         Entries found stale (a record gone, expired or another user's) are then
         dropped under the user's lock.
         """
-        with self._errors():
+        with self._errors:
             if not self._tree.ready(create=False):
                 return []
             return self._users.records(user_id)
 
     def count(self) -> int:
         """Return the number of live records, tombstones aside, from every file's header."""
-        now = time.time()
-        with self._errors():
+        now = _clock.now()
+        with self._errors:
             if not self._tree.ready(create=False):
                 return 0
             return sum(1 for *_, h in self._scan() if h.expires_at > now and not h.tombstone)
@@ -388,31 +403,14 @@ class FileStore(Store):
         The file must be a regular file of the store's user with no other name: a
         link planted there to make the store truncate another file is refused.
         """
-        with self._errors():
+        with self._errors:
             self._tree.ready(create=True)
-            fd = self._open_lease()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    last = float(os.read(fd, 64))
-                except ValueError:
-                    last = float("-inf")
-                now = time.time()
-                if 0 <= now - last < interval:
-                    return False
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, repr(now).encode("ascii"), 0)
-                return True
-            finally:
-                os.close(fd)
+            return claim_purge_lease(self._tree, interval)
 
     # -- internals ---------------------------------------------------------------
 
-    def _errors(self) -> _Errors:
-        return _Errors(self._what)
-
     def _shard(self, key: str) -> str:
-        if not _KEY.fullmatch(key):
+        if not KEY.fullmatch(key):
             raise ValueError("not a store key: expected 64 lowercase hex digits")
         return self._tree.shard(self.directory, key)
 
@@ -434,19 +432,13 @@ class FileStore(Store):
     def _head(self, shard: str, key: str) -> Header:
         """Return the header of the record file *key* in *shard*; a corrupt one's if none."""
         try:
-            return _header(self._tree.head(shard, key, HEAD_SIZE))
+            return header(self._tree.head(shard, key, HEAD_SIZE))
         except CorruptRecord:
             return UNREADABLE
 
-    def _read(self, key: str, *, expired: bool = False) -> Record | None:
-        """Return the live record under *key*, ``None`` if missing or unreadable.
-
-        With *expired*, an expired record is returned too, to unlink it from its user.
-        """
-        record = self._read_any(key)[1]
-        if record is None or expired or record.expires_at > time.time():
-            return record
-        return None
+    def _record(self, key: str) -> Record | None:
+        """Return the record under *key*, expired or not; ``None`` if missing or unreadable."""
+        return self._read_any(key)[1]
 
     def _read_any(self, key: str) -> tuple[bool, Record | None]:
         """Return whether a file is under *key*, and its record, expired or not.
@@ -472,19 +464,6 @@ class FileStore(Store):
     def _unreadable(self, key: str, exc: CorruptRecord) -> None:
         log.warning("file store: record %s… is unreadable (%s); treated as missing", key[:8], exc)
 
-    def _open_lease(self) -> int:
-        """Open the purge lease file, made if missing, refusing anything but our own file."""
-        path = os.path.join(self.directory, _PURGE_NAME)
-        try:
-            fd, found = self._tree.open(path, os.O_RDWR | os.O_CREAT)
-        except CorruptRecord as exc:
-            raise Unsafe(f"purge lease {_PURGE_NAME} is {exc}; refused") from None
-        # A hard link to another file of ours would have that file truncated.
-        if found.st_nlink != 1:
-            os.close(fd)
-            raise Unsafe(f"purge lease {_PURGE_NAME} has {found.st_nlink} names; refused")
-        return fd
-
     def _delete(self, key: str) -> bool:
         """Do :meth:`delete` once the directory is known to be there."""
         with self._locked(key):
@@ -497,7 +476,7 @@ class FileStore(Store):
                 self._tree.unlink(self._path(key))
             if before is None or before.version == 0:
                 return False
-            return before.expires_at > time.time()
+            return before.expires_at > _clock.now()
 
     def _refresh(self, shard: str, key: str, expires_at: float, last_seen: float) -> bool:
         """Write the times of :meth:`refresh` into a slot of the record; hold its lock."""
@@ -511,13 +490,13 @@ class FileStore(Store):
         fd, blob = opened
         try:
             current = self._decoded(key, blob)
-            if current is None or current.version == 0 or current.expires_at <= time.time():
+            if current is None or current.version == 0 or current.expires_at <= _clock.now():
                 return False
             if expires_at > current.expires_at or last_seen > current.last_seen:
-                slot = _slot(
+                times = slot(
                     max(expires_at, current.expires_at), max(last_seen, current.last_seen)
                 )
-                if os.pwrite(fd, slot, _spare_slot(blob)) != len(slot):
+                if os.pwrite(fd, times, spare_slot(blob)) != len(times):
                     raise OSError(errno.EIO, "short write of a refresh slot")
                 if self.fsync:
                     os.fsync(fd)
@@ -528,9 +507,9 @@ class FileStore(Store):
     def _locked(
         self, *keys: str, wait: bool = True, timeout: float | None = None
     ) -> contextlib.AbstractContextManager[bool]:
-        """Hold the locks of the shards of *keys*; see :meth:`Tree.lock`."""
+        """Hold the locks of the shards of *keys*; see :meth:`ShardLocks.hold`."""
         shards = [self._shard(key) for key in keys]  # a bad key fails before any mkdir
-        return self._tree.lock(shards, wait=wait, timeout=timeout)
+        return self._locks.hold(shards, wait=wait, timeout=timeout)
 
     def _commit(
         self, target: _Found, record: Record, old: _Found | None, tombstone: Record | None

@@ -1,4 +1,13 @@
-"""A store in one table of an SQL database, through SQLAlchemy Core."""
+"""The SQL store: sessions in one table of a database, through SQLAlchemy Core.
+
+What each operation of the :class:`~wsgisession.stores.base.Store` interface does
+in SQL: which statements it sends, in which transaction, and what their row counts
+mean. The table and its statements are :mod:`~wsgisession.stores._sql_table`'s,
+the engine :mod:`~wsgisession.stores._sql_engine`'s, and how an operation reaches
+the database (retries, locks, SQLite's write queue, errors) is
+:mod:`~wsgisession.stores._sql_runner`'s. Time is the middleware's clock,
+:func:`wsgisession._clock.now`, never the database server's.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +18,22 @@ from typing import Any, NamedTuple, Self
 
 import sqlalchemy as sa
 
+from .. import _clock
 from ..errors import ConfigError, StoreError
-from ._sql_run import Runner
-from ._sql_schema import (
+from ._sql_engine import build_engine, check_engine, shown_url
+from ._sql_runner import Runner
+from ._sql_table import (
     LEASE_KEY,
-    build_engine,
     build_statements,
-    check_cleanup_batch,
-    check_host,
     check_table_name,
     record_columns,
     record_params,
     row_record,
     session_table,
-    shown_url,
 )
 from .base import CorruptRecord, Record, Store
 
 __all__ = ["SQLStore"]
-
-
-def _now() -> float:
-    # The application's clock, never the database server's; one seam for tests.
-    return time.time()
 
 
 class _Replaced(NamedTuple):
@@ -105,29 +107,15 @@ class SQLStore(Store):
     def __init__(
         self, engine: sa.Engine, *, table_name: str = "sessions", cleanup_batch: int = 1000
     ) -> None:
-        if not isinstance(engine, sa.Engine):
-            raise ConfigError(
-                f"SQLStore needs a sqlalchemy.Engine, not {type(engine).__name__};"
-                " build one from a URL with SQLStore.from_url"
-            )
-        if engine.dialect.is_async:
-            raise ConfigError(
-                f"store {shown_url(engine.url)!r} uses an asyncio driver; a WSGI"
-                " application needs a synchronous one"
-            )
-        check_host(engine.url)
-        self.engine = engine
+        self.engine = check_engine(engine)
         self.table = session_table(check_table_name(table_name), sa.MetaData())
-        self.cleanup_batch = check_cleanup_batch(cleanup_batch)
+        self.cleanup_batch = _check_cleanup_batch(cleanup_batch)
         self._owns_engine = False
         self._sql = build_statements(self.table, engine.dialect.name)
-        # Every operation below is a function of one connection, run through these
-        # two: see wsgisession.stores._sql_run for the retries, errors and BEGIN.
-        runner = Runner(engine, self.table)
-        self._run = runner.run
-        self._transaction = runner.transaction
-        self._queue = runner.queue
-        self._lock = runner.lock
+        self._runner = Runner(engine, self.table)
+        # Bound once, as the request path calls them in every operation.
+        self._run = self._runner.run
+        self._transaction = self._runner.transaction
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -182,7 +170,7 @@ class SQLStore(Store):
         :raises CorruptRecord: A column of the row holds a value of the wrong type,
             as only a SQLite row can.
         """
-        params = {"key": key, "now": _now()}
+        params = {"key": key, "now": _clock.now()}
 
         def run(conn: sa.Connection) -> Record | None:
             row = conn.execute(self._sql.load, params).first()
@@ -198,7 +186,7 @@ class SQLStore(Store):
         """
         t = self.table
         query = sa.select(*record_columns(t), t.c.id_hash).where(
-            t.c.user_id == user_id, t.c.expires_at > _now(), t.c.id_hash != LEASE_KEY
+            t.c.user_id == user_id, t.c.expires_at > _clock.now(), t.c.id_hash != LEASE_KEY
         )
 
         def run(conn: sa.Connection) -> list[tuple[str, Record]]:
@@ -231,7 +219,7 @@ class SQLStore(Store):
         that and the write succeed. A row locked by :meth:`save_locked` makes the
         save wait for the lock, and then fail its version check.
         """
-        now = _now()
+        now = _clock.now()
         old: _Replaced | None = None
         if replaces is not None and replaces != key:
             old = _Replaced(replaces, replaces_version, now, tombstone)
@@ -244,7 +232,7 @@ class SQLStore(Store):
             with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
-                if conn.execute(self._sql.update, params).rowcount != 1:
+                if conn.execute(self._sql.update_if_version, params).rowcount != 1:
                     transaction.rollback()
                     return False
             return True
@@ -257,9 +245,11 @@ class SQLStore(Store):
             # A run again after a dropped connection may find the first run's work:
             # its commit landed and only the reply was lost. That is a success, not
             # a conflict (which would end a regenerating session).
-            return attempts > 1 and self._holds(conn, key, record)
+            return attempts > 1 and self._live_row_is(conn, key, record)
 
-        single = old is None and (expected_version is not None or self._sql.create is not None)
+        single = old is None and (
+            expected_version is not None or self._sql.insert_unless_live is not None
+        )
         return self._run(run, single=single, writes=True)
 
     def save_locked(
@@ -294,14 +284,16 @@ class SQLStore(Store):
 
         def run(conn: sa.Connection) -> Record | None:
             nonlocal written
-            now = _now()
+            now = _clock.now()
             params = {"key": key, "now": now}
             left = deadline - time.monotonic()
-            transaction, row = self._lock(conn, self._sql.lock, params, timeout=left, named=named)
+            transaction, row = self._runner.begin_locked(
+                conn, self._sql.load_for_update, params, timeout=left, named=named
+            )
             with transaction:
                 # A run again after a dropped connection may find the first run's
                 # work: its commit landed and only the reply was lost.
-                if written is not None and self._holds(conn, target, written):
+                if written is not None and self._live_row_is(conn, target, written):
                     return written
                 current = None if row is None else _readable(row)
                 if current is None:
@@ -320,7 +312,7 @@ class SQLStore(Store):
             return record
 
         try:
-            with self._queue(timeout, named):
+            with self._runner.write_turn(timeout, named):
                 return self._run(run)
         except _BuildFailed:
             pass
@@ -333,7 +325,7 @@ class SQLStore(Store):
 
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
-        params = {"key": key, "now": _now(), "expires": expires_at, "seen": last_seen}
+        params = {"key": key, "now": _clock.now(), "expires": expires_at, "seen": last_seen}
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn, single=True):
@@ -343,13 +335,13 @@ class SQLStore(Store):
 
     def delete(self, key: str) -> bool:
         """Remove the row under *key*; ``True`` if it was live, and no tombstone."""
-        params = {"key": key, "now": _now()}
+        params = {"key": key, "now": _clock.now()}
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn):
-                live = conn.execute(self._sql.remove, params).rowcount
+                live = conn.execute(self._sql.delete_live_session, params).rowcount
                 if not live:
-                    conn.execute(self._sql.drop, params)
+                    conn.execute(self._sql.delete_any, params)
             return live == 1
 
         return self._run(run, writes=True)
@@ -370,7 +362,7 @@ class SQLStore(Store):
         expired, so a row another request revived in between is kept.
         """
         t = self.table
-        now = _now()
+        now = _clock.now()
         expired = (t.c.expires_at <= now, t.c.id_hash != LEASE_KEY)
         removed = 0
         while limit is None or removed < limit:
@@ -382,7 +374,7 @@ class SQLStore(Store):
             if not keys:
                 break
             delete = sa.delete(t).where(t.c.id_hash.in_(keys), *expired)
-            removed += self._run(partial(self._rowcount, delete), single=True, writes=True)
+            removed += self._run(partial(self._delete_counted, delete), single=True, writes=True)
             if len(keys) < batch:
                 break
         return removed
@@ -393,7 +385,7 @@ class SQLStore(Store):
         query = (
             sa.select(sa.func.count())
             .select_from(t)
-            .where(t.c.expires_at > _now(), t.c.version > 0, t.c.id_hash != LEASE_KEY)
+            .where(t.c.expires_at > _clock.now(), t.c.version > 0, t.c.id_hash != LEASE_KEY)
         )
 
         def run(conn: sa.Connection) -> int:
@@ -408,13 +400,13 @@ class SQLStore(Store):
         only when no live row is under that key, so exactly one of the workers
         sharing the table gets ``True`` per interval.
         """
-        now = _now()
+        now = _clock.now()
         lease = Record(
             data=b"", version=0, created_at=now, expires_at=now + interval, last_seen=now
         )
         return self._run(
             lambda conn: self._create(conn, LEASE_KEY, lease, now, None),
-            single=self._sql.create is not None,
+            single=self._sql.insert_unless_live is not None,
             writes=True,
         )
 
@@ -429,12 +421,12 @@ class SQLStore(Store):
         self, conn: sa.Connection, key: str, record: Record, now: float, old: _Replaced | None
     ) -> bool:
         params = {"key": key, "now": now, **record_params(record)}
-        if self._sql.create is not None:
+        if self._sql.insert_unless_live is not None:
             # One statement: insert, or overwrite the row under the key if it expired.
             with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
-                if conn.execute(self._sql.create, params).rowcount != 1:
+                if conn.execute(self._sql.insert_unless_live, params).rowcount != 1:
                     transaction.rollback()
                     return False
             return True
@@ -452,14 +444,14 @@ class SQLStore(Store):
         with self._transaction(conn, single=old is None) as transaction:
             if not self._delete_replaced(conn, old):
                 return False
-            if conn.execute(self._sql.overwrite, params).rowcount != 1:
+            if conn.execute(self._sql.overwrite_expired, params).rowcount != 1:
                 transaction.rollback()
                 return False
         return True
 
-    def _holds(self, conn: sa.Connection, key: str, record: Record) -> bool:
+    def _live_row_is(self, conn: sa.Connection, key: str, record: Record) -> bool:
         """Whether the live row under *key* is *record*, field for field."""
-        row = conn.execute(self._sql.load, {"key": key, "now": _now()}).first()
+        row = conn.execute(self._sql.load, {"key": key, "now": _clock.now()}).first()
         return row is not None and _readable(row) == record
 
     def _delete_replaced(self, conn: sa.Connection, old: _Replaced | None) -> bool:
@@ -475,15 +467,15 @@ class SQLStore(Store):
         if old is None:
             return True
         if old.version is None:
-            conn.execute(self._sql.drop, {"key": old.key})
+            conn.execute(self._sql.delete_any, {"key": old.key})
             if old.tombstone is not None:
                 conn.execute(self._sql.insert, {"key": old.key, **record_params(old.tombstone)})
             return True
         params = {"key": old.key, "expected": old.version, "now": old.now}
         if old.tombstone is None:
-            return conn.execute(self._sql.take, params).rowcount == 1
+            return conn.execute(self._sql.delete_if_version, params).rowcount == 1
         buried = {**params, **record_params(old.tombstone)}
-        return conn.execute(self._sql.update, buried).rowcount == 1
+        return conn.execute(self._sql.update_if_version, buried).rowcount == 1
 
     def _write_locked(
         self,
@@ -501,14 +493,12 @@ class SQLStore(Store):
         bug; a fresh *target* is a new row, and the old one goes or is buried.
         """
         if target == key:
-            params = {"key": key, "expected": current.version, "now": now}
-            return (
-                conn.execute(self._sql.update, {**params, **record_params(record)}).rowcount == 1
-            )
+            params = {"key": key, "expected": current.version, "now": now, **record_params(record)}
+            return conn.execute(self._sql.update_if_version, params).rowcount == 1
         conn.execute(self._sql.insert, {"key": target, **record_params(record)})
         return self._delete_replaced(conn, _Replaced(key, current.version, now, tombstone))
 
-    def _rowcount(self, statement: sa.Delete, conn: sa.Connection) -> int:
+    def _delete_counted(self, statement: sa.Delete, conn: sa.Connection) -> int:
         with self._transaction(conn, single=True):
             return conn.execute(statement).rowcount
 
@@ -523,3 +513,10 @@ def _readable(row: Sequence[Any]) -> Record | None:
 
 def _scalars(query: sa.Select[Any], conn: sa.Connection) -> list[str]:
     return list(conn.scalars(query))
+
+
+def _check_cleanup_batch(batch: object) -> int:
+    """Return *batch* if it is a positive int, else raise :exc:`ConfigError`."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"store option 'cleanup_batch' must be an int >= 1, got {batch!r}")
+    return batch

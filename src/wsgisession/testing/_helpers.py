@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Final
 
+from .. import _clock
 from ..ids import new_session_id, store_key
 from ..stores.base import Record
 
@@ -29,8 +29,11 @@ def make_record(
     user_id: str | None = None,
     meta: bytes = b"",
 ) -> Record:
-    """Return a record that expires *ttl* seconds from now (in the past if negative)."""
-    now = time.time()
+    """Return a record that expires *ttl* seconds from now (in the past if negative).
+
+    "Now" is the application's clock, which the middleware and every store read.
+    """
+    now = _clock.now()
     return Record(
         data=data,
         version=version,
@@ -44,7 +47,7 @@ def make_record(
 
 def make_tombstone(ttl: float = 60.0) -> Record:
     """Return a tombstone, as a regenerate leaves one: version 0, no user, no data."""
-    now = time.time()
+    now = _clock.now()
     return Record(data=b"", version=0, created_at=now, expires_at=now + ttl, last_seen=now)
 
 

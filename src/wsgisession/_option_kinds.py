@@ -7,15 +7,16 @@ same way. The option table in :mod:`wsgisession.config` names a kind per option.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from importlib.metadata import EntryPoint
 from typing import Any, Final, Literal
 
 from .errors import ConfigError
+from .serializers import check_serializer
 from .stores.base import Store
 
 __all__ = [
@@ -202,17 +203,7 @@ def _check_mapping(name: str, value: object) -> dict[str, Any]:
 
 
 def _check_serializer(name: str, value: object) -> object:
-    if value in ("json", "pickle"):
-        return value
-    # A class has callable dumps/loads too, but it is its instance that serializes;
-    # the middleware refuses a class, so this check (all that `check` runs) must too.
-    if (
-        not isinstance(value, str | type)
-        and callable(getattr(value, "dumps", None))
-        and callable(getattr(value, "loads", None))
-    ):
-        return value
-    raise _type_error(name, "'json', 'pickle', or an object with dumps() and loads()", value)
+    return check_serializer(value)
 
 
 def _check_initializer(name: str, value: object) -> object:
@@ -337,9 +328,7 @@ def import_object(name: str, target: str) -> object:
     if not sep or not module_name or not attr:
         raise ConfigError(f"option {name!r} must be written 'package.module:name', got {target!r}")
     try:
-        obj: object = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj: object = EntryPoint(name, target, "wsgisession.options").load()
     # Importing runs the module, which may fail in any way; all of it is a bad option.
     except Exception as exc:
         raise ConfigError(f"option {name!r}: cannot import {target!r}: {exc}") from exc

@@ -1,25 +1,27 @@
-"""The record layout :class:`~wsgisession.stores.redis.RedisStore` keeps, and its Lua scripts.
+"""The Redis store's session string, and the Lua scripts that read and change it.
 
-Private. Each session is one Redis string: a fixed header, then the user id, the
-meta and the data. The header is, big-endian: the 4 bytes ``wsr1``, the version
-(8-byte signed integer), then ``created_at``, ``expires_at`` and ``last_seen``
-(8-byte doubles), the user id's length in bytes (4-byte signed integer, ``-1`` when
-the session has no user) and the meta's length (4-byte unsigned integer). A load is
-one ``GET`` whose reply is a single string, which redis-py parses far more cheaply
-than a hash's fields. The scripts read only the header and the user id, with
-``GETRANGE``, so checking a stored record costs the same whatever its size, and a
-refresh rewrites the two times in place with ``SETRANGE``. A value that is not a
-string in this layout (a hash from before, or anything else) is treated as absent by
-the scripts, and :func:`decode` refuses it; the messages of its errors say what is
-wrong with a value, never what the value holds.
+Every write of :class:`~wsgisession.stores.redis.RedisStore` is one of these
+scripts, so that it is one round trip. Each session is one Redis string: a fixed
+header, then the user id, the meta and the data. The header is, big-endian: the 4
+bytes ``wsr1``, the version (8-byte signed integer), then ``created_at``,
+``expires_at`` and ``last_seen`` (8-byte doubles), the user id's length in bytes
+(4-byte signed integer, ``-1`` when the session has no user) and the meta's length
+(4-byte unsigned integer). A load is one ``GET`` whose reply is a single string,
+which redis-py parses far more cheaply than a hash's fields. The scripts read only
+the header and the user id, with ``GETRANGE``, so checking a stored record costs the
+same whatever its size, and a refresh rewrites the two times in place with
+``SETRANGE``. A value that is not a string in this layout (a hash from before, or
+anything else) is treated as absent by the scripts, and :func:`decode` refuses it;
+the messages of its errors say what is wrong with a value, never what the value
+holds.
 
 Expiry is judged by the application's clock, so every script takes the caller's
-``time.time()`` as ``now`` and treats a record whose ``expires_at`` is not after it
-as absent, whatever TTL Redis still gives it. Redis's own TTL is set relative to
-that same ``now``, so Redis drops a record when the application's clock reaches
-``expires_at``, even if the two clocks disagree. Every TTL given to Redis is at most
-:data:`MAX_TTL_MS`: a record meant to live longer is dropped by Redis then, and till
-then ``expires_at`` decides.
+:func:`wsgisession._clock.now` as ``now`` and treats a record whose ``expires_at``
+is not after it as absent, whatever TTL Redis still gives it. Redis's own TTL is set
+relative to that same ``now``, so Redis drops a record when the application's clock
+reaches ``expires_at``, even if the two clocks disagree. Every TTL given to Redis is
+at most :data:`MAX_TTL_MS`: a record meant to live longer is dropped by Redis then,
+and till then ``expires_at`` decides.
 
 The user index is one sorted set per user under ``<prefix>u:<hex of the user id's
 UTF-8>``, whose members are store keys (without the prefix) scored by their
@@ -57,7 +59,8 @@ the order in which the callers' ``TAKE`` scripts ran. The baton is named from a
 token that only the script knows, so the scripts touch it without declaring it;
 it is in the lock's slot, which Redis Cluster allows. Every one of these keys
 expires: the lock and a baton with the lease, the line a while after its last
-waiter last looked at it.
+waiter last looked at it. The caller's side of this, waiting and the lease's length,
+is :mod:`~wsgisession.stores._redis_lock`.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from typing import Final, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from .base import Record
 
@@ -79,13 +83,16 @@ __all__ = [
     "RELEASE",
     "SAVE",
     "TAKE",
+    "Keys",
     "Peek",
+    "Run",
     "Script",
     "decode",
     "encode",
     "peek",
     "tombstone_args",
     "ttl_ms",
+    "user_of",
     "version_arg",
 ]
 
@@ -219,11 +226,56 @@ def _unpack(value: bytes) -> tuple[int, float, float, float, int, int]:
     return version, created_at, expires_at, last_seen, user_len, meta_len
 
 
+class Keys:
+    """The names of a store's keys under *prefix*, as the scripts build them too.
+
+    A session is ``<prefix><key>``, and its key is 64 hex digits, so that no
+    session's name starts with ``u:`` or ``l:`` after the prefix: those start the
+    names of the user sets and of the save locks, their lines and batons.
+    """
+
+    __slots__ = ("index", "locks", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        #: Where the user sets' names start: the scripts' index prefix.
+        self.index = prefix + "u:"
+        #: Where the save locks' names start.
+        self.locks = prefix + "l:"
+
+    def lock(self, key: str) -> str:
+        """Name the save lock of the session under *key*.
+
+        The session's name is the lock's hash tag, which puts the lock in the
+        session's Redis Cluster slot.
+        """
+        return f"{self.locks}{{{self.prefix}{key}}}"
+
+    def user(self, user_id: str | bytes) -> str:
+        """Name the set of *user_id*'s sessions.
+
+        From the hex of its UTF-8, as ``user_key`` does in the scripts: any user id
+        makes a distinct name.
+        """
+        raw = user_id.encode() if isinstance(user_id, str) else user_id
+        return self.index + raw.hex()
+
+
 class Script(NamedTuple):
     """A script's source and the SHA1 that ``EVALSHA`` names it by."""
 
     source: str
     sha: str
+
+
+#: Runs a script on the store's server: the script, its keys, its arguments; raises
+#: :exc:`~wsgisession.StoreError` when the server fails.
+Run: TypeAlias = Callable[[Script, Sequence[str], Sequence[str | bytes | int]], Any]
+
+
+def user_of(answer: object) -> bytes | None:
+    """Return a user id a script answered, as stored, or ``None`` for nil."""
+    return answer if isinstance(answer, bytes) else None
 
 
 def _script(body: str) -> Script:

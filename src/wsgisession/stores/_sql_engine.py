@@ -1,7 +1,12 @@
-"""The SQL store's table, its engine set-up, and the helpers its queries share.
+"""The SQL store's engine: built from a URL and options, or checked when given.
 
-Kept apart from :mod:`wsgisession.stores.sql`, which holds the queries, and from
-:mod:`wsgisession.stores._sql_run`, which runs them.
+An engine :func:`build_engine` makes has what the store needs of it: no ping
+before each use, session data kept out of SQLAlchemy's messages, a driver that
+opens no transaction by itself where that saves round trips, and on SQLite a file
+of mode ``0600`` in WAL mode. What the store must know of it later (the statement
+that opens a transaction, SQLite's busy timeout, that the store built it) is kept
+in the engine's execution options and read back with :func:`begin_statement`,
+:func:`busy_timeout` and :func:`built_by_store`.
 """
 
 from __future__ import annotations
@@ -10,36 +15,23 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import ConfigError
-from ..users import MAX_USER_ID
-from .base import CorruptRecord, Record, mask_url
+from .base import mask_url
 
 __all__ = [
-    "LEASE_KEY",
-    "Statements",
     "begin_statement",
     "build_engine",
-    "build_statements",
+    "built_by_store",
     "busy_timeout",
-    "check_cleanup_batch",
-    "check_table_name",
-    "record_params",
-    "row_record",
-    "row_values",
-    "session_table",
+    "check_engine",
     "shown_url",
 ]
-
-#: The key of the purge lease row. It is not hex, so no session key can collide.
-LEASE_KEY: Final = "~purge-lease"
 
 # The engine execution option in which build_engine leaves the statement that opens
 # a transaction, on an engine whose driver it has told to open none by itself.
@@ -48,23 +40,6 @@ _BEGIN_OPTION: Final = "wsgisession_begin"
 _BUILT_OPTION: Final = "wsgisession_built"
 # SQLite's busy timeout on an engine build_engine() made, in seconds.
 _BUSY_OPTION: Final = "wsgisession_busy_timeout"
-
-# Identifiers derived from the table name ("ix_<name>_expires_at") must stay within
-# PostgreSQL's 63 and MySQL's 64 characters.
-_TABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
-
-# MySQL's BLOB holds 64 KiB; LONGBLOB holds 4 GiB, bounded by max_allowed_packet.
-_BLOB: Final = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
-
-# MySQL compares strings case-insensitively by default, which would make "Alice" and
-# "alice" one user; binary collations compare them as the application does.
-_KEY: Final = sa.String(64).with_variant(
-    mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
-)
-# Every dialect counts a VARCHAR's length in characters, as MAX_USER_ID does.
-_USER: Final = sa.String(MAX_USER_ID).with_variant(
-    mysql.VARCHAR(MAX_USER_ID, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
-)
 
 # option -> (accepted types, description for messages)
 _OPTIONS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
@@ -93,215 +68,24 @@ _SECRET_ARG: Final = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
 _ENCODE_HINT: Final = "percent-encode any @ : / ? # or % in its user name or password"
 
 
-def check_table_name(name: object) -> str:
-    """Return *name* if it can name the sessions table, else raise :exc:`ConfigError`."""
-    if not isinstance(name, str) or _TABLE_NAME.fullmatch(name) is None:
+def check_engine(engine: object) -> sa.Engine:
+    """Return *engine* if the store can use it, else raise :exc:`ConfigError`.
+
+    It must be a synchronous :class:`sqlalchemy.engine.Engine` whose URL SQLAlchemy
+    read as written (see :func:`check_host`).
+    """
+    if not isinstance(engine, sa.Engine):
         raise ConfigError(
-            f"store option 'table_name' must be an identifier of letters, digits and"
-            f" underscores, at most 48 characters, not starting with a digit; got {name!r}"
+            f"SQLStore needs a sqlalchemy.Engine, not {type(engine).__name__};"
+            " build one from a URL with SQLStore.from_url"
         )
-    return name
-
-
-def check_cleanup_batch(batch: object) -> int:
-    """Return *batch* if it is a positive int, else raise :exc:`ConfigError`."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"store option 'cleanup_batch' must be an int >= 1, got {batch!r}")
-    return batch
-
-
-def session_table(name: str, metadata: sa.MetaData) -> sa.Table:
-    """Return the sessions table called *name*, with its indexes, in *metadata*."""
-    return sa.Table(
-        name,
-        metadata,
-        sa.Column("id_hash", _KEY, primary_key=True),
-        sa.Column("data", _BLOB, nullable=False),
-        sa.Column("meta", _BLOB, nullable=False),
-        sa.Column("version", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", sa.Double(), nullable=False),
-        sa.Column("expires_at", sa.Double(), nullable=False),
-        sa.Column("last_seen", sa.Double(), nullable=False),
-        sa.Column("user_id", _USER, nullable=True),
-        sa.Index(f"ix_{name}_expires_at", "expires_at"),
-        sa.Index(f"ix_{name}_user_id", "user_id"),
-    )
-
-
-def record_columns(table: sa.Table) -> list[sa.Column[Any]]:
-    """The columns :func:`row_record` reads, in a select list."""
-    c = table.c
-    return [c.data, c.meta, c.version, c.created_at, c.expires_at, c.last_seen, c.user_id]
-
-
-def row_record(row: Sequence[Any]) -> Record:
-    """Return the record a row selected with :func:`record_columns` holds.
-
-    Further columns after those are ignored.
-
-    :raises CorruptRecord: A column holds a value of another type than the column's,
-        which only SQLite, whose columns take any value, lets a row have. The message
-        names the columns, never what they hold.
-    """
-    # Unpacking by position skips the name lookup of each Row attribute, which costs
-    # more than the conversions.
-    data, meta, version, created_at, expires_at, last_seen, user_id = row[:7]
-    try:
-        # Every driver reads a binary column as bytes; bytes() of anything else
-        # would make an int into that many zero bytes, and text into an error.
-        return Record(
-            data=data if type(data) is bytes else _binary(data),
-            version=int(version),
-            created_at=float(created_at),
-            expires_at=float(expires_at),
-            last_seen=float(last_seen),
-            user_id=user_id if user_id is None or type(user_id) is str else _text(user_id),
-            meta=meta if type(meta) is bytes else _binary(meta),
+    if engine.dialect.is_async:
+        raise ConfigError(
+            f"store {shown_url(engine.url)!r} uses an asyncio driver; a WSGI"
+            " application needs a synchronous one"
         )
-    except (TypeError, ValueError, OverflowError):
-        pass
-    wrong = []
-    for (name, convert), value in zip(_CONVERSIONS, row[:7], strict=True):
-        try:
-            convert(value)
-        except (TypeError, ValueError, OverflowError):
-            wrong.append(name)
-    raise CorruptRecord(f"a value of the wrong type in column(s) {', '.join(wrong) or '?'}")
-
-
-def _binary(value: object) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(type(value).__name__)
-    return bytes(value)
-
-
-def _text(value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(type(value).__name__)
-    return value
-
-
-# The conversion of each column of record_columns, in its order.
-_CONVERSIONS: Final[tuple[tuple[str, Callable[[Any], object]], ...]] = (
-    ("data", _binary),
-    ("meta", _binary),
-    ("version", int),
-    ("created_at", float),
-    ("expires_at", float),
-    ("last_seen", float),
-    ("user_id", _text),
-)
-
-
-def row_values(record: Record) -> dict[str, Any]:
-    """Return the column values that store *record*, all but the key."""
-    return {
-        "data": record.data,
-        "meta": record.meta,
-        "version": record.version,
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "last_seen": record.last_seen,
-        "user_id": record.user_id,
-    }
-
-
-class Statements(NamedTuple):
-    """The statements of the request path, built once per store.
-
-    Building a statement and its cache key costs SQLAlchemy more than running it on a
-    local database, so they are built here with bound parameters: ``key``, ``now``,
-    ``expected`` (a version), ``expires`` and ``seen`` (times), and ``new_<column>``
-    for the values of a record (see :func:`record_params`).
-    """
-
-    #: The live row under ``key``.
-    load: sa.Select[Any]
-    #: The live row under ``key``, locked until the end of the transaction (``FOR
-    #: UPDATE``; on SQLite, which has no row locks, the same as :attr:`load`).
-    lock: sa.Select[Any]
-    #: The compare-and-set: write the row if its version is ``expected`` and it is live.
-    update: sa.Update
-    #: Move ``expires_at`` and ``last_seen`` of a live row, not a tombstone, forward,
-    #: never back.
-    refresh: sa.Update
-    #: Insert, or overwrite an expired row, in one statement; ``None`` on dialects
-    #: without ``ON CONFLICT``, which use :attr:`insert` then :attr:`overwrite`.
-    create: sa.Insert | None
-    insert: sa.Insert
-    #: Overwrite the row under ``key`` if it has expired.
-    overwrite: sa.Update
-    #: Delete the row under ``key`` if its version is ``expected`` and it is live:
-    #: the compare-and-delete of a save that replaces a given version.
-    take: sa.Delete
-    #: Delete the row under ``key`` if it is live and no tombstone.
-    remove: sa.Delete
-    #: Delete the row under ``key``, whatever it holds.
-    drop: sa.Delete
-
-
-def build_statements(table: sa.Table, dialect: str) -> Statements:
-    """Build the request path's statements on *table* for the *dialect* named."""
-    c = table.c
-    key = sa.bindparam("key", type_=c.id_hash.type)
-    now: sa.BindParameter[float] = sa.bindparam("now", type_=sa.Double())
-    expires: sa.BindParameter[float] = sa.bindparam("expires", type_=sa.Double())
-    seen: sa.BindParameter[float] = sa.bindparam("seen", type_=sa.Double())
-    new = {name: sa.bindparam(f"new_{name}", type_=c[name].type) for name in _VALUE_COLUMNS}
-    expected = sa.bindparam("expected", type_=c.version.type)
-    create: sa.Insert | None = None
-    if dialect in ("postgresql", "sqlite"):
-        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-        upsert = upsert.values(id_hash=key, **new)
-        create = upsert.on_conflict_do_update(
-            index_elements=[c.id_hash],
-            set_={name: upsert.excluded[name] for name in new},
-            where=c.expires_at <= now,
-        ).execution_options(preserve_rowcount=True)  # an INSERT's rowcount, when asked
-    live: sa.ColumnElement[bool] = c.expires_at > now
-    dead: sa.ColumnElement[bool] = c.expires_at <= now
-    if dialect in ("mysql", "mariadb"):
-        # The same tests, in a form no index can serve. On a small table MySQL may
-        # otherwise find a row by key through the expires_at index, locking that
-        # index entry before the row: the opposite order of a locked save, which
-        # locks the row by key and then rewrites that entry, so each would wait for
-        # the other until one of them is rolled back as a deadlock.
-        live = c.expires_at - now > 0
-        dead = c.expires_at - now <= 0
-    load = sa.select(*record_columns(table)).where(c.id_hash == key, live)
-    return Statements(
-        load=load,
-        lock=load.with_for_update(),
-        update=sa.update(table).where(c.id_hash == key, c.version == expected, live).values(new),
-        refresh=sa.update(table)
-        .where(c.id_hash == key, live, c.version > 0)
-        .values(
-            expires_at=sa.case((c.expires_at < expires, expires), else_=c.expires_at),
-            last_seen=sa.case((c.last_seen < seen, seen), else_=c.last_seen),
-        ),
-        create=create,
-        insert=sa.insert(table).values(id_hash=key, **new),
-        overwrite=sa.update(table).where(c.id_hash == key, dead).values(new),
-        take=sa.delete(table).where(c.id_hash == key, c.version == expected, live),
-        remove=sa.delete(table).where(c.id_hash == key, live, c.version > 0),
-        drop=sa.delete(table).where(c.id_hash == key),
-    )
-
-
-_VALUE_COLUMNS: Final = (
-    "data",
-    "meta",
-    "version",
-    "created_at",
-    "expires_at",
-    "last_seen",
-    "user_id",
-)
-
-
-def record_params(record: Record) -> dict[str, Any]:
-    """Return the ``new_<column>`` parameters that store *record* with :class:`Statements`."""
-    return {f"new_{name}": value for name, value in row_values(record).items()}
+    check_host(engine.url)
+    return engine
 
 
 def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:

@@ -1,17 +1,15 @@
-"""How :class:`~wsgisession.stores.sql.SQLStore` gets an operation to its database.
+"""How the SQL store's operations reach the database, one connection each.
 
 An operation is a function of one connection that sends the store's statements.
-Getting it there takes more than a connection from the pool: the table is created
-on first use, a pooled connection the server dropped is replaced and the operation
-run once more, a deadlock or serialization failure is retried, a transaction is
-opened the way the engine needs (an engine in autocommit gets its ``BEGIN`` from
-the store), a lock is waited for no longer than asked, SQLite's writers of this
-process take their turns first come, first served, and the driver's errors become
-:exc:`~wsgisession.errors.StoreError` with the session data, keys and user ids kept
-out of their messages.
-
-Kept apart from :mod:`wsgisession.stores.sql` so that the store reads as the
-statements of each operation, with how they reach the database in one place.
+Running it takes more than a connection from the pool: the table is created on
+first use; a pooled connection the server dropped is replaced and the operation
+run once more, and a deadlock or serialization failure is retried; a transaction
+is opened the way the engine needs (an engine in autocommit gets its ``BEGIN``
+from the store); a row lock is waited for no longer than asked, which each
+database bounds its own way; SQLite's writers of this process take their turns
+first come, first served; and the driver's errors become
+:exc:`~wsgisession.errors.StoreError` with the session data, keys and user ids
+kept out of their messages.
 """
 
 from __future__ import annotations
@@ -29,11 +27,11 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 
 from ..errors import StoreError
-from ._sql_schema import begin_statement, built_by_store, busy_timeout
+from ._sql_engine import begin_statement, built_by_store, busy_timeout, shown_url
 from ._turns import Turns
-from .base import LockTimeout, mask_url
+from .base import LockTimeout
 
-__all__ = ["Runner", "describe", "lock_timed_out", "must_retry"]
+__all__ = ["Runner"]
 
 _T = TypeVar("_T")
 
@@ -84,7 +82,7 @@ class Runner:
     def __init__(self, engine: sa.Engine, table: sa.Table) -> None:
         self.engine = engine
         self.table = table
-        self._what = engine.url.render_as_string(hide_password=True)
+        self._shown = shown_url(engine.url)
         dbapi_error = getattr(engine.dialect.loaded_dbapi, "Error", sa.exc.SQLAlchemyError)
         self._errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, dbapi_error)
         self._table_ready = False
@@ -120,7 +118,7 @@ class Runner:
         rollback, where a commit would be followed by the pool's rollback on return.
 
         *writes* says it writes. On SQLite it then first waits its turn behind this
-        process's earlier writes, as :meth:`queue` does, for at most the busy
+        process's earlier writes, as :meth:`write_turn` does, for at most the busy
         timeout; a wait that runs out is a :exc:`StoreError`, as a busy database is.
         """
         try:
@@ -129,19 +127,19 @@ class Runner:
                 with _SQLITE_WRITERS.hold(self._database, self._busy) as taken:
                     if not taken:
                         raise StoreError(
-                            f"{mask_url(self._what)}: database is locked: this"
+                            f"{self._shown}: database is locked: this"
                             f" process's earlier writes held it {self._busy:g} s"
                         )
-                    return self._attempt(operation, single)
-            return self._attempt(operation, single)
+                    return self._run_with_retries(operation, single)
+            return self._run_with_retries(operation, single)
         except sa.exc.StatementError as exc:
             # The parameters are session data; they must not reach a log through
             # the chained exception either, even on an engine built without
             # hide_parameters.
             exc.hide_parameters = True
-            raise StoreError(f"{mask_url(self._what)}: {describe(exc)}") from exc
+            raise StoreError(f"{self._shown}: {_describe(exc)}") from exc
         except self._errors as exc:
-            raise StoreError(f"{mask_url(self._what)}: {describe(exc)}") from exc
+            raise StoreError(f"{self._shown}: {_describe(exc)}") from exc
 
     def transaction(self, conn: sa.Connection, *, single: bool = False) -> sa.RootTransaction:
         """Begin a transaction on *conn* for one statement or, unless *single*, several.
@@ -165,7 +163,7 @@ class Runner:
         return transaction
 
     @contextmanager
-    def queue(self, timeout: float, named: str) -> Iterator[None]:
+    def write_turn(self, timeout: float, named: str) -> Iterator[None]:
         """Wait for this process's turn to write, for the block, on SQLite.
 
         The turn is given first come, first served, to :meth:`run`'s writes and to
@@ -184,7 +182,7 @@ class Runner:
                 raise self._timed_out(named, timeout)
             yield
 
-    def lock(
+    def begin_locked(
         self,
         conn: sa.Connection,
         query: sa.Select[Any],
@@ -198,7 +196,7 @@ class Runner:
         *query* is a ``SELECT … FOR UPDATE``, whose row lock the server gives to its
         waiters in the order they asked. SQLite has no row locks: there the
         transaction holds the database's write lock (``BEGIN IMMEDIATE``), which
-        :meth:`queue` must be held for. Either way the wait for the lock lasts at
+        :meth:`write_turn` must be held for. Either way the wait for the lock lasts at
         most *timeout* seconds (rounded up to whole seconds on MySQL), and the
         connection keeps its own lock timeout for later statements.
 
@@ -223,7 +221,7 @@ class Runner:
             # A dropped connection is thrown away; any other goes back to the pool.
             if mysql and not exc.connection_invalidated:
                 conn.exec_driver_sql(_MYSQL_USUAL_WAIT)
-            if lock_timed_out(exc):
+            if _lock_timed_out(exc):
                 exc.hide_parameters = True  # the key, kept out of a logged traceback
                 raise self._timed_out(named, timeout) from exc
             raise
@@ -244,7 +242,7 @@ class Runner:
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except sa.exc.DBAPIError as exc:
-            if lock_timed_out(exc):
+            if _lock_timed_out(exc):
                 raise self._timed_out(named, timeout) from exc
             raise
         finally:
@@ -252,9 +250,9 @@ class Runner:
         return transaction
 
     def _timed_out(self, named: str, timeout: float) -> LockTimeout:
-        return LockTimeout(f"{mask_url(self._what)}: {named} stayed locked {timeout:g} s")
+        return LockTimeout(f"{self._shown}: {named} stayed locked {timeout:g} s")
 
-    def _attempt(self, operation: Callable[[sa.Connection], _T], single: bool) -> _T:
+    def _run_with_retries(self, operation: Callable[[sa.Connection], _T], single: bool) -> _T:
         attempt = 1
         while True:
             try:
@@ -268,7 +266,7 @@ class Runner:
                 # more: cheaper than pinging before every operation, and safe, as a
                 # save is a compare-and-set and the other writes are idempotent.
                 dropped = exc.connection_invalidated and attempt == 1
-                if attempt >= _ATTEMPTS or not (dropped or must_retry(exc)):
+                if attempt >= _ATTEMPTS or not (dropped or _must_retry(exc)):
                     raise
             time.sleep(random.uniform(0, 0.002 * attempt))
             attempt += 1
@@ -280,8 +278,8 @@ class Runner:
             # Drivers check their connect() arguments with plain Python, which
             # SQLAlchemy passes on untranslated.
             raise StoreError(
-                f"{mask_url(self._what)}: the driver refused an argument of the connection"
-                f" (store option 'connect_args', or the URL's query): {describe(exc)}"
+                f"{self._shown}: the driver refused an argument of the connection"
+                f" (store option 'connect_args', or the URL's query): {_describe(exc)}"
             ) from exc
 
     def _ensure_table(self) -> None:
@@ -311,7 +309,7 @@ class Runner:
             self._table_ready = True
 
 
-def describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
     """What *exc* says went wrong, fit for a message that may be logged or shown.
 
     The error's class, the driver's exception and code, and the first line of the
@@ -342,7 +340,7 @@ def _elide(quoted: re.Match[str]) -> str:
     return f"{quote}…{quote}" if closed else f"{quote}…"
 
 
-def lock_timed_out(exc: sa.exc.DBAPIError) -> bool:
+def _lock_timed_out(exc: sa.exc.DBAPIError) -> bool:
     """Whether *exc* says that a wait for a lock ran out."""
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -356,7 +354,7 @@ def lock_timed_out(exc: sa.exc.DBAPIError) -> bool:
     return bool(args) and args[0] in _LOCK_MYSQL_ERRNOS
 
 
-def must_retry(exc: sa.exc.DBAPIError) -> bool:
+def _must_retry(exc: sa.exc.DBAPIError) -> bool:
     """Whether *exc* is a deadlock or serialization failure, safe to run again."""
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)

@@ -1,4 +1,4 @@
-"""The stored form of a session beside its data: the meta blob, and merging by key.
+"""A session as stored, decoded: its snapshot, the meta blob beside its data, and merging.
 
 ``Record.data`` is the serializer's output of the session's keys. ``Record.meta`` is a
 small JSON object the middleware keeps beside it, in a format of its own so that it is
@@ -10,11 +10,22 @@ a ``bind_ip`` session is bound to, per-key deadlines, and client details for
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
 
+from ._expiry import key_live
 from .stores.base import Record
 
-__all__ = ["META_FORMAT", "Snapshot", "client_details", "decode_meta", "encode_meta", "merge"]
+__all__ = [
+    "META_FORMAT",
+    "PLAIN_META",
+    "Snapshot",
+    "client_details",
+    "decode_meta",
+    "encode_meta",
+    "merge",
+]
 
 #: The format of ``Record.meta``; a record of another format is a missing session.
 META_FORMAT: Final = 1
@@ -100,10 +111,10 @@ def client_details(blob: bytes) -> tuple[bool, str | None, str | None]:
 
 def merge(
     base: Snapshot,
-    data_now: dict[str, Any],
-    deadlines_now: dict[str, float],
-    changed: set[str],
-    deleted: set[str],
+    data_now: Mapping[str, Any],
+    deadlines_now: Mapping[str, float],
+    changed: AbstractSet[str],
+    deleted: AbstractSet[str],
     now: float,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Apply a request's *changed* and *deleted* keys on top of *base*.
@@ -123,7 +134,7 @@ def merge(
         else:
             deadlines.pop(key, None)
     for key, deadline in list(deadlines.items()):
-        if deadline <= now or key not in data:
+        if not key_live(deadline, now) or key not in data:
             data.pop(key, None)
             del deadlines[key]
     return data, deadlines

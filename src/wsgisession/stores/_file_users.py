@@ -4,9 +4,11 @@ Private to :mod:`wsgisession.stores.file`. :class:`UserIndex` keeps one file per
 user, under ``<directory>/users/`` and named by the SHA-256 of the user id, listing
 the keys of the user's records, each with the expiry its record had when the index
 last looked at it. The file holds the user id itself, checked on every read, so that
-a misplaced file or a hash collision can't mix two users up. Its files are written,
-replaced and locked through the store's :class:`~wsgisession.stores._file_tree.Tree`,
-like the records.
+a misplaced file or a hash collision can't mix two users up. Its files are written
+and replaced through the store's :class:`~wsgisession.stores._file_tree.Tree` and
+locked through its :class:`~wsgisession.stores._file_locks.ShardLocks`, like the
+records; the records themselves it reads through the function the store gives it,
+and knows nothing of their format.
 
 Locks: an index file changes only under the lock of its shard, which a writer takes
 *after* the shard locks of the records it changes, never before, each kind in sorted
@@ -34,16 +36,14 @@ import hashlib
 import logging
 import os
 import struct
-import time
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Final
 
+from .. import _clock
+from ._file_locks import ShardLocks
 from ._file_tree import Tree
 from .base import CorruptRecord, Record
-
-if TYPE_CHECKING:
-    from .file import FileStore
 
 __all__ = [
     "USERS_DIR",
@@ -131,14 +131,19 @@ def decode_index(blob: bytes) -> tuple[str, dict[str, float]]:
 class UserIndex:
     """The user index of a :class:`~wsgisession.stores.file.FileStore`.
 
-    Files go through the store's :class:`Tree`, so they get its modes, atomic
-    replacement and ``fsync``; records are read through the store. Nothing here
-    translates ``OSError``: the store's methods do.
+    Files go through the store's *tree*, so they get its checks, modes, atomic
+    replacement and ``fsync``, and are locked through its *locks*. *read* returns
+    the record under a key, expired or not, or ``None`` if there is none or it is
+    unreadable; a record's lock is that of its shard at the root of *tree*. Nothing
+    here translates ``OSError``: the store's methods do.
     """
 
-    def __init__(self, store: FileStore, tree: Tree) -> None:
-        self._store = store
+    def __init__(
+        self, tree: Tree, locks: ShardLocks, read: Callable[[str], Record | None]
+    ) -> None:
         self._tree = tree
+        self._locks = locks
+        self._read = read
         self.root: Final = os.path.join(tree.directory, USERS_DIR)
 
     def path(self, user_id: str) -> str:
@@ -148,7 +153,7 @@ class UserIndex:
 
     def locked(self, user_ids: Iterable[str]) -> contextlib.AbstractContextManager[bool]:
         """Hold the locks of the index shards of *user_ids*."""
-        return self._tree.lock(os.path.dirname(self.path(user_id)) for user_id in user_ids)
+        return self._locks.hold(os.path.dirname(self.path(user_id)) for user_id in user_ids)
 
     @contextlib.contextmanager
     def change(
@@ -185,8 +190,8 @@ class UserIndex:
         keys = self._load(user_id)
         found: list[tuple[str, Record]] = []
         for key in keys:
-            record = self._store._read(key)
-            if record is not None and record.user_id == user_id:
+            record = self._live(user_id, key)
+            if record is not None:
                 found.append((key, record))
         if len(found) < len(keys):
             with self.locked([user_id]):
@@ -208,7 +213,7 @@ class UserIndex:
             except CorruptIndex:
                 self._drop_corrupt(path)
                 continue
-            if not keys or not all(self._listed_live(user_id, key) for key in keys):
+            if not keys or any(self._live(user_id, key) is None for key in keys):
                 with self.locked([user_id]):
                     self._update(user_id, prune=True)
 
@@ -258,7 +263,7 @@ class UserIndex:
         entries.update(add)
         if entries.keys() == old.keys() and not prune:
             return
-        now = time.time()
+        now = _clock.now()
         for key, known in list(entries.items()):
             if key not in add and (prune or known <= now):
                 expires_at = self._holds(user_id, key)
@@ -273,9 +278,12 @@ class UserIndex:
             data = encode_index(user_id, entries)
             self._tree.write(os.path.dirname(path), os.path.basename(path), data)
 
-    def _listed_live(self, user_id: str, key: str) -> bool:
-        record = self._store._read(key)
-        return record is not None and record.user_id == user_id
+    def _live(self, user_id: str, key: str) -> Record | None:
+        """Return the record under *key* if it is live and *user_id*'s, else ``None``."""
+        record = self._read(key)
+        if record is None or record.user_id != user_id or record.expires_at <= _clock.now():
+            return None
+        return record
 
     def _holds(self, user_id: str, key: str) -> float | None:
         """Return the expiry the entry of *key* keeps in the index of *user_id*, if it stays.
@@ -286,20 +294,23 @@ class UserIndex:
         without waiting: a refresh that found it live just before it expired may be
         about to write it.
         """
-        record = self._store._read(key, expired=True)
+        record = self._read(key)
         if record is None or record.user_id != user_id:
             return None
-        if record.expires_at > time.time():
+        if record.expires_at > _clock.now():
             return record.expires_at
-        with self._store._locked(key, wait=False) as got:
+        record_shard = self._tree.shard(self._tree.directory, key)
+        with self._locks.hold([record_shard], wait=False) as got:
             if not got:
                 return record.expires_at  # looked at again on the next rewrite
-            again = self._store._read(key)
-            return None if again is None else again.expires_at
+            again = self._read(key)
+            if again is None or again.expires_at <= _clock.now():
+                return None
+            return again.expires_at
 
     def _drop_corrupt(self, path: str) -> None:
         # Judged again under the lock: a writer may have rebuilt the file meanwhile.
-        with self._tree.lock([os.path.dirname(path)]):
+        with self._locks.hold([os.path.dirname(path)]):
             try:
                 self._read_file(path)
             except FileNotFoundError:

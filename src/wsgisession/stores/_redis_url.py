@@ -1,10 +1,11 @@
 """Turn a Redis store URL and its ``store_options`` into a plan for building the client.
 
-Private to :mod:`wsgisession.stores.redis`. Everything here is checked without
-contacting a server, so a bad URL or option fails when the store is built, and a
-server that is down fails only the first operation. No message shows a password, a
-user name given as an option or what ``sentinel_kwargs`` holds: URLs are shown
-masked, and an option's value only when it is no credential.
+Everything here is checked without contacting a server, so a bad URL or option fails
+when the store is built, and a server that is down fails only the first operation.
+No message shows a password, a user name given as an option or what
+``sentinel_kwargs`` holds: URLs are shown masked, and an option's value only when it
+is no credential; a client the store is given ready is named from its host alone
+(:func:`describe`).
 """
 
 from __future__ import annotations

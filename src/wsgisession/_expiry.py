@@ -1,0 +1,98 @@
+"""How long sessions and their keys live: the one expiry policy of a middleware."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Expiry", "key_live"]
+
+
+def key_live(deadline: float | None, now: float) -> bool:
+    """Whether a key with *deadline* (``None``: none) is still there at *now*."""
+    return deadline is None or deadline > now
+
+
+class Expiry:
+    """The lifetimes a middleware's options give its sessions, their keys and cookies.
+
+    Every expiry decision goes through here, judged by times the caller reads from
+    :func:`wsgisession._clock.now`: when a session used now expires, when a key set
+    with a timeout vanishes, whether a session that was only read is due a refresh, and
+    how long its cookie lives.
+    """
+
+    __slots__ = (
+        "_absolute_timeout",
+        "_cookie_max_age",
+        "_remember_me_timeout",
+        "_save_every_request",
+        "_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        timeout: int,
+        remember_me_timeout: int,
+        absolute_timeout: int | None,
+        cookie_max_age: int | None,
+        save_every_request: bool,
+    ) -> None:
+        self._timeout = timeout
+        self._remember_me_timeout = remember_me_timeout
+        self._absolute_timeout = absolute_timeout
+        self._cookie_max_age = cookie_max_age
+        self._save_every_request = save_every_request
+
+    def lifetime(self, remember: bool) -> int:
+        """The idle lifetime of a session, remembered or not, in seconds."""
+        return self._remember_me_timeout if remember else self._timeout
+
+    def expires_at(self, created_at: float, now: float, *, remember: bool) -> float:
+        """When a session created at *created_at* and used at *now* expires.
+
+        ``absolute_timeout`` caps it, whatever the session's activity.
+        """
+        expires_at = now + (self._remember_me_timeout if remember else self._timeout)
+        if self._absolute_timeout is not None:
+            expires_at = min(expires_at, created_at + self._absolute_timeout)
+        return expires_at
+
+    def over(self, created_at: float, now: float) -> bool:
+        """Whether ``absolute_timeout`` has ended a session created at *created_at*."""
+        absolute = self._absolute_timeout
+        return absolute is not None and created_at + absolute <= now
+
+    def key_deadline(
+        self, timeout: float, created_at: float, now: float, *, remember: bool
+    ) -> float:
+        """When a key set at *now* with *timeout* vanishes.
+
+        A key can't outlive its session, as the session's lifetime stands when the key
+        is set.
+        """
+        return min(now + timeout, self.expires_at(created_at, now, remember=remember))
+
+    def refresh_due(self, expires_at: float, now: float, *, remember: bool) -> bool:
+        """Whether a session that was only read should have its expiry extended.
+
+        It is, once less than half its lifetime is left, or on every request with
+        ``save_every_request``.
+        """
+        if self._save_every_request:
+            return True
+        return expires_at - now < self.lifetime(remember) / 2
+
+    def persistent(self, remember: bool) -> bool:
+        """Whether the session's cookie outlives the browser."""
+        return remember or self._cookie_max_age is not None
+
+    def cookie_max_age(self, expires_at: float, now: float, *, remember: bool) -> int | None:
+        """The ``Max-Age`` of the session's cookie; ``None`` for a browser-lifetime one.
+
+        A remembered session's cookie lives exactly as long as the session has left, so
+        it never outlives it.
+        """
+        if remember:
+            return max(0, math.ceil(expires_at - now))
+        return self._cookie_max_age

@@ -1,0 +1,512 @@
+"""Loading and saving sessions: everything between a request's changes and the store.
+
+The session hands :class:`Saver` an immutable :class:`Change` and gets back what was
+stored (:class:`Stored`) or why nothing was (a :data:`Absence`). Nothing here reads or
+writes a session; that keeps one owner per piece of state, and the path of a save
+reading top to bottom: middleware, session, saver, store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
+
+from . import _clock
+from ._expiry import Expiry, key_live
+from ._snapshot import PLAIN_META, Snapshot, decode_meta, encode_meta, merge
+from .config import Config
+from .errors import SessionError, StoreError
+from .events import EventName, Metrics, SessionEvent, notify
+from .ids import new_session_id, store_key
+from .serializers import Serializer, dumps_bytes
+from .stores.base import CorruptRecord, LockTimeout, Record, Store
+from .users import list_user_sessions
+
+__all__ = ["Change", "Client", "Absence", "Saver", "Stored"]
+
+log = logging.getLogger("wsgisession")
+
+_T = TypeVar("_T")
+
+#: Why a validly signed cookie finds no session: it expired or was ended ("gone"),
+#: its record is undecodable ("corrupt"), ``bind_ip`` refused it ("foreign"), or it
+#: was regenerated less than ``regenerate_grace`` ago ("moved").
+Absence = Literal["gone", "corrupt", "foreign", "moved"]
+
+
+class Client(NamedTuple):
+    """What a record keeps about the client: the address ``bind_ip`` binds to, and the
+    user agent and address ``track_clients`` lists."""
+
+    bound_ip: str | None
+    user_agent: str | None
+    remote_addr: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one request did to its session, as a save applies it to the stored record.
+
+    ``data`` and ``deadlines`` are the request's view of the session (per-key
+    deadlines, Unix times); only the keys in ``changed`` and ``deleted`` are written
+    over what the store holds. ``forced`` (``modified = True``) adds every key whose
+    value differs from what was loaded, for changes made in place.
+    """
+
+    #: What the request loaded; ``None`` for a session this request started.
+    base: Snapshot | None
+    #: The id the session is to be stored under: the loaded one, or after
+    #: ``regenerate()`` a new one; ``None`` for a new session, which draws its own.
+    session_id: str | None
+    data: Mapping[str, Any]
+    deadlines: Mapping[str, float]
+    changed: frozenset[str]
+    deleted: frozenset[str]
+    forced: bool
+    #: The remember-me flag, if this request changed it.
+    remember: bool | None
+    #: The user, if this request changed it (``None`` then unlinks).
+    user_id: str | None
+    user_changed: bool
+    created_at: float
+    client: Client
+    #: Whether ``regenerate()`` gave a stored session a new id to move to.
+    moving: bool = False
+    #: A corrupt record the request's cookie named, deleted when a new session is stored.
+    stale_key: str | None = None
+
+
+class Stored(NamedTuple):
+    """What a save wrote: the id the session is stored under and its new snapshot."""
+
+    session_id: str
+    snapshot: Snapshot
+
+
+class Saver:
+    """Loads, merges and saves the sessions of one middleware, and counts what happens.
+
+    :param config: The middleware's options.
+    :param store: Where the records live.
+    :param serializer: Turns a session's data into bytes and back.
+    """
+
+    def __init__(self, config: Config, store: Store, serializer: Serializer) -> None:
+        self.store = store
+        self.expiry = Expiry(
+            timeout=config.timeout,
+            remember_me_timeout=config.remember_me_timeout,
+            absolute_timeout=config.absolute_timeout,
+            cookie_max_age=config.cookie_max_age,
+            save_every_request=config.save_every_request,
+        )
+        self.metrics = Metrics()
+        self._serializer = serializer
+        self._listeners = config.listeners
+        self._max_size = config.max_size
+        self._bind_ip = config.bind_ip
+        self._track_clients = config.track_clients
+        self._save_timeout = config.save_timeout
+        self._regenerate_grace = config.regenerate_grace
+        self._max_sessions_per_user = config.max_sessions_per_user
+
+    # -- instrumentation -------------------------------------------------------------
+
+    def emit(self, name: EventName, handle: str | None) -> None:
+        """Tell the listeners, if any, that *name* happened to the session *handle*."""
+        if self._listeners:
+            notify(self._listeners, SessionEvent(name, handle, _clock.now()))
+
+    def timed(
+        self, handle: str | None, operation: Callable[..., _T], *args: Any, **kwargs: Any
+    ) -> _T:
+        """Run the store *operation*, timing it and reporting a :exc:`StoreError`.
+
+        *handle* names the session the operation concerns, for the ``store_error`` event.
+        """
+        start = time.perf_counter()
+        try:
+            return operation(*args, **kwargs)
+        except StoreError:
+            self.metrics.count("store_errors")
+            self.emit("store_error", handle)
+            raise
+        finally:
+            self.metrics.observe(time.perf_counter() - start)
+
+    # -- what a request starts with ----------------------------------------------------
+
+    def client(self, environ: Mapping[str, Any]) -> Client:
+        """The details of the request's client that a record keeps, per the options."""
+        address = environ.get("REMOTE_ADDR")
+        if not isinstance(address, str):
+            address = None
+        agent = environ.get("HTTP_USER_AGENT") if self._track_clients else None
+        return Client(
+            address if self._bind_ip else None,
+            agent if isinstance(agent, str) else None,
+            address if self._track_clients else None,
+        )
+
+    def load(self, key: str, client: Client, now: float) -> Snapshot | Absence:
+        """Return the live session under *key*, or why there is none.
+
+        :param client: The request's client, which a ``bind_ip`` session must match.
+        """
+        try:
+            record = self._read(key)
+        except CorruptRecord as exc:
+            self._corrupt(key, exc)
+            return "corrupt"
+        if record is None or record.expires_at <= now:
+            return self._expired(key, "gone")
+        if record.version == 0:
+            return self._expired(key, "moved")
+        snapshot = self._decode(key, record)
+        if snapshot is None:
+            return "corrupt"
+        if self.expiry.over(record.created_at, now):
+            return self._expired(key, "gone")
+        if self._bind_ip and snapshot.ip != client.bound_ip:
+            log.info("session %s presented from another address; treated as expired", key[:8])
+            return self._expired(key, "foreign")
+        return snapshot
+
+    # -- saving ------------------------------------------------------------------------
+
+    def save(self, change: Change, now: float) -> Stored | Absence:
+        """Write *change* on top of what the store holds; return what was stored.
+
+        A new session is created under a fresh id. A stored one is merged onto the
+        record it loaded and written by compare-and-set, which costs nothing extra when
+        nobody else writes the session. If another save got there first, it takes the
+        session's save lock (:meth:`Store.save_locked`), under which it merges onto
+        what is stored and writes, and cannot lose again, waiting its turn behind the
+        saves that asked first for at most ``save_timeout`` seconds. Retrying the
+        compare-and-set instead only pays off with little contention, where the lock
+        costs no more; under heavy contention the losers' retries slow the winner, and
+        one request in a few then loses round after round.
+
+        A session that a concurrent request deleted (a logout), regenerated or that
+        expired meanwhile is not written again: a logout is never undone, and an ended
+        session's data is never served again. Its changes are dropped and logged, and
+        why it ended is returned.
+
+        :raises StoreError: The store failed, or ``save_timeout`` ran out while
+            concurrent saves held the session's lock.
+        :raises SessionError: The session is larger than ``max_size``.
+        """
+        base = change.base
+        if base is None:
+            return self._create(change, now)
+        deadline = time.monotonic() + self._save_timeout
+        moving = change.moving
+        target = base.key
+        if moving:
+            assert change.session_id is not None
+            target = store_key(change.session_id)
+        tombstone = self._tombstone(now) if moving else None
+        changed, deleted = self._keys(change, base)
+        if moving:
+            # Regenerating writes a new key, which no compare-and-set protects, and
+            # deletes the old one. Reading the old record first keeps a concurrent
+            # request's keys; the save names the version it merged onto, so a write or a
+            # logout landing since makes it fail and fall back on the lock.
+            reloaded = self._reload(base.key)
+            if isinstance(reloaded, str):
+                return reloaded
+            base = reloaded
+        record, snapshot = self._merged(change, base, changed, deleted, now, target)
+        if self.timed(
+            target,
+            self.store.save,
+            target,
+            record,
+            expected_version=None if moving else base.record.version,
+            replaces=base.key if moving else None,
+            replaces_version=base.record.version if moving else None,
+            tombstone=tombstone,
+        ):
+            return self._saved(change, snapshot)
+        self.metrics.count("conflicts")
+        self.emit("conflict", base.key)
+        return self._save_locked(
+            change, base.key, target, (changed, deleted), now, deadline, tombstone
+        )
+
+    def _save_locked(
+        self,
+        change: Change,
+        key: str,
+        target: str,
+        keys: tuple[frozenset[str], frozenset[str]],
+        now: float,
+        deadline: float,
+        tombstone: Record | None,
+    ) -> Stored | Absence:
+        """Save under the lock of the session stored under *key*, after losing a race.
+
+        The record is written under *target*: *key* itself, or the new key of a move.
+        """
+        moving = change.moving
+        built: list[Snapshot] = []
+        outcome: list[Absence] = []
+        failure: list[BaseException] = []
+
+        def build(current: Record) -> Record | None:
+            built.clear()
+            outcome.clear()
+            if current.version == 0:
+                outcome.append("moved")
+                return None
+            base = self._decode(key, current)
+            if base is None:
+                outcome.append("corrupt")
+                return None
+            try:
+                record, snapshot = self._merged(change, base, *keys, now, target)
+            # Handed back untouched: a store may translate what escapes into StoreError.
+            except BaseException as exc:
+                failure.append(exc)
+                return None
+            built.append(snapshot)
+            return record
+
+        started = time.monotonic()
+        self.metrics.count("locked_saves")
+        try:
+            written = self.timed(
+                key,
+                self.store.save_locked,
+                key,
+                build,
+                timeout=max(0.0, deadline - started),
+                moves_to=target if moving else None,
+                tombstone=tombstone,
+            )
+        except LockTimeout as exc:
+            raise StoreError(
+                f"gave up saving the session after save_timeout ({self._save_timeout} s): "
+                "concurrent saves of it held its lock all that time"
+            ) from exc
+        finally:
+            self.metrics.count("lock_wait_seconds", time.monotonic() - started)
+        if failure:
+            raise failure[0]
+        if written is None or not built:
+            log.info(
+                "session %s ended by another request; this request's changes dropped", key[:8]
+            )
+            return outcome[0] if outcome else "gone"
+        return self._saved(change, built[0])
+
+    def _keys(self, change: Change, base: Snapshot) -> tuple[frozenset[str], frozenset[str]]:
+        """The keys *change* writes and deletes, in-place changes found when forced."""
+        if not change.forced:
+            return change.changed, change.deleted
+        # In-place changes to nested values are invisible to __setitem__, so compare
+        # against a fresh decode of what was loaded.
+        original = self._decode(base.key, base.record)
+        before = {} if original is None else original.data
+        data = change.data
+        changed = change.changed | {
+            k for k, v in data.items() if k not in before or before[k] != v
+        }
+        return changed, change.deleted | (before.keys() - data.keys())
+
+    def _merged(
+        self,
+        change: Change,
+        base: Snapshot,
+        changed: frozenset[str],
+        deleted: frozenset[str],
+        now: float,
+        target: str,
+    ) -> tuple[Record, Snapshot]:
+        """Return the record of *change* merged onto *base*, and its snapshot."""
+        data, deadlines = merge(base, change.data, change.deadlines, changed, deleted, now)
+        remember = base.remember if change.remember is None else change.remember
+        user_id = change.user_id if change.user_changed else base.record.user_id
+        created_at = base.record.created_at
+        record = self._record(
+            data,
+            self._meta(remember, base.ip, deadlines, change.client),
+            user_id,
+            version=1 if change.moving else base.record.version + 1,
+            created_at=created_at,
+            expires_at=self.expiry.expires_at(created_at, now, remember=remember),
+            last_seen=now,
+        )
+        return record, Snapshot(target, record, data, deadlines, remember, base.ip)
+
+    def _create(self, change: Change, now: float) -> Stored:
+        data = {k: v for k, v in change.data.items() if key_live(change.deadlines.get(k), now)}
+        deadlines = {k: t for k, t in change.deadlines.items() if k in data}
+        remember = bool(change.remember)
+        ip = change.client.bound_ip
+        record = self._record(
+            data,
+            self._meta(remember, ip, deadlines, change.client),
+            change.user_id,
+            version=1,
+            created_at=change.created_at,
+            expires_at=self.expiry.expires_at(change.created_at, now, remember=remember),
+            last_seen=now,
+        )
+        while True:
+            session_id = new_session_id()
+            key = store_key(session_id)
+            if self.timed(
+                key, self.store.save, key, record, expected_version=None, replaces=change.stale_key
+            ):
+                break
+            # 256 random bits never collide in practice; if they do, draw again.
+        self.metrics.count("saves")
+        self.emit("created", key)
+        return Stored(session_id, Snapshot(key, record, data, deadlines, remember, ip))
+
+    def _saved(self, change: Change, snapshot: Snapshot) -> Stored:
+        assert change.session_id is not None
+        self.metrics.count("saves")
+        self.emit("regenerated" if change.moving else "saved", snapshot.key)
+        return Stored(change.session_id, snapshot)
+
+    def _record(
+        self,
+        data: dict[str, Any],
+        meta: bytes,
+        user_id: str | None,
+        *,
+        version: int,
+        created_at: float,
+        expires_at: float,
+        last_seen: float,
+    ) -> Record:
+        """Return the record to store, refusing one over ``max_size`` in all.
+
+        The data, the per-key deadlines and client details in the meta, and the user
+        id all count, so no mix of keys and key timeouts grows a record past the limit.
+        """
+        blob = dumps_bytes(self._serializer, data)
+        size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
+        if size > self._max_size:
+            self._too_big(size)
+        return Record(blob, version, created_at, expires_at, last_seen, user_id, meta)
+
+    def _too_big(self, size: int) -> NoReturn:
+        raise SessionError(
+            f"the session is {size} bytes stored (data, key timeouts and metadata), over "
+            f"max_size {self._max_size}; it was not saved"
+        )
+
+    def _meta(
+        self, remember: bool, ip: str | None, deadlines: dict[str, float], client: Client
+    ) -> bytes:
+        return encode_meta(remember, ip, deadlines, client.user_agent, client.remote_addr)
+
+    def _tombstone(self, now: float) -> Record | None:
+        """The record a regenerate leaves under the old key for ``regenerate_grace``."""
+        grace = self._regenerate_grace
+        if not grace:
+            return None
+        # Version 0 marks a tombstone for the store too (it is never refreshed or counted),
+        # and a save still expecting the old session's version fails on it.
+        return Record(b"", 0, now, now + grace, now, None, PLAIN_META)
+
+    # -- refreshing and ending -----------------------------------------------------------
+
+    def refresh(self, snapshot: Snapshot, expires_at: float, now: float) -> float | Absence | None:
+        """Extend a session that was only read, if it is due; return its new expiry.
+
+        *expires_at* is the session's expiry as this request knows it, so a session
+        refreshed once in a request is not refreshed again when the response closes.
+        ``None``: nothing was due. A :data:`Absence`: the session ended meanwhile.
+        """
+        remember = snapshot.remember
+        if not self.expiry.refresh_due(expires_at, now, remember=remember):
+            return None
+        extended = self.expiry.expires_at(snapshot.record.created_at, now, remember=remember)
+        if extended <= expires_at:
+            return None
+        if not self.timed(snapshot.key, self.store.refresh, snapshot.key, extended, now):
+            # Gone, or regenerated by another request: only a reload tells which, and a
+            # regenerated session's old cookie must not be expired.
+            reloaded = self._reload(snapshot.key)
+            return "gone" if isinstance(reloaded, Snapshot) else reloaded
+        self.metrics.count("refreshes")
+        self.emit("refreshed", snapshot.key)
+        return extended
+
+    def delete(self, key: str) -> bool:
+        """End the session stored under *key*; ``True`` if it was live."""
+        ended = self.timed(key, self.store.delete, key)
+        if ended:
+            self.emit("invalidated", key)
+        return ended
+
+    def enforce_cap(self, user_id: str, current: str, now: float) -> None:
+        """End *user_id*'s oldest sessions beyond ``max_sessions_per_user``."""
+        cap = self._max_sessions_per_user
+        if cap is None:
+            return
+        infos = self.timed(current, list_user_sessions, self.store, user_id, now)
+        if len(infos) <= cap:
+            return
+        # list_user_sessions is newest first, so the oldest are at the end.
+        for info in [i for i in infos if i.handle != current][cap - 1 :]:
+            self.delete(info.handle)
+
+    # -- reading records -----------------------------------------------------------------
+
+    def _read(self, key: str) -> Record | None:
+        self.metrics.count("loads")
+        return self.timed(key, self.store.load, key)
+
+    def _reload(self, key: str) -> Snapshot | Absence:
+        absence: Absence = "corrupt"
+        try:
+            record = self._read(key)
+        except CorruptRecord as exc:
+            self._corrupt(key, exc)
+        else:
+            if record is None:
+                absence = "gone"
+            elif record.version == 0:
+                absence = "moved"
+            else:
+                snapshot = self._decode(key, record)
+                if snapshot is not None:
+                    return snapshot
+        log.info("session %s ended by another request; this request's changes dropped", key[:8])
+        return absence
+
+    def _expired(self, key: str, absence: Absence) -> Absence:
+        self.metrics.count("expired")
+        self.emit("expired", key)
+        return absence
+
+    def _decode(self, key: str, record: Record) -> Snapshot | None:
+        """Decode *record*, or log and count it and return ``None`` if it is corrupt."""
+        try:
+            deadlines, remember, ip = decode_meta(record.meta)
+            data = self._serializer.loads(record.data)
+            if not isinstance(data, dict):
+                raise ValueError(f"data is a {type(data).__name__}, not a dict")
+        # A custom serializer may raise anything on garbage; any failure is a corrupt
+        # record, which counts as a missing session.
+        except Exception as exc:
+            self._corrupt(key, exc)
+            return None
+        return Snapshot(key, record, data, deadlines, remember, ip)
+
+    def _corrupt(self, key: str, exc: Exception) -> None:
+        """Log, count and announce the unreadable record under *key*."""
+        # The store's CorruptRecord says what is wrong in its own words; a decoder's
+        # message may quote the data, so only its type is logged.
+        reason = str(exc) if isinstance(exc, CorruptRecord) else type(exc).__name__
+        log.warning("session record %s… is corrupt and was ignored (%s)", key[:8], reason)
+        self.metrics.count("corrupt")
+        self.emit("corrupt", key)
