@@ -276,4 +276,8 @@ class translate_errors:
     ) -> None:
         if exc is None or isinstance(exc, StoreError) or not isinstance(exc, self._errors):
             return
-        raise StoreError(f"{mask_url(self._what)}: {type(exc).__name__}: {exc}") from exc
+        raise StoreError(f"{mask_url(self._what)}: {self.describe(exc)}") from exc
+
+    def describe(self, exc: BaseException) -> str:
+        """How the message shows *exc*: its type and text. A store may hide more."""
+        return f"{type(exc).__name__}: {exc}"

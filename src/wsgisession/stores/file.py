@@ -17,11 +17,10 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any, Final, Self
 
 from .. import _clock
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 from ._file_format import (
     HEAD_SIZE,
     UNREADABLE,
@@ -36,7 +35,7 @@ from ._file_locks import ShardLocks, claim_purge_lease
 from ._file_tree import KEY, TEMP_PREFIX, Tree, Unsafe
 from ._file_users import UserIndex
 from ._turns import Turns
-from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
+from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
 
 __all__ = ["FileStore"]
 
@@ -566,33 +565,24 @@ def _redacted(name: object) -> object:
     return _KEY_IN_TEXT.sub(r"\1…", name) if isinstance(name, str) else name
 
 
-class _Errors:
-    """Turn an :exc:`OSError` raised inside the block into :exc:`StoreError`.
+class _Errors(translate_errors):
+    """:class:`~wsgisession.stores.base.translate_errors` for :exc:`OSError`, hiding keys.
 
-    As :class:`~wsgisession.stores.base.translate_errors` does, but a file name in the
-    message (and in the chained error, which a logged traceback shows) keeps only the
-    first 8 digits of a key, and a refusal (:exc:`Unsafe`) says just what it refused.
+    A file name in the message (and in the chained error, which a logged traceback
+    shows) keeps only the first 8 digits of a key, and a refusal (:exc:`Unsafe`) says
+    just what it refused.
     """
 
-    __slots__ = ("_what",)
+    __slots__ = ()
 
     def __init__(self, what: str) -> None:
-        self._what = what
+        super().__init__(what, OSError)
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if not isinstance(exc, OSError):
-            return
-        what = mask_url(self._what)
+    def describe(self, exc: BaseException) -> str:
+        """The refusal as it is; any other error with its file names redacted."""
         if isinstance(exc, Unsafe):
-            raise StoreError(f"{what}: {exc}") from exc
-        exc.filename = _redacted(exc.filename)
-        exc.filename2 = _redacted(exc.filename2)
-        raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            return str(exc)
+        if isinstance(exc, OSError):
+            exc.filename = _redacted(exc.filename)
+            exc.filename2 = _redacted(exc.filename2)
+        return super().describe(exc)

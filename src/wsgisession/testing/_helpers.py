@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Final
 
 from .. import _clock
 from ..ids import new_session_id, store_key
-from ..stores.base import Record
+from ..stores.base import Record, Store
 
-__all__ = ["THREADS", "make_record", "make_tombstone", "new_key", "run_threads"]
+__all__ = [
+    "THREADS",
+    "every_write_lands",
+    "make_record",
+    "make_tombstone",
+    "move",
+    "new_key",
+    "run_threads",
+]
 
 #: How many threads the race tests start at once.
 THREADS: Final = 16
+#: How many writes each thread of :func:`every_write_lands` makes.
+WRITES_EACH: Final = 5
 
 
 def new_key() -> str:
@@ -70,3 +81,35 @@ def run_threads(count: int, target: Callable[[int], None]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def move(store: Store, old: str, new: str, replaces_version: int | None) -> bool:
+    """Save a record of user ``ann`` under *new* replacing *old*, as a regenerate does."""
+    return store.save(
+        new,
+        make_record(b"moved", user_id="ann"),
+        expected_version=None,
+        replaces=old,
+        replaces_version=replaces_version,
+    )
+
+
+def every_write_lands(store: Store, write: Callable[[str, int, int], None]) -> None:
+    """Have :data:`THREADS` threads each write their own key, and check none is lost.
+
+    *write(key, n, i)* must store ``{"t<n>": i}`` merged into the record under *key*;
+    each thread calls it :data:`WRITES_EACH` times, with ``i`` counting up.
+    """
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+
+    def writer(n: int) -> None:
+        for i in range(WRITES_EACH):
+            write(key, n, i)
+
+    run_threads(THREADS, writer)
+    loaded = store.load(key)
+    assert loaded is not None, "the record vanished"
+    expected = {f"t{n}": WRITES_EACH - 1 for n in range(THREADS)}
+    assert json.loads(loaded.data) == expected, "a concurrent write was lost"
+    assert loaded.version == 1 + THREADS * WRITES_EACH, "a write did not bump the version"

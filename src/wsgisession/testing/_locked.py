@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ..stores.base import LockTimeout, Record, Store
-from ._helpers import THREADS, make_record, make_tombstone, new_key, run_threads
+from ._helpers import every_write_lands, make_record, make_tombstone, new_key
 
 __all__ = ["LockedSaveTests"]
 
@@ -209,44 +209,25 @@ class LockedSaveTests:
         assert store.load(key) is None, "a locked save undid a logout"
 
     def test_threads_taking_the_lock_lose_nothing(self, store: Store) -> None:
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        writes_each = 5
+        def write(key: str, n: int, i: int) -> None:
+            assert store.save_locked(key, _adding(**{f"t{n}": i}), timeout=60) is not None
 
-        def writer(n: int) -> None:
-            for i in range(writes_each):
-                written = store.save_locked(key, _adding(**{f"t{n}": i}), timeout=60)
-                assert written is not None
-
-        run_threads(THREADS, writer)
-        loaded = store.load(key)
-        assert loaded is not None
-        assert json.loads(loaded.data) == {f"t{n}": writes_each - 1 for n in range(THREADS)}
-        assert loaded.version == 1 + THREADS * writes_each
+        every_write_lands(store, write)
 
     def test_plain_and_locked_saves_mixed_lose_nothing(self, store: Store) -> None:
-        """Writers that try compare-and-set a few times, then lock, as the middleware does."""
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        writes_each = 5
+        """Writers that try compare-and-set twice, then lock."""
 
-        def writer(n: int) -> None:
-            for i in range(writes_each):
-                for _ in range(2):
-                    current = store.load(key)
-                    assert current is not None
-                    mine = _bumped(current, **{f"t{n}": i})
-                    if store.save(key, mine, expected_version=current.version):
-                        break
-                else:
-                    written = store.save_locked(key, _adding(**{f"t{n}": i}), timeout=60)
-                    assert written is not None
+        def write(key: str, n: int, i: int) -> None:
+            for _ in range(2):
+                current = store.load(key)
+                assert current is not None
+                if store.save(
+                    key, _bumped(current, **{f"t{n}": i}), expected_version=current.version
+                ):
+                    return
+            assert store.save_locked(key, _adding(**{f"t{n}": i}), timeout=60) is not None
 
-        run_threads(THREADS, writer)
-        loaded = store.load(key)
-        assert loaded is not None
-        assert json.loads(loaded.data) == {f"t{n}": writes_each - 1 for n in range(THREADS)}
-        assert loaded.version == 1 + THREADS * writes_each
+        every_write_lands(store, write)
 
     # -- tombstones ----------------------------------------------------------------
 

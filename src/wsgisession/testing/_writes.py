@@ -6,7 +6,7 @@ import json
 import time
 
 from ..stores.base import Store
-from ._helpers import THREADS, make_record, new_key, run_threads
+from ._helpers import THREADS, every_write_lands, make_record, move, new_key, run_threads
 
 __all__ = ["WriteTests"]
 
@@ -77,13 +77,7 @@ class WriteTests:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"v1", user_id="ann"), expected_version=None)
         assert store.save(old, make_record(b"v2", version=2, user_id="ann"), expected_version=1)
-        assert store.save(
-            new,
-            make_record(b"moved", user_id="ann"),
-            expected_version=None,
-            replaces=old,
-            replaces_version=2,
-        )
+        assert move(store, old, new, replaces_version=2)
         assert store.load(old) is None
         loaded = store.load(new)
         assert loaded is not None and (loaded.data, loaded.version) == (b"moved", 1)
@@ -94,13 +88,7 @@ class WriteTests:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"v1", user_id="ann"), expected_version=None)
         assert store.save(old, make_record(b"v2", version=2, user_id="ann"), expected_version=1)
-        assert not store.save(
-            new,
-            make_record(b"moved", user_id="ann"),
-            expected_version=None,
-            replaces=old,
-            replaces_version=1,
-        )
+        assert not move(store, old, new, replaces_version=1)
         assert store.load(new) is None
         loaded = store.load(old)
         assert loaded is not None and (loaded.data, loaded.version) == (b"v2", 2)
@@ -111,13 +99,7 @@ class WriteTests:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"v1", user_id="ann"), expected_version=None)
         assert store.delete(old)
-        assert not store.save(
-            new,
-            make_record(b"moved", user_id="ann"),
-            expected_version=None,
-            replaces=old,
-            replaces_version=1,
-        )
+        assert not move(store, old, new, replaces_version=1)
         assert store.load(new) is None
         assert store.load(old) is None
         assert store.user_records("ann") == []
@@ -125,13 +107,7 @@ class WriteTests:
     def test_replaces_version_of_an_expired_record_creates_nothing(self, store: Store) -> None:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"v1", user_id="ann", ttl=-10), expected_version=None)
-        assert not store.save(
-            new,
-            make_record(b"moved", user_id="ann"),
-            expected_version=None,
-            replaces=old,
-            replaces_version=1,
-        )
+        assert not move(store, old, new, replaces_version=1)
         assert store.load(new) is None
         assert store.user_records("ann") == []
 
@@ -266,23 +242,15 @@ class WriteTests:
 
     def test_concurrent_disjoint_writes_all_survive(self, store: Store) -> None:
         """Threads merging their own key by compare-and-set lose nobody's write."""
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        writes_each = 5
 
-        def writer(n: int) -> None:
-            for i in range(writes_each):
-                while True:
-                    current = store.load(key)
-                    assert current is not None
-                    data = json.loads(current.data)
-                    data[f"t{n}"] = i
-                    new = make_record(json.dumps(data).encode(), version=current.version + 1)
-                    if store.save(key, new, expected_version=current.version):
-                        break
+        def write(key: str, n: int, i: int) -> None:
+            while True:
+                current = store.load(key)
+                assert current is not None
+                data = json.loads(current.data)
+                data[f"t{n}"] = i
+                new = make_record(json.dumps(data).encode(), version=current.version + 1)
+                if store.save(key, new, expected_version=current.version):
+                    return
 
-        run_threads(THREADS, writer)
-        loaded = store.load(key)
-        assert loaded is not None
-        assert json.loads(loaded.data) == {f"t{n}": writes_each - 1 for n in range(THREADS)}
-        assert loaded.version == 1 + THREADS * writes_each
+        every_write_lands(store, write)
