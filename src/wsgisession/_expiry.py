@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Expiry", "key_live"]
+from ._option_kinds import MAX_SECONDS
+
+__all__ = ["Expiry", "check_key_timeout", "key_live"]
+
+
+def check_key_timeout(key: str, timeout: object) -> None:
+    """Refuse a key *timeout* that isn't positive seconds up to ten years.
+
+    :raises ValueError: It is not a finite number in that range.
+    """
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_SECONDS
+    ):
+        raise ValueError(
+            f"timeout for session key {key!r} must be positive seconds, at most "
+            f"{MAX_SECONDS} (ten years)"
+        )
 
 
 def key_live(deadline: float | None, now: float) -> bool:

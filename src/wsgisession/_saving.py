@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
+from collections.abc import Set as AbstractSet
+from typing import Any, Final, Literal, NamedTuple, NoReturn, TypeVar
 
 from . import _clock
 from ._expiry import Expiry, key_live
@@ -46,14 +46,13 @@ class Client(NamedTuple):
     remote_addr: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """What one request did to its session, as a save applies it to the stored record.
 
     ``data`` and ``deadlines`` are the request's view of the session (per-key
-    deadlines, Unix times); only the keys in ``changed`` and ``deleted`` are written
-    over what the store holds. ``forced`` (``modified = True``) adds every key whose
-    value differs from what was loaded, for changes made in place.
+    deadlines, Unix times), read during the save; only the keys in ``changed`` and
+    ``deleted`` are written over what the store holds. ``forced`` (``modified = True``)
+    adds every key whose value differs from what was loaded, for changes made in place.
     """
 
     #: What the request loaded; ``None`` for a session this request started.
@@ -63,8 +62,8 @@ class Change:
     session_id: str | None
     data: Mapping[str, Any]
     deadlines: Mapping[str, float]
-    changed: frozenset[str]
-    deleted: frozenset[str]
+    changed: AbstractSet[str]
+    deleted: AbstractSet[str]
     forced: bool
     #: The remember-me flag, if this request changed it.
     remember: bool | None
@@ -77,6 +76,10 @@ class Change:
     moving: bool = False
     #: A corrupt record the request's cookie named, deleted when a new session is stored.
     stale_key: str | None = None
+
+
+#: The client of a request when neither ``bind_ip`` nor ``track_clients`` is on.
+_NOBODY: Final = Client(None, None, None)
 
 
 class Stored(NamedTuple):
@@ -141,6 +144,8 @@ class Saver:
 
     def client(self, environ: Mapping[str, Any]) -> Client:
         """The details of the request's client that a record keeps, per the options."""
+        if not (self._bind_ip or self._track_clients):
+            return _NOBODY
         address = environ.get("REMOTE_ADDR")
         if not isinstance(address, str):
             address = None
@@ -151,10 +156,11 @@ class Saver:
             address if self._track_clients else None,
         )
 
-    def load(self, key: str, client: Client, now: float) -> Snapshot | Absence:
+    def load(self, key: str, environ: Mapping[str, Any], now: float) -> Snapshot | Absence:
         """Return the live session under *key*, or why there is none.
 
-        :param client: The request's client, which a ``bind_ip`` session must match.
+        :param environ: The request's environ, whose ``REMOTE_ADDR`` a ``bind_ip``
+            session must match.
         """
         try:
             record = self._read(key)
@@ -170,7 +176,7 @@ class Saver:
             return "corrupt"
         if self.expiry.over(record.created_at, now):
             return self._expired(key, "gone")
-        if self._bind_ip and snapshot.ip != client.bound_ip:
+        if self._bind_ip and snapshot.ip != environ.get("REMOTE_ADDR"):
             log.info("session %s presented from another address; treated as expired", key[:8])
             return self._expired(key, "foreign")
         return snapshot
@@ -202,7 +208,6 @@ class Saver:
         base = change.base
         if base is None:
             return self._create(change, now)
-        deadline = time.monotonic() + self._save_timeout
         moving = change.moving
         target = base.key
         if moving:
@@ -233,18 +238,15 @@ class Saver:
             return self._saved(change, snapshot)
         self.metrics.count("conflicts")
         self.emit("conflict", base.key)
-        return self._save_locked(
-            change, base.key, target, (changed, deleted), now, deadline, tombstone
-        )
+        return self._save_locked(change, base.key, target, (changed, deleted), now, tombstone)
 
     def _save_locked(
         self,
         change: Change,
         key: str,
         target: str,
-        keys: tuple[frozenset[str], frozenset[str]],
+        keys: tuple[AbstractSet[str], AbstractSet[str]],
         now: float,
-        deadline: float,
         tombstone: Record | None,
     ) -> Stored | Absence:
         """Save under the lock of the session stored under *key*, after losing a race.
@@ -283,7 +285,9 @@ class Saver:
                 self.store.save_locked,
                 key,
                 build,
-                timeout=max(0.0, deadline - started),
+                # save_timeout counts from here: the compare-and-set before took a
+                # round trip, and reading the clock on every save would cost more.
+                timeout=self._save_timeout,
                 moves_to=target if moving else None,
                 tombstone=tombstone,
             )
@@ -303,7 +307,7 @@ class Saver:
             return outcome[0] if outcome else "gone"
         return self._saved(change, built[0])
 
-    def _keys(self, change: Change, base: Snapshot) -> tuple[frozenset[str], frozenset[str]]:
+    def _keys(self, change: Change, base: Snapshot) -> tuple[AbstractSet[str], AbstractSet[str]]:
         """The keys *change* writes and deletes, in-place changes found when forced."""
         if not change.forced:
             return change.changed, change.deleted
@@ -321,8 +325,8 @@ class Saver:
         self,
         change: Change,
         base: Snapshot,
-        changed: frozenset[str],
-        deleted: frozenset[str],
+        changed: AbstractSet[str],
+        deleted: AbstractSet[str],
         now: float,
         target: str,
     ) -> tuple[Record, Snapshot]:

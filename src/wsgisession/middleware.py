@@ -15,7 +15,7 @@ from .errors import ConfigError, SessionError
 from .ids import store_key
 from .purge import Purger
 from .serializers import resolve_serializer
-from .session import Session, Stage
+from .session import Session
 from .users import SessionInfo, is_handle, list_user_sessions
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class SessionMiddleware:
             except BaseException:
                 _close(iterable)
                 raise
-        if session.stage is not Stage.OPEN and (
+        if response.started and (
             type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ)
         ):
             # The headers are out and iterating a list or a file runs no application
@@ -293,6 +293,7 @@ class _Response:
         "_session",
         "iterable",
         "pending",
+        "started",
     )
 
     def __init__(self, session: Session, start_response: StartResponse) -> None:
@@ -301,6 +302,8 @@ class _Response:
         self._exhausted = False
         #: The status and headers the application gave, not yet passed on.
         self.pending: tuple[str, list[tuple[str, str]]] | None = None
+        #: Whether the headers went to the server (and the session was saved for them).
+        self.started = False
         self.iterable: Iterable[bytes]
         self._server_write: Callable[[bytes], object]
 
@@ -313,8 +316,12 @@ class _Response:
             return self._write
         # An error page replaces whatever was pending, and goes out at once.
         self.pending = None
-        self._session.fail()
-        headers = self._headers(status, headers)
+        self.started = True
+        session = self._session
+        session.fail()
+        extra = session.respond(status)
+        if extra is not None:
+            headers = _with_headers(headers, extra)
         self._server_write = self._server_start_response(status, headers, exc_info)
         return self._server_write
 
@@ -324,13 +331,13 @@ class _Response:
         if pending is None:
             return
         self.pending = None
+        self.started = True
         status, headers = pending
-        # Some start_response callables (web.py's test helper) take two arguments.
-        self._server_write = self._server_start_response(status, self._headers(status, headers))
-
-    def _headers(self, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         extra = self._session.respond(status)
-        return headers if extra is None else _with_headers(headers, extra)
+        if extra is not None:
+            headers = _with_headers(headers, extra)
+        # Some start_response callables (web.py's test helper) take two arguments.
+        self._server_write = self._server_start_response(status, headers)
 
     def _write(self, data: bytes) -> object:
         # The legacy write() callable sends headers, so the session is saved first.
