@@ -1,22 +1,293 @@
-"""A tiny routed WSGI app, a test client around the middleware, and child processes."""
+"""What the tests share: test servers and stores, a routed WSGI app and its client,
+handlers, the movable clock, and child processes.
+
+Fixtures are declared in ``conftest.py`` (and ``stores/conftest.py``), built from what
+is here; tests import from this module, never from a conftest.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from waitress import wasyncore
+from waitress.server import TcpWSGIServer, create_server
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Request, Response
 
 import wsgisession
 from wsgisession import Session, SessionMiddleware
-from wsgisession.stores import Store
+from wsgisession.errors import StoreError
+from wsgisession.ids import store_key
+from wsgisession.stores import Store, open_store
+from wsgisession.stores._file_tree import TEMP_PREFIX
+from wsgisession.stores.base import Record, mask_url
+from wsgisession.stores.file import FileStore
+from wsgisession.stores.memory import MemoryStore
+from wsgisession.stores.redis import RedisStore
+from wsgisession.testing import new_key
+
+if TYPE_CHECKING:
+    from wsgisession.stores.sql import SQLStore
+
+# -- test servers and stores ---------------------------------------------------------
+
+#: Marks a test that needs a PostgreSQL, MariaDB or Redis server.
+SERVER = pytest.mark.server
+
+DEFAULT_URLS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "mariadb": "mariadb+pymysql://root@127.0.0.1:3306/test",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+
+#: Every store, as the ``store`` fixture runs them.
+STORE_KINDS = [
+    "memory",
+    "file",
+    "sqlite",
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+    pytest.param("redis", marks=SERVER),
+    pytest.param("redis-sentinel", marks=SERVER),
+    pytest.param("redis-cluster", marks=SERVER),
+]
+
+#: The SQL databases, and those of them that are servers.
+SQL_KINDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=SERVER),
+    pytest.param("mariadb", marks=SERVER),
+]
+SQL_SERVER_KINDS = SQL_KINDS[1:]
+
+
+def services_required() -> bool:
+    """Whether an unreachable server must fail the test instead of skipping it."""
+    return os.environ.get("WSGISESSION_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def server_url(kind: str) -> str:
+    """The URL of the shared test server for *kind* (postgresql, mariadb, redis)."""
+    return os.environ.get(f"WSGISESSION_TEST_{kind.upper()}_URL", DEFAULT_URLS[kind])
+
+
+def unreachable(url: str, exc: BaseException) -> NoReturn:
+    """Skip (or fail, when services are required) because *url* can't be reached."""
+    reason = f"store {mask_url(url)} is not reachable: {exc}"
+    if services_required():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return the URL of a store of *kind* that no other test uses."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "file":
+        return f"file:{tmp_path / 'sessions'}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'sessions.db'}"
+    if kind == "redis-sentinel":
+        url: str = request.getfixturevalue("redis_sentinel_url")
+        return url
+    if kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        return url
+    return server_url(kind)
+
+
+def reachable_sql_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return :func:`store_url` for SQL database *kind*, once a connection to it works."""
+    import sqlalchemy as sa
+
+    url = store_url(kind, request, tmp_path)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as exc:
+        unreachable(url, exc)
+    finally:
+        engine.dispose()
+    return url
+
+
+def unique_table_name() -> str:
+    """A table name no other test uses."""
+    return f"test_sessions_{uuid.uuid4().hex[:12]}"
+
+
+def isolation_options(kind: str) -> dict[str, Any]:
+    """Store options that keep one test's records apart from every other test's."""
+    if kind in ("postgresql", "mariadb"):
+        return {"table_name": unique_table_name()}
+    if kind.startswith("redis"):
+        return {"key_prefix": f"test:{uuid.uuid4().hex[:12]}:"}
+    return {}
+
+
+def open_test_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, **options: Any
+) -> Iterator[Store]:
+    """Open a fresh store of *kind*, make sure it is reachable, and clean it up after."""
+    url = store_url(kind, request, tmp_path)
+    store = open_store(url, **{**isolation_options(kind), **options})
+    try:
+        store.ping()
+    except StoreError as exc:
+        store.close()
+        unreachable(url, exc)
+    try:
+        yield store
+    finally:
+        _drop(kind, store)
+        store.close()
+
+
+def _drop(kind: str, store: Store) -> None:
+    # Server stores are shared across tests and runs: leave nothing behind.
+    if kind in ("postgresql", "mariadb"):
+        store.table.drop(store.engine, checkfirst=True)  # type: ignore[attr-defined]
+    elif kind.startswith("redis"):
+        client = store.client  # type: ignore[attr-defined]
+        for key in list(client.scan_iter(match=store.key_prefix + "*")):  # type: ignore[attr-defined]
+            client.delete(key)
+
+
+# -- SQL tables and locks ---------------------------------------------------------------------
+
+#: Call with any options; returns an SQLStore on a table of the test's own.
+OpenSQL = Callable[..., "SQLStore"]
+
+
+def never_build(current: Record) -> Record:
+    """A save_locked() build that must not run."""
+    raise AssertionError("built without holding the lock")
+
+
+@contextlib.contextmanager
+def locked_elsewhere(store: SQLStore, key: str) -> Iterator[None]:
+    """Hold the lock of the SQL row under *key* from a connection outside the store.
+
+    On SQLite that is the database's write lock, as another process would hold it.
+    """
+    import sqlalchemy as sa
+
+    if store.engine.dialect.name == "sqlite":
+        db = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+        return
+    engine = sa.create_engine(store.engine.url)
+    table = store.table
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(
+                sa.select(table.c.version).where(table.c.id_hash == key).with_for_update()
+            ).all()
+            yield
+    finally:
+        engine.dispose()
+
+
+# -- the file store's files -----------------------------------------------------------
+
+
+def record_path(store: FileStore, key: str) -> Path:
+    """The file a file store keeps the record under *key* in."""
+    shards = [key[2 * i : 2 * i + 2] for i in range(store.shard_depth)]
+    return Path(store.directory).joinpath(*shards, key)
+
+
+def record_files(root: Path) -> list[Path]:
+    """The record files under *root*, without lock, lease and temp files."""
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def temp_files(root: Path) -> list[Path]:
+    """The temp files under *root* that writes have not renamed (yet)."""
+    return list(root.rglob(TEMP_PREFIX + "*"))
+
+
+# -- Redis keys and scripts -----------------------------------------------------------------
+
+
+def redis_user_key(store: RedisStore, user_id: str) -> str:
+    """The name of *user_id*'s index, as the scripts build it."""
+    return store.key_prefix + "u:" + user_id.encode().hex()
+
+
+def redis_lock_keys(store: RedisStore, key: str) -> tuple[str, str]:
+    """The names of *key*'s save lock and of its line, as the scripts build them."""
+    lock = f"{store.key_prefix}l:{{{store.key_prefix}{key}}}"
+    return lock, lock + ":q"
+
+
+def fail_script(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, script: Any, message: str
+) -> Callable[[], None]:
+    """Make every run of *script* fail as if its node were down; return the undo."""
+    run = store._run
+
+    def failing(which: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if which == script:
+            with store._errors():
+                raise redis.ConnectionError(message)
+        return run(which, keys, args)
+
+    monkeypatch.setattr(store, "_run", failing)
+    return lambda: monkeypatch.setattr(store, "_run", run)
+
+
+def other_slot(cluster: RedisStore, key: str) -> str:
+    """A new key in another Cluster slot than *key*."""
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    slot = client.keyslot(cluster.key_prefix + key)
+    return next(k for k in iter(new_key, None) if client.keyslot(cluster.key_prefix + k) != slot)
+
+
+# -- the clock ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    """The application's clock (wsgisession._clock.now), moved by hand: the middleware and
+    every store read it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._time = time.time
+
+    def __call__(self) -> float:
+        return self._time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock *seconds* forward."""
+        self.offset += seconds
+
+
+# -- an application and its client ---------------------------------------------------------
 
 Handler = Callable[[Session, Request], Any]
 
@@ -40,18 +311,6 @@ def routed_app(routes: dict[str, Handler]) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def counter(session: Session, request: Request) -> int:
-    """Add one to ``session["n"]`` and return it."""
-    session["n"] = session.get("n", 0) + 1
-    n: int = session["n"]
-    return n
-
-
-def dump(session: Session, request: Request) -> dict[str, Any]:
-    """Return the session's data."""
-    return dict(session)
-
-
 def make_client(routes: dict[str, Handler], **options: Any) -> tuple[Client, SessionMiddleware]:
     """A werkzeug test client for the routes wrapped in the middleware (and the linter)."""
     options.setdefault("secret_key", SECRET)
@@ -70,15 +329,242 @@ def get_with_cookie_header(
     return client.get(path, headers={"Cookie": cookie_header}, **kwargs)
 
 
-def holds_no_session(store: Store, key: str) -> bool:
-    """Whether *key* holds nothing, or only the tombstone a regenerate left there."""
-    record = store.load(key)
-    return record is None or record.version == 0
+def with_cookie(application: Any, value: str, name: str = "session_id") -> Client:
+    """A browser on *application* holding the session cookie *value* (a replay, a tab)."""
+    client = Client(application)
+    client.set_cookie(name, value)
+    return client
+
+
+def twin(client: Client, name: str = "session_id") -> Client:
+    """A second browser on *client*'s application, holding the same session cookie."""
+    return with_cookie(client.application, cookie_value(client, name), name)
+
+
+def wsgi_environ(path: str = "/", cookie: str | None = None) -> dict[str, Any]:
+    """The environ of a GET of *path*, with the ``Cookie`` header *cookie* if given."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "wsgi.url_scheme": "http",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+    }
+    if cookie is not None:
+        environ["HTTP_COOKIE"] = cookie
+    return environ
+
+
+def call_as_server(application: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """Call *application* like a PEP 3333 server that has sent nothing yet; return the
+    status and headers it finally chose (the last ``start_response`` call wins)."""
+    sent: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        sent[:] = [(status, headers)]
+        return lambda data: None
+
+    response = application(environ, start_response)
+    try:
+        for _ in response:
+            pass
+    finally:
+        getattr(response, "close", lambda: None)()
+    return sent[0]
+
+
+def raising_after_start_response(change: Callable[[Session], object]) -> Any:
+    """A WSGI app: ``/login`` stores ``n = 1``; ``/boom`` makes *change* to the session,
+    calls start_response, then raises; any other path shows the session's items."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/login":
+            session["n"] = 1
+        elif environ["PATH_INFO"] == "/boom":
+            change(session)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            raise RuntimeError("the app fails after start_response")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr(sorted(session.items())).encode()]
+
+    return app
+
+
+class CountingStore(MemoryStore):
+    """A real memory store that counts the calls it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def load(self, key: str) -> Record | None:
+        self.calls.append("load")
+        return super().load(key)
+
+    def save(self, key: str, record: Record, **kwargs: Any) -> bool:
+        self.calls.append("save")
+        return super().save(key, record, **kwargs)
+
+    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+        self.calls.append("refresh")
+        return super().refresh(key, expires_at, last_seen)
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+def untouched(session: Session, request: Request) -> str:
+    """Answer without touching the session."""
+    return "hello"
+
+
+def read_only(session: Session, request: Request) -> Any:
+    """Read ``session["n"]`` (``None`` if absent), changing nothing."""
+    return session.get("n")
+
+
+def counter(session: Session, request: Request) -> int:
+    """Add one to ``session["n"]`` and return it."""
+    session["n"] = session.get("n", 0) + 1
+    n: int = session["n"]
+    return n
+
+
+def incr(session: Session, request: Request) -> int:
+    """Add one to the key named by ``?k=``, as a read-modify-write by the handler."""
+    key = request.args["k"]
+    session[key] = session.get(key, 0) + 1
+    value: int = session[key]
+    return value
+
+
+def dump(session: Session, request: Request) -> dict[str, Any]:
+    """Return the session's data."""
+    return dict(session)
+
+
+def peek(session: Session, request: Request) -> dict[str, Any]:
+    """What the handler sees: the data, and whether the session is new or expired."""
+    return {"data": dict(session), "new": session.new, "expired": session.expired}
+
+
+def put(session: Session, request: Request) -> str:
+    """Set the key ``?key=`` to ``?value=``."""
+    session[request.args["key"]] = request.args["value"]
+    return "ok"
+
+
+def login(session: Session, request: Request) -> str:
+    """Log in as ``?user=`` (``ann``): a new id, then the user's name under ``"user"``
+    and as ``user_id``; ``?remember=1`` remembers the session, ``?flash=text`` sets
+    ``"flash"`` for 30 seconds."""
+    session.regenerate()
+    user = request.args.get("user", "ann")
+    session["user"] = user
+    session.user_id = user
+    session.remember = request.args.get("remember") == "1"
+    if "flash" in request.args:
+        session.set("flash", request.args["flash"], timeout=30)
+    return "ok"
+
+
+def logout(session: Session, request: Request) -> str:
+    """End the session: ``invalidate()``."""
+    session.invalidate()
+    return "bye"
+
+
+def meanwhile(other_request: Callable[[], object], **writes: Any) -> Handler:
+    """A handler that loads its session, waits while *other_request* runs (another
+    request on the same session, which finishes first), then sets *writes*.
+
+    Two requests interleaved in one thread: what a slow request meets when a quicker
+    one (another tab, a logout, a login) saves between its read and its save.
+    """
+
+    def handler(session: Session, request: Request) -> str:
+        session.get("n")  # loaded before the other request
+        other_request()
+        session.update(writes)
+        return "ok"
+
+    return handler
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+def whoami(session: Session, request: Request) -> Any:
+    """The session's user and handle."""
+    return {"user": session.user_id, "handle": session.handle}
+
+
+def forget_user(session: Session, request: Request) -> str:
+    """Unlink the session from its user."""
+    session.user_id = None
+    return "ok"
+
+
+#: An app to log users in and out with: ``/`` is :func:`whoami`.
+USER_ROUTES: dict[str, Handler] = {
+    "/login": login,
+    "/": whoami,
+    "/logout": logout,
+    "/forget": forget_user,
+    "/inc": counter,
+    "/dump": dump,
+}
+
+
+def user_app(store: Store | str = "memory://", **options: Any) -> SessionMiddleware:
+    """The middleware over :data:`USER_ROUTES`."""
+    _, middleware = make_client(USER_ROUTES, store=store, **options)
+    return middleware
+
+
+def log_in(middleware: SessionMiddleware, user: str = "ann", **environ: Any) -> Client:
+    """A new browser on *middleware*, logged in as *user*."""
+    client = Client(middleware)
+    client.get(f"/login?user={user}", environ_overrides=environ or None)
+    return client
+
+
+def handle_of(client: Client) -> str:
+    """The handle of *client*'s session, as :func:`whoami` says."""
+    handle = body(client.get("/"))["handle"]
+    assert isinstance(handle, str)
+    return handle
+
+
+# -- pickle ------------------------------------------------------------------------------------
+
+
+def _spring(marker: str) -> None:
+    Path(marker).write_text("unpickled")
+
+
+class PickleTrap:
+    """Unpickling this writes *marker*: a stand-in for ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _spring, (str(self.marker),)
+
+
+# -- what a response, a client and a store hold -----------------------------------------------
 
 
 def set_cookies(response: TestResponse) -> list[str]:
     """The Set-Cookie headers of *response*."""
     return response.headers.getlist("Set-Cookie")
+
+
+def deletes_the_cookie(header: str, name: str = "session_id") -> bool:
+    """Whether the Set-Cookie *header* deletes the cookie *name* (empty, ``Max-Age=0``)."""
+    return header.startswith(f"{name}=;") and "Max-Age=0" in header
 
 
 def body(response: TestResponse) -> Any:
@@ -93,12 +579,141 @@ def cookie_value(client: Client, name: str = "session_id") -> str:
     return cookie.value
 
 
-def twin(client: Client, name: str = "session_id") -> Client:
-    """A second browser on *client*'s application, holding the same session cookie."""
-    other = Client(client.application)
-    other.set_cookie(name, cookie_value(client, name))
-    return other
+def id_of(value: str) -> str:
+    """The session id in the cookie *value* (its signature cut off)."""
+    return value.rsplit(".", 1)[0]
 
+
+def session_id_of(client: Client, name: str = "session_id") -> str:
+    """The session id in the cookie *client* holds."""
+    return id_of(cookie_value(client, name))
+
+
+def key_of(client: Client, name: str = "session_id") -> str:
+    """The store key of the session whose cookie *client* holds."""
+    return store_key(session_id_of(client, name))
+
+
+def holds_no_session(store: Store, key: str) -> bool:
+    """Whether *key* holds nothing, or only the tombstone a regenerate left there."""
+    record = store.load(key)
+    return record is None or record.version == 0
+
+
+# -- a real server, and a browser of it -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(app: Any, threads: int = 4) -> Iterator[tuple[str, int]]:
+    """Serve *app* with waitress (*threads* threads) on a free loopback port; yield
+    its address until the block ends."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    assert isinstance(server, TcpWSGIServer)
+    stop = threading.Event()
+
+    def run() -> None:
+        # server.run() loops until its map is empty. This loop also ends when told,
+        # then closes every socket and the trigger on its own thread: closed from
+        # another, the trigger pipe could go while a wake-up is still being written.
+        while not stop.is_set():
+            wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.close_all(server._map)
+
+    thread = threading.Thread(target=run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.effective_port
+    finally:
+        # The task threads go first: a finished task still pulls the trigger.
+        server.task_dispatcher.shutdown()
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+class HTTPBrowser:
+    """One HTTP client with a session cookie, on a keep-alive connection of its own."""
+
+    def __init__(self, address: tuple[str, int], cookie: str | None = None) -> None:
+        self.connection = http.client.HTTPConnection(*address, timeout=120)
+        self.cookie = cookie
+
+    def get(self, path: str) -> tuple[int, list[str], Any]:
+        """GET *path*; return the status, the Set-Cookie headers and the JSON body."""
+        headers = {} if self.cookie is None else {"Cookie": f"session_id={self.cookie}"}
+        self.connection.request("GET", path, headers=headers)
+        response = self.connection.getresponse()
+        payload = response.read()
+        set_cookies = response.headers.get_all("Set-Cookie") or []
+        for header in set_cookies:
+            morsel = SimpleCookie(header).get("session_id")
+            if morsel is not None and morsel.value:
+                self.cookie = morsel.value
+        text = payload.decode()
+        return response.status, set_cookies, json.loads(text) if response.status == 200 else text
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+# -- threads -----------------------------------------------------------------------------------
+
+
+def run_together(count: int, target: Callable[[int], object]) -> list[BaseException]:
+    """Run *target(n)* in *count* threads released together; return what they raised."""
+    barrier = threading.Barrier(count)
+    failures: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # handed to the test, which reports it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
+#: How long a test waits for another thread's or process's progress before failing.
+PATIENCE = 30.0
+
+
+def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Run *target* in a daemon thread; the list gets what it returned or raised."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(target())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_until(
+    what: str, done: Callable[[], bool], timeout: float = 30.0, every: float = 0.01
+) -> None:
+    """Poll *done* every *every* seconds until it is true; fail after *timeout* seconds.
+
+    For another thread's or process's progress, or a real server getting ready: never
+    for time to pass (move the ``clock`` instead).
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not done after {timeout:.0f} s: {what}")
+        time.sleep(every)
+
+
+# -- child processes ---------------------------------------------------------------------------
 
 _SRC = str(Path(wsgisession.__file__).resolve().parents[1])
 #: The environment of a child Python: it imports this checkout's wsgisession.
@@ -106,6 +721,51 @@ CHILD_ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")])),
 }
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """Wait for the child *proc*, which must succeed; return its output."""
+    with proc:
+        out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out
+
+
+def communicate_within(proc: subprocess.Popen[str], timeout: float, hang: str) -> tuple[str, str]:
+    """The output of the child *proc*; kill it and fail with *hang* if it runs longer
+    than *timeout* seconds (a deadlock, a loop that never ends)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(hang)
+
+
+def merging_writer_code(open_store: str) -> str:
+    """The code of a child process that writes one session by compare-and-set.
+
+    *open_store* sets ``store`` from ``sys.argv[1]``; the child then sets ``data[name]``
+    to 0, 1, … up to ``writes - 1`` in the JSON record under ``key``, retrying each
+    write that lost a round. Arguments: the store's, key, name, writes, and the
+    ``time.time()`` to start at (so that several children start together).
+    """
+    return f"""
+import json, sys, time
+from wsgisession.testing import make_record
+{open_store}
+key, name, writes = sys.argv[2], sys.argv[3], int(sys.argv[4])
+time.sleep(max(0.0, float(sys.argv[5]) - time.time()))  # start together
+for i in range(writes):
+    while True:
+        current = store.load(key)
+        data = json.loads(current.data)
+        data[name] = i
+        new = make_record(json.dumps(data).encode(), version=current.version + 1)
+        if store.save(key, new, expected_version=current.version):
+            break
+store.close()
+"""
 
 
 def python_child(code: str, *args: object) -> subprocess.Popen[str]:

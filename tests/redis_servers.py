@@ -23,7 +23,7 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from tests.conftest import unreachable
+from tests.helpers import unreachable
 
 _START_TIMEOUT = 15.0
 _CLUSTER_TIMEOUT = 30.0
@@ -239,14 +239,9 @@ def _cluster_ok(server: RedisServer) -> bool:
     return "cluster_state:ok" in text and "cluster_known_nodes:3" in text
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A standalone server of this test alone, persisted with an append-only file.
-
-    The test may :meth:`~RedisServer.stop` it and :meth:`~RedisServer.start` it
-    again; it comes back on the same port with the same data.
-    """
-    server = RedisServer(tmp_path / "redis", free_ports(1)[0], "--appendonly", "yes")
+@contextlib.contextmanager
+def running(server: RedisServer) -> Iterator[RedisServer]:
+    """Start *server* (skipping or failing the test if it can't), and stop it after."""
     try:
         server.start()
     except ServerUnavailable as exc:
@@ -255,3 +250,15 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A standalone server of this test alone, persisted with an append-only file.
+
+    The test may :meth:`~RedisServer.stop` it and :meth:`~RedisServer.start` it
+    again; it comes back on the same port with the same data.
+    """
+    server = RedisServer(tmp_path / "redis", free_ports(1)[0], "--appendonly", "yes")
+    with running(server):
+        yield server

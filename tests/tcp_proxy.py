@@ -103,9 +103,17 @@ class TCPProxy:
             for pump in pumps:
                 pump.start()
 
+    def forwards(self, data: bytes, from_target: bool) -> bool:
+        """Whether to pass *data* on; ``False`` ends the connection instead. A subclass
+        may drop what it likes (a reply, say); this proxy passes everything."""
+        return True
+
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
+            from_target = source.getpeername()[1] == self.target[1]
             while data := source.recv(65536):
+                if not self.forwards(data, from_target):
+                    break
                 sink.sendall(data)
         except OSError:
             pass

@@ -492,6 +492,11 @@ CONTRADICTIONS = [
     ),
     pytest.param({"cookie_name": "__Host-sid", "cookie_path": "/app"}, "cookie_path", id="h-path"),
     pytest.param(
+        {"cookie_name": "__host-sid", "cookie_domain": "example.org"},
+        "cookie_domain",
+        id="h-domain-any-case",  # browsers match the prefix case-insensitively
+    ),
+    pytest.param(
         {"cookie_name": "__Secure-sid", "cookie_secure": False}, "cookie_secure", id="s-secure"
     ),
     pytest.param(
@@ -663,6 +668,16 @@ def test_ini_store_keys_win_over_a_store_options_json(tmp_path: Path) -> None:
     )
 
     assert Config.from_ini(path).store_options == {"a": 1, "b": 3}
+
+
+def test_ini_store_file_mode_can_be_written_in_octal(tmp_path: Path) -> None:
+    """``store.file_mode = 0o640``, as the configuration page writes it."""
+    ini = _write_ini(
+        tmp_path,
+        [f"secret_key = {KEY}", f"store = file:{tmp_path / 's'}", "store.file_mode = 0o640"],
+    )
+    middleware = SessionMiddleware.from_ini(lambda e, s: [], ini)
+    assert middleware.store.file_mode == 0o640  # type: ignore[attr-defined]
 
 
 def test_ini_imports_serializer_and_initializer(helper: ModuleType, tmp_path: Path) -> None:

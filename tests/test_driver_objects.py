@@ -8,8 +8,7 @@ import pytest
 import redis
 import sqlalchemy
 
-from tests.conftest import SERVER, server_url, unreachable
-from tests.helpers import body, counter, make_client
+from tests.helpers import SERVER, body, counter, make_client, server_url, unreachable
 from wsgisession import ConfigError
 from wsgisession.stores.redis import RedisStore
 from wsgisession.stores.sql import SQLStore

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from tests.conftest import FakeClock
+from tests.helpers import FakeClock
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

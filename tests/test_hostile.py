@@ -27,7 +27,10 @@ from tests.helpers import (
     cookie_value,
     counter,
     get_with_cookie_header,
+    logout,
     make_client,
+    peek,
+    session_id_of,
     set_cookies,
 )
 from wsgisession import Session, SessionError, SessionMiddleware
@@ -130,11 +133,6 @@ def own(session: Session, request: Request) -> str:
     return "ok"
 
 
-def peek(session: Session, request: Request) -> dict[str, Any]:
-    """What the handler sees: the data and whether the session is new or expired."""
-    return {"data": dict(session), "new": session.new, "expired": session.expired}
-
-
 def peek_then_count(session: Session, request: Request) -> dict[str, Any]:
     """Report the session as it was loaded, then write to it."""
     seen = peek(session, request)
@@ -142,16 +140,7 @@ def peek_then_count(session: Session, request: Request) -> dict[str, Any]:
     return seen
 
 
-def logout(session: Session, request: Request) -> str:
-    session.invalidate()
-    return "bye"
-
-
 ROUTES = {"/own": own, "/peek": peek, "/peek-then-count": peek_then_count, "/logout": logout}
-
-
-def session_id_of(client: Client) -> str:
-    return cookie_value(client).rsplit(".", 1)[0]
 
 
 def send(app: Any, path: str, header: str) -> TestResponse:

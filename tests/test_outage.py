@@ -17,7 +17,6 @@ import importlib.util
 import itertools
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,16 +27,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask, request
-from waitress import wasyncore
-from waitress.server import TcpWSGIServer, create_server
 
-from tests.conftest import SERVER, server_url, unreachable
+from tests.helpers import SERVER, server_url, serving, unreachable, wait_until
 from tests.redis_servers import RedisServer
 from tests.tcp_proxy import TCPProxy
 from wsgisession import StoreError, get_session
 
 if TYPE_CHECKING:
-    from wsgiref.types import WSGIApplication
+    pass
 
 pytestmark = SERVER
 
@@ -115,33 +112,6 @@ def mariadb_outage() -> Iterator[Outage]:
         yield outage
 
 
-@contextlib.contextmanager
-def serving(app: WSGIApplication) -> Iterator[tuple[str, int]]:
-    """Serve *app* with waitress on a free loopback port until the block ends."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    assert isinstance(server, TcpWSGIServer)
-    stop = threading.Event()
-
-    def run() -> None:
-        # server.run() loops until its map is empty. This loop also ends when told,
-        # then closes every socket and the trigger on its own thread: closed from
-        # another, the trigger pipe could go while a wake-up is still being written.
-        while not stop.is_set():
-            wasyncore.loop(timeout=0.05, map=server._map, count=1)
-        wasyncore.close_all(server._map)
-
-    thread = threading.Thread(target=run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        yield "127.0.0.1", server.effective_port
-    finally:
-        # The task threads go first: a finished task still pulls the trigger.
-        server.task_dispatcher.shutdown()
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
-
-
 class Browser:
     """One client with its own session cookie, sent back on every request."""
 
@@ -200,14 +170,6 @@ def demo(outage: Outage) -> Iterator[tuple[str, int]]:
             yield address
     finally:
         flask_app.wsgi_app.close()  # type: ignore[attr-defined]
-
-
-def _wait_until(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not done after {timeout:.0f}s: {what}")
-        time.sleep(0.01)
 
 
 KINDS = ["redis", "postgresql", "mariadb"]
@@ -284,12 +246,12 @@ def test_clients_hammering_through_an_outage_never_lose_a_saved_count(
         for thread in threads:
             thread.start()
         try:
-            _wait_until("every client counted", lambda: all(len(s) >= 3 for s in seen))
+            wait_until("every client counted", lambda: all(len(s) >= 3 for s in seen))
             outage.stop()
-            _wait_until("every client failed", lambda: all(500 in s for s in statuses))
+            wait_until("every client failed", lambda: all(500 in s for s in statuses))
             outage.start()
             after = [len(s) for s in seen]
-            _wait_until(
+            wait_until(
                 "every client counted again",
                 lambda: all(len(s) >= n + 3 for s, n in zip(seen, after, strict=True)),
             )

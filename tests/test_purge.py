@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from werkzeug.test import Client
 
+from tests.helpers import record_files, wait_until
 from wsgisession import SessionMiddleware, StoreError
 from wsgisession import purge as purge_module
 from wsgisession.purge import BATCH, Purger, purge_expired
@@ -68,24 +68,11 @@ def purgers() -> Iterator[list[Purger]]:
         purger.stop()
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} seconds")
-        time.sleep(0.01)
-
-
 def _fill(store: Store, *, expired: int, live: int = 0) -> None:
     for _ in range(expired):
         assert store.save(new_key(), make_record(ttl=-5), expected_version=None)
     for _ in range(live):
         assert store.save(new_key(), make_record(ttl=3600), expected_version=None)
-
-
-def _record_files(directory: Path) -> list[Path]:
-    """The record files of a file store, without its lock and lease files."""
-    return [p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
 class _CountingMemoryStore(MemoryStore):
@@ -158,7 +145,11 @@ def test_purger_removes_expired_records_of_a_file_store(
 
     purger.start()
 
-    _wait_for(lambda: len(_record_files(tmp_path / "sessions")) == 1)
+    wait_until(
+        "the purge thread's progress",
+        lambda: len(record_files(tmp_path / "sessions")) == 1,
+        timeout=10,
+    )
     assert store.count() == 1
 
 
@@ -169,9 +160,9 @@ def test_purger_keeps_purging_what_expires_later(purgers: list[Purger]) -> None:
     purger.start()
 
     _fill(store, expired=2)
-    _wait_for(lambda: store.removed == 2)
+    wait_until("the purge thread's progress", lambda: store.removed == 2, timeout=10)
     _fill(store, expired=3)
-    _wait_for(lambda: store.removed == 5)
+    wait_until("the purge thread's progress", lambda: store.removed == 5, timeout=10)
 
 
 def test_purger_stop_ends_its_thread(purgers: list[Purger], purge_threads: ThreadsStarted) -> None:
@@ -207,79 +198,65 @@ def test_purger_can_start_again_after_stop(purgers: list[Purger]) -> None:
     _fill(store, expired=2)
     purger.start()
 
-    _wait_for(lambda: store.removed == 2)
+    wait_until("the purge thread's progress", lambda: store.removed == 2, timeout=10)
 
 
 def test_purger_stop_before_start_is_harmless() -> None:
     Purger(MemoryStore(), 60).stop()
 
 
-class _FlakyStore(_CountingMemoryStore):
-    """A real memory store whose first cleanup fails as an outage would."""
+class _FailingOnceStore(_CountingMemoryStore):
+    """A real memory store whose first cleanup raises *error*."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__()
+        self.error = error
         self.failures = 0
 
     def cleanup(self, *, limit: int | None = None) -> int:
         if self.failures == 0:
             self.failures += 1
-            raise StoreError("memory store: the disk is on fire") from OSError(5, "I/O error")
+            raise self.error
         return super().cleanup(limit=limit)
 
 
-def test_store_error_in_the_thread_is_logged_and_the_thread_goes_on(
+def _outage() -> Exception:
+    try:
+        raise StoreError("memory store: the disk is on fire") from OSError(5, "I/O error")
+    except StoreError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        pytest.param(_outage(), logging.WARNING, id="store-error"),
+        pytest.param(RuntimeError("a bug in a third-party store"), logging.ERROR, id="a-bug"),
+    ],
+)
+def test_an_error_in_the_thread_is_logged_and_the_thread_goes_on(
+    error: Exception,
+    level: int,
     purgers: list[Purger],
     caplog: pytest.LogCaptureFixture,
     purge_threads: ThreadsStarted,
 ) -> None:
+    """An outage is a WARNING, anything else an ERROR with its traceback
+    (docs/behaviour.rst, section "Events, metrics and logs")."""
     caplog.set_level(logging.WARNING, logger="wsgisession")
-    store = _FlakyStore()
+    store = _FailingOnceStore(error)
     _fill(store, expired=3, live=1)
     purger = Purger(store, 0.05)
     purgers.append(purger)
 
     purger.start()
 
-    _wait_for(lambda: store.removed == 3)
+    wait_until("the purge after the failed one", lambda: store.removed == 3, timeout=10)
     assert store.failures == 1
     assert purger.started and len(purge_threads()) == 1
-    warnings = [r for r in caplog.records if r.name == "wsgisession"]
-    assert len(warnings) == 1
-    assert warnings[0].levelno == logging.WARNING
-    assert "the disk is on fire" in warnings[0].getMessage()
-
-
-class _BuggyStore(_CountingMemoryStore):
-    """A real memory store whose first cleanup hits a bug rather than an outage."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures = 0
-
-    def cleanup(self, *, limit: int | None = None) -> int:
-        if self.failures == 0:
-            self.failures += 1
-            raise RuntimeError("a bug in a third-party store")
-        return super().cleanup(limit=limit)
-
-
-def test_unexpected_error_in_the_thread_is_logged_and_the_thread_goes_on(
-    purgers: list[Purger],
-    caplog: pytest.LogCaptureFixture,
-    purge_threads: ThreadsStarted,
-) -> None:
-    caplog.set_level(logging.ERROR, logger="wsgisession")
-    store = _BuggyStore()
-    _fill(store, expired=3, live=1)
-    purger = Purger(store, 0.05)
-    purgers.append(purger)
-
-    purger.start()
-
-    _wait_for(lambda: store.removed == 3)
-    assert purger.started and len(purge_threads()) == 1
-    assert any("a bug in a third-party store" in r.exc_text for r in caplog.records if r.exc_text)
+    [logged] = [r for r in caplog.records if r.name == "wsgisession"]
+    assert logged.levelno == level
+    assert str(error) in logged.getMessage() + (logged.exc_text or "")
 
 
 class _NoJitter:
@@ -327,7 +304,11 @@ def test_two_workers_on_one_directory_purge_once_per_interval(
     def store_cleanups() -> int:
         return sum(store.cleanups for store in stores)
 
-    _wait_for(lambda: all(store.claims for store in stores) and store_cleanups() == 1)
+    wait_until(
+        "the purge thread's progress",
+        lambda: all(store.claims for store in stores) and store_cleanups() == 1,
+        timeout=10,
+    )
     assert sorted(store.claims[0] for store in stores) == [False, True]
     for store in stores:
         assert store.cleanups == (1 if store.claims == [True] else 0)
@@ -378,7 +359,7 @@ def test_purger_starts_with_the_first_request_not_at_construction(
     Client(middleware).get("/")
 
     assert purger.started and len(purge_threads()) == 1
-    _wait_for(lambda: store.removed == 2)
+    wait_until("the purge thread's progress", lambda: store.removed == 2, timeout=10)
     Client(middleware).get("/")
     assert len(purge_threads()) == 1
 

@@ -263,7 +263,10 @@ def test_entry_point_naming_a_factory_serves_its_scheme(
 ) -> None:
     _entry_points(monkeypatch, ep=f"{plugin.__name__}:make_store")
 
-    assert isinstance(open_store("ep://"), plugin.PluginStore)
+    store = open_store("ep://elsewhere", depth=3)
+
+    assert isinstance(store, plugin.PluginStore)
+    assert (store.url, store.options) == ("ep://elsewhere", {"depth": 3})
 
 
 def test_entry_point_scheme_with_plus_falls_back(
@@ -271,7 +274,10 @@ def test_entry_point_scheme_with_plus_falls_back(
 ) -> None:
     _entry_points(monkeypatch, ep=f"{plugin.__name__}:PluginStore")
 
-    assert isinstance(open_store("ep+tls://x"), plugin.PluginStore)
+    store = open_store("ep+tls://x")
+
+    assert isinstance(store, plugin.PluginStore)
+    assert store.url == "ep+tls://x"
 
 
 def test_entry_points_are_read_once_and_only_for_a_scheme_not_built_in(

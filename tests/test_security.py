@@ -1,5 +1,7 @@
-"""Security checks on every store: fixation, replay, what the store and the logs hold,
-how signatures are compared, and pickle records nobody signed.
+"""Security checks on every store: replay after a logout, what the store and the logs
+hold, how signatures are compared, and pickle records nobody signed.
+
+Session fixation (a planted id dying at login) is in ``test_regenerate.py``.
 """
 
 from __future__ import annotations
@@ -18,20 +20,25 @@ import pytest
 import sqlalchemy as sa
 from itsdangerous import Signer
 from werkzeug.test import Client
-from werkzeug.wrappers import Request
 
-from tests.conftest import FakeClock
 from tests.helpers import (
     SECRET,
+    FakeClock,
+    PickleTrap,
     body,
     cookie_value,
     counter,
     get_with_cookie_header,
     holds_no_session,
+    id_of,
+    login,
+    logout,
     make_client,
-    set_cookies,
+    meanwhile,
+    peek,
+    put,
+    with_cookie,
 )
-from wsgisession import Session, SessionMiddleware
 from wsgisession.ids import store_key
 from wsgisession.serializers import PickleSerializer
 from wsgisession.stores import Store
@@ -47,34 +54,7 @@ FRESH = {"data": {}, "new": True, "expired": False}
 GONE = {"data": {}, "new": True, "expired": True}
 
 
-def peek(session: Session, request: Request) -> dict[str, Any]:
-    return {"data": dict(session), "new": session.new, "expired": session.expired}
-
-
-def login(session: Session, request: Request) -> str:
-    session.regenerate()
-    session.user_id = "ann"
-    session["user"] = "ann"
-    session.remember = True
-    session.set("flash", "welcome", timeout=30)
-    return "ok"
-
-
-def logout(session: Session, request: Request) -> str:
-    session.invalidate()
-    return "bye"
-
-
-def put(session: Session, request: Request) -> str:
-    session[request.args["key"]] = request.args["value"]
-    return "ok"
-
-
 ROUTES = {"/inc": counter, "/peek": peek, "/login": login, "/logout": logout, "/put": put}
-
-
-def id_of(value: str) -> str:
-    return value.rsplit(".", 1)[0]
 
 
 def visit(client: Client, path: str, **kwargs: Any) -> Any:
@@ -83,52 +63,7 @@ def visit(client: Client, path: str, **kwargs: Any) -> Any:
     return body(response)
 
 
-def with_cookie(middleware: SessionMiddleware, value: str) -> Client:
-    client = Client(middleware)
-    client.set_cookie("session_id", value)
-    return client
-
-
-# -- fixation and replay -------------------------------------------------------------------
-
-
-def test_planted_id_dies_at_login_and_the_attacker_cannot_revive_it(
-    store: Store, clock: FakeClock
-) -> None:
-    """Session fixation: the attacker gets an id, plants it in the victim's browser,
-    and waits for the victim to log in. Even a request of the attacker's that loaded
-    the planted session before the login and saves after it must not bring it back.
-    """
-    inner: dict[str, Client] = {}
-
-    def slow(session: Session, request: Request) -> str:
-        session.get("n")
-        visit(inner["victim"], "/login")
-        session["evil"] = "1"
-        return "ok"
-
-    attacker, middleware = make_client({**ROUTES, "/slow": slow}, store=store)
-    visit(attacker, "/inc")
-    planted = cookie_value(attacker)
-    victim = inner["victim"] = with_cookie(middleware, planted)
-
-    visit(attacker, "/slow")
-    logged_in = cookie_value(victim)
-    assert id_of(logged_in) != id_of(planted)
-    assert holds_no_session(store, store_key(id_of(planted)))
-    assert visit(victim, "/peek")["data"] == {"n": 1, "user": "ann", "flash": "welcome"}
-
-    assert visit(with_cookie(middleware, planted), "/peek") == GONE
-    # Within regenerate_grace, the replay's write is dropped and sets no cookie ...
-    replayed = with_cookie(middleware, planted)
-    assert set_cookies(replayed.get("/put?key=evil&value=2")) == []
-    assert holds_no_session(store, store_key(id_of(planted)))
-    # ... and after it, the replay starts a session of its own, under a new id.
-    clock.advance(61)
-    visit(replayed, "/put?key=evil&value=3")
-    assert id_of(cookie_value(replayed)) not in (id_of(planted), id_of(logged_in))
-    assert holds_no_session(store, store_key(id_of(planted)))
-    assert visit(victim, "/peek")["data"] == {"n": 1, "user": "ann"}  # the flash timed out
+# -- replay -------------------------------------------------------------------
 
 
 def test_no_cookie_from_before_a_logout_loads_anything(store: Store, clock: FakeClock) -> None:
@@ -136,17 +71,11 @@ def test_no_cookie_from_before_a_logout_loads_anything(store: Store, clock: Fake
     request that loaded it before the logout saves after it.
     """
     inner: dict[str, Client] = {}
-
-    def slow(session: Session, request: Request) -> str:
-        session.get("n")
-        visit(inner["tab"], "/logout")
-        session["late"] = "1"
-        return "ok"
-
+    slow = meanwhile(lambda: visit(inner["tab"], "/logout"), late="1")
     client, middleware = make_client({**ROUTES, "/slow": slow}, store=store)
     visit(client, "/inc")
     issued = [cookie_value(client)]
-    visit(client, "/login")
+    visit(client, "/login?remember=1&flash=welcome")
     issued.append(cookie_value(client))
     inner["tab"] = with_cookie(middleware, issued[-1])
 
@@ -237,9 +166,9 @@ def test_the_store_never_holds_a_raw_id(store: Store) -> None:
             if cookie is not None and cookie.value:
                 issued.add(cookie.value)
 
-    track(client, "/inc", "/inc", "/login", "/inc", "/put?key=k&value=v")
+    track(client, "/inc", "/inc", "/login?remember=1&flash=welcome", "/inc", "/put?key=k&value=v")
     leaver = Client(middleware)
-    track(leaver, "/inc", "/login", "/logout", "/inc")
+    track(leaver, "/inc", "/login?remember=1&flash=welcome", "/logout", "/inc")
     track(old, "/inc", "/inc")
     rotated.set_cookie("session_id", cookie_value(old))
     track(rotated, "/inc")
@@ -272,12 +201,7 @@ def test_logs_never_hold_a_secret_a_full_id_or_a_store_key(
             issued.add(cookie.value)
 
     inner: dict[str, Client] = {}
-
-    def slow(session: Session, request: Request) -> str:
-        session.get("n")
-        inner["tab"].get("/logout")
-        session["late"] = "1"
-        return "ok"
+    slow = meanwhile(lambda: inner["tab"].get("/logout"), late="1")
 
     with caplog.at_level(logging.DEBUG, logger="wsgisession"):
         client, middleware = make_client(
@@ -287,7 +211,7 @@ def test_logs_never_hold_a_secret_a_full_id_or_a_store_key(
             secret_key_fallbacks=[OLD_SECRET],
         )
         old, _ = make_client(ROUTES, store=store, secret_key=OLD_SECRET)
-        for path in ("/inc", "/login", "/inc"):
+        for path in ("/inc", "/login?remember=1&flash=welcome", "/inc"):
             track(client, path)
         value = cookie_value(client)
         thief = with_cookie(middleware, value)
@@ -382,20 +306,6 @@ def test_compare_digest_alone_decides_whether_a_signature_verifies(
 # -- pickle records -----------------------------------------------------------------------------
 
 
-def _spring(marker: str) -> None:
-    Path(marker).write_text("unpickled")
-
-
-class Trap:
-    """Unpickling this calls _spring(marker): a stand-in for os.system."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _spring, (str(self.marker),)
-
-
 FORGERIES: list[Any] = [
     pytest.param(pickle.dumps, id="bare-pickle"),
     pytest.param(lambda obj: bytes(32) + pickle.dumps(obj), id="zero-tag"),
@@ -419,7 +329,7 @@ def test_pickle_record_written_without_the_secret_is_never_unpickled(
     key = store_key(id_of(value))
     record = store.load(key)
     assert record is not None
-    payload = {"n": Trap(marker)}
+    payload = {"n": PickleTrap(marker)}
     crafted = replace(record, data=forge(payload), meta=b'{"v":1}', version=record.version + 1)
     assert store.save(key, crafted, expected_version=record.version)
 

@@ -20,7 +20,10 @@ from typing import Any, NamedTuple
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from werkzeug.wrappers import Request
 
+from tests.helpers import PickleTrap, body, make_client
+from wsgisession import Session
 from wsgisession.errors import ConfigError
 from wsgisession.serializers import (
     JSONSerializer,
@@ -326,20 +329,6 @@ def test_json_loads_raises_nothing_but_value_error(data: bytes) -> None:
 SIGNATURE = "record signature does not verify"
 
 
-def _spring(marker: str) -> None:
-    Path(marker).write_text("unpickled")
-
-
-class Trap:
-    """Unpickling this calls _spring(marker): a stand-in for os.system."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _spring, (str(self.marker),)
-
-
 class Gone:
     pass
 
@@ -399,9 +388,9 @@ def test_pickle_tampered_record_raises_value_error(tamper: Any) -> None:
 def test_pickle_forged_record_is_never_unpickled(forge: Any, tmp_path: Path) -> None:
     """Whoever can write to the store but lacks the key must not get code run."""
     marker = tmp_path / "sprung"
-    payload = pickle.dumps({"a": Trap(marker)})
+    payload = pickle.dumps({"a": PickleTrap(marker)})
     with pytest.raises(ValueError, match=SIGNATURE):
-        PickleSerializer("key", ["fallback"]).loads(forge({"a": Trap(marker)}))
+        PickleSerializer("key", ["fallback"]).loads(forge({"a": PickleTrap(marker)}))
     assert not marker.exists()
     pickle.loads(payload)  # the trap is real: plain pickle does spring it
     assert marker.exists()
@@ -454,7 +443,9 @@ class Custom:
 
 
 def test_resolve_json() -> None:
-    assert isinstance(resolve_serializer("json", "key", []), JSONSerializer)
+    serializer = resolve_serializer("json", "key", [])
+    assert isinstance(serializer, JSONSerializer)
+    assert serializer.loads(serializer.dumps({"a": [1, "b"]})) == {"a": [1, "b"]}
 
 
 def test_resolve_pickle_uses_the_keys() -> None:
@@ -519,3 +510,21 @@ def test_dumps_bytes_rejects_other_output() -> None:
     odd = types.SimpleNamespace(dumps=lambda obj: 42, loads=bytes)
     with pytest.raises(TypeError, match="returned 'int'"):
         dumps_bytes(odd, {})
+
+
+# -- through the middleware ----------------------------------------------------------
+
+
+def test_pickle_serializer_round_trips_through_the_middleware() -> None:
+
+    def put(session: Session, request: Request) -> str:
+        session["when"] = datetime.datetime(2026, 1, 2, 3, 4, 5)
+        session["pair"] = (1, 2)
+        return "ok"
+
+    def look(session: Session, request: Request) -> Any:
+        return [repr(session["when"]), repr(session["pair"])]
+
+    client, _ = make_client({"/put": put, "/": look}, serializer="pickle")
+    client.get("/put")
+    assert body(client.get("/")) == ["datetime.datetime(2026, 1, 2, 3, 4, 5)", "(1, 2)"]

@@ -363,22 +363,26 @@ def test_the_filter_factory_is_declared_as_egg_wsgisession() -> None:
     assert "wsgisession.paste:filter_factory" in {entry.value for entry in found}
 
 
-def test_filter_with_wraps_the_app(tmp_path: Path, closing: list[SessionMiddleware]) -> None:
-    path = _write(
+def _filtered_app(tmp_path: Path, *options: str) -> Path:
+    """An ini file whose ``[app:main]`` is filtered with wsgisession, given *options*."""
+    return _write(
         tmp_path / "app.ini",
-        f"""
-        [app:main]
-        use = call:tests.test_sources:app_factory
-        filter-with = session
+        "[app:main]\n"
+        "use = call:tests.test_sources:app_factory\n"
+        "filter-with = session\n\n"
+        "[filter:session]\n"
+        "use = egg:wsgisession\n"
+        f"secret_key = {KEY}\n" + "".join(f"{line}\n" for line in options),
+    )
 
-        [filter:session]
-        use = egg:wsgisession
-        secret_key = {KEY}
-        store = file:%(here)s/sessions
-        store.shard_depth = 1
-        timeout = 900
-        cleanup_interval = 0
-        """,
+
+def test_filter_with_wraps_the_app(tmp_path: Path, closing: list[SessionMiddleware]) -> None:
+    path = _filtered_app(
+        tmp_path,
+        "store = file:%(here)s/sessions",
+        "store.shard_depth = 1",
+        "timeout = 900",
+        "cleanup_interval = 0",
     )
 
     app = _loadapp(path)
@@ -421,19 +425,7 @@ def test_pipeline_wraps_the_app(tmp_path: Path, closing: list[SessionMiddleware]
 
 
 def test_bad_filter_option_stops_loadapp_naming_it(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "app.ini",
-        f"""
-        [app:main]
-        use = call:tests.test_sources:app_factory
-        filter-with = session
-
-        [filter:session]
-        use = egg:wsgisession
-        secret_key = {KEY}
-        timeout = soon
-        """,
-    )
+    path = _filtered_app(tmp_path, "timeout = soon")
 
     with pytest.raises(ConfigError, match="'timeout'"):
         _loadapp(path)

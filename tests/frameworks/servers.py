@@ -33,10 +33,11 @@ SECRET = "framework-tests-secret-long-enough-for-a-key"
 #: Not the default, so a test can tell the option reached the middleware.
 REMEMBER_ME_TIMEOUT = 1209600
 #: The per-key timeout of the examples' "Welcome" flash, in seconds.
-FLASH_SECONDS = 1
-#: How long a server may take to start, and a flash to vanish.
+FLASH_SECONDS = 60
+#: How long a server may take to start.
 START_SECONDS = 30.0
-FLASH_DEADLINE = 5.0
+#: The served module's clock: ``wsgisession._clock.now`` plus the offset in this file.
+CLOCK_OFFSET_FILE = "clock-offset"
 
 
 @dataclass
@@ -47,6 +48,15 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     directory: Path
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the served application's clock *seconds* forward, as the ``clock``
+        fixture does in the test process (the entry module reads the offset)."""
+        path = self.directory / CLOCK_OFFSET_FILE
+        offset = float(path.read_text()) if path.exists() else 0.0
+        written = path.with_name(path.name + ".new")
+        written.write_text(repr(offset + seconds))
+        written.replace(path)  # atomically: a worker never reads half a number
 
 
 def free_port() -> int:
@@ -139,7 +149,8 @@ def serve_example(
     """Serve ``examples/<example>.py``'s ``create_app(...)<wsgi>`` with *kind*.
 
     The app gets a file store in *directory*, no purge thread, the tests'
-    ``remember_me_timeout``, and *options*; ``FLASH_SECONDS`` is set for it.
+    ``remember_me_timeout``, and *options*; ``FLASH_SECONDS`` is set for it, and its
+    clock is the one :meth:`Server.advance_clock` moves.
     """
     settings = {
         "secret_key": SECRET,
@@ -149,7 +160,12 @@ def serve_example(
         **options,
     }
     source = (
-        "import sys\n"
+        "import pathlib, sys, time\n"
+        "import wsgisession._clock\n"
+        f"_offset = pathlib.Path(__file__).with_name({CLOCK_OFFSET_FILE!r})\n"
+        "wsgisession._clock.now = lambda: time.time() + (\n"
+        "    float(_offset.read_text()) if _offset.exists() else 0.0\n"
+        ")\n"
         f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
         f"import {example}\n"
         f"application = {example}.create_app(**{settings!r}){wsgi}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import bottle
@@ -12,27 +11,17 @@ from werkzeug.test import Client
 from tests.frameworks.flows import ExampleFlows
 from tests.frameworks.servers import (
     SECRET,
-    SERVERS,
-    Server,
     check_example_counts,
     run_example,
-    serve_example,
 )
 from wsgisession import Session, SessionMiddleware
 from wsgisession.bottle import SessionPlugin, session
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """``examples/bottle_app.py`` under each server, shared by the module's flows."""
-    with serve_example(request.param, "bottle_app", tmp_path_factory.mktemp("bottle")) as running:
-        yield running
-
-
 class TestBottleExample(ExampleFlows):
     """The Bottle example's flows over waitress and gunicorn."""
+
+    example = "bottle_app"
 
 
 def _wrap(app: bottle.Bottle) -> Client:

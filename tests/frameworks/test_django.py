@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.frameworks.flows import ExampleFlows, log_in
 from tests.frameworks.servers import (
-    SERVERS,
     Browser,
     Server,
     check_example_counts,
     run_example,
-    serve_example,
 )
-
-
-@pytest.fixture(scope="module", params=SERVERS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """``examples/django_app.py`` under each server, shared by the module's flows."""
-    with serve_example(request.param, "django_app", tmp_path_factory.mktemp("django")) as running:
-        yield running
 
 
 class TestDjangoExample(ExampleFlows):
     """The Django example's flows over waitress and gunicorn."""
+
+    example = "django_app"
 
     def test_only_the_wsgisession_cookie_is_set(self, server: Server) -> None:
         """Django's own session app is not installed: no ``sessionid`` cookie appears."""

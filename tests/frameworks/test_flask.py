@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import flask
 import pytest
 from werkzeug.test import Client
 
 from tests.frameworks.flows import ExampleFlows
-from tests.frameworks.servers import SECRET, SERVERS, Server, serve_example
+from tests.frameworks.servers import SECRET
 from wsgisession import Session, SessionError, SessionMiddleware
 from wsgisession.flask import current_session, init_app
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """``examples/flask_app.py`` under each server, shared by the module's flows."""
-    with serve_example(request.param, "flask_app", tmp_path_factory.mktemp("flask")) as running:
-        yield running
-
-
 class TestFlaskExample(ExampleFlows):
     """The Flask example's flows over waitress and gunicorn."""
+
+    example = "flask_app"
 
 
 def _app() -> flask.Flask:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
 from pyramid.interfaces import ISession
@@ -18,29 +16,17 @@ from zope.interface.verify import verifyObject
 from tests.frameworks.flows import ExampleFlows
 from tests.frameworks.servers import (
     SECRET,
-    SERVERS,
-    Server,
     check_example_counts,
     run_example,
-    serve_example,
 )
 from wsgisession import Session, SessionMiddleware
 from wsgisession.pyramid import PyramidSession
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """``examples/pyramid_app.py`` under each server, shared by the module's flows."""
-    with serve_example(
-        request.param, "pyramid_app", tmp_path_factory.mktemp("pyramid")
-    ) as running:
-        yield running
-
-
 class TestPyramidExample(ExampleFlows):
     """The Pyramid example's flows over waitress and gunicorn."""
+
+    example = "pyramid_app"
 
 
 def _client(**views: Any) -> Client:

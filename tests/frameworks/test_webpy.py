@@ -33,7 +33,6 @@ from tests.frameworks.servers import (
     free_port,
     run_example,
     run_server,
-    serve_example,
     serve_module,
 )
 from wsgisession import SessionError, SessionMiddleware
@@ -153,19 +152,11 @@ def test_control_webpys_own_sessions_break_under_the_reloader(tmp_path: Path) ->
         assert response.status == 500 and "AttributeError" in response.body
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """``examples/webpy_app.py`` under each server, shared by the module's flows."""
-    with serve_example(
-        request.param, "webpy_app", tmp_path_factory.mktemp("webpy"), wsgi=".wsgifunc()"
-    ) as running:
-        yield running
-
-
 class TestWebpyExample(ExampleFlows):
     """The web.py example's flows over waitress and gunicorn."""
+
+    example = "webpy_app"
+    wsgi = ".wsgifunc()"
 
 
 # -- WebpySession in-process ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The public conformance suite, run over every store in conftest's ``store`` fixture."""
+"""The public conformance suite, run over every store of the ``store`` fixture."""
 
 from wsgisession.testing import StoreConformance
 

@@ -1,14 +1,18 @@
-"""RedisStore beyond the conformance suite: URLs, record layout, round trips, outages."""
+"""The Redis store beyond the conformance suite: URLs and options, credentials out of
+sight, the record layout, round trips, a server going down, Cluster and Sentinel.
+
+The rest of the Redis store's tests, by behaviour: ``test_redis_scripts.py`` (what
+the Lua scripts do with numbers, TTLs, old layouts and values they can't read),
+``test_redis_users.py`` (the user index) and ``test_redis_lock.py`` (the save lock).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,19 +20,26 @@ from urllib.parse import quote
 import pytest
 import redis
 from redis.cluster import RedisCluster
-from redis.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
+from redis.connection import SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from tests.conftest import SERVER, FakeClock, open_test_store, server_url, unreachable
-from tests.helpers import SECRET
-from tests.redis_servers import RedisServer, ServerUnavailable, free_ports
+from tests.helpers import (
+    SECRET,
+    SERVER,
+    fail_script,
+    other_slot,
+    redis_lock_keys,
+    redis_user_key,
+    server_url,
+    unreachable,
+)
+from tests.redis_servers import RedisServer, free_ports, running
 from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import _redis_lock, _redis_scripts, _redis_url, open_store
-from wsgisession.stores import redis as redis_module
+from wsgisession.stores import _redis_scripts, _redis_url, open_store
 from wsgisession.stores.base import CorruptRecord, LockTimeout, Record
 from wsgisession.stores.redis import RedisStore
-from wsgisession.testing import make_record, make_tombstone, new_key
+from wsgisession.testing import make_record, new_key
 
 # -- URLs and options (no server) ----------------------------------------------
 
@@ -174,7 +185,8 @@ def test_cluster_refuses_braces_that_would_part_a_session_from_its_lock(prefix: 
 
 @pytest.mark.parametrize("prefix", ["s:", "{s}:", "}x{s}:", "{s}{:"])
 def test_cluster_takes_a_prefix_without_braces_or_with_a_hash_tag(prefix: str) -> None:
-    RedisStore.from_url("redis+cluster://h.invalid:7000", key_prefix=prefix).close()
+    with RedisStore.from_url("redis+cluster://h.invalid:7000", key_prefix=prefix) as store:
+        assert store.key_prefix == prefix
 
 
 def test_password_in_url_and_option_is_ambiguous() -> None:
@@ -227,10 +239,13 @@ def test_dead_cluster_or_sentinel_raises_store_error_on_use(url: str) -> None:
 
 # -- credentials out of sight -----------------------------------------------------
 
+
 #: A password holding what ends a part of a URL, and the pieces of the credentials
 #: these tests use that a message might quote (a URL split in the wrong place shows
 #: only a piece of its password).
 PASSWORD = "s3cr@t:pa/ssw0rd"
+
+
 _PIECES = ("s3cr", "t:pa", "pa/ss", "pa%2Fss", "ssw0rd", "424242")
 
 
@@ -362,14 +377,8 @@ class _GuardedServer(RedisServer):
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[_GuardedServer]:
     server = _GuardedServer(tmp_path / "redis", free_ports(1)[0], "--requirepass", PASSWORD)
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        unreachable(server.url, exc)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @SERVER
@@ -395,7 +404,7 @@ def test_a_password_with_at_colon_and_slash_connects_and_never_shows(
         assert loaded is not None and loaded.data == b"{}"
         told.append(repr(store))
         assert f"@{host}/0>" in told[-1] or f"//{host}/0>" in told[-1]
-        lock, _ = _lock_keys(store, key)
+        lock, _ = redis_lock_keys(store, key)
         store.client.set(lock, "another-caller", px=60_000)
         with pytest.raises(LockTimeout) as timed_out:
             store.save_locked(key, lambda current: current, timeout=0.1)
@@ -473,14 +482,6 @@ def test_a_value_not_in_the_layout_does_not_decode_nor_quote_it(value: bytes) ->
 
 
 # -- the shared server -----------------------------------------------------------
-
-
-@pytest.fixture
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    """A store on the shared server, under a prefix of this test alone."""
-    for store in open_test_store("redis", request, tmp_path):
-        assert isinstance(store, RedisStore)
-        yield store
 
 
 @SERVER
@@ -582,7 +583,7 @@ def test_a_key_of_another_type_is_corrupt_to_load_never_a_store_error(
     loaded = shared.load(key)
     assert loaded is not None and loaded.data == b"new"
     if user_id is not None:
-        shared.client.zadd(_user_key(shared, user_id), {other: time.time() + 60})
+        shared.client.zadd(redis_user_key(shared, user_id), {other: time.time() + 60})
         shared.client.delete(shared.key_prefix + other)
         shared.client.hset(shared.key_prefix + other, "version", 1)
         assert [k for k, _ in shared.user_records(user_id)] == [key]
@@ -598,21 +599,6 @@ def test_count_escapes_glob_characters_in_the_prefix(shared: RedisStore) -> None
 
 
 # -- a private server -------------------------------------------------------------
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The name of every command redis-py sends from now on, one per round trip."""
-    names: list[str] = []
-    original = AbstractConnection.send_command
-
-    def send_command(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        name = args[0]
-        names.append((name.decode() if isinstance(name, bytes) else str(name)).upper())
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_command", send_command)
-    return names
 
 
 @SERVER
@@ -715,17 +701,6 @@ def test_server_down_is_store_error_and_the_same_store_recovers(
 # -- Cluster and Sentinel ---------------------------------------------------------
 
 
-@pytest.fixture
-def cluster(redis_cluster_url: str) -> Iterator[RedisStore]:
-    store = RedisStore.from_url(redis_cluster_url, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
-    try:
-        yield store
-    finally:
-        for name in list(store.client.scan_iter(match=store.key_prefix + "*")):
-            store.client.delete(name)
-        store.close()
-
-
 @SERVER
 def test_cluster_spreads_sessions_over_the_masters(cluster: RedisStore) -> None:
     client = cluster.client
@@ -760,38 +735,12 @@ def test_cluster_regenerate_across_slots(cluster: RedisStore) -> None:
     assert loaded is not None and (loaded.data, loaded.user_id) == (b"data", "u")
 
 
-def _fail_script(
-    store: RedisStore,
-    monkeypatch: pytest.MonkeyPatch,
-    script: _redis_scripts.Script,
-    message: str,
-) -> Callable[[], None]:
-    """Make every run of *script* fail as if its node were down; return the undo."""
-    run = store._run
-
-    def failing(which: _redis_scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if which == script:
-            with store._errors():
-                raise redis.ConnectionError(message)
-        return run(which, keys, args)
-
-    monkeypatch.setattr(store, "_run", failing)
-    return lambda: monkeypatch.setattr(store, "_run", run)
-
-
-def _other_slot(cluster: RedisStore, key: str) -> str:
-    client = cluster.client
-    assert isinstance(client, RedisCluster)
-    slot = client.keyslot(cluster.key_prefix + key)
-    return next(k for k in iter(new_key, None) if client.keyslot(cluster.key_prefix + k) != slot)
-
-
 @SERVER
 def test_cluster_regenerate_with_a_version_moves_the_session_and_its_index_entry(
     cluster: RedisStore,
 ) -> None:
     old = new_key()
-    new = _other_slot(cluster, old)
+    new = other_slot(cluster, old)
     assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
     assert cluster.save(old, make_record(b"v2", version=2, user_id="u"), expected_version=1)
     record = make_record(b"moved", user_id="u")
@@ -802,7 +751,7 @@ def test_cluster_regenerate_with_a_version_moves_the_session_and_its_index_entry
     assert cluster.load(old) is None
     loaded = cluster.load(new)
     assert loaded is not None and loaded.data == b"moved"
-    assert cluster.client.zrange(_user_key(cluster, "u"), 0, -1) == [new.encode()]
+    assert cluster.client.zrange(redis_user_key(cluster, "u"), 0, -1) == [new.encode()]
 
 
 @SERVER
@@ -812,10 +761,10 @@ def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
     """The old key goes first: a failure before the new one is written logs the user
     out, and never leaves two live ids for the session."""
     old = new_key()
-    new = _other_slot(cluster, old)
+    new = other_slot(cluster, old)
     assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
 
-    _fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
+    fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save(
             new, make_record(user_id="u"), expected_version=None, replaces=old, replaces_version=1
@@ -823,13 +772,13 @@ def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
     assert cluster.load(old) is None
     assert cluster.load(new) is None
     assert cluster.user_records("u") == []
-    assert cluster.client.exists(_user_key(cluster, "u")) == 0
+    assert cluster.client.exists(redis_user_key(cluster, "u")) == 0
 
 
 @SERVER
 def test_cluster_regenerate_onto_a_taken_key_deletes_nothing(cluster: RedisStore) -> None:
     old = new_key()
-    new = _other_slot(cluster, old)
+    new = other_slot(cluster, old)
     assert cluster.save(old, make_record(b"old"), expected_version=None)
     assert cluster.save(new, make_record(b"taken"), expected_version=None)
     assert not cluster.save(
@@ -847,527 +796,3 @@ def test_sentinel_save_and_load(redis_sentinel_url: str) -> None:
         loaded = store.load(key)
         assert loaded is not None and loaded.data == b"via sentinel"
         assert store.delete(key)
-
-
-# -- the user index ---------------------------------------------------------------
-
-
-@pytest.fixture(params=["redis", pytest.param("redis-cluster", id="cluster")])
-def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    """A store on the shared standalone server, then on the cluster."""
-    for store in open_test_store(request.param, request, tmp_path):
-        assert isinstance(store, RedisStore)
-        yield store
-
-
-def _user_key(store: RedisStore, user_id: str) -> str:
-    return store.key_prefix + "u:" + user_id.encode().hex()
-
-
-@SERVER
-def test_user_index_is_a_sorted_set_scored_by_expiry_with_its_own_ttl(
-    indexed: RedisStore,
-) -> None:
-    client = indexed.client
-    user = "ann: *?[x]/\u00e9"
-    name = _user_key(indexed, user)
-    short, long = new_key(), new_key()
-    assert indexed.save(short, make_record(ttl=600, user_id=user), expected_version=None)
-    record = make_record(ttl=1200, user_id=user)
-    assert indexed.save(long, record, expected_version=None)
-    assert client.type(name) == b"zset"
-    answer: Any = client.zrange(name, 0, -1, withscores=True)
-    members = dict(answer)
-    assert sorted(members) == sorted([short.encode(), long.encode()])
-    assert members[long.encode()] == record.expires_at
-    assert abs(client.pttl(name) - (record.expires_at - time.time()) * 1000) < 2000
-    # A refresh moves the member's score and the set's TTL with it.
-    later = record.expires_at + 3600
-    assert indexed.refresh(long, later, time.time())
-    assert client.zscore(name, long) == later
-    assert abs(client.pttl(name) - (later - time.time()) * 1000) < 2000
-    # The sets are not sessions.
-    assert indexed.count() == 2
-    assert indexed.delete(short) and indexed.delete(long)
-    assert client.exists(name) == 0
-
-
-@SERVER
-def test_expired_members_are_pruned_by_the_next_write(indexed: RedisStore) -> None:
-    client = indexed.client
-    name = _user_key(indexed, "ann")
-    dead = new_key()
-    client.zadd(name, {dead: time.time() - 5})
-    live = new_key()
-    assert indexed.save(live, make_record(user_id="ann"), expected_version=None)
-    assert client.zscore(name, dead) is None
-    assert client.zrange(name, 0, -1) == [live.encode()]
-
-
-@SERVER
-def test_the_index_never_grows_without_bound(indexed: RedisStore, clock: FakeClock) -> None:
-    """Sessions that expired unseen leave no entries once the user's set is written."""
-    client = indexed.client
-    name = _user_key(indexed, "ann")
-    for _ in range(40):
-        assert indexed.save(new_key(), make_record(ttl=0.5, user_id="ann"), expected_version=None)
-    live = [new_key() for _ in range(3)]
-    for key in live:
-        assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
-    clock.advance(1)
-    assert client.zcard(name) > len(live)  # they expired after the set was last written
-    assert sorted(k for k, _ in indexed.user_records("ann")) == sorted(live)
-    last = new_key()
-    assert indexed.save(last, make_record(user_id="ann"), expected_version=None)
-    assert client.zcard(name) == len(live) + 1
-
-
-@SERVER
-def test_an_entry_whose_session_went_behind_its_back_is_dropped_when_read(
-    indexed: RedisStore,
-) -> None:
-    """What a Cluster's separate index write leaves behind, or a key Redis evicted."""
-    client = indexed.client
-    name = _user_key(indexed, "ann")
-    live, gone, moved = new_key(), new_key(), new_key()
-    for key in (live, gone, moved):
-        assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
-    client.delete(indexed.key_prefix + gone)
-    client.set(indexed.key_prefix + moved, _redis_scripts.encode(make_record(user_id="bob")))
-    assert [key for key, _ in indexed.user_records("ann")] == [live]
-    assert client.zrange(name, 0, -1) == [live.encode()]
-
-
-@SERVER
-def test_reading_keeps_an_entry_a_concurrent_save_renewed(
-    indexed: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stale entry is dropped only if its score is still the one that was read."""
-    key = new_key()
-    assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
-    assert indexed.save(key, make_record(version=2, user_id="bob"), expected_version=1)
-    indexed.client.zadd(_user_key(indexed, "ann"), {key: time.time() + 3600})
-    decode = redis_module._decode
-
-    def racing_decode(name: str, value: bytes | None) -> Any:
-        # Between reading the set and pruning it, the session moves back to ann.
-        monkeypatch.setattr(redis_module, "_decode", decode)
-        record = make_record(version=3, ttl=7200, user_id="ann")
-        assert indexed.save(key, record, expected_version=2)
-        return decode(name, value)
-
-    monkeypatch.setattr(redis_module, "_decode", racing_decode)
-    assert indexed.user_records("ann") == []  # it read the session while it was bob's
-    assert [k for k, _ in indexed.user_records("ann")] == [key]
-
-
-@SERVER
-def test_a_user_change_and_a_regenerate_move_the_entry(indexed: RedisStore) -> None:
-    client = indexed.client
-    old, new = new_key(), new_key()
-    assert indexed.save(old, make_record(user_id="\u00e9l\u00e8ve"), expected_version=None)
-    assert indexed.save(new, make_record(user_id="prof"), expected_version=None, replaces=old)
-    assert client.exists(_user_key(indexed, "\u00e9l\u00e8ve")) == 0
-    assert client.zrange(_user_key(indexed, "prof"), 0, -1) == [new.encode()]
-    assert indexed.save(new, make_record(version=2), expected_version=1)
-    assert client.exists(_user_key(indexed, "prof")) == 0
-
-
-@SERVER
-def test_a_long_user_id_moves_with_its_session(indexed: RedisStore) -> None:
-    """The scripts read a record's header, then the user id it gives the length of."""
-    client = indexed.client
-    long = "\u00e9" * 400
-    old, new = new_key(), new_key()
-    assert indexed.save(old, make_record(user_id=long), expected_version=None)
-    assert indexed.refresh(old, time.time() + 7200, time.time())
-    assert client.zrange(_user_key(indexed, long), 0, -1) == [old.encode()]
-    assert indexed.save(new, make_record(user_id=long), expected_version=None, replaces=old)
-    assert client.zrange(_user_key(indexed, long), 0, -1) == [new.encode()]
-    assert indexed.save(new, make_record(version=2, user_id="ann"), expected_version=1)
-    assert client.exists(_user_key(indexed, long)) == 0
-    assert [k for k, _ in indexed.user_records("ann")] == [new]
-    assert indexed.save(new, make_record(version=3, user_id=long), expected_version=2)
-    assert indexed.delete(new)
-    assert client.exists(_user_key(indexed, long)) == 0
-
-
-@SERVER
-def test_saves_with_users_are_one_round_trip(private_redis: RedisServer, sent: list[str]) -> None:
-    with RedisStore.from_url(private_redis.url) as store:
-        warm, old, new, third = new_key(), new_key(), new_key(), new_key()
-        assert store.save(warm, make_record(user_id="ann"), expected_version=None)
-        assert store.refresh(warm, time.time() + 7200, time.time())
-        assert store.delete(warm)
-        steps = [
-            lambda: store.save(old, make_record(user_id="ann"), expected_version=None),
-            lambda: store.save(old, make_record(version=2, user_id="bob"), expected_version=1),
-            lambda: store.refresh(old, time.time() + 7200, time.time()),
-            lambda: store.save(
-                new, make_record(user_id="bob"), expected_version=None, replaces=old
-            ),
-            lambda: store.save(new, make_record(version=2), expected_version=1),
-            lambda: store.save(
-                third,
-                make_record(user_id="ann"),
-                expected_version=None,
-                replaces=new,
-                replaces_version=2,
-            ),
-            lambda: store.delete(third),
-        ]
-        for step in steps:
-            sent.clear()
-            assert step()
-            assert sent == ["EVALSHA"]
-        assert store.user_records("ann") == store.user_records("bob") == []
-
-
-@SERVER
-def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
-    cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    key = new_key()
-    restore = _fail_script(cluster, monkeypatch, _redis_scripts.INDEX, "index node down")
-    with pytest.raises(StoreError, match="index node down"):
-        cluster.save(key, make_record(user_id="ann"), expected_version=None)
-    loaded = cluster.load(key)
-    assert loaded is not None and loaded.user_id == "ann"
-    assert cluster.user_records("ann") == []
-    restore()
-    assert cluster.save(key, make_record(version=2, user_id="ann"), expected_version=1)
-    assert [k for k, _ in cluster.user_records("ann")] == [key]
-
-
-# -- the save lock ------------------------------------------------------------------
-
-_PATIENCE = 30.0
-
-
-def _lock_keys(store: RedisStore, key: str) -> tuple[str, str]:
-    """The names of *key*'s save lock and of its line, as the scripts build them."""
-    lock = f"{store.key_prefix}l:{{{store.key_prefix}{key}}}"
-    return lock, lock + ":q"
-
-
-def _lock_debris(store: RedisStore) -> list[bytes]:
-    """Every lock, line and baton key under the store's prefix."""
-    return sorted(store.client.scan_iter(match=store.key_prefix + "l:*"))
-
-
-def _bumped(record: Record, **changes: object) -> Record:
-    data = json.loads(record.data)
-    data.update(changes)
-    return make_record(json.dumps(data).encode(), version=record.version + 1)
-
-
-def _in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(target())
-        except BaseException as exc:  # handed to the test, which asserts on it
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def _until(what: str, done: Callable[[], bool]) -> None:
-    """Wait for another thread's progress that *done* sees, failing after a long while."""
-    deadline = time.monotonic() + _PATIENCE
-    while not done():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def quick(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    """A store on the shared server whose short socket timeout makes its waiters look
-    for a dead holder every 0.2 s, which also shows a block staying under it."""
-    for store in open_test_store("redis", request, tmp_path, socket_timeout=0.4):
-        assert isinstance(store, RedisStore)
-        yield store
-
-
-@SERVER
-def test_the_lock_lives_beside_the_session_in_its_slot_and_goes_with_the_save(
-    indexed: RedisStore,
-) -> None:
-    client = indexed.client
-    key = new_key()
-    assert indexed.save(key, make_record(b'{"n": 0}'), expected_version=None)
-    lock, line = _lock_keys(indexed, key)
-    seen: dict[str, Any] = {}
-
-    def build(current: Record) -> Record:
-        seen.update(holder=client.get(lock), ttl=client.pttl(lock), count=indexed.count())
-        return _bumped(current, n=1)
-
-    assert indexed.save_locked(key, build, timeout=_PATIENCE) is not None
-    assert seen["holder"] is not None
-    assert 0 < seen["ttl"] <= _redis_lock._LEASE * 1000
-    assert seen["count"] == 1, "the lock key was counted as a session"
-    assert _lock_debris(indexed) == []
-    if isinstance(client, RedisCluster):
-        slot = client.keyslot(indexed.key_prefix + key)
-        assert client.keyslot(lock) == client.keyslot(line) == slot
-        assert client.keyslot(f"{lock}:0123456789abcdef") == slot
-
-
-@SERVER
-def test_a_plain_save_fails_while_a_lease_is_live_in_its_one_round_trip(
-    private_redis: RedisServer, sent: list[str]
-) -> None:
-    """Refreshes and deletes are not held back; a logout never waits for a save."""
-    with RedisStore.from_url(private_redis.url) as store:
-        key = new_key()
-        assert store.save(key, make_record(), expected_version=None)
-        lock, _ = _lock_keys(store, key)
-        store.client.set(lock, "another-caller", px=60_000)
-        sent.clear()
-        assert not store.save(key, make_record(version=2), expected_version=1)
-        assert sent == ["EVALSHA"]
-        assert store.refresh(key, time.time() + 7200, time.time())
-        assert store.delete(key)
-        assert store.client.get(lock) == b"another-caller"
-
-
-@SERVER
-def test_a_locked_save_alone_is_two_round_trips(
-    private_redis: RedisServer, sent: list[str]
-) -> None:
-    """Taking the lock returns the session; the write hands the lock on as it writes."""
-    with RedisStore.from_url(private_redis.url) as store:
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        assert store.save_locked(key, lambda c: _bumped(c, a=1), timeout=_PATIENCE)
-        sent.clear()
-        assert store.save_locked(key, lambda c: _bumped(c, b=2), timeout=_PATIENCE)
-        assert sent == ["EVALSHA", "EVALSHA"]
-        loaded = store.load(key)
-        assert loaded is not None and json.loads(loaded.data) == {"a": 1, "b": 2}
-        assert _lock_debris(store) == []
-
-
-@SERVER
-def test_waiters_are_served_in_the_order_they_asked(indexed: RedisStore) -> None:
-    client = indexed.client
-    key = new_key()
-    assert indexed.save(key, make_record(b"{}"), expected_version=None)
-    _, line = _lock_keys(indexed, key)
-    holding, release = threading.Event(), threading.Event()
-    served: list[int] = []
-
-    def first(current: Record) -> Record:
-        holding.set()
-        release.wait(_PATIENCE)
-        return _bumped(current, first=True)
-
-    threads = [_in_thread(lambda: indexed.save_locked(key, first, timeout=_PATIENCE))]
-    assert holding.wait(_PATIENCE)
-    for n in range(6):
-
-        def build(current: Record, n: int = n) -> Record:
-            served.append(n)
-            return _bumped(current, **{f"w{n}": True})
-
-        threads.append(_in_thread(lambda b=build: indexed.save_locked(key, b, timeout=_PATIENCE)))
-        _until(f"waiter {n} in line", lambda n=n: client.llen(line) == n + 1)
-    release.set()
-    for thread, outcome in threads:
-        thread.join(_PATIENCE)
-        assert len(outcome) == 1 and isinstance(outcome[0], Record), outcome
-    assert served == list(range(6))
-    loaded = indexed.load(key)
-    assert loaded is not None and loaded.version == 8
-    assert _lock_debris(indexed) == []
-
-
-@SERVER
-def test_a_holder_that_died_is_taken_over_once_its_lease_runs_out(quick: RedisStore) -> None:
-    key = new_key()
-    assert quick.save(key, make_record(b"{}"), expected_version=None)
-    lock, _ = _lock_keys(quick, key)
-    quick.client.set(lock, "dead-holder", px=300)
-    built: list[Record] = []
-
-    def build(current: Record) -> Record:
-        built.append(current)
-        return _bumped(current, after=True)
-
-    assert quick.save_locked(key, build, timeout=_PATIENCE) is not None
-    assert len(built) == 1
-    loaded = quick.load(key)
-    assert loaded is not None and json.loads(loaded.data) == {"after": True}
-    assert _lock_debris(quick) == []
-
-
-@SERVER
-def test_a_waiter_that_died_in_line_costs_one_lease(
-    quick: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The lock is handed to the dead waiter, whose lease then runs out in turn."""
-    monkeypatch.setattr(_redis_lock, "_LEASE", 0.3)
-    key = new_key()
-    assert quick.save(key, make_record(b"{}"), expected_version=None)
-    lock, line = _lock_keys(quick, key)
-    quick.client.set(lock, "dead-holder", px=300)
-    quick.client.rpush(line, "dead-waiter")
-    assert quick.save_locked(key, lambda c: _bumped(c, n=1), timeout=_PATIENCE) is not None
-    # Only the baton nobody took is left, until its lease runs out.
-    baton = f"{lock}:dead-waiter".encode()
-    assert _lock_debris(quick) in ([], [baton])
-    assert quick.client.pttl(baton) in (-2, *range(1, 301))
-
-
-@SERVER
-def test_a_holder_whose_lease_ran_out_starts_over_and_builds_again(quick: RedisStore) -> None:
-    key = new_key()
-    assert quick.save(key, make_record(b"{}"), expected_version=None)
-    lock, _ = _lock_keys(quick, key)
-    builds: list[int] = []
-
-    def build(current: Record) -> Record:
-        builds.append(current.version)
-        if len(builds) == 1:
-            # Its lease ran out meanwhile, and another caller took the lock over.
-            quick.client.set(lock, "usurper", px=300)
-        return _bumped(current, builds=len(builds))
-
-    written = quick.save_locked(key, build, timeout=_PATIENCE)
-    assert builds == [1, 1]
-    assert written is not None
-    loaded = quick.load(key)
-    assert loaded is not None and (json.loads(loaded.data), loaded.version) == ({"builds": 2}, 2)
-
-
-@SERVER
-def test_a_lock_timeout_masks_the_password_and_leaves_the_line(
-    private_redis: RedisServer,
-) -> None:
-    with private_redis.client() as admin:
-        admin.config_set("requirepass", "s3cret-pw")
-    url = f"redis://:s3cret-pw@127.0.0.1:{private_redis.port}/0"
-    with RedisStore.from_url(url) as store:
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        lock, line = _lock_keys(store, key)
-        store.client.set(lock, "another-caller", px=60_000)
-
-        def build(current: Record) -> Record:
-            raise AssertionError("built without the lock")
-
-        with pytest.raises(LockTimeout) as info:
-            store.save_locked(key, build, timeout=0.3)
-        message = str(info.value)
-        assert "s3cret-pw" not in message and "redis://:***@" in message
-        assert key[:8] in message and key[8:16] not in message
-        assert store.client.exists(line) == 0
-        assert _lock_debris(store) == [lock.encode()]
-
-
-@SERVER
-def test_a_waiter_whose_server_fails_leaves_the_line(
-    shared: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    client = shared.client
-    key = new_key()
-    assert shared.save(key, make_record(b"{}"), expected_version=None)
-    lock, line = _lock_keys(shared, key)
-    client.set(lock, "another-caller", px=60_000)
-
-    def blpop(*args: Any, **kwargs: Any) -> Any:
-        raise redis.ConnectionError("connection reset while blocked")
-
-    monkeypatch.setattr(client, "blpop", blpop)
-    with pytest.raises(StoreError, match="connection reset"):
-        shared.save_locked(key, lambda c: _bumped(c), timeout=_PATIENCE)
-    assert client.exists(line) == 0
-
-
-@SERVER
-def test_cluster_regenerate_leaves_a_tombstone_across_slots(cluster: RedisStore) -> None:
-    for replaces_version in (None, 1):
-        old = new_key()
-        new = _other_slot(cluster, old)
-        assert cluster.save(old, make_record(b"old", user_id="u"), expected_version=None)
-        assert cluster.save(
-            new,
-            make_record(b"new", user_id="u"),
-            expected_version=None,
-            replaces=old,
-            replaces_version=replaces_version,
-            tombstone=make_tombstone(),
-        )
-        stone = cluster.load(old)
-        assert stone is not None and (stone.version, stone.user_id) == (0, None)
-        assert [k for k, _ in cluster.user_records("u")] == [new]
-        assert cluster.delete(new)
-
-
-@SERVER
-def test_cluster_locked_move_vacates_the_old_key_then_writes_the_new(
-    cluster: RedisStore,
-) -> None:
-    old = new_key()
-    new = _other_slot(cluster, old)
-    assert cluster.save(old, make_record(b'{"a": 1}', user_id="u"), expected_version=None)
-    written = cluster.save_locked(
-        old,
-        lambda c: make_record(c.data, user_id="u"),
-        timeout=_PATIENCE,
-        moves_to=new,
-        tombstone=make_tombstone(),
-    )
-    assert written is not None
-    stone = cluster.load(old)
-    assert stone is not None and stone.version == 0
-    loaded = cluster.load(new)
-    assert loaded is not None and loaded.data == b'{"a": 1}'
-    assert cluster.client.zrange(_user_key(cluster, "u"), 0, -1) == [new.encode()]
-    assert _lock_debris(cluster) == []
-
-
-@SERVER
-def test_cluster_locked_move_failing_between_its_steps_loses_the_session(
-    cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As a regenerate: the tombstone stays, the new key is never written, the lock goes."""
-    old = new_key()
-    new = _other_slot(cluster, old)
-    assert cluster.save(old, make_record(b"{}", user_id="u"), expected_version=None)
-    _fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
-    with pytest.raises(StoreError, match="node of the new key down"):
-        cluster.save_locked(
-            old,
-            lambda c: make_record(c.data, user_id="u"),
-            timeout=_PATIENCE,
-            moves_to=new,
-            tombstone=make_tombstone(),
-        )
-    stone = cluster.load(old)
-    assert stone is not None and stone.version == 0
-    assert cluster.load(new) is None
-    assert cluster.user_records("u") == []
-    assert _lock_debris(cluster) == []
-
-
-@SERVER
-def test_cluster_with_a_hash_tag_prefix_keeps_everything_in_one_slot(
-    redis_cluster_url: str,
-) -> None:
-    prefix = f"{{t{uuid.uuid4().hex[:8]}}}:"
-    store = RedisStore.from_url(redis_cluster_url, key_prefix=prefix)
-    try:
-        key = new_key()
-        assert store.save(key, make_record(b"{}"), expected_version=None)
-        assert store.save_locked(key, lambda c: _bumped(c, n=1), timeout=_PATIENCE)
-        loaded = store.load(key)
-        assert loaded is not None and json.loads(loaded.data) == {"n": 1}
-    finally:
-        for name in list(store.client.scan_iter(match=prefix + "*")):
-            store.client.delete(name)
-        store.close()

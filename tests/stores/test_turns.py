@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
+from tests.helpers import wait_until
 from wsgisession.stores._turns import Turns
 
 
@@ -34,7 +34,7 @@ def test_waiters_get_the_lock_in_the_order_they_asked() -> None:
         thread.start()
         waiters.append(thread)
         # Each waiter is queued before the next one starts: an ordering, not a timing.
-        time.sleep(0.05)
+        wait_until(f"waiter {n} to queue", lambda n=n: len(turns._waiting["k"]) == n + 1)
     release.set()
     for thread in [first, *waiters]:
         thread.join(30)

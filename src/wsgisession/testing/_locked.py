@@ -259,7 +259,9 @@ class LockedSaveTests:
         loaded = store.load(old)
         assert loaded is not None and loaded.version == 0
         assert loaded.expires_at == pytest.approx(stone.expires_at, abs=1)
-        assert store.count() in (None, 1)
+        counted = store.count()
+        if counted is not None:  # None: a store that can't count, for good (see RecordTests)
+            assert counted == 1, "the tombstone was counted as a live session"
         assert not store.delete(old), "deleting a tombstone reported a live session"
         assert store.load(old) is None
 
@@ -274,5 +276,5 @@ class LockedSaveTests:
             tombstone=make_tombstone(ttl=-1),
         )
         assert store.load(old) is None
-        assert store.cleanup() in (0, 1)
+        assert store.cleanup() == (0 if store.native_expiry else 1)
         assert store.load(old) is None

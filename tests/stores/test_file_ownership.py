@@ -2,9 +2,7 @@
 
 The store owns its directory: modes of what it makes, refusal of a directory someone
 else owns or can write, no symbolic link followed inside it, nothing that is not a
-regular file read as a record (nor waited on), corrupt records counted by the
-middleware, no full key in a message, and a user index whose upkeep does not grow with
-the user's sessions.
+regular file read as a record (nor waited on), and no full key in a message.
 
 Tests run as root, so another user is uid 65534: its files are made with ``os.chown``,
 and a child process runs as that user where the other user must act by itself.
@@ -19,13 +17,11 @@ import os
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -33,31 +29,22 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CHILD_ENV, counter, make_client
+from tests.helpers import (
+    CHILD_ENV,
+    counter,
+    make_client,
+    record_path,
+)
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.events import SessionEvent
 from wsgisession.stores import open_store
 from wsgisession.stores._file_format import encode_record
-from wsgisession.stores._file_users import decode_index, encode_index
 from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.file import FileStore
 from wsgisession.testing import make_record, new_key
 
 #: Another user than the one the tests run as (nobody).
 OTHER = 65534
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """Where the store under test keeps its files (not created beforehand)."""
-    return tmp_path / "sessions"
-
-
-@pytest.fixture
-def file_store(root: Path) -> Iterator[FileStore]:
-    """A fresh file store with the default options."""
-    with FileStore(root) as store:
-        yield store
 
 
 @pytest.fixture
@@ -79,11 +66,6 @@ def umask() -> Iterator[Any]:
         yield os.umask
     finally:
         os.umask(old)
-
-
-def _path_of(store: FileStore, key: str) -> Path:
-    shards = [key[2 * i : 2 * i + 2] for i in range(store.shard_depth)]
-    return Path(store.directory).joinpath(*shards, key)
 
 
 def _mode(path: Path) -> int:
@@ -138,7 +120,7 @@ def _as_other_user(code: str, *args: object) -> None:
     assert done.returncode == 0, done.stderr
 
 
-# -- modes of what the store makes ------------------------------------------------------
+# -- modes of what the store makes -------------------------------------------------------
 
 
 def test_missing_directories_and_parents_are_made_private_whatever_the_umask(
@@ -171,7 +153,7 @@ def test_a_group_file_mode_gives_directories_the_groups_search_bit_despite_the_u
     assert store.save(key, make_record(), expected_version=None)
     for directory in (tmp_path / "a", root, root / key[:2], root / key[:2] / key[2:4]):
         assert _mode(directory) == dir_mode, directory
-    assert _mode(_path_of(store, key)) == file_mode
+    assert _mode(record_path(store, key)) == file_mode
 
 
 @pytest.mark.parametrize(
@@ -184,7 +166,7 @@ def test_a_file_mode_with_any_bit_for_others_or_beyond_read_write_is_refused(
         open_store(f"file:{root}", file_mode=file_mode)
 
 
-# -- the store's directory ------------------------------------------------------------
+# -- the store's directory ---------------------------------------------------------------
 
 
 def test_a_directory_another_user_made_first_is_refused_on_first_use(shared_tmp: Path) -> None:
@@ -279,7 +261,7 @@ def test_the_directory_may_be_a_symbolic_link_the_operator_made(tmp_path: Path) 
     assert store.count() == 1
 
 
-# -- symbolic links and other users' things inside the store ----------------------------
+# -- symbolic links and other users' things inside the store -----------------------------
 
 
 def _shard_with_a_record(store: FileStore) -> tuple[Path, str]:
@@ -290,7 +272,7 @@ def _shard_with_a_record(store: FileStore) -> tuple[Path, str]:
     assert store.save(first, make_record(version=2), expected_version=1)
     while (key := new_key())[:4] != first[:4]:
         pass
-    return _path_of(store, first).parent, key
+    return record_path(store, first).parent, key
 
 
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
@@ -399,7 +381,7 @@ def test_a_record_planted_by_another_user_is_never_served(file_store: FileStore)
     """A valid record for a cookie the other user holds, with data of their choosing."""
     key = new_key()
     assert file_store.save(key, make_record(b"mine", user_id="ann"), expected_version=None)
-    path = _path_of(file_store, key)
+    path = record_path(file_store, key)
     path.write_bytes(encode_record(make_record(b'{"admin": true}', user_id="ann")))
     os.chown(path, OTHER, OTHER)
 
@@ -418,8 +400,8 @@ def test_a_record_path_planted_as_a_symbolic_link_is_corrupt_and_never_followed(
     key = new_key()
     assert file_store.save(key, make_record(b"real"), expected_version=None)
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.write_bytes(_path_of(file_store, key).read_bytes())
-    path = _path_of(file_store, key)
+    elsewhere.write_bytes(record_path(file_store, key).read_bytes())
+    path = record_path(file_store, key)
     path.unlink()
     path.symlink_to(elsewhere)
     copy = elsewhere.read_bytes()
@@ -468,7 +450,7 @@ def test_a_record_path_that_is_not_a_regular_file_reads_as_corrupt_at_once(
     """A FIFO at a record path blocked load, cleanup and count for ever."""
     key = new_key()
     assert file_store.save(key, make_record(), expected_version=None)
-    path = _path_of(file_store, key)
+    path = record_path(file_store, key)
     plant(path)
     with _within(5):
         with pytest.raises(CorruptRecord, match="not a regular file"):
@@ -489,51 +471,21 @@ def test_a_fifo_at_a_record_path_is_a_counted_corrupt_miss_through_the_middlewar
     client, middleware = make_client({"/": counter}, store=file_store, listeners=[events.append])
     assert client.get("/").get_data() == b"1"
     (key,) = [p.name for p in Path(file_store.directory).rglob("*") if len(p.name) == 64]
-    _plant_fifo(_path_of(file_store, key))
+    _plant_fifo(record_path(file_store, key))
     with _within(5):
         assert client.get("/").get_data() == b"1"
     assert middleware.metrics()["corrupt"] == 1
     assert [e.name for e in events].count("corrupt") == 1
 
 
-# -- corruption is counted -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
-        pytest.param(lambda b: b"GIF8" + b[4:], id="bad-magic"),
-        pytest.param(lambda b: b[:-1] + bytes([b[-1] ^ 1]), id="bad-checksum"),
-        pytest.param(lambda b: b[:4] + bytes([9]) + b[5:], id="unknown-format"),
-    ],
-)
-def test_a_record_with_bad_framing_is_counted_and_emitted_as_corrupt(
-    damage: Any, file_store: FileStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The store logged these and said "missing": the middleware never counted them."""
-    events: list[SessionEvent] = []
-    client, middleware = make_client({"/": counter}, store=file_store, listeners=[events.append])
-    assert client.get("/").get_data() == b"1"
-    (path,) = [p for p in Path(file_store.directory).rglob("*") if len(p.name) == 64]
-    path.write_bytes(damage(path.read_bytes()))
-    caplog.set_level(logging.WARNING, logger="wsgisession")
-
-    assert client.get("/").get_data() == b"1"
-
-    assert middleware.metrics()["corrupt"] == 1
-    assert [e.name for e in events].count("corrupt") == 1
-    assert path.name not in caplog.text and path.name[:8] in caplog.text
-
-
-# -- messages ---------------------------------------------------------------------------
+# -- messages ----------------------------------------------------------------------------
 
 
 def test_no_message_holds_a_whole_key(file_store: FileStore) -> None:
     """OSError messages carry file names, and a record's file name is its whole key."""
     key = new_key()
     assert file_store.save(key, make_record(), expected_version=None)
-    path = _path_of(file_store, key)
+    path = record_path(file_store, key)
     _plant_directory(path)
     # Before: refresh opened the directory for writing, and the error named it in full.
     assert not file_store.refresh(key, time.time() + 60, time.time())
@@ -544,98 +496,3 @@ def test_no_message_holds_a_whole_key(file_store: FileStore) -> None:
     cause = info.value.__cause__
     assert isinstance(cause, OSError)
     assert key not in str(cause) and key not in f"{cause.filename} {cause.filename2}"
-
-
-def test_a_url_error_masks_the_password() -> None:
-    with pytest.raises(ConfigError) as info:
-        open_store("file://ann:hunter2@example.com/sessions")
-    assert "hunter2" not in str(info.value)
-
-
-# -- the user index: bounded upkeep -----------------------------------------------------
-
-
-def _reads(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths *store* reads whole from now on (records and index files)."""
-    seen: list[str] = []
-    tree = store._tree
-    real = tree.read
-
-    def counted(shard: str, name: str) -> bytes | None:
-        seen.append(f"{shard}/{name}")
-        return real(shard, name)
-
-    monkeypatch.setattr(tree, "read", counted)
-    return seen
-
-
-@pytest.mark.parametrize("sessions", [5, 200])
-def test_linking_a_session_reads_no_other_record_of_the_user(
-    sessions: int, file_store: FileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """It read every record of the user: 1,000 sessions made each login 33 ms."""
-    for _ in range(sessions):
-        assert file_store.save(new_key(), make_record(user_id="ann"), expected_version=None)
-    seen = _reads(file_store, monkeypatch)
-    key = new_key()
-    assert file_store.save(key, make_record(user_id="ann"), expected_version=None)
-    assert len(seen) == 2, seen  # the new key's file (absent) and the index
-    seen.clear()
-    assert file_store.delete(key)
-    assert len(seen) == 2, seen  # the record and the index
-    assert len(file_store.user_records("ann")) == sessions
-
-
-def test_an_entry_whose_recorded_expiry_passed_is_read_once_then_carries_the_new_one(
-    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A refresh does not touch the index; the next rewrite reads that record once."""
-    refreshed, ended = new_key(), new_key()
-    assert file_store.save(refreshed, make_record(user_id="ann"), expected_version=None)
-    assert file_store.save(ended, make_record(user_id="ann"), expected_version=None)
-    _path_of(file_store, ended).unlink()  # gone behind the store's back: a crash, say
-    index = file_store._users.path("ann")
-    past = time.time() - 1
-    Path(index).write_bytes(encode_index("ann", {refreshed: past, ended: past}))
-    seen = _reads(file_store, monkeypatch)
-
-    assert file_store.save(new_key(), make_record(user_id="ann"), expected_version=None)
-    assert str(_path_of(file_store, refreshed)) in seen
-    owner, entries = decode_index(Path(index).read_bytes())
-    assert ended not in entries, "an entry whose record is gone stayed"
-    assert entries[refreshed] == file_store.load(refreshed).expires_at  # type: ignore[union-attr]
-
-    seen.clear()
-    assert file_store.save(new_key(), make_record(user_id="ann"), expected_version=None)
-    assert str(_path_of(file_store, refreshed)) not in seen
-
-
-def test_an_index_of_the_previous_format_is_read_and_rewritten(file_store: FileStore) -> None:
-    """Format 1 listed keys without expiries; each is looked at once on the next rewrite."""
-    keys = sorted(new_key() for _ in range(3))
-    for key in keys:
-        assert file_store.save(key, make_record(user_id="ann"), expected_version=None)
-    user = b"ann"
-    head = struct.pack(">4sBII", b"WSGU", 1, len(user), len(keys))
-    body = user + b"".join(bytes.fromhex(key) for key in keys)
-    index = Path(file_store._users.path("ann"))
-    index.write_bytes(head + struct.pack(">I", zlib.crc32(body, zlib.crc32(head))) + body)
-
-    assert sorted(key for key, _ in file_store.user_records("ann")) == keys
-    assert file_store.delete(keys[0])
-    assert index.read_bytes()[4] == 2
-    owner, entries = decode_index(index.read_bytes())
-    assert sorted(entries) == keys[1:]
-    assert all(entries[key] > time.time() for key in keys[1:])
-
-
-def test_the_index_stays_bounded_without_reads_or_cleanups(file_store: FileStore) -> None:
-    """Sessions that expire drop out as new ones are linked: no purge, no listing."""
-    for _ in range(50):
-        assert file_store.save(
-            new_key(), make_record(user_id="ann", ttl=-1), expected_version=None
-        )
-    live = new_key()
-    assert file_store.save(live, make_record(user_id="ann"), expected_version=None)
-    path = Path(file_store._users.path("ann"))
-    assert set(decode_index(path.read_bytes())[1]) == {live}

@@ -1,24 +1,24 @@
-"""SQLStore edge cases of its transaction handling: failures between BEGIN and COMMIT,
-connections dropped inside a transaction or before its reply, engines in autocommit,
-and the same for the locked save, whose transaction runs the caller's build.
+"""The SQL store when things fail: a statement failing between BEGIN and COMMIT, a
+connection dropped inside a transaction or before its reply, engines in autocommit,
+a locked save whose build fails or whose connection drops, a database going away and
+coming back, and what a failure's message says (never a key, a row or a password).
 """
 
 from __future__ import annotations
 
-import socket
+import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import (
-    SQL_KINDS,
+from tests.helpers import (
     SQL_SERVER_KINDS,
-    reachable_sql_url,
     server_url,
+    unique_table_name,
+    unreachable,
 )
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
@@ -27,29 +27,16 @@ from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, make_tombstone, new_key
 
 
-@pytest.fixture(params=SQL_KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    """The SQL database under test."""
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a reachable database of the kind under test."""
-    return reachable_sql_url(kind, request, tmp_path)
-
-
 @pytest.fixture
 def table_name() -> str:
     """A table name no other test uses."""
-    return f"test_sessions_{uuid.uuid4().hex[:12]}"
+    return unique_table_name()
 
 
 @pytest.fixture
-def observer(url: str, table_name: str) -> Iterator[sa.Engine]:
+def observer(sql_url: str, table_name: str) -> Iterator[sa.Engine]:
     """An engine of the test's own, apart from the store's pool; drops the table after."""
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(sql_url)
     try:
         yield engine
     finally:
@@ -100,14 +87,14 @@ def _fail_inserts_of(observer: sa.Engine, table_name: str, key: str) -> None:
 
 
 def test_a_server_error_mid_regenerate_keeps_the_old_row_and_ends_the_transaction(
-    url: str, table_name: str, observer: sa.Engine
+    sql_url: str, table_name: str, observer: sa.Engine
 ) -> None:
     """The old row survives, and the one pooled connection is back in autocommit after.
 
     Were the connection returned inside the failed transaction, the later single-statement
     save would run in it and never be seen by another connection.
     """
-    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    store = SQLStore.from_url(sql_url, table_name=table_name, pool_size=1, max_overflow=0)
     try:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"old"), expected_version=None)
@@ -136,10 +123,10 @@ class _Interrupt(BaseException):
 
 @pytest.mark.parametrize("error", [RuntimeError, _Interrupt])
 def test_a_client_error_mid_regenerate_keeps_the_old_row_and_ends_the_transaction(
-    url: str, table_name: str, observer: sa.Engine, error: type[BaseException]
+    sql_url: str, table_name: str, observer: sa.Engine, error: type[BaseException]
 ) -> None:
     """An exception raised in the application between the DELETE and the write."""
-    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    store = SQLStore.from_url(sql_url, table_name=table_name, pool_size=1, max_overflow=0)
     try:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"old"), expected_version=None)
@@ -168,25 +155,25 @@ def test_a_client_error_mid_regenerate_keeps_the_old_row_and_ends_the_transactio
 # -- a connection dropped inside a transaction --------------------------------------
 
 
-def _proxied_store(kind: str, proxy: TCPProxy, table_name: str) -> SQLStore:
-    target = sa.make_url(server_url(kind)).set(host="127.0.0.1", port=proxy.port)
+def _proxied_store(sql_kind: str, proxy: TCPProxy, table_name: str) -> SQLStore:
+    target = sa.make_url(server_url(sql_kind)).set(host="127.0.0.1", port=proxy.port)
     return SQLStore.from_url(target.render_as_string(hide_password=False), table_name=table_name)
 
 
-def _proxy_for(kind: str) -> TCPProxy:
-    target = sa.make_url(server_url(kind))
-    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+def _proxy_for(sql_kind: str) -> TCPProxy:
+    target = sa.make_url(server_url(sql_kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[sql_kind]
     return TCPProxy((target.host or "127.0.0.1", target.port or default_port))
 
 
-@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
 @pytest.mark.parametrize("moment", ["after the DELETE", "at COMMIT"])
 def test_a_drop_inside_a_regenerate_is_retried_whole(
-    kind: str, url: str, table_name: str, observer: sa.Engine, moment: str
+    sql_kind: str, sql_url: str, table_name: str, observer: sa.Engine, moment: str
 ) -> None:
     """The server rolls the cut transaction back; the retry deletes and writes again."""
-    with _proxy_for(kind) as proxy:
-        store = _proxied_store(kind, proxy, table_name)
+    with _proxy_for(sql_kind) as proxy:
+        store = _proxied_store(sql_kind, proxy, table_name)
         try:
             old, new = new_key(), new_key()
             assert store.save(old, make_record(b"old"), expected_version=None)
@@ -226,27 +213,16 @@ class _ReplyDroppingProxy(TCPProxy):
 
     armed = False
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        from_server = source.getpeername()[1] == self.target[1]
-        try:
-            while data := source.recv(65536):
-                if from_server and self.armed:
-                    self.armed = False
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def forwards(self, data: bytes, from_target: bool) -> bool:
+        if from_target and self.armed:
+            self.armed = False
+            return False
+        return True
 
 
-@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
 def test_a_regenerate_whose_commit_reply_is_lost_is_not_reported_as_failed(
-    kind: str, url: str, table_name: str, observer: sa.Engine
+    sql_kind: str, sql_url: str, table_name: str, observer: sa.Engine
 ) -> None:
     """A retried regenerate that already committed must not answer False.
 
@@ -255,10 +231,10 @@ def test_a_regenerate_whose_commit_reply_is_lost_is_not_reported_as_failed(
     regenerates logs the user out), while the new row it did write is orphaned.
     Raising StoreError (outcome unknown) or answering True would both be honest.
     """
-    target = sa.make_url(server_url(kind))
-    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    target = sa.make_url(server_url(sql_kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[sql_kind]
     with _ReplyDroppingProxy((target.host or "127.0.0.1", target.port or default_port)) as proxy:
-        store = _proxied_store(kind, proxy, table_name)
+        store = _proxied_store(sql_kind, proxy, table_name)
         try:
             old, new = new_key(), new_key()
             assert store.save(old, make_record(b"old"), expected_version=None)
@@ -283,26 +259,31 @@ def test_a_regenerate_whose_commit_reply_is_lost_is_not_reported_as_failed(
             store.close()
 
 
-# -- engines in autocommit ------------------------------------------------------------
+# -- engines the store did not build ------------------------------------------------------
 
 
-def test_a_ready_engine_in_autocommit_keeps_a_failed_replacing_save_atomic(
-    url: str, table_name: str, observer: sa.Engine
+@pytest.mark.parametrize("isolation_level", [None, "AUTOCOMMIT"], ids=["default", "autocommit"])
+def test_a_ready_engine_keeps_a_failed_replacing_save_atomic(
+    sql_url: str, table_name: str, observer: sa.Engine, isolation_level: str | None
 ) -> None:
-    """A caller's engine built with isolation_level="AUTOCOMMIT" still gets a transaction.
+    """An engine not built by the store opens transactions its own way, all the same.
 
-    Its conn.begin() alone opens nothing on the server: without one, the DELETE of the
+    One built with isolation_level="AUTOCOMMIT" still gets a transaction: its
+    conn.begin() alone opens nothing on the server, so without one the DELETE of the
     old row would commit at once and the failed create could not roll it back.
     """
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    options = {} if isolation_level is None else {"isolation_level": isolation_level}
+    engine = sa.create_engine(sql_url, **options)
     store = SQLStore(engine, table_name=table_name)
     try:
         old, new = new_key(), new_key()
         assert store.save(old, make_record(b"old"), expected_version=None)
         assert store.save(new, make_record(b"taken"), expected_version=None)
+        # The old row is deleted first, then the create finds a live row and fails.
         assert not store.save(new, make_record(b"mine"), expected_version=None, replaces=old)
         kept = store.load(old)
         assert kept is not None and kept.data == b"old"
+        assert store.save(new, make_record(b"v2", version=2), expected_version=1)
     finally:
         engine.dispose()
 
@@ -324,11 +305,11 @@ class _Refused(Exception):
     ids=["exception", "base-exception", "sqlalchemy-error"],
 )
 def test_what_a_build_raises_comes_out_as_it_is_and_the_connection_comes_back_clean(
-    url: str, table_name: str, observer: sa.Engine, error: BaseException
+    sql_url: str, table_name: str, observer: sa.Engine, error: BaseException
 ) -> None:
     """Not translated, not retried (even a database error of the build's own), nothing
     written; the one pooled connection is out of the transaction, its lock released."""
-    store = SQLStore.from_url(url, table_name=table_name, pool_size=1, max_overflow=0)
+    store = SQLStore.from_url(sql_url, table_name=table_name, pool_size=1, max_overflow=0)
     try:
         key, other = new_key(), new_key()
         assert store.save(key, make_record(b"{}"), expected_version=None)
@@ -355,14 +336,14 @@ def _written(current: Record) -> Record:
     return make_record(current.data + b"+", version=current.version + 1)
 
 
-@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
 def test_a_locked_save_cut_mid_build_is_run_again_whole(
-    kind: str, url: str, table_name: str, observer: sa.Engine
+    sql_kind: str, sql_url: str, table_name: str, observer: sa.Engine
 ) -> None:
     """The server rolls the cut transaction back and frees the row; the store starts
     over, building again on what is stored."""
-    with _proxy_for(kind) as proxy:
-        store = _proxied_store(kind, proxy, table_name)
+    with _proxy_for(sql_kind) as proxy:
+        store = _proxied_store(sql_kind, proxy, table_name)
         try:
             key = new_key()
             assert store.save(key, make_record(b"v1"), expected_version=None)
@@ -384,17 +365,17 @@ def test_a_locked_save_cut_mid_build_is_run_again_whole(
             store.close()
 
 
-@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
 @pytest.mark.parametrize("move", ["in place", "moved", "moved, tombstone"])
 def test_a_locked_save_whose_commit_reply_is_lost_returns_what_it_wrote(
-    kind: str, url: str, table_name: str, observer: sa.Engine, move: str
+    sql_kind: str, sql_url: str, table_name: str, observer: sa.Engine, move: str
 ) -> None:
     """The run again finds the first run's commit: it neither answers None (the session
     ended, to the middleware) nor builds and writes a second time."""
-    target = sa.make_url(server_url(kind))
-    default_port = {"postgresql": 5432, "mariadb": 3306}[kind]
+    target = sa.make_url(server_url(sql_kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[sql_kind]
     with _ReplyDroppingProxy((target.host or "127.0.0.1", target.port or default_port)) as proxy:
-        store = _proxied_store(kind, proxy, table_name)
+        store = _proxied_store(sql_kind, proxy, table_name)
         try:
             key = new_key()
             moves_to = None if move == "in place" else new_key()
@@ -429,14 +410,57 @@ def test_a_locked_save_whose_commit_reply_is_lost_returns_what_it_wrote(
             store.close()
 
 
+# -- a database that goes away ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
+def test_store_recovers_when_the_database_comes_back(sql_kind: str) -> None:
+    """A lost database is a StoreError, and the same store works once it is back."""
+    url = sa.make_url(server_url(sql_kind))
+    default_port = {"postgresql": 5432, "mariadb": 3306}[sql_kind]
+    with TCPProxy((url.host or "127.0.0.1", url.port or default_port)) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        store = SQLStore.from_url(
+            proxied.render_as_string(hide_password=False),
+            table_name=f"test_sessions_{uuid.uuid4().hex[:12]}",
+        )
+        try:
+            try:
+                store.ping()
+            except StoreError as exc:
+                unreachable(server_url(sql_kind), exc)
+            key = new_key()
+            assert store.save(key, make_record(b"before"), expected_version=None)
+
+            proxy.cut()
+            for operation in (
+                lambda: store.load(key),
+                lambda: store.save(new_key(), make_record(), expected_version=None),
+                lambda: store.refresh(key, time.time() + 60, time.time()),
+                store.ping,
+            ):
+                with pytest.raises(StoreError) as info:
+                    operation()
+                assert isinstance(info.value.__cause__, sa.exc.SQLAlchemyError)
+
+            proxy.restore()
+            loaded = store.load(key)
+            assert loaded is not None and loaded.data == b"before"
+            assert store.save(key, make_record(b"after", version=2), expected_version=1)
+        finally:
+            proxy.restore()
+            store.table.drop(store.engine, checkfirst=True)
+            store.close()
+
+
 # -- what a failure's message says ----------------------------------------------------------
 
 
-def _password_url(url: str, kind: str) -> str:
+def _password_url(sql_url: str, sql_kind: str) -> str:
     """*url* with a password on PostgreSQL, which the test server (trusting loopback) ignores."""
-    if kind != "postgresql":
-        return url
-    return sa.make_url(url).set(password="pw-s3cret").render_as_string(hide_password=False)
+    if sql_kind != "postgresql":
+        return sql_url
+    return sa.make_url(sql_url).set(password="pw-s3cret").render_as_string(hide_password=False)
 
 
 def _assert_quotes_none_of(message: str, *values: str) -> None:
@@ -444,10 +468,12 @@ def _assert_quotes_none_of(message: str, *values: str) -> None:
         assert value not in message, f"the message quotes {value[:12]!r}…: {message}"
 
 
-def test_a_taken_key_to_move_to_is_not_quoted(url: str, kind: str, table_name: str) -> None:
+def test_a_taken_key_to_move_to_is_not_quoted(
+    sql_url: str, sql_kind: str, table_name: str
+) -> None:
     """PostgreSQL's DETAIL ("Key (id_hash)=(…) already exists") and MySQL's "Duplicate
     entry '…'" quote the whole key; the store's message names at most its first 8."""
-    store = SQLStore.from_url(_password_url(url, kind), table_name=table_name)
+    store = SQLStore.from_url(_password_url(sql_url, sql_kind), table_name=table_name)
     try:
         key, taken = new_key(), new_key()
         old = make_record(b"topsecret-old", user_id="s3cret-user")
@@ -462,13 +488,13 @@ def test_a_taken_key_to_move_to_is_not_quoted(url: str, kind: str, table_name: s
         store.close()
 
 
-@pytest.mark.parametrize("kind", SQL_SERVER_KINDS)
+@pytest.mark.parametrize("sql_kind", SQL_SERVER_KINDS)
 def test_a_failing_row_is_not_quoted(
-    url: str, kind: str, table_name: str, observer: sa.Engine
+    sql_url: str, sql_kind: str, table_name: str, observer: sa.Engine
 ) -> None:
     """A constraint of the operator's refuses a row: PostgreSQL's DETAIL quotes all of it
     ("Failing row contains (<key>, \\x…, …, <user id>)")."""
-    store = SQLStore.from_url(_password_url(url, kind), table_name=table_name)
+    store = SQLStore.from_url(_password_url(sql_url, sql_kind), table_name=table_name)
     try:
         key = new_key()
         data = b"topsecret-data"

@@ -1,5 +1,7 @@
-"""RedisStore at the edges: numbers through Lua, odd user ids, TTLs, old layouts,
-corrupt records, Cluster."""
+"""What the Redis store's Lua scripts do at their edges: versions beyond 2**53, TTLs
+that never shorten and always fit, the application's clock, old layouts, a flushed
+script cache, and values they can't read.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +10,23 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from tests.conftest import SERVER, open_test_store
-from tests.helpers import body, cookie_value, make_client
+from tests.helpers import (
+    SERVER,
+    body,
+    key_of,
+    make_client,
+    redis_user_key,
+)
 from tests.redis_servers import RedisServer
 from wsgisession import Session, _clock
 from wsgisession.events import SessionEvent
-from wsgisession.ids import store_key
 from wsgisession.stores import _redis_scripts
 from wsgisession.stores.base import CorruptRecord, Record
 from wsgisession.stores.redis import RedisStore
@@ -30,29 +34,13 @@ from wsgisession.testing import make_record, new_key
 
 #: Ten years, the longest duration the middleware accepts.
 TEN_YEARS = 315_360_000
+
+
 #: A user id no log line or message has any business quoting.
 USER = "Qz9-user"
 
 
-@pytest.fixture
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    for store in open_test_store("redis", request, tmp_path):
-        assert isinstance(store, RedisStore)
-        yield store
-
-
-@pytest.fixture(params=["redis", pytest.param("redis-cluster", id="cluster")])
-def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisStore]:
-    for store in open_test_store(request.param, request, tmp_path):
-        assert isinstance(store, RedisStore)
-        yield store
-
-
-def _user_key(store: RedisStore, user_id: str) -> str:
-    return store.key_prefix + "u:" + user_id.encode().hex()
-
-
-# -- numbers through Lua ------------------------------------------------------------
+# -- numbers through Lua -----------------------------------------------------------------
 
 
 @SERVER
@@ -64,7 +52,7 @@ def test_version_beyond_2_53_compare_and_set(shared: RedisStore) -> None:
     assert not shared.save(key, make_record(b"b", version=big + 1), expected_version=big)
 
 
-# -- refresh -------------------------------------------------------------------------
+# -- TTLs --------------------------------------------------------------------------------
 
 
 @SERVER
@@ -101,7 +89,7 @@ def test_a_record_expiring_in_ten_years_gets_valid_ttls_everywhere(
     key, new = new_key(), new_key()
     far = now + TEN_YEARS
     assert indexed.save(key, Record(b"{}", 1, now, far, now, USER), expected_version=None)
-    for name in (indexed.key_prefix + key, _user_key(indexed, USER)):
+    for name in (indexed.key_prefix + key, redis_user_key(indexed, USER)):
         assert abs(client.pttl(name) - TEN_YEARS * 1000) < 5000
     assert indexed.refresh(key, far + 60, now + 1)
     assert abs(client.pttl(indexed.key_prefix + key) - (TEN_YEARS + 60) * 1000) < 5000
@@ -135,7 +123,7 @@ def test_an_expiry_past_any_duration_caps_the_redis_ttl_instead_of_failing(
     record = Record(b"{}", 1, now, now + far, now, USER)
     assert indexed.save(key, record, expected_version=None)
     cap = _redis_scripts.MAX_TTL_MS
-    for name in (indexed.key_prefix + key, _user_key(indexed, USER)):
+    for name in (indexed.key_prefix + key, redis_user_key(indexed, USER)):
         assert cap - 5000 < client.pttl(name) <= cap
     assert indexed.load(key) == record
     assert indexed.refresh(key, now + far, now + 1)
@@ -163,49 +151,7 @@ def test_redis_ttl_follows_the_application_clock(
     assert abs(shared.client.pttl(name) - 1_200_000) < 2000
 
 
-# -- user ids --------------------------------------------------------------------------
-
-
-@SERVER
-@pytest.mark.parametrize(
-    "user_id",
-    [
-        pytest.param("a\x00b\nc.%", id="nul-newline-pattern-chars"),
-        pytest.param("\U0001f600" * 5000, id="long-astral"),
-    ],
-)
-def test_odd_user_ids_index_like_python(indexed: RedisStore, user_id: str) -> None:
-    client = indexed.client
-    old, new = new_key(), new_key()
-    assert indexed.save(old, make_record(user_id=user_id), expected_version=None)
-    assert client.zrange(_user_key(indexed, user_id), 0, -1) == [old.encode()]
-    assert indexed.refresh(old, time.time() + 7200, time.time())
-    assert indexed.save(
-        new, make_record(user_id=user_id), expected_version=None, replaces=old, replaces_version=1
-    )
-    assert [k for k, _ in indexed.user_records(user_id)] == [new]
-    assert indexed.delete(new)
-    assert client.exists(_user_key(indexed, user_id)) == 0
-
-
-@SERVER
-def test_an_empty_user_id_goes_through_the_scripts(indexed: RedisStore) -> None:
-    """A zero-length user id: GETRANGE 44..43 reads '' and the set is ``<prefix>u:``."""
-    client = indexed.client
-    old, new = new_key(), new_key()
-    assert indexed.save(old, make_record(user_id=""), expected_version=None)
-    assert client.zrange(_user_key(indexed, ""), 0, -1) == [old.encode()]
-    assert indexed.refresh(old, time.time() + 7200, time.time())
-    assert indexed.save(
-        new, make_record(user_id=""), expected_version=None, replaces=old, replaces_version=1
-    )
-    assert [k for k, _ in indexed.user_records("")] == [new]
-    assert indexed.count() == 1
-    assert indexed.save(new, make_record(version=2), expected_version=1)
-    assert client.exists(_user_key(indexed, "")) == 0
-
-
-# -- old layout --------------------------------------------------------------------------
+# -- old layouts -------------------------------------------------------------------------
 
 
 @SERVER
@@ -222,7 +168,7 @@ def test_regenerate_from_an_old_hash_with_a_version_is_refused(indexed: RedisSto
     assert indexed.load(new) is None
 
 
-# -- NOSCRIPT ------------------------------------------------------------------------------
+# -- a flushed script cache --------------------------------------------------------------
 
 
 @SERVER
@@ -260,6 +206,9 @@ def test_script_flush_on_cluster_is_recovered(redis_cluster_url: str) -> None:
         store.close()
 
 
+# -- values the scripts can't read -------------------------------------------------------
+
+
 @SERVER
 def test_old_hashes_are_corrupt_to_load_and_misses_to_other_reads_everywhere(
     indexed: RedisStore,
@@ -276,7 +225,7 @@ def test_old_hashes_are_corrupt_to_load_and_misses_to_other_reads_everywhere(
         indexed.load(old)
     assert indexed.count() == 1
     assert [k for k, _ in indexed.user_records("ann")] == [live]
-    assert client.zrange(_user_key(indexed, "ann"), 0, -1) == [live.encode()]
+    assert client.zrange(redis_user_key(indexed, "ann"), 0, -1) == [live.encode()]
     # A new session can be saved over it, and a regenerate can land on it.
     fresh = new_key()
     client.hset(indexed.key_prefix + fresh, mapping={"version": 1})
@@ -291,9 +240,9 @@ def test_old_hashes_are_corrupt_to_load_and_misses_to_other_reads_everywhere(
     assert [k for k, _ in indexed.user_records("ann")] == [fresh]
 
 
-# -- corrupt records -------------------------------------------------------------------
-
 _HEAD = _redis_scripts.HEADER.size
+
+
 #: Where the header keeps the user id's length.
 _USER_LENGTH = struct.calcsize(">4sqddd")
 
@@ -319,6 +268,8 @@ _GARBAGE: dict[str, Callable[[bytes], bytes]] = {
     "bad-user-length": lambda v: v[:_USER_LENGTH] + struct.pack(">i", -7) + v[_USER_LENGTH + 4 :],
     "user-id-not-utf8": lambda v: v.replace(USER.encode(), b"\xff" + USER.encode()[1:], 1),
 }
+
+
 #: What the scripts can't read either: a plain create overwrites it.
 _UNREADABLE = ["hash", "list", "unknown-format", "short", "cut-in-user-id"]
 
@@ -339,10 +290,6 @@ def _corrupt(store: RedisStore, key: str, kind: str) -> None:
     client.pexpire(name, 600_000)
 
 
-def _key_of(client: Client) -> str:
-    return store_key(cookie_value(client).rsplit(".", 1)[0])
-
-
 @SERVER
 @pytest.mark.parametrize("kind", ["hash", "list", *_GARBAGE])
 def test_anything_but_a_record_is_corrupt_to_load_and_the_next_request_replaces_it(
@@ -356,13 +303,13 @@ def test_anything_but_a_record_is_corrupt_to_load_and_the_next_request_replaces_
         {"/login": _login, "/n": _count}, store=indexed, listeners=[events.append]
     )
     assert body(client.get("/login")) == 1
-    old = _key_of(client)
+    old = key_of(client)
     _corrupt(indexed, old, kind)
     with pytest.raises(CorruptRecord) as info:
         indexed.load(old)
     assert indexed.user_records(USER) == []
     assert body(client.get("/n")) == 1, "the corrupt record was served"
-    assert _key_of(client) != old
+    assert key_of(client) != old
     assert indexed.client.exists(indexed.key_prefix + old) == 0, "the corrupt record stayed"
     assert middleware.metrics()["corrupt"] == 1
     assert [e.name for e in events].count("corrupt") == 1

@@ -1,14 +1,16 @@
-"""The file store at its edges: refresh slots, lock-free creates, races, durability.
-
-Also the save lock between processes (timeouts, a holder killed) and tombstones on disk.
+"""The file store under threads and processes on one directory: lock-free creates with
+one winner, compare-and-set serialized by ``flock``, the save lock between processes
+(waits, timeouts, a holder killed), refreshes racing saves, and the purge lease.
 
 Real files in tmp_path, real threads and processes; the store is never mocked.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -18,60 +20,67 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CHILD_ENV, python_child
+from tests.helpers import (
+    CHILD_ENV,
+    finish,
+    merging_writer_code,
+    python_child,
+    temp_files,
+)
 from wsgisession.errors import StoreError
-from wsgisession.stores import _file_format as file_format
 from wsgisession.stores.base import LockTimeout, Record
 from wsgisession.stores.file import FileStore
-from wsgisession.testing import make_record, make_tombstone, new_key
-
-
-def _path_of(store: FileStore, key: str) -> Path:
-    shards = [key[2 * i : 2 * i + 2] for i in range(store.shard_depth)]
-    return Path(store.directory).joinpath(*shards, key)
-
-
-# -- a create into a missing (dangling-symlink) directory fails, never spins ----------
-
-_CREATE_INTO_DANGLING_CHILD = """
-import sys
-from wsgisession.errors import StoreError
-from wsgisession.stores.file import FileStore
 from wsgisession.testing import make_record, new_key
+from wsgisession.testing._helpers import THREADS, run_threads
 
-store = FileStore(sys.argv[1], shard_depth=int(sys.argv[2]))
-try:
-    store.save(new_key(), make_record(), expected_version=None)
-except StoreError:
-    print("store-error")
-else:
-    print("saved")
-"""
+# -- creates ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shard_depth", [0, 2])
-def test_a_create_into_a_dangling_symlink_directory_raises_store_error(
-    tmp_path: Path, shard_depth: int
+def test_a_create_takes_no_lock(file_store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a create of a new key must not lock")
+
+    monkeypatch.setattr(file_store._locks, "hold", refused)
+    key = new_key()
+    assert file_store.save(key, make_record(b"new"), expected_version=None)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"new"
+    assert temp_files(Path(file_store.directory)) == []
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["absent", "over-an-expired-record"])
+def test_creates_racing_in_threads_have_one_winner(expired: bool, file_store: FileStore) -> None:
+    key = new_key()
+    if expired:
+        assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
+    won: list[int] = []
+
+    def create(n: int) -> None:
+        if file_store.save(key, make_record(b"%d" % n), expected_version=None):
+            won.append(n)
+
+    run_threads(THREADS, create)
+    assert len(won) == 1
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"%d" % won[0]
+    assert temp_files(Path(file_store.directory)) == []
+
+
+def test_creates_without_hard_links_take_the_lock(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store's directory is a symlink to a volume that is not there (store down).
+    """Some FUSE and FAT file systems refuse os.link; creates must still compare and set."""
 
-    The lock-free create writes its temp file before any lock: when the shard can't
-    be made (mkdir meets the dangling link), it must raise StoreError like every
-    other operation, not retry for ever. Run in a child, so a hang fails the test.
-    """
-    directory = tmp_path / "sessions"
-    directory.symlink_to(tmp_path / "unmounted-volume" / "sessions")
-    with python_child(_CREATE_INTO_DANGLING_CHILD, directory, shard_depth) as proc:
-        try:
-            out, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            pytest.fail("save() into a dangling-symlink directory hung instead of raising")
-    assert out.strip() == "store-error", err
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
 
-
-# -- a delete racing a lock-free create is ordered before or after it ---------------
+    monkeypatch.setattr(os, "link", no_links)
+    key = new_key()
+    assert file_store.save(key, make_record(b"first"), expected_version=None)
+    assert not file_store.save(key, make_record(b"second"), expected_version=None)
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"first"
+    assert temp_files(Path(file_store.directory)) == []
 
 
 def test_a_delete_racing_a_create_is_linearizable(tmp_path: Path) -> None:
@@ -86,35 +95,60 @@ def test_a_delete_racing_a_create_is_linearizable(tmp_path: Path) -> None:
     for _ in range(1500):
         key = new_key()
         results: dict[str, bool] = {}
-        barrier = threading.Barrier(2)
 
-        def create(
-            key: str = key,
-            barrier: threading.Barrier = barrier,
-            results: dict[str, bool] = results,
-        ) -> None:
-            barrier.wait()
-            results["create"] = store.save(key, make_record(b"new"), expected_version=None)
+        def race(n: int, key: str = key, results: dict[str, bool] = results) -> None:
+            if n == 0:
+                results["create"] = store.save(key, make_record(b"new"), expected_version=None)
+            else:
+                results["delete"] = store.delete(key)
 
-        def delete(
-            key: str = key,
-            barrier: threading.Barrier = barrier,
-            results: dict[str, bool] = results,
-        ) -> None:
-            barrier.wait()
-            results["delete"] = store.delete(key)
-
-        threads = [threading.Thread(target=create), threading.Thread(target=delete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(2, race)
         if results["create"] and not results["delete"] and store.load(key) is None:
             bad += 1
     assert bad == 0, f"{bad} acknowledged creates silently undone by a delete saying False"
 
 
-# -- coverage: refreshes, saves and lock-free readers in several processes ----------
+def test_lock_free_and_locked_creates_have_one_winner_and_a_true_index(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "sessions")
+    for _ in range(50):
+        key = new_key()
+        won: list[int] = []
+
+        def create(n: int, key: str = key, won: list[int] = won) -> None:
+            user = "ann" if n % 2 else None  # odd: locked path; even: lock-free
+            if store.save(key, make_record(b"%d" % n, user_id=user), expected_version=None):
+                won.append(n)
+
+        run_threads(8, create)
+        assert len(won) == 1
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"%d" % won[0]
+        listed = [k for k, _ in store.user_records("ann")]
+        assert (key in listed) == (won[0] % 2 == 1)
+        assert store.delete(key)
+    assert store.user_records("ann") == []
+    assert not list((tmp_path / "sessions").rglob(".tmp-*"))
+
+
+# -- refreshes racing refreshes and saves ---------------------------------------------
+
+
+def test_refreshes_racing_in_threads_keep_the_latest_expiry(file_store: FileStore) -> None:
+    key = new_key()
+    record = make_record()
+    assert file_store.save(key, record, expected_version=None)
+    offsets = random.Random(1).sample(range(1, 1000), THREADS)
+
+    def refresh(n: int) -> None:
+        for step in range(20):
+            later = offsets[n] + step
+            assert file_store.refresh(key, record.expires_at + later, record.last_seen + later)
+
+    run_threads(THREADS, refresh)
+    loaded = file_store.load(key)
+    assert loaded is not None
+    assert loaded.expires_at == record.expires_at + max(offsets) + 19
+
 
 _SAVER_CHILD = """
 import sys, time
@@ -138,6 +172,7 @@ while time.time() < until:
 print(saves)
 """
 
+
 _REFRESHER_CHILD = """
 import sys, time
 from wsgisession.stores.file import FileStore
@@ -158,6 +193,7 @@ while time.time() < until:
         lost += 1
 print(lost)
 """
+
 
 _READER_CHILD = """
 import math, sys, time
@@ -223,90 +259,31 @@ def test_refreshes_saves_and_readers_in_processes_never_go_back(tmp_path: Path) 
     assert not list(directory.rglob(".tmp-*"))
 
 
-# -- coverage: lock-free creates racing locked creates of a user's record ----------
+# -- compare-and-set and the save lock between processes ---------------------------------
 
 
-def test_lock_free_and_locked_creates_have_one_winner_and_a_true_index(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "sessions")
-    for _ in range(50):
-        key = new_key()
-        won: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def create(
-            n: int, key: str = key, barrier: threading.Barrier = barrier, won: list[int] = won
-        ) -> None:
-            barrier.wait()
-            user = "ann" if n % 2 else None  # odd: locked path; even: lock-free
-            if store.save(key, make_record(b"%d" % n, user_id=user), expected_version=None):
-                won.append(n)
-
-        threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len(won) == 1
-        loaded = store.load(key)
-        assert loaded is not None and loaded.data == b"%d" % won[0]
-        listed = [k for k, _ in store.user_records("ann")]
-        assert (key in listed) == (won[0] % 2 == 1)
-        assert store.delete(key)
-    assert store.user_records("ann") == []
-    assert not list((tmp_path / "sessions").rglob(".tmp-*"))
+_MERGING_WRITER_CHILD = merging_writer_code(
+    "from wsgisession.stores.file import FileStore\nstore = FileStore(sys.argv[1])"
+)
 
 
-# -- coverage: fsync=true flushes what each kind of write changed -----------------
-
-
-def test_fsync_flushes_every_new_file_and_its_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Observes os.fsync (it still runs); the store itself is real."""
-    store = FileStore(tmp_path / "sessions", fsync=True)
-    flushed: list[tuple[int, int, bool]] = []  # (device, inode, is_dir)
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        st = os.fstat(fd)
-        flushed.append((st.st_dev, st.st_ino, os.path.stat.S_ISDIR(st.st_mode)))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-
-    def ident(path: Path) -> tuple[int, int, bool]:
-        st = path.stat()
-        return (st.st_dev, st.st_ino, path.is_dir())
-
-    # A lock-free create: the record's inode and its shard directory.
+def test_processes_merging_disjoint_keys_lose_nothing(file_store: FileStore, root: Path) -> None:
+    """flock serializes compare-and-set between processes as it does between threads."""
     key = new_key()
-    assert store.save(key, make_record(b"a"), expected_version=None)
-    path = _path_of(store, key)
-    assert ident(path) in flushed and ident(path.parent) in flushed
+    assert file_store.save(key, make_record(b"{}"), expected_version=None)
+    processes, writes = 6, 30
+    start = time.time() + 1.0
+    procs = [
+        python_child(_MERGING_WRITER_CHILD, root, key, f"p{n}", writes, start)
+        for n in range(processes)
+    ]
+    for proc in procs:
+        finish(proc)
+    loaded = file_store.load(key)
+    assert loaded is not None
+    assert json.loads(loaded.data) == {f"p{n}": writes - 1 for n in range(processes)}
+    assert loaded.version == 1 + processes * writes
 
-    # A regenerate with a user: the new record, both shard dirs, the index file.
-    flushed.clear()
-    new = new_key()
-    assert store.save(
-        new,
-        make_record(b"b", user_id="u"),
-        expected_version=None,
-        replaces=key,
-        replaces_version=1,
-    )
-    new_path = _path_of(store, new)
-    index = store._users.path("u")
-    assert ident(new_path) in flushed and ident(new_path.parent) in flushed
-    assert ident(path.parent) in flushed  # the unlink of the old record
-    assert ident(Path(index)) in flushed and ident(Path(index).parent) in flushed
-
-    # A delete: the directory entry.
-    flushed.clear()
-    assert store.delete(new)
-    assert ident(new_path.parent) in flushed
-
-
-# -- the save lock: flock between processes, timeouts, a holder killed --------------
 
 _LOCK_HOLDER_CHILD = """
 import sys
@@ -439,14 +416,13 @@ def test_an_oserror_from_build_is_not_turned_into_a_store_error(tmp_path: Path) 
 
 
 _MIXED_WRITERS_CHILD = """
-import json, sys, threading, time
+import json, sys, time
 from wsgisession.stores.file import FileStore
 from wsgisession.testing import make_record
+from wsgisession.testing._helpers import run_threads
 
 store = FileStore(sys.argv[1])
 key, name, writes, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-start = float(sys.argv[6])
-errors = []
 
 def bumped(current, field, i):
     data = json.loads(current.data)
@@ -455,23 +431,14 @@ def bumped(current, field, i):
 
 def writer(n):
     field = f"{name}t{n}"
-    try:
-        time.sleep(max(0.0, start - time.time()))  # start together
-        for i in range(writes):
-            current = store.load(key)
-            if not store.save(key, bumped(current, field, i), expected_version=current.version):
-                if store.save_locked(key, lambda c: bumped(c, field, i), timeout=60) is None:
-                    raise AssertionError("the locked save wrote nothing")
-    except BaseException as exc:
-        errors.append(exc)
+    for i in range(writes):
+        current = store.load(key)
+        if not store.save(key, bumped(current, field, i), expected_version=current.version):
+            if store.save_locked(key, lambda c: bumped(c, field, i), timeout=60) is None:
+                raise AssertionError("the locked save wrote nothing")
 
-pool = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-for t in pool:
-    t.start()
-for t in pool:
-    t.join()
-if errors:
-    raise errors[0]
+time.sleep(max(0.0, float(sys.argv[6]) - time.time()))  # start with the other processes
+run_threads(threads, writer)
 """
 
 
@@ -497,65 +464,57 @@ def test_plain_and_locked_saves_in_processes_lose_nothing(tmp_path: Path) -> Non
     assert loaded.version == 1 + processes * threads * writes
 
 
-# -- tombstones on disk -------------------------------------------------------------
+def test_cleanup_rechecks_a_record_under_the_lock(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session re-created between cleanup's scan and its unlink must survive."""
+    key = new_key()
+    assert file_store.save(key, make_record(b"old", ttl=-5), expected_version=None)
+    real = file_store._tree.head
+    raced: list[str] = []
+
+    def scan_then_race(shard: str, name: str, size: int) -> bytes:
+        head = real(shard, name, size)
+        if not raced:
+            raced.append(key)
+            assert file_store.save(key, make_record(b"new"), expected_version=None)
+        return head
+
+    monkeypatch.setattr(file_store._tree, "head", scan_then_race)
+    assert file_store.cleanup() == 0
+    loaded = file_store.load(key)
+    assert loaded is not None and loaded.data == b"new"
 
 
-def test_a_tombstone_replaces_the_old_file_and_is_not_counted(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "sessions")
-    old, new = new_key(), new_key()
-    assert store.save(old, make_record(b"old", user_id="ann"), expected_version=None)
-    stone = make_tombstone()
-    assert store.save(
-        new,
-        make_record(b"new", user_id="ann"),
-        expected_version=None,
-        replaces=old,
-        replaces_version=1,
-        tombstone=stone,
-    )
-    path = _path_of(store, old)
-    assert file_format.decode_record(path.read_bytes()) == stone
-    assert file_format.header(path.read_bytes()) == (stone.expires_at, True)
-    assert store.count() == 1
-    assert [key for key, _ in store.user_records("ann")] == [new]
-    before = path.read_bytes()
-    assert not store.refresh(old, stone.expires_at + 60, stone.last_seen + 60)
-    assert path.read_bytes() == before, "a refresh wrote into a tombstone"
-    assert not store.delete(old)
-    assert not path.exists()
+# -- the purge lease ---------------------------------------------------------------------
 
 
-def test_an_expired_tombstone_is_cleaned_up(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "sessions")
-    old, new = new_key(), new_key()
-    assert store.save(old, make_record(b"old"), expected_version=None)
-    stone = make_tombstone(ttl=-5)
-    assert store.save(new, make_record(), expected_version=None, replaces=old, tombstone=stone)
-    assert _path_of(store, old).exists()
-    assert store.cleanup() == 1
-    assert not _path_of(store, old).exists()
-    assert store.load(new) is not None
+_PURGE_CLAIM_CHILD = """
+import sys, time
+from wsgisession.stores.file import FileStore
+
+store = FileStore(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # claim together
+print(store.claim_purge(3600))
+"""
 
 
-def test_a_locked_move_leaves_a_tombstone_across_shards(tmp_path: Path) -> None:
-    """The two shards' locks are taken in one sorted order, as a regenerate takes them."""
-    store = FileStore(tmp_path / "sessions", shard_depth=1)
-    old = new_key()
-    new = new_key()
-    while new[:2] == old[:2]:
-        new = new_key()
-    assert store.save(old, make_record(b"old", user_id="ann"), expected_version=None)
-    stone = make_tombstone()
-    written = store.save_locked(
-        old,
-        lambda current: replace(current, version=1, data=b"moved"),
-        timeout=30,
-        moves_to=new,
-        tombstone=stone,
-    )
-    assert written is not None
-    assert file_format.decode_record(_path_of(store, old).read_bytes()) == stone
-    loaded = store.load(new)
-    assert loaded is not None and (loaded.data, loaded.user_id) == (b"moved", "ann")
-    assert [key for key, _ in store.user_records("ann")] == [new]
-    assert store.count() == 1
+def test_claim_purge_is_won_by_one_process(root: Path) -> None:
+    start = time.time() + 1.0
+    procs = [python_child(_PURGE_CLAIM_CHILD, root, start) for _ in range(6)]
+    answers = sorted(finish(proc).strip() for proc in procs)
+    assert answers == ["False"] * 5 + ["True"]
+
+
+def test_claim_purge_lease(file_store: FileStore, root: Path) -> None:
+    assert file_store.claim_purge(60)
+    assert not file_store.claim_purge(60)
+    assert file_store.claim_purge(0)
+    lease = root / ".purge"
+    lease.write_text(repr(time.time() - 120))
+    assert file_store.claim_purge(60)
+    assert not file_store.claim_purge(60)
+    lease.write_text("garbage")
+    assert file_store.claim_purge(60)
+    lease.write_text(repr(time.time() + 3600))  # the clock was set back
+    assert file_store.claim_purge(60)
