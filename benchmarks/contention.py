@@ -2,17 +2,19 @@
 
 Run it by hand, from the repository root (it is never part of the test suite)::
 
-    python benchmarks/contention.py [--stores memory,file,...] [--shapes 16x30,64x10]
-                                    [--runs 5] [--src DIR]
+    python benchmarks/contention.py [--stores memory,file,...]
+                                    [--shapes 16x30,64x10,hot16x30] [--runs 5] [--src DIR]
 
 For each store and shape ``WxN``, a waitress server of ``W`` threads is started in its
 own process, serving a handler that adds one to the key ``?k=`` names, as a
 read-modify-write (``s[k] = s.get(k, 0) + 1``). One session is made, then ``W`` client
 threads, each on its own connection, send ``N`` requests that increment a key of
 their own. Every request must answer 200 and every key must end at ``N``: a failed
-request or a key short of ``N`` is a lost write. Reported per store and shape, over
-all runs: failed requests, lost writes, the client's p50 and p99 request time, and
-the saves that fell back on the session's lock (``metrics()["locked_saves"]``).
+request or a key short of ``N`` is a lost write. A shape ``hotWxN`` has every request
+increment one shared key with ``s.incr`` instead, which must end at ``W * N``.
+Reported per store and shape, over all runs: failed requests, lost writes, the
+client's p50 and p99 request time, and the saves that fell back on the session's
+lock (``metrics()["locked_saves"]``).
 
 ``--src`` serves another checkout's ``src`` directory (say, a ``git worktree`` of an
 older commit), so a before-and-after comparison runs the same clients. Server stores
@@ -71,6 +73,8 @@ def app(environ, start_response):
         key = request.args["k"]
         session[key] = session.get(key, 0) + 1
         body = session[key]
+    elif request.path == "/hot":
+        body = session.incr("hot")
     elif request.path == "/metrics":
         body = middleware.metrics()
     else:
@@ -148,8 +152,9 @@ def _get(connection: http.client.HTTPConnection, path: str, cookie: str | None) 
     return response, payload
 
 
-def run_once(port: int, writers: int, each: int) -> dict[str, Any]:
-    """One run of *writers* threads x *each* increments on one session."""
+def run_once(port: int, writers: int, each: int, hot: bool) -> dict[str, Any]:
+    """One run of *writers* threads x *each* increments on one session; with *hot*,
+    all of one key."""
     first = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     response, _ = _get(first, "/incr?k=start", None)
     cookie = response.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
@@ -163,7 +168,7 @@ def run_once(port: int, writers: int, each: int) -> dict[str, Any]:
         for _ in range(each):
             start = time.perf_counter()
             try:
-                response, _ = _get(connection, f"/incr?k=t{n}", cookie)
+                response, _ = _get(connection, "/hot" if hot else f"/incr?k=t{n}", cookie)
                 status = response.status
             except (OSError, http.client.HTTPException):
                 status = 0
@@ -184,19 +189,25 @@ def run_once(port: int, writers: int, each: int) -> dict[str, Any]:
     _, payload = _get(first, "/metrics", cookie)
     metrics = json.loads(payload)
     first.close()
-    lost = sum(max(0, each - final.get(f"t{n}", 0)) for n in range(writers))
+    if hot:
+        lost = writers * each - final.get("hot", 0)
+    else:
+        lost = sum(max(0, each - final.get(f"t{n}", 0)) for n in range(writers))
     return {"times": times, "failed": len(failed), "lost": lost, "metrics": metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--stores", default=",".join(STORES))
-    parser.add_argument("--shapes", default="16x30,64x10")
+    parser.add_argument("--shapes", default="16x30,64x10,hot16x30")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--src", type=Path, default=ROOT / "src")
     args = parser.parse_args(argv)
     kinds = [kind for kind in args.stores.split(",") if kind]
-    shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+    shapes = [
+        (shape.startswith("hot"), *(int(n) for n in shape.removeprefix("hot").split("x")))
+        for shape in args.shapes.split(",")
+    ]
     print(f"src: {args.src}; {args.runs} runs per store and shape\n")
     print("| store | shape | failed | lost writes | p50 ms | p99 ms | locked saves |")
     print("|---|---|---|---|---|---|---|")
@@ -208,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
 
             cluster = stack.enter_context(redis_cluster(Path(scratch) / "cluster"))
         for kind in kinds:
-            for writers, each in shapes:
+            for hot, writers, each in shapes:
                 results = []
                 for _ in range(args.runs):
                     url, options = _store(kind, Path(scratch), cluster)
                     try:
                         with _server(args.src, url, options, writers) as port:
-                            results.append(run_once(port, writers, each))
+                            results.append(run_once(port, writers, each, hot))
                     finally:
                         _drop(kind, url, options)
                 times = sorted(t for r in results for t in r["times"])
@@ -225,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 locked = sum(r["metrics"].get("locked_saves", 0) for r in results)
                 total = writers * each * args.runs
                 print(
-                    f"| {kind} | {writers}x{each} | {failed} of {total} | {lost} | "
+                    f"| {kind} | {'hot' if hot else ''}{writers}x{each} | {failed} of {total} | "
+                    f"{lost} | "
                     f"{p50:.1f} | {p99:.1f} | {locked} |",
                     flush=True,
                 )

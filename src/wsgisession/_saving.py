@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Literal, NamedTuple, NoReturn, TypeVar
 
 from . import _clock
+from ._changes import Step
 from ._expiry import Expiry, key_live
 from ._snapshot import PLAIN_META, Snapshot, decode_meta, encode_meta, merge
 from .config import Config
@@ -52,7 +53,9 @@ class Change(NamedTuple):
     ``data`` and ``deadlines`` are the request's view of the session (per-key
     deadlines, Unix times), read during the save; only the keys in ``changed`` and
     ``deleted`` are written over what the store holds. ``forced`` (``modified = True``)
-    adds every key whose value differs from what was loaded, for changes made in place.
+    adds every key whose value differs from what was loaded. ``steps`` are
+    ``apply()`` operations, replayed in order onto what the store holds at each attempt
+    of the save.
     """
 
     #: What the request loaded; ``None`` for a session this request started.
@@ -76,6 +79,8 @@ class Change(NamedTuple):
     moving: bool = False
     #: A corrupt record the request's cookie named, deleted when a new session is stored.
     stale_key: str | None = None
+    #: ``apply()`` operations on keys not in ``changed`` or ``deleted``, in order.
+    steps: Sequence[Step] = ()
 
 
 #: The client of a request when neither ``bind_ip`` nor ``track_clients`` is on.
@@ -312,14 +317,20 @@ class Saver:
         if not change.forced:
             return change.changed, change.deleted
         # In-place changes to nested values are invisible to __setitem__, so compare
-        # against a fresh decode of what was loaded.
-        original = self._decode(base.key, base.record)
-        before = {} if original is None else original.data
+        # against a fresh decode of what was loaded. Keys with steps are replayed, not
+        # written whole.
+        before = self.decoded(base)
         data = change.data
+        stepped = {step.key for step in change.steps}
         changed = change.changed | {
-            k for k, v in data.items() if k not in before or before[k] != v
+            k for k, v in data.items() if k not in stepped and (k not in before or before[k] != v)
         }
-        return changed, change.deleted | (before.keys() - data.keys())
+        return changed, change.deleted | (before.keys() - data.keys() - stepped)
+
+    def decoded(self, snapshot: Snapshot) -> dict[str, Any]:
+        """A fresh decode of *snapshot*'s data, untouched by changes made in place."""
+        original = self._decode(snapshot.key, snapshot.record)
+        return {} if original is None else original.data
 
     def _merged(
         self,
@@ -331,7 +342,9 @@ class Saver:
         target: str,
     ) -> tuple[Record, Snapshot]:
         """Return the record of *change* merged onto *base*, and its snapshot."""
-        data, deadlines = merge(base, change.data, change.deadlines, changed, deleted, now)
+        data, deadlines = merge(
+            base, change.data, change.deadlines, changed, deleted, now, change.steps
+        )
         remember = base.remember if change.remember is None else change.remember
         user_id = change.user_id if change.user_changed else base.record.user_id
         created_at = base.record.created_at

@@ -10,10 +10,11 @@ a ``bind_ip`` session is bound to, per-key deadlines, and client details for
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
 
+from ._changes import Step, replay
 from ._expiry import key_live
 from .stores.base import Record
 
@@ -116,14 +117,18 @@ def merge(
     changed: AbstractSet[str],
     deleted: AbstractSet[str],
     now: float,
+    steps: Sequence[Step] = (),
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Apply a request's *changed* and *deleted* keys on top of *base*.
+    """Apply a request's *changed* and *deleted* keys and its *steps* on top of *base*.
 
     *data_now* and *deadlines_now* are the request's view of the session; keys whose
-    deadline has passed by *now* are left out of the result.
+    deadline has passed by *now* are left out of the result. The steps run on what
+    *base* holds, except on keys the request wrote whole.
     """
     data = dict(base.data)
     deadlines = dict(base.deadlines)
+    if steps:
+        replay(data, deadlines, steps, changed | deleted, now)
     for key in deleted:
         data.pop(key, None)
         deadlines.pop(key, None)

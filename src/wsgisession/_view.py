@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from .session import Session
@@ -51,6 +51,18 @@ class SessionView(MutableMapping[str, Any], abc.ABC):
     def set(self, key: str, value: Any, timeout: float | None = None) -> None:
         """Store *value*; with *timeout* (seconds), *key* vanishes that long after."""
         self._session().set(key, value, timeout=timeout)
+
+    def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set *key* to ``fn(current)``; the save applies *fn* again (see Session.apply)."""
+        return self._session().apply(key, fn, default)
+
+    def incr(self, key: str, n: Any = 1) -> Any:
+        """Add *n* to the number under *key*; concurrent increments all count."""
+        return self._session().incr(key, n)
+
+    def append(self, key: str, item: Any) -> list[Any]:
+        """Append *item* to the list under *key*; concurrent appends are all kept."""
+        return self._session().append(key, item)
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data (call it on login)."""

@@ -16,11 +16,16 @@
 
 Neither is required: ``app.wsgi_app = SessionMiddleware(app.wsgi_app, ...)`` and
 ``get_session(flask.request.environ)`` do the same.
+
+:func:`flash` and :func:`get_flashed_messages` are Flask's two flash functions over the
+wsgisession session (:meth:`Session.flash`), so each message is shown once even when
+a user's requests run in parallel; ``init_app`` makes templates'
+``get_flashed_messages()`` this one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import flask
@@ -29,10 +34,13 @@ from .errors import SessionError
 from .middleware import SessionMiddleware, get_session
 from .session import Session
 
-__all__ = ["current_session", "init_app"]
+__all__ = ["current_session", "flash", "get_flashed_messages", "init_app"]
 
 #: The key of ``app.extensions`` that holds the middleware.
 EXTENSION_KEY: Final = "wsgisession"
+
+# Where a request keeps the messages it popped, so every call in it sees the same ones.
+_POPPED: Final = "wsgisession.flask.flashes"
 
 
 def init_app(
@@ -41,7 +49,9 @@ def init_app(
     """Wrap *app*'s WSGI callable in :class:`SessionMiddleware` and return the middleware.
 
     The middleware also goes to ``app.extensions["wsgisession"]``, for
-    ``user_sessions()`` and the other per-user calls. Options are the middleware's.
+    ``user_sessions()`` and the other per-user calls, and templates'
+    ``get_flashed_messages()`` becomes :func:`get_flashed_messages`. Options are the
+    middleware's.
 
     :param app: The Flask application.
     :param options: A mapping of options; keyword arguments override it.
@@ -53,6 +63,7 @@ def init_app(
     middleware = SessionMiddleware(app.wsgi_app, options, **kwargs)
     app.wsgi_app = middleware  # type: ignore[method-assign]
     app.extensions[EXTENSION_KEY] = middleware
+    app.add_template_global(get_flashed_messages)
     return middleware
 
 
@@ -64,3 +75,31 @@ def current_session() -> Session:
     :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
     """
     return get_session(flask.request.environ)
+
+
+def flash(message: Any, category: str = "message") -> None:
+    """Queue *message* for a later request, like :func:`flask.flash`, in our session.
+
+    :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
+    """
+    current_session().flash(message, category)
+
+
+def get_flashed_messages(
+    with_categories: bool = False, category_filter: Iterable[str] = ()
+) -> list[Any]:
+    """The queued flash messages, like :func:`flask.get_flashed_messages`.
+
+    The first call in a request takes every queued message from the session; later
+    calls in the same request see the same ones. With *category_filter*, only those
+    categories are returned; with *with_categories*, ``(category, message)`` pairs.
+
+    :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
+    """
+    environ = flask.request.environ
+    popped: list[tuple[str, Any]] | None = environ.get(_POPPED)
+    if popped is None:
+        popped = environ[_POPPED] = current_session().pop_flashes()
+    wanted = set(category_filter)
+    pairs = [pair for pair in popped if not wanted or pair[0] in wanted]
+    return pairs if with_categories else [message for _, message in pairs]

@@ -31,8 +31,7 @@ from .session import Session
 
 __all__ = ["PyramidSession", "includeme", "session_factory"]
 
-# The keys Pyramid's own cookie sessions use, so data moved between them keeps meaning.
-_FLASH_PREFIX: Final = "_f_"
+# The key Pyramid's own cookie sessions use, so data moved between them keeps meaning.
 _CSRF_KEY: Final = "_csrft_"
 
 
@@ -74,20 +73,21 @@ class PyramidSession(SessionView):
         self.wsgi_session.modified = True
 
     def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
-        """Add *msg* to the flash *queue*; without *allow_duplicate*, only once."""
-        key = _FLASH_PREFIX + queue
-        messages = list(self.wsgi_session.get(key, ()))
-        if allow_duplicate or msg not in messages:
-            messages.append(msg)
-            self.wsgi_session[key] = messages
+        """Add *msg* to the flash *queue*; without *allow_duplicate*, only once.
+
+        The queue is a category of :meth:`Session.flash`, so concurrent requests' messages
+        are all kept, and each is popped once.
+        """
+        if allow_duplicate or msg not in self.peek_flash(queue):
+            self.wsgi_session.flash(msg, category=queue)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
         """Return the messages of *queue* and empty it."""
-        return list(self.wsgi_session.pop(_FLASH_PREFIX + queue, ()))
+        return [message for _, message in self.wsgi_session.pop_flashes(queue)]
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         """Return the messages of *queue* and leave them there."""
-        return list(self.wsgi_session.get(_FLASH_PREFIX + queue, ()))
+        return [message for _, message in self.wsgi_session.peek_flashes(queue)]
 
     def new_csrf_token(self) -> str:
         """Store a fresh CSRF token and return it."""

@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
-from ._expiry import check_key_timeout, key_live
-from ._saving import Absence, Change, Saver, Stored
+from ._changes import (
+    FLASHES_KEY,
+    AppendItem,
+    Claim,
+    Increment,
+    Step,
+    entry_ids,
+    flash_entry,
+    flash_pairs,
+    is_entry,
+)
+from ._expiry import check_key_timeout
+from ._response import FINISHED, OPEN, SessionState
 from .errors import SessionError
 from .ids import new_session_id, store_key
 from .users import check_user_id
 
 if TYPE_CHECKING:
-    from wsgiref.types import WSGIEnvironment
-
+    from ._saving import Absence
     from ._snapshot import Snapshot
-    from .cookies import CookieId, SessionCookie
 
 __all__ = ["Session"]
 
 log = logging.getLogger("wsgisession")
 
 
-class _Stage(enum.Enum):
-    """Where the response of a session's request is.
-
-    ``OPEN``: anything may change, and the save decides the cookie. ``HEADERS_SENT``:
-    changes to a stored session are saved when the response closes, but nothing that
-    needs a new cookie may happen. ``FINISHED``: a change could no longer be saved, so
-    it raises.
-    """
-
-    OPEN = "open"
-    HEADERS_SENT = "headers sent"
-    FINISHED = "finished"
+# Values a handler can't change in place; reading any other kind of value marks its key
+# for the comparison that finds in-place changes.
+_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
 
 
-# Read on every request: module constants spare the enum's attribute lookups (100 ns).
-_OPEN: Final = _Stage.OPEN
-_HEADERS_SENT: Final = _Stage.HEADERS_SENT
-_FINISHED: Final = _Stage.FINISHED
-
-
-class Session(MutableMapping[str, Any]):
+class Session(SessionState, MutableMapping[str, Any]):
     """The session of one request: a mutable mapping of ``str`` keys.
 
     Nothing is read from the store until a handler first touches the session, and
@@ -57,58 +50,14 @@ class Session(MutableMapping[str, Any]):
     it raises :exc:`KeyError` and is absent from ``in``, ``len`` and iteration.
     """
 
-    __slots__ = (
-        "_changed",
-        "_cookie",
-        "_cookies",
-        "_created_at",
-        "_data",
-        "_deadlines",
-        "_deleted",
-        "_environ",
-        "_expired",
-        "_expires_at",
-        "_failed",
-        "_force",
-        "_foreign",
-        "_id",
-        "_initial",
-        "_invalidated",
-        "_loaded",
-        "_moved",
-        "_new",
-        "_remember",
-        "_remember_changed",
-        "_saver",
-        "_snapshot",
-        "_stage",
-        "_stale_key",
-        "_stored_id",
-        "_user_changed",
-        "_user_id",
-    )
-
-    def __init__(
-        self,
-        saver: Saver,
-        cookies: SessionCookie,
-        initial: Callable[[], dict[str, Any]] | None,
-        environ: WSGIEnvironment,
-    ) -> None:
-        self._saver = saver
-        self._cookies = cookies
-        self._initial = initial
-        self._environ = environ
-        self._loaded = False
-        self._stage = _OPEN
-        self._failed = False
+    __slots__ = ()
 
     # -- loading -------------------------------------------------------------------
 
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
-        if self._stage is not _OPEN:
+        if self._stage is not OPEN:
             # The response can no longer say Vary: Cookie, so a shared cache might hand
             # what this body shows to another user.
             log.warning(
@@ -119,15 +68,17 @@ class Session(MutableMapping[str, Any]):
         saver.metrics.count("requests")
         now = _clock.now()
         header = self._environ.get("HTTP_COOKIE")
-        self._cookie: CookieId | None = self._cookies.read(header) if header else None
+        self._cookie = self._cookies.read(header) if header else None
         self._expired = False
         self._foreign = False
         self._moved = False
         self._invalidated = False
         # A corrupt record is deleted when this request stores its fresh session.
-        self._stale_key: str | None = None
-        self._changed: set[str] = set()
-        self._deleted: set[str] = set()
+        self._stale_key = None
+        self._changed = set()
+        self._deleted = set()
+        self._steps = []
+        self._read = set()
         self._force = False
         self._remember_changed = False
         self._user_changed = False
@@ -156,54 +107,21 @@ class Session(MutableMapping[str, Any]):
             self._use_snapshot(self._cookie.session_id, loaded)
             self._new = False
 
-    def _start_fresh(self, now: float, data: dict[str, Any]) -> None:
-        self._new = True
-        self._id: str | None = None
-        self._snapshot: Snapshot | None = None
-        self._data = data
-        self._deadlines: dict[str, float] = {}
-        self._created_at = now
-        self._remember = False
-        self._user_id: str | None = None
-        self._expires_at = self._saver.expiry.expires_at(now, now, remember=False)
-
-    def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
-        """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""
-        self._id = self._stored_id = session_id
-        self._snapshot = snapshot
-        self._data = dict(snapshot.data)
-        self._deadlines = dict(snapshot.deadlines)
-        self._created_at = snapshot.record.created_at
-        self._expires_at = snapshot.record.expires_at
-        self._remember = snapshot.remember
-        self._user_id = snapshot.record.user_id
-        self._forget_changes()
-
-    def _forget_changes(self) -> None:
-        """Start tracking changes afresh: the session now matches what is stored, or nothing."""
-        self._changed.clear()
-        self._deleted.clear()
-        self._force = self._remember_changed = self._user_changed = False
-        self._stale_key = None
-
     def _ensure(self) -> None:
         if not self._loaded:
             self._load()
 
     # -- the mapping -----------------------------------------------------------------
 
-    def _live(self, key: str) -> bool:
-        if key not in self._data:
-            return False
-        deadline = self._deadlines.get(key)
-        return deadline is None or key_live(deadline, _clock.now())
-
     def __getitem__(self, key: str) -> Any:
         if not self._loaded:
             self._load()
         if self._deadlines and not self._live(key):
             raise KeyError(key)
-        return self._data[key]
+        value = self._data[key]
+        if type(value) not in _IMMUTABLE:
+            self._read.add(key)
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.set(key, value)
@@ -242,6 +160,118 @@ class Session(MutableMapping[str, Any]):
         self._deleted.add(key)
         self._changed.discard(key)
 
+    # -- writes that compose ---------------------------------------------------------
+
+    def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set *key* to ``fn(current)`` and return it; the save applies *fn* again.
+
+        ``current`` is *default* when *key* is missing. When the response is saved,
+        *fn* runs once more on the value the store holds then (and again on every retry
+        of the save), so concurrent requests' ``apply`` calls on one key all take
+        effect, in the order each request made them. *fn* must therefore be pure and
+        quick. A later ``s[key] = v`` or ``del s[key]`` in the same request wins over
+        it; an ``apply`` after such a write applies to the written value.
+
+        :raises SessionError: The session is new and the response headers are gone.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"session keys must be str, got {type(key).__name__}")
+        self._ensure()
+        self._check_writable()
+        live = self._live(key)
+        value = fn(self._data[key] if live else default)
+        if not live:
+            self._deadlines.pop(key, None)
+        self._data[key] = value
+        if self._snapshot is None or key in self._changed or key in self._deleted:
+            # Written whole already (a new session is stored whole): this shapes that value.
+            self._changed.add(key)
+            self._deleted.discard(key)
+        else:
+            self._steps.append(Step(key, fn, default))
+        return value
+
+    def incr(self, key: str, n: Any = 1) -> Any:
+        """Add *n* to the number under *key* (0 when missing) and return the sum.
+
+        Concurrent requests' increments all count (see :meth:`apply`).
+        """
+        return self.apply(key, Increment(n), 0)
+
+    def append(self, key: str, item: Any) -> list[Any]:
+        """Append *item* to the list under *key* (started when missing); return the list.
+
+        Concurrent requests' appends are all kept (see :meth:`apply`).
+
+        :raises TypeError: *key* holds something other than a list.
+        """
+        result: list[Any] = self.apply(key, AppendItem(item), [])
+        return result
+
+    def flash(self, message: Any, category: str = "message") -> None:
+        """Queue *message* for a later request to show with :meth:`pop_flashes`."""
+        if not isinstance(category, str):
+            raise TypeError(f"a flash category must be str, got {type(category).__name__}")
+        self.append(FLASHES_KEY, flash_entry(message, category))
+
+    def peek_flashes(self, category: str | None = None) -> list[tuple[str, Any]]:
+        """The queued flash messages as ``(category, message)``, oldest first, left queued.
+
+        With *category*, only its messages.
+        """
+        self._ensure()
+        entries = self._data.get(FLASHES_KEY) if self._live(FLASHES_KEY) else None
+        if not isinstance(entries, list):
+            return []
+        return [pair for pair in flash_pairs(entries) if category in (None, pair[0])]
+
+    def pop_flashes(self, category: str | None = None) -> list[tuple[str, Any]]:
+        """Return the queued flash messages as ``(category, message)``, oldest first.
+
+        Exactly the messages returned are removed, so a message is shown once, even
+        when parallel requests pop at the same moment: the messages a stored session
+        held are taken from the store at once, and a message another request took
+        first is not returned here. With *category*, only its messages are popped.
+
+        :raises StoreError: The store could not be written.
+        """
+        self._ensure()
+        entries = self._data.get(FLASHES_KEY) if self._live(FLASHES_KEY) else None
+        if not isinstance(entries, list):
+            return []
+        wanted = [e for e in entries if is_entry(e) and category in (None, e[1])]
+        if not wanted:
+            return []
+        self._check_open()
+        ids = {e[0] for e in wanted}
+        snapshot = self._snapshot
+        shown = ids
+        if snapshot is not None:
+            stored = entry_ids(snapshot.data.get(FLASHES_KEY)) & ids
+            own = ids - stored  # queued by this request, not stored yet
+            if stored:
+                claim = Claim(stored)
+                if not self._save_now(Step(FLASHES_KEY, claim, [])):
+                    return []
+                shown = own | entry_ids(claim.taken)
+            if own:
+                # Cancels this request's own queued messages at the save, where they
+                # would otherwise be appended.
+                self._steps.append(Step(FLASHES_KEY, Claim(own), []))
+        else:
+            self._changed.add(FLASHES_KEY)
+        left = [e for e in entries if e not in wanted]
+        if left:
+            self._data[FLASHES_KEY] = left
+        else:
+            del self._data[FLASHES_KEY]
+            self._deadlines.pop(FLASHES_KEY, None)
+            if FLASHES_KEY in self._changed:
+                self._changed.discard(FLASHES_KEY)
+                if snapshot is not None:
+                    self._deleted.add(FLASHES_KEY)
+        return flash_pairs(e for e in wanted if e[0] in shown)
+
     def __iter__(self) -> Iterator[str]:
         self._ensure()
         if not self._deadlines:
@@ -264,7 +294,7 @@ class Session(MutableMapping[str, Any]):
         return f"<Session {'new' if self._new else 'stored'} keys={sorted(self)!r}>"
 
     def _check_open(self) -> None:
-        if self._stage is _FINISHED:
+        if self._stage is FINISHED:
             raise SessionError(
                 "the response is finished: this change to the session could no longer "
                 "be saved; make it before the response ends"
@@ -272,7 +302,7 @@ class Session(MutableMapping[str, Any]):
 
     def _check_writable(self) -> None:
         self._check_open()
-        if self._stage is not _OPEN and self._snapshot is None:
+        if self._stage is not OPEN and self._snapshot is None:
             raise SessionError(
                 "can't start a session after the response headers were sent: "
                 "its cookie could no longer be set; write to it before start_response"
@@ -315,33 +345,20 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def modified(self) -> bool:
-        """``True`` once data changed; assign ``True`` to save nested in-place changes.
+        """``True`` once data changed; assign ``True`` to force a save.
 
-        A forced save still merges by key: only keys whose value differs from what
-        was loaded are written. Assigning ``False`` withdraws only the forcing.
+        Values read and changed in place are found by the save without it, and are
+        not counted here until then. A forced save still merges by key: only keys
+        whose value differs from what was loaded are written. Assigning ``False``
+        withdraws only the forcing.
         """
-        if not self._loaded:
-            return False
-        return bool(
-            self._changed
-            or self._deleted
-            or self._force
-            or self._remember_changed
-            or self._user_changed
-            or self._moving
-        )
+        return self._loaded and self._has_changes()
 
     @modified.setter
     def modified(self, value: bool) -> None:
         self._ensure()
         self._check_open()
         self._force = bool(value)
-
-    @property
-    def _moving(self) -> bool:
-        """Whether :meth:`regenerate` gave a stored session an id it isn't stored under."""
-        # The id the snapshot is stored under is kept, so this costs no hashing.
-        return self._snapshot is not None and self._id is not None and self._id != self._stored_id
 
     @property
     def remember(self) -> bool:
@@ -355,7 +372,7 @@ class Session(MutableMapping[str, Any]):
         value = bool(value)
         if value == self._remember:
             return
-        if self._stage is not _OPEN:
+        if self._stage is not OPEN:
             raise SessionError(
                 "can't change 'remember' after the response headers were sent: "
                 "the cookie's lifetime could no longer change"
@@ -410,7 +427,7 @@ class Session(MutableMapping[str, Any]):
         :raises SessionError: The response headers were already sent.
         """
         self._ensure()
-        if self._stage is not _OPEN:
+        if self._stage is not OPEN:
             raise SessionError("can't regenerate the session id after the headers were sent")
         if self._snapshot is not None:
             self._id = new_session_id()
@@ -431,169 +448,3 @@ class Session(MutableMapping[str, Any]):
         self._start_fresh(_clock.now(), {})
         self._forget_changes()
         self._invalidated = True
-
-    # -- the response: called by the middleware, never by handlers ---------------------
-
-    def fail(self) -> None:
-        """Note that the request failed: nothing it changed will be saved.
-
-        The middleware calls this when the application raises, its body fails, or the
-        client goes away before the body ends. A logout already done stays done.
-        """
-        self._failed = True
-
-    def respond(self, status: str) -> list[tuple[str, str]] | None:
-        """Save the session as the response starts; return the headers it needs.
-
-        The middleware calls this with the status the application gave, just before
-        the headers go out. A 5xx status, like a failure noted before, saves nothing.
-        ``None`` means the session was never touched and needs no header at all, not
-        even ``Vary: Cookie``; otherwise the list holds the ``Set-Cookie`` to send, if
-        any.
-        """
-        if not self._loaded:
-            self._stage = _HEADERS_SENT
-            return None
-        if status[:1] == "5":
-            self._failed = True
-        if self._stage is not _OPEN:
-            return []  # an error page after the first start_response: only Vary
-        self._stage = _HEADERS_SENT
-        return self._save_for_response(_clock.now())
-
-    def close(self, *, completed: bool) -> None:
-        """Save what changed while the body was produced, as the response closes.
-
-        The middleware calls this once the server has closed the body; *completed* is
-        ``False`` when the body failed or was abandoned. No header can be sent any more,
-        so only what needs none happens: saving a stored session, refreshing one first
-        read during the body, and ending a user's oldest sessions when this one was
-        linked to them.
-        """
-        try:
-            if not completed:
-                self._failed = True
-            if self._loaded and self._stage is _HEADERS_SENT and not self._failed:
-                self._save_late(_clock.now())
-        finally:
-            self._stage = _FINISHED
-
-    def hand_over(self) -> None:
-        """Mark the response finished without a late save: its body runs no code."""
-        self._stage = _FINISHED
-
-    def _save_for_response(self, now: float) -> list[tuple[str, str]]:
-        issue = False
-        linking = self._user_changed and self._user_id is not None
-        expiry = self._saver.expiry
-        if not self._failed:
-            if self._snapshot is None:
-                # Initializer items alone are not a change, so they store nothing.
-                worth_storing = self.modified and (
-                    self._user_id is not None or any(self._live(k) for k in self._data)
-                )
-                if worth_storing and self._moved:
-                    # Its cookie would replace the one the regenerate just gave the browser.
-                    log.info(
-                        "request with a just-regenerated session id; its changes were dropped"
-                    )
-                    self._saver.emit("conflict", None)
-                elif worth_storing:
-                    self._store(now)
-                    issue = True
-            else:
-                moving = self._moving
-                if self.modified:
-                    remember_changed = self._remember_changed
-                    saved = self._store(now)
-                    issue = saved and (
-                        moving or remember_changed or expiry.persistent(self._remember)
-                    )
-                elif self._refresh(now):
-                    issue = expiry.persistent(self._remember)
-                if self._snapshot is not None and self._cookie is not None:
-                    issue = issue or self._cookie.stale_key
-        if linking and self._snapshot is not None:
-            self._enforce_cap(now)
-        https = self._environ.get("wsgi.url_scheme") == "https"
-        if issue and self._snapshot is not None and self._id is not None:
-            max_age = expiry.cookie_max_age(self._expires_at, now, remember=self._remember)
-            return [
-                ("Set-Cookie", self._cookies.set_header(self._id, max_age=max_age, https=https))
-            ]
-        if (
-            self._cookie is not None
-            and not self._moved
-            and (
-                self._invalidated
-                or (self._expired and self._snapshot is None and not self._foreign)
-            )
-        ):
-            return [("Set-Cookie", self._cookies.expire_header(https=https))]
-        return []
-
-    def _save_late(self, now: float) -> None:
-        if self._snapshot is None:
-            return
-        if self.modified:
-            linking = self._user_changed and self._user_id is not None
-            if self._store(now) and linking:
-                self._enforce_cap(now)
-        else:
-            self._refresh(now)
-
-    def _store(self, now: float) -> bool:
-        """Hand this request's changes to the saver; ``False`` if the session ended."""
-        snapshot = self._snapshot
-        # Positional: a named tuple built from keywords costs twice as much.
-        change = Change(
-            snapshot,
-            self._id,
-            self._data,
-            self._deadlines,
-            self._changed,
-            self._deleted,
-            self._force,
-            self._remember if self._remember_changed or snapshot is None else None,
-            self._user_id,
-            self._user_changed or snapshot is None,
-            self._created_at,
-            self._saver.client(self._environ),
-            self._moving,
-            self._stale_key,
-        )
-        outcome = self._saver.save(change, now)
-        if isinstance(outcome, Stored):
-            self._use_snapshot(outcome.session_id, outcome.snapshot)
-            return True
-        self._ended(outcome)
-        return False
-
-    def _refresh(self, now: float) -> bool:
-        """Extend the session if it was only read and is due; ``True`` if it moved."""
-        if self._snapshot is None:
-            return False
-        extended = self._saver.refresh(self._snapshot, self._expires_at, now)
-        if extended is None:
-            return False
-        if isinstance(extended, str):
-            self._ended(extended)
-            return False
-        self._expires_at = extended
-        return True
-
-    def _enforce_cap(self, now: float) -> None:
-        assert self._snapshot is not None
-        user_id = self._snapshot.record.user_id
-        if user_id is not None:
-            self._saver.enforce_cap(user_id, self._snapshot.key, now)
-
-    def _ended(self, absence: Absence) -> None:
-        """Another request ended the session: it is not written again.
-
-        Its cookie is then expired, unless the session was regenerated ("moved"): the
-        browser may already hold the new cookie, which an expiring one would delete.
-        """
-        self._snapshot = None
-        self._expired = True
-        self._moved = absence == "moved"

@@ -9,7 +9,7 @@ from werkzeug.test import Client
 from tests.frameworks.flows import ExampleFlows
 from tests.frameworks.servers import SECRET
 from wsgisession import Session, SessionError, SessionMiddleware
-from wsgisession.flask import current_session, init_app
+from wsgisession.flask import current_session, flash, get_flashed_messages, init_app
 
 
 class TestFlaskExample(ExampleFlows):
@@ -58,3 +58,31 @@ def test_current_session_without_the_middleware_names_it() -> None:
 def test_current_session_outside_a_request_is_flasks_error() -> None:
     with pytest.raises(RuntimeError, match="request context"):
         current_session()
+
+
+def test_flash_and_get_flashed_messages_go_through_the_session() -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/add")
+    def add() -> str:
+        flash("saved")
+        flash("careful", "warning")
+        return "ok"
+
+    @app.get("/show")
+    def show() -> str:
+        errors = get_flashed_messages(category_filter=["warning"])
+        pairs = get_flashed_messages(with_categories=True)
+        return flask.render_template_string(
+            "{{ errors|safe }}|{{ pairs|safe }}|{{ get_flashed_messages()|safe }}",
+            errors=errors,
+            pairs=pairs,
+        )
+
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    client = Client(app)
+    client.get("/add")
+    assert client.get("/show").get_data(as_text=True) == (
+        "['careful']|[('message', 'saved'), ('warning', 'careful')]|['saved', 'careful']"
+    )
+    assert client.get("/show").get_data(as_text=True) == "[]|[]|[]"

@@ -1,0 +1,478 @@
+"""Writes that compose: apply, incr, append, flash messages, and in-place changes.
+
+The behaviour is in docs/behaviour.rst, section "Writes that compose": an operation is
+re-applied at save time to what the store holds then, so concurrent counters, lists and
+flash messages lose nothing; a value changed in place is saved without ``modified``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Request
+
+from tests.helpers import (
+    SECRET,
+    CountingStore,
+    HTTPBrowser,
+    body,
+    deletes_the_cookie,
+    dump,
+    key_of,
+    logout,
+    make_client,
+    routed_app,
+    run_together,
+    serving,
+    set_cookies,
+    twin,
+)
+from wsgisession import Session, SessionMiddleware
+from wsgisession.stores import Store
+
+
+def _incr(session: Session, request: Request) -> Any:
+    return session.incr(request.args.get("k", "n"), int(request.args.get("by", "1")))
+
+
+def _append(session: Session, request: Request) -> Any:
+    return session.append(request.args.get("k", "items"), request.args["item"])
+
+
+def _flash(session: Session, request: Request) -> str:
+    session.flash(request.args["m"], request.args.get("c", "message"))
+    return "ok"
+
+
+def _pop(session: Session, request: Request) -> Any:
+    return session.pop_flashes(request.args.get("c"))
+
+
+def _put(session: Session, request: Request) -> str:
+    session[request.args["k"]] = int(request.args["v"])
+    return "ok"
+
+
+def _cart(session: Session, request: Request) -> str:
+    session["cart"] = {"items": [], "prefs": {"theme": "light"}}
+    return "ok"
+
+
+def _add_in_place(session: Session, request: Request) -> str:
+    session["cart"]["items"].append(request.args["item"])
+    return "ok"
+
+
+def _theme_in_place(session: Session, request: Request) -> str:
+    session["cart"]["prefs"]["theme"] = request.args["theme"]
+    return "ok"
+
+
+def _read_nested(session: Session, request: Request) -> Any:
+    return [session["cart"]["items"], dict(session)]
+
+
+ROUTES = {
+    "/": dump,
+    "/incr": _incr,
+    "/append": _append,
+    "/flash": _flash,
+    "/pop": _pop,
+    "/put": _put,
+    "/cart": _cart,
+    "/add": _add_in_place,
+    "/theme": _theme_in_place,
+    "/read": _read_nested,
+    "/logout": logout,
+}
+
+
+def _while_another_runs(handler_before: Any, other: Any, handler_after: Any) -> Any:
+    """A handler that runs *handler_before*, then lets *other* (another request on the
+    same session) run to its end, then runs *handler_after*."""
+
+    def handler(session: Session, request: Request) -> Any:
+        session.get("n")  # loaded before the other request
+        if handler_before is not None:
+            handler_before(session)
+        other()
+        return handler_after(session)
+
+    return handler
+
+
+def _slow_client(
+    store: Store | str, before: Any, other_path: str, after: Any
+) -> tuple[Client, list[Any]]:
+    """A client whose ``/slow`` request interleaves with another tab's *other_path*, and
+    the list of what that other request answered."""
+    tabs: dict[str, Client] = {}
+    answers: list[Any] = []
+    slow = _while_another_runs(
+        before, lambda: answers.append(body(tabs["other"].get(other_path))), after
+    )
+    client, _ = make_client({**ROUTES, "/slow": slow}, store=store)
+    client.get("/put?k=start&v=1")
+    tabs["other"] = twin(client)
+    return client, answers
+
+
+# -- the operations ------------------------------------------------------------------------
+
+
+def test_incr_starts_at_zero_counts_by_n_and_returns_the_sum() -> None:
+    client, _ = make_client(ROUTES)
+    assert body(client.get("/incr")) == 1
+    assert body(client.get("/incr?by=5")) == 6
+    assert body(client.get("/incr?k=other&by=-2")) == -2
+    assert body(client.get("/")) == {"n": 6, "other": -2}
+
+
+def test_append_starts_a_list_and_keeps_order() -> None:
+    client, _ = make_client(ROUTES)
+    assert body(client.get("/append?item=a")) == ["a"]
+    assert body(client.get("/append?item=b")) == ["a", "b"]
+    assert body(client.get("/")) == {"items": ["a", "b"]}
+
+
+def test_append_to_something_other_than_a_list_raises_type_error() -> None:
+    def append_to_text(session: Session, request: Request) -> str:
+        session["t"] = "text"
+        with pytest.raises(TypeError, match="needs a list under its key, found str"):
+            session.append("t", 1)
+        return "ok"
+
+    client, _ = make_client({"/": append_to_text})
+    assert client.get("/").status_code == 200
+
+
+def test_apply_returns_the_new_value_and_uses_default_for_a_missing_key() -> None:
+    seen: list[Any] = []
+
+    def handler(session: Session, request: Request) -> str:
+        seen.append(session.apply("word", str.upper, default="none"))
+        seen.append(session.apply("word", lambda v: v + "!"))
+        return "ok"
+
+    client, _ = make_client({"/": handler, "/dump": dump})
+    client.get("/")
+    assert seen == ["NONE", "NONE!"]
+    assert body(client.get("/dump")) == {"word": "NONE!"}
+
+
+def test_apply_on_a_key_whose_timeout_passed_starts_from_default_without_a_timeout(
+    clock: Any,
+) -> None:
+    def short(session: Session, request: Request) -> str:
+        session.set("n", 10, timeout=5)
+        return "ok"
+
+    client, _ = make_client({**ROUTES, "/short": short})
+    client.get("/short")
+    clock.advance(10)
+    assert body(client.get("/incr")) == 1
+    clock.advance(100)
+    assert body(client.get("/")) == {"n": 1}
+
+
+def test_apply_rejects_a_key_that_is_not_str() -> None:
+    def handler(session: Session, request: Request) -> str:
+        with pytest.raises(TypeError, match="session keys must be str"):
+            session.apply(1, str)  # type: ignore[arg-type]
+        return "ok"
+
+    client, _ = make_client({"/": handler})
+    assert client.get("/").status_code == 200
+
+
+# -- composing with a concurrent request ----------------------------------------------------
+
+
+def test_two_interleaved_incrs_both_count(store: Store) -> None:
+    client, _ = _slow_client(store, None, "/incr", lambda s: s.incr("n"))
+    assert body(client.get("/slow")) == 1  # what the slow request saw
+    assert body(client.get("/")) == {"start": 1, "n": 2}
+
+
+def test_two_interleaved_appends_both_land_in_order_of_saving(store: Store) -> None:
+    client, _ = _slow_client(store, None, "/append?item=fast", lambda s: s.append("items", "slow"))
+    client.get("/slow")
+    assert body(client.get("/"))["items"] == ["fast", "slow"]
+
+
+def test_an_operation_made_before_the_other_request_still_composes(store: Store) -> None:
+    client, _ = _slow_client(store, lambda s: s.incr("n", 10), "/incr", lambda s: s.get("n"))
+    client.get("/slow")
+    assert body(client.get("/"))["n"] == 11
+
+
+def test_a_whole_write_after_an_operation_wins_over_it(store: Store) -> None:
+    def after(session: Session) -> str:
+        session["n"] = 100
+        return "ok"
+
+    client, _ = _slow_client(store, lambda s: s.incr("n"), "/incr", after)
+    client.get("/slow")
+    assert body(client.get("/"))["n"] == 100
+
+
+def test_a_delete_after_an_operation_wins_over_it(store: Store) -> None:
+    def after(session: Session) -> str:
+        del session["n"]
+        return "ok"
+
+    client, _ = _slow_client(store, lambda s: s.incr("n"), "/incr", after)
+    client.get("/slow")
+    assert "n" not in body(client.get("/"))
+
+
+def test_an_operation_after_a_whole_write_applies_to_the_written_value(store: Store) -> None:
+    def before(session: Session) -> None:
+        session["n"] = 10
+
+    client, _ = _slow_client(store, before, "/incr", lambda s: s.incr("n"))
+    assert body(client.get("/slow")) == 11
+    # The write is whole: the concurrent increment is overwritten, as by s["n"] = 11.
+    assert body(client.get("/"))["n"] == 11
+
+
+def test_an_operation_on_a_new_session_is_stored_whole() -> None:
+    store = CountingStore()
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/incr?by=3")
+    client.get("/append?item=x")
+    assert body(client.get("/")) == {"n": 3, "items": ["x"]}
+
+
+def test_operations_interleaved_with_a_logout_do_not_bring_the_session_back(
+    store: Store,
+) -> None:
+    client, _ = _slow_client(store, None, "/logout", lambda s: s.incr("n"))
+    before = key_of(client)
+    [header] = set_cookies(client.get("/slow"))
+    assert deletes_the_cookie(header)
+    assert store.load(before) is None
+
+
+# -- flash messages -------------------------------------------------------------------------------
+
+
+def test_flash_messages_pop_oldest_first_with_their_categories_then_are_gone(
+    store: Store,
+) -> None:
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/flash?m=saved")
+    client.get("/flash?m=careful&c=warning")
+    assert body(client.get("/pop")) == [["message", "saved"], ["warning", "careful"]]
+    assert body(client.get("/pop")) == []
+    assert "_flashes" not in body(client.get("/"))
+
+
+def test_pop_flashes_with_a_category_leaves_the_others(store: Store) -> None:
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/flash?m=a&c=error")
+    client.get("/flash?m=b")
+    client.get("/flash?m=c&c=error")
+    assert body(client.get("/pop?c=error")) == [["error", "a"], ["error", "c"]]
+    assert body(client.get("/pop")) == [["message", "b"]]
+
+
+def test_flash_and_pop_in_one_request_shows_the_message_and_stores_nothing() -> None:
+    store = CountingStore()
+
+    def flash_and_pop(session: Session, request: Request) -> Any:
+        session.flash("hello")
+        return session.pop_flashes()
+
+    client, _ = make_client({**ROUTES, "/both": flash_and_pop}, store=store)
+    assert body(client.get("/both")) == [["message", "hello"]]
+    assert "save" not in store.calls  # a new session holding nothing is not stored
+    client.get("/put?k=n&v=1")
+    assert body(client.get("/both")) == [["message", "hello"]]
+    assert body(client.get("/")) == {"n": 1}
+
+
+def test_pop_takes_stored_messages_at_once_and_saves_once() -> None:
+    store = CountingStore()
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/flash?m=hi")
+    store.calls.clear()
+    assert body(client.get("/pop")) == [["message", "hi"]]
+    assert store.calls.count("save") == 1
+
+
+def test_two_tabs_popping_at_once_show_each_message_once(store: Store) -> None:
+    def before(session: Session) -> None:
+        session.flash("own")  # this request's own message, unseen by the other tab
+        assert len(session["_flashes"]) == 2  # the stored message was loaded here too
+
+    client, other = _slow_client(store, before, "/pop", Session.pop_flashes)
+    client.get("/flash?m=stored")
+    assert body(client.get("/slow")) == [["message", "own"]]
+    assert other == [[["message", "stored"]]]
+    assert body(client.get("/pop")) == []
+
+
+def test_a_message_flashed_during_a_pop_waits_for_the_next(store: Store) -> None:
+    client, _ = _slow_client(store, None, "/flash?m=late", lambda s: s.pop_flashes())
+    client.get("/flash?m=early")
+    assert body(client.get("/slow")) == [["message", "early"]]
+    assert body(client.get("/pop")) == [["message", "late"]]
+
+
+def test_pop_on_a_session_logged_out_meanwhile_shows_nothing_and_expires_the_cookie(
+    store: Store,
+) -> None:
+    client, _ = _slow_client(store, None, "/logout", lambda s: [s.pop_flashes(), dict(s)])
+    client.get("/flash?m=gone")
+    before = key_of(client)
+    response = client.get("/slow")
+    assert body(response) == [[], {}]
+    [header] = set_cookies(response)
+    assert deletes_the_cookie(header)
+    assert store.load(before) is None
+
+
+# -- in-place changes ------------------------------------------------------------------------
+
+
+def test_a_nested_in_place_change_is_saved_without_modified(store: Store) -> None:
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/cart")
+    client.get("/add?item=apple")
+    client.get("/theme?theme=dark")
+    assert body(client.get("/"))["cart"] == {"items": ["apple"], "prefs": {"theme": "dark"}}
+
+
+def test_a_request_that_only_reads_nested_values_writes_nothing() -> None:
+    store = CountingStore()
+    client, _ = make_client(ROUTES, store=store)
+    client.get("/cart")
+    store.calls.clear()
+    client.get("/read")
+    client.get("/")
+    assert store.calls == ["load", "load"]
+
+
+def test_an_in_place_change_merges_by_key_with_a_concurrent_request(store: Store) -> None:
+    def add(session: Session) -> str:
+        session["cart"]["items"].append("pear")
+        return "ok"
+
+    tabs: dict[str, Client] = {}
+    slow = _while_another_runs(None, lambda: tabs["other"].get("/put?k=other&v=7"), add)
+    client, _ = make_client({**ROUTES, "/slow": slow}, store=store)
+    client.get("/cart")
+    tabs["other"] = twin(client)
+    client.get("/slow")
+    data = body(client.get("/"))
+    assert data["cart"]["items"] == ["pear"]
+    assert data["other"] == 7
+
+
+def test_modified_still_forces_a_save() -> None:
+    store = CountingStore()
+
+    def touch(session: Session, request: Request) -> str:
+        session.get("n")
+        session.modified = True
+        return "ok"
+
+    client, _ = make_client({**ROUTES, "/touch": touch}, store=store)
+    client.get("/incr")
+    store.calls.clear()
+    client.get("/touch")
+    assert store.calls == ["load", "save"]
+
+
+# -- many requests at once, on every store -----------------------------------------------------
+
+
+WRITERS, EACH = 16, 30
+
+
+def _serve_many(store: Store, work: Any, threads: int = WRITERS) -> Any:
+    """Run *work(browser, n)* in *threads* threads against a real server on *store*;
+    return the session's data at the end."""
+    middleware = SessionMiddleware(
+        routed_app(ROUTES), secret_key=SECRET, store=store, cleanup_interval=0
+    )
+    with serving(middleware, threads=threads) as address:
+        first = HTTPBrowser(address)
+        assert first.get("/put?k=start&v=1")[0] == 200
+
+        def run(n: int) -> None:
+            browser = HTTPBrowser(address, first.cookie)
+            try:
+                work(browser, n)
+            finally:
+                browser.close()
+
+        failures = run_together(threads, run)
+        assert not failures, failures[0]
+        _, _, final = first.get("/")
+        first.close()
+    return final
+
+
+def test_sixteen_threads_incrementing_one_key_count_every_request(store: Store) -> None:
+    def work(browser: HTTPBrowser, n: int) -> None:
+        for _ in range(EACH):
+            status, _, answer = browser.get("/incr")
+            assert status == 200, answer
+
+    final = _serve_many(store, work)
+    assert final["n"] == WRITERS * EACH
+
+
+def test_sixteen_threads_appending_to_one_list_keep_every_item_once(store: Store) -> None:
+    def work(browser: HTTPBrowser, n: int) -> None:
+        for i in range(EACH):
+            status, _, answer = browser.get(f"/append?item={n}-{i}")
+            assert status == 200, answer
+
+    final = _serve_many(store, work)
+    items = final["items"]
+    assert len(items) == WRITERS * EACH
+    assert sorted(items) == sorted(f"{n}-{i}" for n in range(WRITERS) for i in range(EACH))
+    # Each writer's items keep their order.
+    for n in range(WRITERS):
+        mine = [item for item in items if item.startswith(f"{n}-")]
+        assert mine == [f"{n}-{i}" for i in range(EACH)]
+
+
+def test_sixteen_writers_and_sixteen_readers_show_each_flash_exactly_once(store: Store) -> None:
+    shown: list[str] = []
+    lock = threading.Lock()
+    writers_done = threading.Event()
+    finished: list[int] = []
+
+    def work(browser: HTTPBrowser, n: int) -> None:
+        if n < WRITERS:
+            for i in range(EACH):
+                status, _, answer = browser.get(f"/flash?m={n}-{i}")
+                assert status == 200, answer
+            with lock:
+                finished.append(n)
+                if len(finished) == WRITERS:
+                    writers_done.set()
+            return
+        # Readers pop until the writers are done and one last pop finds nothing.
+        while True:
+            done = writers_done.is_set()
+            status, _, answer = browser.get("/pop")
+            assert status == 200, answer
+            with lock:
+                shown.extend(message for _, message in answer)
+            if done and not answer:
+                return
+
+    final = _serve_many(store, work, threads=2 * WRITERS)
+    counts = Counter(shown)
+    assert [m for m, c in counts.items() if c > 1] == []
+    assert len(shown) == WRITERS * EACH
+    assert "_flashes" not in final
