@@ -28,7 +28,7 @@ SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
 STORES = ("memory", "file", "sqlite", "postgresql", "redis")
 
 #: Contenders of the plain WSGI comparison, and of the one around a Flask app.
-WSGI = ("floor", "passthrough", "raw", "wsgisession", "beaker")
+WSGI = ("floor", "passthrough", "raw", "wsgisession", "wsgisession-unsealed", "beaker")
 FLASK = ("flask", "flask+wsgisession", "flask-session", "flask-cookie")
 
 
@@ -178,8 +178,11 @@ def build_wsgi(name: str, store: str, b: Backends) -> Built:
         b.on_cleanup(raw.store.close)
         clients = [raw.store.client] if isinstance(raw.store, RawRedis) else []
         return Built(name, raw, "raw_id", raw.seed, clients)
-    if name == "wsgisession":
-        mw = ws_middleware(app, store, b)
+    if name in ("wsgisession", "wsgisession-unsealed"):
+        # The unsealed twin (encrypt=False) prices encryption at rest: the two differ
+        # in nothing else, on stores of their own.
+        sealed = name == "wsgisession"
+        mw = ws_middleware(app, store, b, "ws" if sealed else "wsu", encrypt=sealed)
         return Built(name, mw, "session_id", seed_through(mw, "session_id"), _ws_redis(mw), mw)
     if name == "beaker":
         return _beaker(store, b)

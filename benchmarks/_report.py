@@ -117,6 +117,13 @@ def cell_figures(cell: Cell) -> dict[str, Any]:
                 ratios[f"ws_overhead_vs_{other}"] = w.overhead_ratio("wsgisession", other, "floor")
                 ratios[f"ws_x_{other}"] = w.paired(lambda r, o=other: r["wsgisession"] / r[o])
                 ratios[f"{other}_over_floor_us"] = w.overhead(other, "floor") * US
+        if "wsgisession-unsealed" in w.rounds:
+            ratios["seal_us"] = w.overhead("wsgisession", "wsgisession-unsealed") * US
+            ratios["seal_pct"] = (
+                100
+                * (w.paired(lambda r: r["wsgisession"] / r["wsgisession-unsealed"]) or math.nan)
+                - 100
+            )
     if f is not None and "flask+wsgisession" in f.rounds:
         fws = "flask+wsgisession"
         ratios["flask_ws_over_flask_pct"] = (
@@ -286,6 +293,26 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 3.0,
                 lambda v: f"{v:+.1f}%",
             )
+        if s in ("read", "write"):
+            _target(
+                targets,
+                "seal-small",
+                f"{s}: encryption at rest costs at most 3 µs",
+                where,
+                r.get("seal_us"),
+                3.0,
+                lambda v: f"{v:+.1f} µs",
+            )
+        if s == "big":
+            _target(
+                targets,
+                "seal-big",
+                "big: encryption at rest costs at most 10%",
+                where,
+                r.get("seal_pct"),
+                10.0,
+                lambda v: f"{v:+.1f}%",
+            )
         # Round trips are a network notion: the memory store has none and the file store
         # shows the files it opens, which the table reports without a target.
         if store in ("sqlite", "postgresql", "redis"):
@@ -431,6 +458,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# wsgisession benchmark", "", *_header(results)]
     lines += ["", "## Plain WSGI", "", *_wsgi_table(results)]
     lines += ["", "## Around one Flask app", "", *_flask_table(results)]
+    lines += ["", "## Encryption at rest", "", *_seal_table(results)]
     lines += ["", "## Targets", "", *_targets_summary(results)]
     lines += ["", "Every check:", "", *_targets_table(results)]
     lines += _growth_markdown(results)
@@ -442,6 +470,7 @@ def readme_section(results: dict[str, Any]) -> str:
     """The figures the "Performance" section of benchmarks/README.md quotes, as Markdown."""
     lines = [*_header(results), "", "Plain WSGI:", "", *_wsgi_table(results)]
     lines += ["", "Around one Flask app:", "", *_flask_table(results)]
+    lines += ["", "Encryption at rest:", "", *_seal_table(results)]
     lines += ["", "Targets:", "", *_targets_summary(results)]
     lines += [line.replace("## ", "#### ") for line in _growth_markdown(results)]
     lines += [line.replace("## ", "#### ") for line in _memory_markdown(results)]
@@ -515,6 +544,30 @@ def _flask_table(results: dict[str, Any]) -> list[str]:
             f" | {round_trips(store, c.get('flask+wsgisession', {}).get('counts'))}"
             f" | {_trips(store, c, 'flask-session')}"
             f" | {_cookie(c, 'flask+wsgisession')} / {_cookie(c, 'flask-session')} |"
+        )
+    return lines
+
+
+def _seal_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "µs per request, median over rounds: wsgisession as configured by default (records"
+        " sealed) and with `encrypt=False`, each on a store of its own; the cost is their"
+        " difference, paired round by round.",
+        "",
+        "| scenario | store | sealed | unsealed | cost | cost % |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for cell in results["cells"]:
+        c, r = cell["contenders"], cell["ratios"]
+        if "wsgisession-unsealed" not in c or cell["scenario"] == "untouched":
+            continue
+        med = {name: v["median_us"] / US for name, v in c.items()}
+        cost, pct = r.get("seal_us"), r.get("seal_pct")
+        lines.append(
+            f"| {cell['scenario']} | {cell['store']} | {_us(med.get('wsgisession'))}"
+            f" | {_us(med.get('wsgisession-unsealed'))}"
+            f" | {'–' if cost is None else f'{cost:+.1f}'}"
+            f" | {'–' if pct is None else f'{pct:+.1f}%'} |"
         )
     return lines
 

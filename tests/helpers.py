@@ -171,6 +171,43 @@ def _drop(kind: str, store: Store) -> None:
             client.delete(key)
 
 
+def raw_dump(store: Store, directory: Path) -> bytes:
+    """Every byte *store* keeps, as a thief with a dump of it would see them.
+
+    File and SQLite stores are read as the files under *directory* (the test's
+    ``tmp_path``); server stores as every row of the table or every value under the
+    key prefix; the memory store as its records.
+    """
+    if isinstance(store, MemoryStore):
+        return b"\n".join(
+            r.data + r.meta + (r.user_id or "").encode() for r in store._records.values()
+        )
+    if isinstance(store, RedisStore):
+        client, parts = store.client, []
+        for key in client.scan_iter(match=store.key_prefix + "*"):
+            kind = client.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "string":
+                parts.append(client.get(key))
+            elif kind == "hash":
+                parts.extend(b for pair in client.hgetall(key).items() for b in pair)
+            elif kind == "set":
+                parts.extend(client.smembers(key))
+            elif kind == "zset":
+                parts.extend(client.zrange(key, 0, -1))
+            elif kind == "list":
+                parts.extend(client.lrange(key, 0, -1))
+        return b"\n".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)
+    engine = getattr(store, "engine", None)
+    if engine is not None and engine.dialect.name != "sqlite":
+        with engine.connect() as connection:
+            rows = connection.execute(store.table.select()).all()  # type: ignore[attr-defined]
+        return b"\n".join(
+            v if isinstance(v, bytes) else str(v).encode() for row in rows for v in row
+        )
+    return b"\n".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
 # -- SQL tables and locks ---------------------------------------------------------------------
 
 #: Call with any options; returns an SQLStore on a table of the test's own.

@@ -34,6 +34,7 @@ from tests.helpers import (
     set_cookies,
 )
 from wsgisession import Session, SessionError, SessionMiddleware
+from wsgisession._sealing import seal
 from wsgisession.ids import store_key
 from wsgisession.serializers import JSONSerializer
 from wsgisession.stores import Store
@@ -453,23 +454,28 @@ CORRUPT_VARIANTS: list[Any] = [
 ]
 
 
+# Sealed records fail to open however they are damaged; unsealed ones (encrypt=False)
+# reach the decoder, which must refuse them too.
+@pytest.mark.parametrize("encrypt", [True, False], ids=["sealed", "unsealed"])
 @pytest.mark.parametrize("corrupt", CORRUPT)
 def test_undecodable_record_is_a_logged_miss_replaced_by_the_save(
-    store: Store, corrupt: Corrupt, caplog: pytest.LogCaptureFixture
+    store: Store, corrupt: Corrupt, encrypt: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    check_corrupt_record(store, corrupt, caplog)
+    check_corrupt_record(store, corrupt, caplog, encrypt=encrypt)
 
 
 @pytest.mark.parametrize("corrupt", CORRUPT_VARIANTS)
 def test_undecodable_record_variant_is_a_logged_miss_replaced_by_the_save(
     corrupt: Corrupt, caplog: pytest.LogCaptureFixture
 ) -> None:
-    check_corrupt_record(MemoryStore(), corrupt, caplog)
+    check_corrupt_record(MemoryStore(), corrupt, caplog, encrypt=False)
 
 
-def check_corrupt_record(store: Store, corrupt: Corrupt, caplog: pytest.LogCaptureFixture) -> None:
+def check_corrupt_record(
+    store: Store, corrupt: Corrupt, caplog: pytest.LogCaptureFixture, **options: Any
+) -> None:
     """Damage a stored session; the next request starts afresh and deletes the wreck."""
-    client, _ = make_client(ROUTES, store=store)
+    client, _ = make_client(ROUTES, store=store, **options)
     client.get("/own?who=A")
     key = store_key(session_id_of(client))
     record = store.load(key)
@@ -562,13 +568,15 @@ def check_unencodable(store: Store, serializer: str, make_value: Callable[[], An
 LIMIT = 1000
 
 
-#: The size of an untimed, unremembered session's meta, which max_size counts too.
+#: The size of an untimed, unremembered session's meta, and what the seal adds to its
+#: data, both of which max_size counts too.
 META_SIZE = len(META)
+SEAL_SIZE = len(seal("id", "key", 1, None, META, b"", b""))
 
 
 def big(session: Session, request: Request) -> str:
     """Add a value that makes the stored session exactly ``size`` bytes, meta included."""
-    overhead = len(JSONSerializer().dumps({**session, "blob": ""})) + META_SIZE
+    overhead = len(JSONSerializer().dumps({**session, "blob": ""})) + META_SIZE + SEAL_SIZE
     session["blob"] = "x" * (int(request.args["size"]) - overhead)
     return "ok"
 

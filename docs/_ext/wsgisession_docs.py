@@ -52,6 +52,10 @@ KINDS: Final[dict[str, tuple[str, str]]] = {
         "``True``, ``False`` or ``None``",
         "as a bool, or ``none`` or nothing for ``None``",
     ),
+    "encrypt": (
+        '``True``, ``False`` or ``"migrate"``',
+        "as a bool, or ``migrate``",
+    ),
     "str": ("a non-empty string", "the text"),
     "str?": ("a non-empty string or ``None``", "the text, or ``none`` or nothing for ``None``"),
     "cookie_name": ("a cookie name: letters, digits and ``-_.`` and the like", "the name"),

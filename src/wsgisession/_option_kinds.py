@@ -140,6 +140,12 @@ def _check_bool(name: str, value: object) -> bool:
     return value
 
 
+def _check_encrypt(name: str, value: object) -> bool | str:
+    if isinstance(value, bool) or value == "migrate":
+        return value
+    raise _type_error(name, "True, False or 'migrate'", value)
+
+
 def _check_optional_bool(name: str, value: object) -> bool | None:
     return None if value is None else _check_bool(name, value)
 
@@ -242,6 +248,7 @@ CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "seconds?": _check_optional_seconds,
     "bool": _check_bool,
     "bool?": _check_optional_bool,
+    "encrypt": _check_encrypt,
     "str": _check_str,
     "str?": _check_optional_str,
     "cookie_name": _check_cookie_name,
@@ -266,6 +273,10 @@ def _parse_bool(name: str, text: str) -> bool:
     if text.lower() in _FALSE:
         return False
     raise _type_error(name, "true or false", text)
+
+
+def _parse_encrypt(name: str, text: str) -> bool | str:
+    return "migrate" if text.lower() == "migrate" else _parse_bool(name, text)
 
 
 def _parse_optional_bool(name: str, text: str) -> bool | None:
@@ -348,6 +359,7 @@ PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "seconds?": _parse_optional_int,
     "bool": _parse_bool,
     "bool?": _parse_optional_bool,
+    "encrypt": _parse_encrypt,
     "str": _parse_text,
     "str?": _parse_optional_text,
     "cookie_name": _parse_text,

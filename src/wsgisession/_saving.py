@@ -12,17 +12,18 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Final, Literal, NamedTuple, NoReturn, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from . import _clock
 from ._changes import Step
+from ._codec import Codec
 from ._expiry import Expiry, key_live
-from ._snapshot import PLAIN_META, Snapshot, decode_meta, encode_meta, merge
+from ._snapshot import PLAIN_META, Snapshot, merge
 from .config import Config
-from .errors import SessionError, StoreError
+from .errors import StoreError
 from .events import EventName, Metrics, SessionEvent, notify
 from .ids import new_session_id, store_key
-from .serializers import Serializer, dumps_bytes
+from .serializers import Serializer
 from .stores.base import CorruptRecord, LockTimeout, Record, Store
 from .users import list_user_sessions
 
@@ -112,9 +113,8 @@ class Saver:
             save_every_request=config.save_every_request,
         )
         self.metrics = Metrics()
-        self._serializer = serializer
+        self._codec = Codec(serializer, config.encrypt, config.max_size)
         self._listeners = config.listeners
-        self._max_size = config.max_size
         self._bind_ip = config.bind_ip
         self._track_clients = config.track_clients
         self._save_timeout = config.save_timeout
@@ -161,8 +161,10 @@ class Saver:
             address if self._track_clients else None,
         )
 
-    def load(self, key: str, environ: Mapping[str, Any], now: float) -> Snapshot | Absence:
-        """Return the live session under *key*, or why there is none.
+    def load(
+        self, session_id: str, key: str, environ: Mapping[str, Any], now: float
+    ) -> Snapshot | Absence:
+        """Return the live session *session_id*, stored under *key*, or why there is none.
 
         :param environ: The request's environ, whose ``REMOTE_ADDR`` a ``bind_ip``
             session must match.
@@ -176,7 +178,7 @@ class Saver:
             return self._expired(key, "gone")
         if record.version == 0:
             return self._expired(key, "moved")
-        snapshot = self._decode(key, record)
+        snapshot = self._decode(session_id, key, record)
         if snapshot is None:
             return "corrupt"
         if self.expiry.over(record.created_at, now):
@@ -225,7 +227,7 @@ class Saver:
             # deletes the old one. Reading the old record first keeps a concurrent
             # request's keys; the save names the version it merged onto, so a write or a
             # logout landing since makes it fail and fall back on the lock.
-            reloaded = self._reload(base.key)
+            reloaded = self._reload(base.session_id, base.key)
             if isinstance(reloaded, str):
                 return reloaded
             base = reloaded
@@ -243,22 +245,23 @@ class Saver:
             return self._saved(change, snapshot)
         self.metrics.count("conflicts")
         self.emit("conflict", base.key)
-        return self._save_locked(change, base.key, target, (changed, deleted), now, tombstone)
+        return self._save_locked(change, base, target, (changed, deleted), now, tombstone)
 
     def _save_locked(
         self,
         change: Change,
-        key: str,
+        loaded: Snapshot,
         target: str,
         keys: tuple[AbstractSet[str], AbstractSet[str]],
         now: float,
         tombstone: Record | None,
     ) -> Stored | Absence:
-        """Save under the lock of the session stored under *key*, after losing a race.
+        """Save under the lock of the session *loaded* was, after losing a race.
 
-        The record is written under *target*: *key* itself, or the new key of a move.
+        The record is written under *target*: its key itself, or the new key of a move.
         """
         moving = change.moving
+        session_id, key = loaded.session_id, loaded.key
         built: list[Snapshot] = []
         outcome: list[Absence] = []
         failure: list[BaseException] = []
@@ -269,7 +272,7 @@ class Saver:
             if current.version == 0:
                 outcome.append("moved")
                 return None
-            base = self._decode(key, current)
+            base = self._decode(session_id, key, current)
             if base is None:
                 outcome.append("corrupt")
                 return None
@@ -329,7 +332,7 @@ class Saver:
 
     def decoded(self, snapshot: Snapshot) -> dict[str, Any]:
         """A fresh decode of *snapshot*'s data, untouched by changes made in place."""
-        original = self._decode(snapshot.key, snapshot.record)
+        original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
         return {} if original is None else original.data
 
     def _merged(
@@ -345,37 +348,47 @@ class Saver:
         data, deadlines = merge(
             base, change.data, change.deadlines, changed, deleted, now, change.steps
         )
+        session_id = base.session_id
+        if change.moving:
+            assert change.session_id is not None
+            session_id = change.session_id
         remember = base.remember if change.remember is None else change.remember
         user_id = change.user_id if change.user_changed else base.record.user_id
         created_at = base.record.created_at
-        record = self._record(
+        client = change.client
+        record = self._codec.encode(
+            session_id,
+            target,
             data,
-            self._meta(remember, base.ip, deadlines, change.client),
+            (remember, base.ip, deadlines, client.user_agent, client.remote_addr),
             user_id,
             version=1 if change.moving else base.record.version + 1,
             created_at=created_at,
             expires_at=self.expiry.expires_at(created_at, now, remember=remember),
             last_seen=now,
         )
-        return record, Snapshot(target, record, data, deadlines, remember, base.ip)
+        return record, Snapshot(session_id, target, record, data, deadlines, remember, base.ip)
 
     def _create(self, change: Change, now: float) -> Stored:
         data = {k: v for k, v in change.data.items() if key_live(change.deadlines.get(k), now)}
         deadlines = {k: t for k, t in change.deadlines.items() if k in data}
         remember = bool(change.remember)
-        ip = change.client.bound_ip
-        record = self._record(
-            data,
-            self._meta(remember, ip, deadlines, change.client),
-            change.user_id,
-            version=1,
-            created_at=change.created_at,
-            expires_at=self.expiry.expires_at(change.created_at, now, remember=remember),
-            last_seen=now,
-        )
+        client = change.client
+        ip = client.bound_ip
         while True:
             session_id = new_session_id()
             key = store_key(session_id)
+            record = self._codec.encode(
+                session_id,
+                key,
+                data,
+                (remember, ip, deadlines, client.user_agent, client.remote_addr),
+                change.user_id,
+                version=1,
+                created_at=change.created_at,
+                expires_at=self.expiry.expires_at(change.created_at, now, remember=remember),
+                last_seen=now,
+            )
             if self.timed(
                 key, self.store.save, key, record, expected_version=None, replaces=change.stale_key
             ):
@@ -383,46 +396,13 @@ class Saver:
             # 256 random bits never collide in practice; if they do, draw again.
         self.metrics.count("saves")
         self.emit("created", key)
-        return Stored(session_id, Snapshot(key, record, data, deadlines, remember, ip))
+        return Stored(session_id, Snapshot(session_id, key, record, data, deadlines, remember, ip))
 
     def _saved(self, change: Change, snapshot: Snapshot) -> Stored:
         assert change.session_id is not None
         self.metrics.count("saves")
         self.emit("regenerated" if change.moving else "saved", snapshot.key)
         return Stored(change.session_id, snapshot)
-
-    def _record(
-        self,
-        data: dict[str, Any],
-        meta: bytes,
-        user_id: str | None,
-        *,
-        version: int,
-        created_at: float,
-        expires_at: float,
-        last_seen: float,
-    ) -> Record:
-        """Return the record to store, refusing one over ``max_size`` in all.
-
-        The data, the per-key deadlines and client details in the meta, and the user
-        id all count, so no mix of keys and key timeouts grows a record past the limit.
-        """
-        blob = dumps_bytes(self._serializer, data)
-        size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
-        if size > self._max_size:
-            self._too_big(size)
-        return Record(blob, version, created_at, expires_at, last_seen, user_id, meta)
-
-    def _too_big(self, size: int) -> NoReturn:
-        raise SessionError(
-            f"the session is {size} bytes stored (data, key timeouts and metadata), over "
-            f"max_size {self._max_size}; it was not saved"
-        )
-
-    def _meta(
-        self, remember: bool, ip: str | None, deadlines: dict[str, float], client: Client
-    ) -> bytes:
-        return encode_meta(remember, ip, deadlines, client.user_agent, client.remote_addr)
 
     def _tombstone(self, now: float) -> Record | None:
         """The record a regenerate leaves under the old key for ``regenerate_grace``."""
@@ -451,7 +431,7 @@ class Saver:
         if not self.timed(snapshot.key, self.store.refresh, snapshot.key, extended, now):
             # Gone, or regenerated by another request: only a reload tells which, and a
             # regenerated session's old cookie must not be expired.
-            reloaded = self._reload(snapshot.key)
+            reloaded = self._reload(snapshot.session_id, snapshot.key)
             return "gone" if isinstance(reloaded, Snapshot) else reloaded
         self.metrics.count("refreshes")
         self.emit("refreshed", snapshot.key)
@@ -482,7 +462,7 @@ class Saver:
         self.metrics.count("loads")
         return self.timed(key, self.store.load, key)
 
-    def _reload(self, key: str) -> Snapshot | Absence:
+    def _reload(self, session_id: str, key: str) -> Snapshot | Absence:
         absence: Absence = "corrupt"
         try:
             record = self._read(key)
@@ -494,7 +474,7 @@ class Saver:
             elif record.version == 0:
                 absence = "moved"
             else:
-                snapshot = self._decode(key, record)
+                snapshot = self._decode(session_id, key, record)
                 if snapshot is not None:
                     return snapshot
         log.info("session %s ended by another request; this request's changes dropped", key[:8])
@@ -505,19 +485,15 @@ class Saver:
         self.emit("expired", key)
         return absence
 
-    def _decode(self, key: str, record: Record) -> Snapshot | None:
-        """Decode *record*, or log and count it and return ``None`` if it is corrupt."""
+    def _decode(self, session_id: str, key: str, record: Record) -> Snapshot | None:
+        """Open and decode *record*, or log and count it and return ``None`` if corrupt."""
         try:
-            deadlines, remember, ip = decode_meta(record.meta)
-            data = self._serializer.loads(record.data)
-            if not isinstance(data, dict):
-                raise ValueError(f"data is a {type(data).__name__}, not a dict")
+            return self._codec.decode(session_id, key, record)
         # A custom serializer may raise anything on garbage; any failure is a corrupt
         # record, which counts as a missing session.
         except Exception as exc:
             self._corrupt(key, exc)
             return None
-        return Snapshot(key, record, data, deadlines, remember, ip)
 
     def _corrupt(self, key: str, exc: Exception) -> None:
         """Log, count and announce the unreadable record under *key*."""

@@ -41,6 +41,8 @@ MAX_USER_AGENT: Final = 200
 class Snapshot(NamedTuple):
     """A stored record, decoded: the base a request's changes are merged onto."""
 
+    #: The raw id the record is stored under, which opens its sealed data.
+    session_id: str
     key: str
     record: Record
     data: dict[str, Any]
@@ -52,11 +54,15 @@ class Snapshot(NamedTuple):
 def encode_meta(
     remember: bool,
     ip: str | None,
-    deadlines: dict[str, float],
+    deadlines: Mapping[str, float] | Sequence[float],
     user_agent: str | None = None,
     remote_addr: str | None = None,
 ) -> bytes:
-    """Return the meta blob of a record; absent details are left out, not written empty."""
+    """Return the meta blob of a record; absent details are left out, not written empty.
+
+    *deadlines* maps keys to their deadlines; a sealed record keeps only the times here,
+    in the order of the key names sealed with its data.
+    """
     meta: dict[str, Any] = {"v": META_FORMAT}
     if remember:
         meta["r"] = 1
@@ -73,8 +79,10 @@ def encode_meta(
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
-def decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
+def decode_meta(blob: bytes) -> tuple[dict[str, float] | list[float], bool, str | None]:
     """Return the key deadlines, the remember-me flag and the bound address in *blob*.
+
+    The deadlines are a mapping of key to time, or for a sealed record only the times.
 
     :raises ValueError: *blob* is not meta of :data:`META_FORMAT`.
     """
@@ -84,8 +92,9 @@ def decode_meta(blob: bytes) -> tuple[dict[str, float], bool, str | None]:
     if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
         raise ValueError("unknown record format")
     deadlines = meta.get("t", {})
-    if not isinstance(deadlines, dict) or not all(
-        isinstance(t, int | float) for t in deadlines.values()
+    times = deadlines.values() if isinstance(deadlines, dict) else deadlines
+    if not isinstance(deadlines, dict | list) or not all(
+        isinstance(t, int | float) for t in times
     ):
         raise ValueError("malformed key timeouts")
     return deadlines, bool(meta.get("r")), meta.get("ip")

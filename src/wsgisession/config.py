@@ -105,6 +105,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "bool",
         "a session presented from another `REMOTE_ADDR` is treated as expired",
     ),
+    Option(
+        "encrypt",
+        True,
+        "encrypt",
+        "seal session data in the store under a key only the cookie yields; "
+        '`"migrate"` also reads records written unsealed; `False` writes them unsealed',
+    ),
     Option("max_size", 1048576, "size", "largest serialized session saved, in bytes"),
     Option(
         "regenerate_grace",
@@ -192,6 +199,7 @@ class Config:
     environ_key: str = "session"
     initializer: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
     bind_ip: bool = False
+    encrypt: bool | str = True
     max_size: int = 1048576
     regenerate_grace: int = 60
     save_timeout: int = 30

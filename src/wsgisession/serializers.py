@@ -21,6 +21,7 @@ __all__ = [
     "Serializer",
     "check_serializer",
     "dumps_bytes",
+    "for_sealed_records",
     "resolve_serializer",
 ]
 
@@ -260,6 +261,34 @@ def _derive_key(secret: str | bytes) -> bytes:
     return hmac.digest(secret, b"wsgisession.pickle", "sha256")
 
 
+def _pickle(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except _PICKLING_ERRORS as exc:
+        where = "the session"
+        for key, value in obj.items() if isinstance(obj, dict) else ():
+            try:
+                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except _PICKLING_ERRORS:
+                where = f"session key {key!r}"
+                break
+        raise TypeError(f"{where} holds a value pickle can't encode: {exc}") from exc
+
+
+class _SealedPickle:
+    """Pickle without a signature, for sealed records: the seal authenticates them."""
+
+    def dumps(self, obj: Any) -> bytes:
+        return _pickle(obj)
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            # Authenticated, so intact: the code it refers to has changed since.
+            raise ValueError(f"sealed record does not unpickle: {exc!r}") from exc
+
+
 class PickleSerializer:
     """Pickle, for data JSON can't carry, with every record signed.
 
@@ -279,17 +308,7 @@ class PickleSerializer:
 
     def dumps(self, obj: Any) -> bytes:
         """Pickle and sign *obj*; raise :exc:`TypeError` naming a key that can't be pickled."""
-        try:
-            data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-        except _PICKLING_ERRORS as exc:
-            where = "the session"
-            for key, value in obj.items() if isinstance(obj, dict) else ():
-                try:
-                    pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-                except _PICKLING_ERRORS:
-                    where = f"session key {key!r}"
-                    break
-            raise TypeError(f"{where} holds a value pickle can't encode: {exc}") from exc
+        data = _pickle(obj)
         return hmac.digest(self._keys[0], data, "sha256") + data
 
     def loads(self, data: bytes) -> Any:
@@ -343,6 +362,13 @@ def resolve_serializer(
     if spec == "pickle":
         return PickleSerializer(secret_key, fallbacks)
     return cast(Serializer, spec)
+
+
+def for_sealed_records(serializer: Serializer) -> Serializer:
+    """The serializer of records sealed by encryption at rest: *serializer* itself,
+    except that pickle leaves out its signature, which the seal's authentication
+    replaces (records written unsealed stay signed)."""
+    return _SealedPickle() if isinstance(serializer, PickleSerializer) else serializer
 
 
 def dumps_bytes(serializer: Serializer, obj: Any) -> bytes:

@@ -86,7 +86,7 @@ class Session(SessionState, MutableMapping[str, Any]):
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
             try:
-                loaded = saver.load(key, self._environ, now)
+                loaded = saver.load(self._cookie.session_id, key, self._environ, now)
             except BaseException:
                 # Left unloaded, the next touch asks the store again (and fails loudly
                 # while it is down), and the response does not save a half-made session.

@@ -1,0 +1,134 @@
+"""Encryption at rest: a record's data sealed under a key only the client's cookie yields.
+
+The store sees a session's id only as its SHA-256 (the store key); the raw id travels
+only in the signed cookie. Each record's data is sealed with AES-256-GCM under a key
+derived from that raw id, so the store alone, or the store and ``secret_key`` together,
+read nothing. The authenticated data binds the ciphertext to the store key, the
+record's version, its user id and its meta blob (NUL-separated: neither store keys,
+user ids nor meta hold NUL, so no two records' bindings read the same): a record
+copied under another key, older data under a newer version, changed metadata or a
+flipped bit fail to open and read as corrupt.
+
+A sealed blob is :data:`MAGIC`, a 12-byte random nonce, then the ciphertext and its
+16-byte tag. Inside, before the serializer's bytes, is a header the caller defines (two
+bytes of length, then the header), for what must be sealed but is not data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["MAGIC", "is_sealed", "open_header", "open_sealed", "seal", "seal_header"]
+
+#: How a sealed blob starts: never the first bytes of JSON or of a signed pickle.
+MAGIC: Final = b"\x00wss1"
+_NONCE: Final = 12
+_START: Final = len(MAGIC)
+_BODY: Final = _START + _NONCE
+_NO_HEADER: Final = b"\x00\x00"
+# The KDF's label, versioned so a new scheme can't open an old record by mistake.
+_LABEL: Final = b"wsgisession record key v1"
+
+
+# A user's requests come one after another, and a write opens then seals: deriving the
+# key (an HMAC and a cipher set-up) costs more than the sealing itself, so the ciphers
+# of the latest sessions are kept. They live in this process only, as the ids do while
+# their requests run.
+@functools.lru_cache(maxsize=1024)
+def _cipher(session_id: str) -> AESGCM:
+    # The id is 256 random bits, already a uniform key: HKDF's extract step would add
+    # nothing, so this is its expand step, one HMAC-SHA256 block under a fixed label.
+    return AESGCM(hmac.digest(session_id.encode(), _LABEL + b"\x01", "sha256"))
+
+
+def _bound(key: str, version: int, user_id: str | None, meta: bytes) -> bytes:
+    # Domain separation is the key derivation's label; this binds the record's place.
+    return f"{key}\x00{version}\x00{user_id or ''}\x00".encode() + meta
+
+
+def is_sealed(blob: bytes) -> bool:
+    """Whether *blob* is a sealed record's data (it may still fail to open)."""
+    return blob[:_START] == MAGIC
+
+
+def seal(
+    session_id: str,
+    key: str,
+    version: int,
+    user_id: str | None,
+    meta: bytes,
+    header: bytes,
+    payload: bytes,
+) -> bytes:
+    """Seal *header* and *payload* (the serializer's bytes) for the record under *key*."""
+    if len(header) > 0xFFFF:
+        raise ValueError("header too long to seal")
+    nonce = os.urandom(_NONCE)
+    plain = len(header).to_bytes(2, "big") + header + payload if header else _NO_HEADER + payload
+    sealed = _cipher(session_id).encrypt(nonce, plain, _bound(key, version, user_id, meta))
+    return MAGIC + nonce + sealed
+
+
+def open_sealed(
+    session_id: str, key: str, version: int, user_id: str | None, meta: bytes, blob: bytes
+) -> tuple[bytes, bytes]:
+    """Return the header and the serializer's bytes sealed in *blob*.
+
+    :raises ValueError: *blob* is not sealed, or fails to open: another session's, an
+        older version's, tampered with, or truncated.
+    """
+    if blob[:_START] != MAGIC:
+        raise ValueError("record is not encrypted")
+    try:
+        plain = _cipher(session_id).decrypt(
+            blob[_START:_BODY], blob[_BODY:], _bound(key, version, user_id, meta)
+        )
+    except InvalidTag:
+        raise ValueError("encrypted record does not authenticate") from None
+    if plain[:2] == _NO_HEADER:
+        return b"", plain[2:]
+    size = int.from_bytes(plain[:2], "big")
+    return plain[2 : 2 + size], plain[2 + size :]
+
+
+def seal_header(ip: str | None, names: Sequence[str]) -> bytes:
+    """The header the middleware seals: the bound address and the names of keys with
+    a timeout, whose times stay in the readable meta (empty when there is neither)."""
+    if ip is None and not names:
+        return b""
+    header: dict[str, Any] = {}
+    if ip is not None:
+        header["ip"] = ip
+    if names:
+        header["t"] = list(names)
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def open_header(
+    header: bytes, times: dict[str, float] | list[float]
+) -> tuple[str | None, dict[str, float]]:
+    """Return the bound address and the key deadlines of a sealed record.
+
+    *times* are the deadlines in the record's meta, in the order of the sealed names.
+
+    :raises ValueError: The header is malformed or does not match the times.
+    """
+    if not header and not times:
+        return None, {}
+    fields = json.loads(header) if header else {}
+    if not isinstance(fields, dict):
+        raise ValueError("malformed sealed header")
+    ip, names = fields.get("ip"), fields.get("t", [])
+    if not isinstance(names, list) or not isinstance(times, list) and times:
+        raise ValueError("malformed key timeouts")
+    if len(names) != len(times) or not all(isinstance(n, str) for n in names):
+        raise ValueError("key timeouts do not match their names")
+    return (ip if isinstance(ip, str) else None), dict(zip(names, times, strict=True))
