@@ -15,6 +15,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
 from tests.helpers import (
+    SECRET,
     CountingStore,
     FakeClock,
     body,
@@ -25,8 +26,10 @@ from tests.helpers import (
     session_id_of,
     set_cookies,
 )
-from wsgisession import Session
+from wsgisession import ConfigError, Session
+from wsgisession.config import Config
 from wsgisession.ids import store_key
+from wsgisession.stores import Store
 
 # -- the session's lifetime ----------------------------------------------------------
 
@@ -251,3 +254,98 @@ def test_bind_ip_treats_another_address_as_expired_and_leaves_the_session_alone(
     assert body(moved) == {}
     assert set_cookies(moved) == []
     assert body(client.get("/", environ_overrides={"REMOTE_ADDR": "10.0.0.1"})) == {"n": 1}
+
+
+# -- anonymous_timeout -----------------------------------------------------------------
+
+
+def _link(session: Session, request: Request) -> str:
+    session.user_id = request.args.get("user") or None
+    return "ok"
+
+
+def _remember(session: Session, request: Request) -> str:
+    session.remember = True
+    session["n"] = 1
+    return "ok"
+
+
+ANONYMOUS = {"timeout": 3600, "anonymous_timeout": 60}
+
+
+def _anonymous_client(store: Store) -> tuple[Client, Store]:
+    routes = {"/inc": counter, "/": dump, "/link": _link, "/remember": _remember}
+    client, _ = make_client(routes, store=store, **ANONYMOUS)
+    return client, store
+
+
+def _lives_for(client: Client, store: Store, clock: FakeClock) -> float:
+    record = store.load(store_key(session_id_of(client)))
+    assert record is not None
+    return record.expires_at - clock()
+
+
+def test_a_session_without_a_user_lives_anonymous_timeout(store: Store, clock: FakeClock) -> None:
+    client, _ = _anonymous_client(store)
+    client.get("/inc")
+    assert _lives_for(client, store, clock) == pytest.approx(60, abs=1)
+    clock.advance(61)
+    assert body(client.get("/")) == {}
+
+
+def test_linking_a_user_switches_to_timeout_and_unlinking_back(
+    store: Store, clock: FakeClock
+) -> None:
+    client, _ = _anonymous_client(store)
+    client.get("/inc")
+    client.get("/link?user=ann")
+    assert _lives_for(client, store, clock) == pytest.approx(3600, abs=1)
+    clock.advance(600)
+    assert body(client.get("/inc")) == 2
+    client.get("/link?user=")
+    assert _lives_for(client, store, clock) == pytest.approx(60, abs=1)
+    clock.advance(61)
+    assert body(client.get("/")) == {}
+
+
+def test_an_anonymous_session_read_past_half_its_own_life_is_refreshed(
+    clock: FakeClock,
+) -> None:
+    store = CountingStore()
+    client, _ = _anonymous_client(store)
+    client.get("/inc")
+    clock.advance(20)
+    store.calls.clear()
+    client.get("/")
+    assert "refresh" not in store.calls
+    clock.advance(15)  # 35 s in: less than half of 60 left
+    client.get("/")
+    assert store.calls.count("refresh") == 1
+    assert _lives_for(client, store, clock) == pytest.approx(60, abs=1)
+
+
+def test_a_remembered_session_keeps_remember_me_timeout_without_a_user(
+    clock: FakeClock,
+) -> None:
+    store = CountingStore()
+    client, _ = _anonymous_client(store)
+    client.get("/remember")
+    assert _lives_for(client, store, clock) == pytest.approx(2592000, abs=1)
+
+
+def test_a_key_timeout_is_capped_by_the_anonymous_lifetime(clock: FakeClock) -> None:
+    def short(session: Session, request: Request) -> str:
+        session.set("k", 1, timeout=600)
+        return "ok"
+
+    client, _ = make_client({"/short": short, "/": dump}, **ANONYMOUS)
+    client.get("/short")
+    clock.advance(30)
+    assert body(client.get("/")) == {"k": 1}
+    clock.advance(31)
+    assert body(client.get("/")) == {}
+
+
+def test_anonymous_timeout_longer_than_timeout_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'anonymous_timeout' \\(7200\\) must not exceed"):
+        Config.from_options(secret_key=SECRET, timeout=3600, anonymous_timeout=7200)

@@ -112,6 +112,44 @@ def test_callable_initializer() -> None:
     assert body(client.get("/")) == {"theme": "light"}
 
 
+def _failing_first_touch(session: Session, request: Request) -> Any:
+    try:
+        session.get("n")
+    except (TypeError, SessionError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def test_an_initializer_returning_no_mapping_says_what_to_return() -> None:
+    store = MemoryStore()
+    client, _ = make_client({"/": _failing_first_touch}, store=store, initializer=lambda: None)
+    response = client.get("/")
+    assert body(response) == (
+        "TypeError: option 'initializer' returned 'NoneType': it must return a mapping "
+        "of the new session's items"
+    )
+    assert store.count() == 0 and "Set-Cookie" not in response.headers
+
+
+def test_an_initializer_that_uses_the_session_it_starts_says_so() -> None:
+    """web.py's initializers filled the session; a plain middleware's can't."""
+    holder: list[Session] = []
+
+    def fill() -> dict[str, Any]:
+        holder[-1]["n"] = 0
+        return {}
+
+    def first(session: Session, request: Request) -> Any:
+        holder.append(session)
+        return _failing_first_touch(session, request)
+
+    client, _ = make_client({"/": first}, initializer=fill)
+    assert body(client.get("/")) == (
+        "SessionError: option 'initializer' used the session it is starting: return the "
+        "new session's items as a mapping instead"
+    )
+
+
 # -- a request that fails ------------------------------------------------------------------
 
 

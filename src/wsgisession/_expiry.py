@@ -42,6 +42,7 @@ class Expiry:
 
     __slots__ = (
         "_absolute_timeout",
+        "_anonymous_timeout",
         "_cookie_max_age",
         "_remember_me_timeout",
         "_save_every_request",
@@ -56,23 +57,33 @@ class Expiry:
         absolute_timeout: int | None,
         cookie_max_age: int | None,
         save_every_request: bool,
+        anonymous_timeout: int | None = None,
     ) -> None:
         self._timeout = timeout
+        self._anonymous_timeout = anonymous_timeout
         self._remember_me_timeout = remember_me_timeout
         self._absolute_timeout = absolute_timeout
         self._cookie_max_age = cookie_max_age
         self._save_every_request = save_every_request
 
-    def lifetime(self, remember: bool) -> int:
-        """The idle lifetime of a session, remembered or not, in seconds."""
-        return self._remember_me_timeout if remember else self._timeout
+    def lifetime(self, remember: bool, anonymous: bool) -> int:
+        """The idle lifetime of a session in seconds: remembered, else without a user
+        (``anonymous_timeout``, where set), else ``timeout``."""
+        if remember:
+            return self._remember_me_timeout
+        if anonymous and self._anonymous_timeout is not None:
+            return self._anonymous_timeout
+        return self._timeout
 
-    def expires_at(self, created_at: float, now: float, *, remember: bool) -> float:
+    def expires_at(
+        self, created_at: float, now: float, *, remember: bool, anonymous: bool
+    ) -> float:
         """When a session created at *created_at* and used at *now* expires.
 
-        ``absolute_timeout`` caps it, whatever the session's activity.
+        *anonymous*: the session has no user. ``absolute_timeout`` caps it, whatever
+        the session's activity.
         """
-        expires_at = now + (self._remember_me_timeout if remember else self._timeout)
+        expires_at = now + self.lifetime(remember, anonymous)
         if self._absolute_timeout is not None:
             expires_at = min(expires_at, created_at + self._absolute_timeout)
         return expires_at
@@ -83,16 +94,19 @@ class Expiry:
         return absolute is not None and created_at + absolute <= now
 
     def key_deadline(
-        self, timeout: float, created_at: float, now: float, *, remember: bool
+        self, timeout: float, created_at: float, now: float, *, remember: bool, anonymous: bool
     ) -> float:
         """When a key set at *now* with *timeout* vanishes.
 
         A key can't outlive its session, as the session's lifetime stands when the key
         is set.
         """
-        return min(now + timeout, self.expires_at(created_at, now, remember=remember))
+        session_ends = self.expires_at(created_at, now, remember=remember, anonymous=anonymous)
+        return min(now + timeout, session_ends)
 
-    def refresh_due(self, expires_at: float, now: float, *, remember: bool) -> bool:
+    def refresh_due(
+        self, expires_at: float, now: float, *, remember: bool, anonymous: bool
+    ) -> bool:
         """Whether a session that was only read should have its expiry extended.
 
         It is, once less than half its lifetime is left, or on every request with
@@ -100,7 +114,7 @@ class Expiry:
         """
         if self._save_every_request:
             return True
-        return expires_at - now < self.lifetime(remember) / 2
+        return expires_at - now < self.lifetime(remember, anonymous) / 2
 
     def persistent(self, remember: bool) -> bool:
         """Whether the session's cookie outlives the browser."""

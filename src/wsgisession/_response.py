@@ -143,7 +143,7 @@ class SessionState:
         self._created_at = now
         self._remember = False
         self._user_id = None
-        self._expires_at = self._saver.expiry.expires_at(now, now, remember=False)
+        self._expires_at = self._saver.expiry.expires_at(now, now, remember=False, anonymous=True)
 
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
         """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""

@@ -111,6 +111,7 @@ class Saver:
             absolute_timeout=config.absolute_timeout,
             cookie_max_age=config.cookie_max_age,
             save_every_request=config.save_every_request,
+            anonymous_timeout=config.anonymous_timeout,
         )
         self.metrics = Metrics()
         self._codec = Codec(serializer, config.encrypt, config.max_size)
@@ -364,7 +365,9 @@ class Saver:
             user_id,
             version=1 if change.moving else base.record.version + 1,
             created_at=created_at,
-            expires_at=self.expiry.expires_at(created_at, now, remember=remember),
+            expires_at=self.expiry.expires_at(
+                created_at, now, remember=remember, anonymous=user_id is None
+            ),
             last_seen=now,
         )
         return record, Snapshot(session_id, target, record, data, deadlines, remember, base.ip)
@@ -386,7 +389,9 @@ class Saver:
                 change.user_id,
                 version=1,
                 created_at=change.created_at,
-                expires_at=self.expiry.expires_at(change.created_at, now, remember=remember),
+                expires_at=self.expiry.expires_at(
+                    change.created_at, now, remember=remember, anonymous=change.user_id is None
+                ),
                 last_seen=now,
             )
             if self.timed(
@@ -423,9 +428,12 @@ class Saver:
         ``None``: nothing was due. A :data:`Absence`: the session ended meanwhile.
         """
         remember = snapshot.remember
-        if not self.expiry.refresh_due(expires_at, now, remember=remember):
+        anonymous = snapshot.record.user_id is None
+        if not self.expiry.refresh_due(expires_at, now, remember=remember, anonymous=anonymous):
             return None
-        extended = self.expiry.expires_at(snapshot.record.created_at, now, remember=remember)
+        extended = self.expiry.expires_at(
+            snapshot.record.created_at, now, remember=remember, anonymous=anonymous
+        )
         if extended <= expires_at:
             return None
         if not self.timed(snapshot.key, self.store.refresh, snapshot.key, extended, now):

@@ -58,6 +58,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option("absolute_timeout", None, "seconds?", "hard cap from creation, seconds"),
     Option(
+        "anonymous_timeout",
+        None,
+        "seconds?",
+        "idle lifetime of sessions without a `user_id`, at most `timeout`; linking a user "
+        "switches to `timeout`. `None`: `timeout` for all",
+    ),
+    Option(
         "save_every_request",
         False,
         "bool",
@@ -186,6 +193,7 @@ class Config:
     timeout: int = 3600
     remember_me_timeout: int = 2592000
     absolute_timeout: int | None = None
+    anonymous_timeout: int | None = None
     save_every_request: bool = False
     cookie_name: str = "session_id"
     cookie_domain: str | None = None
@@ -361,6 +369,11 @@ class Config:
                     "option 'cookie_partitioned' needs Secure; it can't go with "
                     "cookie_secure=False"
                 )
+        if self.anonymous_timeout is not None and self.anonymous_timeout > self.timeout:
+            raise ConfigError(
+                f"option 'anonymous_timeout' ({self.anonymous_timeout}) must not exceed "
+                f"'timeout' ({self.timeout}): it shortens the lives of anonymous sessions"
+            )
         if isinstance(self.store, Store) and self.store_options:
             raise ConfigError(
                 "option 'store_options' applies to store URLs; configure the store "

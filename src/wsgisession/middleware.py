@@ -380,5 +380,16 @@ def _initial_data(
     """What makes a new session's data: a deep copy of ``initializer``, or ``None``."""
     if initializer is None:
         return None
-    fresh = initializer if callable(initializer) else lambda: initializer
-    return lambda: copy.deepcopy(dict(fresh()))
+    if not callable(initializer):
+        return lambda: copy.deepcopy(dict(initializer))
+
+    def fresh() -> dict[str, Any]:
+        items = initializer()
+        if not isinstance(items, Mapping):
+            raise TypeError(
+                f"option 'initializer' returned {type(items).__name__!r}: it must return "
+                "a mapping of the new session's items"
+            )
+        return copy.deepcopy(dict(items))
+
+    return fresh

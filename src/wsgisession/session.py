@@ -101,11 +101,31 @@ class Session(SessionState, MutableMapping[str, Any]):
                 if loaded == "corrupt":
                     self._stale_key = key
         if loaded is None or isinstance(loaded, str):
-            self._start_fresh(now, self._initial() if self._initial is not None else {})
+            try:
+                items = self._initial_items()
+            except BaseException:
+                self._loaded = False  # as for a store that failed: nothing half-made is saved
+                raise
+            self._start_fresh(now, items)
         else:
             assert self._cookie is not None
             self._use_snapshot(self._cookie.session_id, loaded)
             self._new = False
+
+    def _initial_items(self) -> dict[str, Any]:
+        if self._initial is None:
+            return {}
+        try:
+            return self._initial()
+        except AttributeError as exc:
+            # The session is half-made while its initializer runs: using it fails on
+            # state not there yet, which would say nothing useful.
+            if exc.obj is not self:
+                raise
+            raise SessionError(
+                "option 'initializer' used the session it is starting: return the new "
+                "session's items as a mapping instead"
+            ) from None
 
     def _ensure(self) -> None:
         if not self._loaded:
@@ -145,7 +165,11 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._deadlines.pop(key, None)
         else:
             self._deadlines[key] = self._saver.expiry.key_deadline(
-                timeout, self._created_at, _clock.now(), remember=self._remember
+                timeout,
+                self._created_at,
+                _clock.now(),
+                remember=self._remember,
+                anonymous=self._user_id is None,
             )
         self._changed.add(key)
         self._deleted.discard(key)
@@ -380,7 +404,7 @@ class Session(SessionState, MutableMapping[str, Any]):
         self._remember = value
         self._remember_changed = True
         self._expires_at = self._saver.expiry.expires_at(
-            self._created_at, _clock.now(), remember=value
+            self._created_at, _clock.now(), remember=value, anonymous=self._user_id is None
         )
 
     @property
@@ -402,6 +426,10 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._check_writable()
         self._user_id = value
         self._user_changed = True
+        # With anonymous_timeout, linking or unlinking a user changes the lifetime.
+        self._expires_at = self._saver.expiry.expires_at(
+            self._created_at, _clock.now(), remember=self._remember, anonymous=value is None
+        )
 
     @property
     def created_at(self) -> float:

@@ -25,10 +25,12 @@ whose reloader imports the module again and builds a second ``WebpySession``: no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, MutableMapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Final
 
 import web
+from web.session import SessionExpired
 
 from ._view import SessionView
 from .errors import SessionError
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
 
 __all__ = ["WebpySession"]
+
+# Set while a web.py-style initializer runs: what it writes to the session goes here.
+_FILLING: ContextVar[dict[str, Any] | None] = ContextVar("wsgisession_webpy_filling", default=None)
+# Where a request keeps ``session.send_cookie``, web.py's per-request switch.
+_SEND_COOKIE: Final = "wsgisession.webpy.send_cookie"
 
 
 class WebpySession(SessionView):
@@ -51,8 +58,9 @@ class WebpySession(SessionView):
 
     :param app: The ``web.application`` to serve through the middleware.
     :param options: A mapping of :class:`SessionMiddleware` options; keyword arguments
-        override it. ``initializer`` (web.py's) is one of them: a mapping, or a callable
-        *returning* one, that every new session starts with.
+        override it. ``initializer`` (web.py's) is one of them: a mapping that every new
+        session starts with, or a callable that either returns one or, as web.py's did,
+        fills the new session itself (``session.count = 0``) and returns ``None``.
     :raises ConfigError: An option is missing, unknown or of the wrong type.
     :raises SessionError: *app* already has a :class:`WebpySession`.
     """
@@ -65,14 +73,22 @@ class WebpySession(SessionView):
     def __init__(self, app: Any, options: Mapping[str, Any] | None = None, /, **kwargs: Any):
         if isinstance(app.wsgifunc, _WrappedWsgiFunc):
             raise SessionError("this web.application already has a WebpySession")
-        middleware = SessionMiddleware(app.wsgifunc(), options, **kwargs)
+        merged = {**(options or {}), **kwargs}
+        initializer = merged.get("initializer")
+        if callable(initializer) and not isinstance(initializer, Mapping):
+            merged["initializer"] = _filling(initializer)
+        middleware = SessionMiddleware(app.wsgifunc(), merged)
         object.__setattr__(self, "middleware", middleware)
         app.wsgifunc = _WrappedWsgiFunc(middleware)
         app.add_processor(self._processor)
 
     def _processor(self, handler: Callable[[], Any]) -> Any:
         web.ctx.session = self
-        return handler()
+        result = handler()
+        if web.ctx.env.get(_SEND_COOKIE) is False:
+            # web.py's send_cookie = False: this request neither saves nor sends a cookie.
+            self._current().fail()
+        return result
 
     def _session(self) -> Session:
         return self._current()
@@ -92,7 +108,7 @@ class WebpySession(SessionView):
         if name.startswith("__"):
             raise AttributeError(name)
         try:
-            return self._current()[name]
+            return self._data()[name]
         except KeyError:
             raise AttributeError(name) from None
 
@@ -100,16 +116,33 @@ class WebpySession(SessionView):
         if hasattr(type(self), name):
             object.__setattr__(self, name, value)
         else:
-            self._current()[name] = value
+            self._data()[name] = value
 
     def __delattr__(self, name: str) -> None:
         if hasattr(type(self), name):
             object.__delattr__(self, name)
             return
         try:
-            del self._current()[name]
+            del self._data()[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data()
+
+    def _data(self) -> MutableMapping[str, Any]:
+        """The session's keys; while a web.py-style initializer runs, what it fills."""
+        filling = _FILLING.get()
+        return self._current() if filling is None else filling
 
     def __repr__(self) -> str:
         return "<WebpySession>"
@@ -127,13 +160,86 @@ class WebpySession(SessionView):
         return self._current().id
 
     @property
-    def expired(self) -> bool:
-        """``True`` when the request's cookie named a session that expired or is gone."""
-        return self._current().expired
+    def expired(self) -> _Expired:
+        """Whether the request's cookie named a session that expired or is gone.
+
+        It reads as a bool; called, as web.py's ``session.expired()`` was, it ends the
+        session and answers web.py's ``SessionExpired`` with its ``expired_message``.
+        """
+        return _Expired(self._current())
+
+    @property
+    def ip(self) -> str | None:
+        """The address of the client of this request (web.py's ``session.ip``)."""
+        address = web.ctx.get("ip")
+        return address if isinstance(address, str) else None
+
+    @property
+    def send_cookie(self) -> bool:
+        """web.py's switch: set it to ``False`` and this request saves nothing and sends
+        no session cookie (a logout already done stays done)."""
+        self._current()  # outside a request, say so
+        return web.ctx.env.get(_SEND_COOKIE, True) is not False
+
+    @send_cookie.setter
+    def send_cookie(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"send_cookie must be True or False, got {type(value).__name__}")
+        self._current()  # outside a request, say so
+        web.ctx.env[_SEND_COOKIE] = value
 
     def kill(self) -> None:
         """web.py's name for :meth:`invalidate`."""
         self._current().invalidate()
+
+
+class _Expired:
+    """``session.expired``: a bool that, called, does what web.py's ``expired()`` did."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __bool__(self) -> bool:
+        return self._session.expired
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self) == other
+
+    def __hash__(self) -> int:
+        return hash(bool(self))
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    def __call__(self) -> None:
+        self._session.invalidate()
+        message = web.config.get("session_parameters", {}).get("expired_message")
+        raise SessionExpired(message or "Session expired")
+
+
+def _filling(initializer: Callable[[], Any]) -> Callable[[], Mapping[str, Any]]:
+    """Make web.py's kind of initializer, which fills the session and returns nothing,
+    into one that returns the new session's items; one that returns them is kept."""
+
+    def initial() -> Mapping[str, Any]:
+        filling: dict[str, Any] = {}
+        token = _FILLING.set(filling)
+        try:
+            result = initializer()
+        finally:
+            _FILLING.reset(token)
+        if result is None:
+            return filling
+        if isinstance(result, Mapping):
+            return {**filling, **result}
+        raise TypeError(
+            f"initializer returned {type(result).__name__!r}: return a mapping of the new "
+            "session's items, or fill the session and return None (web.py's way)"
+        )
+
+    return initial
 
 
 class _WrappedWsgiFunc:

@@ -210,9 +210,38 @@ class _Ids:
         return f"{session.id == session.session_id}|{session.expired}|{session.id is not None}"
 
 
+class _Quiet:
+    """web.py's ``send_cookie = False``: this request saves nothing and sends no cookie."""
+
+    def GET(self) -> str:
+        session = web.ctx.session
+        assert session.send_cookie is True
+        session.n = 99
+        session.send_cookie = False
+        if web.input().get("again"):
+            session.send_cookie = True
+        return str(session.send_cookie)
+
+
+class _Ip:
+    def GET(self) -> str:
+        return str(web.ctx.session.ip)
+
+
+class _Expire:
+    """web.py's ``session.expired()`` ends the session and answers its message."""
+
+    def GET(self) -> str:
+        session = web.ctx.session
+        assert not session.expired and session.expired == False  # noqa: E712
+        session.expired()
+        return "not reached"
+
+
 _URLS = (
     "/show", "_Show", "/bump", "_Bump", "/missing", "_Missing",
     "/login", "_Login", "/kill", "_Kill", "/ids", "_Ids",
+    "/quiet", "_Quiet", "/ip", "_Ip", "/expire", "_Expire",
 )  # fmt: skip
 
 
@@ -246,6 +275,79 @@ def test_session_features_and_kill() -> None:
     assert client.get("/kill").get_data(as_text=True) == "None"
     assert client.get_cookie("session_id") is None
     assert client.get("/show").get_data(as_text=True) == "None|False|0|True"
+
+
+def test_send_cookie_false_saves_nothing_and_sends_no_cookie() -> None:
+    app, session = _app(initializer={"n": 0})
+    client = Client(app.wsgifunc())
+    response = client.get("/quiet")
+    assert response.get_data(as_text=True) == "False"
+    assert "Set-Cookie" not in response.headers
+    assert session.middleware.store.count() == 0
+    assert client.get("/quiet?again=1").get_data(as_text=True) == "True"
+    assert client.get("/show").get_data(as_text=True).startswith("99|")
+
+
+def test_send_cookie_takes_only_a_bool() -> None:
+    class Bad:
+        def GET(self) -> str:
+            with pytest.raises(TypeError, match="send_cookie must be True or False"):
+                web.ctx.session.send_cookie = 0
+            return "ok"
+
+    app = web.application(("/bad", "Bad"), {"Bad": Bad}, autoreload=False)
+    WebpySession(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    assert Client(app.wsgifunc()).get("/bad").get_data(as_text=True) == "ok"
+
+
+def test_ip_is_the_clients_address() -> None:
+    app, _ = _app()
+    response = Client(app.wsgifunc()).get("/ip", environ_base={"REMOTE_ADDR": "192.0.2.8"})
+    assert response.get_data(as_text=True) == "192.0.2.8"
+
+
+def test_calling_expired_ends_the_session_with_webpys_message() -> None:
+    app, session = _app(initializer={"n": 0})
+    client = Client(app.wsgifunc())
+    client.get("/bump")
+    web.config.session_parameters["expired_message"] = "Please log in again"
+    response = client.get("/expire")
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "Please log in again"
+    assert client.get_cookie("session_id") is None
+    assert session.middleware.store.count() == 0
+
+
+def test_a_webpy_initializer_that_fills_the_session_works() -> None:
+    holder: dict[str, WebpySession] = {}
+
+    def initializer() -> None:
+        holder["session"].n = 10
+        holder["session"]["tags"] = ["new"]
+
+    app, session = _app(initializer=initializer)
+    holder["session"] = session
+    client = Client(app.wsgifunc())
+    assert client.get("/bump").get_data(as_text=True) == "11"
+    assert client.get("/bump").get_data(as_text=True) == "12"
+
+
+def test_an_initializer_returning_something_else_says_what_to_return() -> None:
+    class Touch:
+        def GET(self) -> str:
+            try:
+                web.ctx.session.n  # noqa: B018
+            except TypeError as exc:
+                return str(exc)
+            return "no error"
+
+    app = web.application(("/touch", "Touch"), {"Touch": Touch}, autoreload=False)
+    WebpySession(app, secret_key=SECRET, store="memory://", initializer=lambda: 5)
+    answer = Client(app.wsgifunc()).get("/touch").get_data(as_text=True)
+    assert answer == (
+        "initializer returned 'int': return a mapping of the new session's items, or fill "
+        "the session and return None (web.py's way)"
+    )
 
 
 def test_wsgifunc_and_so_run_serve_through_the_middleware() -> None:
