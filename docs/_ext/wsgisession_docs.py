@@ -76,6 +76,10 @@ KINDS: Final[dict[str, tuple[str, str]]] = {
         "a mapping, a callable returning one, or ``None``",
         "``package.module:name``, or ``none``",
     ),
+    "handler": (
+        "a callable, or ``None``",
+        "``package.module:name``, or ``none``",
+    ),
     "size": ("a whole number of bytes, at least 1", "a whole number"),
     "interval": ("a whole number of seconds, 0 or more", "a whole number"),
     "count?": ("a whole number, at least 1, or ``None``", "a whole number, or ``none``"),

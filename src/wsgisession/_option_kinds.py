@@ -218,6 +218,12 @@ def _check_initializer(name: str, value: object) -> object:
     raise _type_error(name, "a mapping or a callable returning one", value)
 
 
+def _check_handler(name: str, value: object) -> object:
+    if value is None or callable(value):
+        return value
+    raise _type_error(name, "a callable or None", value)
+
+
 def _check_size(name: str, value: object) -> int:
     return _check_int(name, value, 1, "bytes")
 
@@ -257,6 +263,7 @@ CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
     "samesite": _check_samesite,
     "serializer": _check_serializer,
     "initializer": _check_initializer,
+    "handler": _check_handler,
     "size": _check_size,
     "interval": _check_interval,
     "count?": _check_optional_count,
@@ -368,6 +375,7 @@ PARSERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "samesite": _parse_samesite,
     "serializer": _parse_serializer,
     "initializer": _parse_initializer,
+    "handler": _parse_initializer,
     "size": _parse_int,
     "interval": _parse_int,
     "count?": _parse_optional_int,

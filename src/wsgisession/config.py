@@ -128,6 +128,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "`Set-Cookie`; `0` disables",
     ),
     Option(
+        "on_save_error",
+        None,
+        "handler",
+        "a callable `(environ, error)` returning the WSGI app that answers when the save "
+        "after the app returned fails with `StoreError`; `None` re-raises",
+    ),
+    Option(
         "save_timeout",
         30,
         "seconds",
@@ -210,6 +217,7 @@ class Config:
     encrypt: bool | str = True
     max_size: int = 1048576
     regenerate_grace: int = 60
+    on_save_error: Callable[[Any, Any], Any] | None = None
     save_timeout: int = 30
     cleanup_interval: int = 3600
     max_sessions_per_user: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -11,7 +12,7 @@ from . import _clock
 from ._saving import Saver
 from .config import Config
 from .cookies import SessionCookie
-from .errors import ConfigError, SessionError
+from .errors import ConfigError, SessionError, StoreError
 from .ids import store_key
 from .purge import Purger
 from .serializers import resolve_serializer
@@ -70,6 +71,7 @@ class SessionMiddleware:
         self._cookies = SessionCookie(config)
         self._initial = _initial_data(config.initializer)
         self._environ_key = config.environ_key
+        self._on_save_error = config.on_save_error
         self._purger: Purger | None = None
         if config.cleanup_interval and not self.store.native_expiry:
             self._purger = Purger(self.store, config.cleanup_interval)
@@ -126,6 +128,10 @@ class SessionMiddleware:
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
         response = _Response(session, start_response)
+        if self._on_save_error is not None:
+            response.answer = functools.partial(
+                self._answer_save_error, environ, start_response, session
+            )
         try:
             iterable = self.app(environ, response.start_response)
         except BaseException:
@@ -134,6 +140,11 @@ class SessionMiddleware:
         if response.pending is not None:
             try:
                 response.flush()
+            except StoreError as exc:
+                _close(iterable)
+                if self._on_save_error is None:
+                    raise
+                return self._answer_save_error(environ, start_response, session, exc)
             except BaseException:
                 _close(iterable)
                 raise
@@ -147,6 +158,24 @@ class SessionMiddleware:
             return iterable
         response.iterable = iterable
         return response
+
+    def _answer_save_error(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        session: Session,
+        error: StoreError,
+    ) -> Iterable[bytes]:
+        """Answer with ``on_save_error``'s application: the save after the app failed.
+
+        Nothing was stored and no header went out, so its page can still replace the
+        response. The session is finished: the page may read it, never change it.
+        """
+        assert self._on_save_error is not None
+        session.fail()
+        session.hand_over()
+        answer: WSGIApplication = self._on_save_error(environ, error)
+        return answer(environ, start_response)
 
     def user_sessions(self, user_id: str) -> list[SessionInfo]:
         """Return *user_id*'s live sessions, newest ``created_at`` first.
@@ -288,9 +317,11 @@ class _Response:
     # in __init__; _server_write, iterable and _exhausted are set before any read.
     __slots__ = (
         "_exhausted",
+        "_failure",
         "_server_start_response",
         "_server_write",
         "_session",
+        "answer",
         "iterable",
         "pending",
         "started",
@@ -304,6 +335,8 @@ class _Response:
         self.pending: tuple[str, list[tuple[str, str]]] | None = None
         #: Whether the headers went to the server (and the session was saved for them).
         self.started = False
+        #: ``on_save_error``'s answer to a save that failed, if the option is set.
+        self.answer: Callable[[StoreError], Iterable[bytes]] | None = None
         self.iterable: Iterable[bytes]
         self._server_write: Callable[[bytes], object]
 
@@ -352,15 +385,37 @@ class _Response:
         try:
             for chunk in iterable:
                 # A generator calls start_response during its first step.
-                if self.pending is not None:
-                    self.flush()
+                if self.pending is not None and not self._flushed():
+                    yield from self._answered()
+                    return
                 yield chunk
-            if self.pending is not None:  # a generator that called it and yielded nothing
-                self.flush()
+            # A generator that called it and yielded nothing.
+            if self.pending is not None and not self._flushed():
+                yield from self._answered()
+                return
         except BaseException:
             self._session.fail()
             raise
         self._exhausted = True
+
+    def _flushed(self) -> bool:
+        """Flush; ``False`` when the save failed and ``on_save_error`` is to answer."""
+        try:
+            self.flush()
+        except StoreError as exc:
+            if self.answer is None:
+                raise
+            self._failure = exc
+            return False
+        return True
+
+    def _answered(self) -> Iterator[bytes]:
+        assert self.answer is not None
+        body = self.answer(self._failure)
+        try:
+            yield from body
+        finally:
+            _close(body)
 
     def close(self) -> None:
         """Close the application's iterable, then save what changed during the body."""
