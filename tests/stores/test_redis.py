@@ -608,12 +608,17 @@ def test_each_operation_is_one_round_trip(private_redis: RedisServer, sent: list
         warm, old, new = new_key(), new_key(), new_key()
         # A fresh server does not know a script yet: NOSCRIPT, then it is loaded.
         sent.clear()
-        assert store.save(warm, make_record(), expected_version=None)
+        assert store.save(warm, make_record(user_id="ann"), expected_version=None)
         assert sent == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
         assert store.refresh(warm, time.time() + 7200, time.time())
         assert store.delete(warm)
         steps = [
-            (lambda: store.save(old, make_record(b"1"), expected_version=None), "EVALSHA"),
+            # A new session without a user is one SET NX; with one, the script.
+            (lambda: store.save(old, make_record(b"1"), expected_version=None), "SET"),
+            (
+                lambda: store.save(warm, make_record(user_id="ann"), expected_version=None),
+                "EVALSHA",
+            ),
             (lambda: store.load(old), "GET"),
             (lambda: store.save(old, make_record(b"2", version=2), expected_version=1), "EVALSHA"),
             (lambda: store.refresh(old, time.time() + 7200, time.time()), "EVALSHA"),
@@ -642,15 +647,18 @@ def _commands_run(client: redis.Redis, step: Callable[[], object]) -> dict[str, 
 
 @SERVER
 def test_a_session_without_a_user_never_touches_the_index(private_redis: RedisServer) -> None:
-    """A save is the version check, a look at the save lock and one SET; a refresh, the
-    check and the new times."""
+    """A new session is one SET NX; a save, the version check, a look at the save lock
+    and one SET; a refresh, the check and the new times."""
     with RedisStore.from_url(private_redis.url) as store:
         client = store.client
         assert isinstance(client, redis.Redis)
         key = new_key()
-        assert store.save(key, make_record(), expected_version=None)  # loads the script
         assert _commands_run(
-            client, lambda: store.save(key, make_record(version=2), expected_version=1)
+            client, lambda: store.save(key, make_record(), expected_version=None)
+        ) == {"set": 1}
+        assert store.save(key, make_record(version=2), expected_version=1)  # loads the script
+        assert _commands_run(
+            client, lambda: store.save(key, make_record(version=3), expected_version=2)
         ) == {"evalsha": 1, "getrange": 1, "exists": 1, "set": 1}
         assert _commands_run(client, lambda: store.load(key)) == {"get": 1}
         assert store.refresh(key, time.time() + 7200, time.time())  # loads the script

@@ -88,10 +88,11 @@ def test_a_plain_save_fails_while_a_lease_is_live_in_its_one_round_trip(
     with RedisStore.from_url(private_redis.url) as store:
         key = new_key()
         assert store.save(key, make_record(), expected_version=None)
+        assert store.save(key, make_record(version=2), expected_version=1)  # loads the script
         lock, _ = redis_lock_keys(store, key)
         store.client.set(lock, "another-caller", px=60_000)
         sent.clear()
-        assert not store.save(key, make_record(version=2), expected_version=1)
+        assert not store.save(key, make_record(version=3), expected_version=2)
         assert sent == ["EVALSHA"]
         assert store.refresh(key, time.time() + 7200, time.time())
         assert store.delete(key)

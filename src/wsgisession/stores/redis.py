@@ -197,6 +197,12 @@ class RedisStore(Store):
         :meth:`save_locked` holds it: no extra round trip, one more ``EXISTS``.
         """
         now = _clock.now()
+        if expected_version is None and replaces is None and record.user_id is None:
+            ttl = scripts.ttl_ms(record.expires_at, now)
+            # Only a key holding a record the application's clock has seen expire, which
+            # Redis hasn't dropped yet, makes the script necessary.
+            if ttl > 0 and self._create(key, record, ttl):
+                return True
         keys = [self.key_prefix + key, self._keys.lock(key)]
         cluster = self._cluster()
         replaced = replaces if replaces != key else None
@@ -224,6 +230,19 @@ class RedisStore(Store):
         if saved and cluster:
             self._steps.after_save(key, record, scripts.user_of(result[1]), replaced, tombstone)
         return saved
+
+    def _create(self, key: str, record: Record, ttl: int) -> bool:
+        """Write a new record with no user and nothing to replace: one ``SET NX``.
+
+        No script is needed: nothing else changes (no index entry, no old key), and no
+        save lock can be held on a key that holds nothing. ``False`` when the key holds
+        anything: the script then decides, since an expired record is overwritten.
+        """
+        with self._errors():
+            created = self.client.set(
+                self.key_prefix + key, scripts.encode(record), nx=True, px=ttl
+            )
+        return bool(created)
 
     def save_locked(
         self,
