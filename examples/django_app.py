@@ -4,51 +4,53 @@ Run it with ``python examples/django_app.py`` and open http://127.0.0.1:8000/.
 Sessions go to ``./sessions`` (the default file store). Set ``SECRET_KEY`` and
 ``SESSION_STORE`` (a store URL) in the environment to change either.
 
-``django.contrib.sessions`` is not installed: views read the wsgisession session
-with ``get_session(request.META)``, and the WSGI application is wrapped in
-:class:`SessionMiddleware`, as a project's ``wsgi.py`` would do.
+``django.contrib.sessions`` is not installed: ``wsgisession.django.DjangoSessionMiddleware``
+takes its place in ``MIDDLEWARE``, so views use ``request.session`` with Django's names
+(``cycle_key()``, ``flush()``) and wsgisession's (``set(..., timeout=)``, ``remember``,
+``user_id``). The options are the ``WSGISESSION`` setting.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import django.core.wsgi
 from django.conf import settings
-
-if not settings.configured:
-    settings.configure(
-        DEBUG=False,
-        # Django signs its own things with it; the sessions have their own key.
-        SECRET_KEY=os.environ.get("SECRET_KEY", "dev-only-change-me"),
-        ALLOWED_HOSTS=["127.0.0.1", "localhost"],
-        ROOT_URLCONF=__name__,
-        INSTALLED_APPS=[],
-        MIDDLEWARE=["django.middleware.common.CommonMiddleware"],
-        USE_TZ=True,
-    )
-
-from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path
 from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 
-from wsgisession import Session, SessionMiddleware, get_session
+import wsgisession.django
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
 
 #: Seconds the "signed in" message stays, as a per-key timeout.
 FLASH_SECONDS = int(os.environ.get("FLASH_SECONDS", "5"))
 
-
-def session(request: HttpRequest) -> Session:
-    """The request's session (``request.META`` is the WSGI environ)."""
-    return get_session(request.META)
+#: The project's settings but the session options, which ``create_app`` adds.
+SETTINGS: dict[str, Any] = {
+    "DEBUG": False,
+    # Django signs its own things with it; the sessions have their own key.
+    "SECRET_KEY": os.environ.get("SECRET_KEY", "dev-only-change-me"),
+    "ALLOWED_HOSTS": ["127.0.0.1", "localhost", "testserver"],
+    "ROOT_URLCONF": __name__,
+    "INSTALLED_APPS": [],
+    "MIDDLEWARE": [
+        # Where django.contrib.sessions' SessionMiddleware would be.
+        "wsgisession.django.DjangoSessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+    ],
+    "USE_TZ": True,
+}
 
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    s = session(request)
+    s = request.session
     s["count"] = s.get("count", 0) + 1
     parts = ["<!doctype html><title>wsgisession demo</title><h1>wsgisession + Django</h1>"]
     if "flash" in s:
@@ -71,8 +73,8 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def login(request: HttpRequest) -> HttpResponse:
-    s = session(request)
-    s.regenerate()  # a new id on login defeats session fixation
+    s = request.session
+    s.cycle_key()  # a new id on login defeats session fixation
     s["user"] = request.POST.get("username", "")
     s.user_id = s["user"] or None  # an empty name is no user
     s.remember = request.POST.get("remember") == "on"
@@ -82,20 +84,35 @@ def login(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def logout(request: HttpRequest) -> HttpResponse:
-    session(request).invalidate()
+    request.session.flush()
     return HttpResponseRedirect("/")
 
 
 urlpatterns = [path("", index), path("login", login), path("logout", logout)]
 
 
-def create_app(**options: Any) -> SessionMiddleware:
-    """Build the demo as a WSGI app; *options* go to :class:`SessionMiddleware`."""
+def session_options(**options: Any) -> dict[str, Any]:
+    """The ``WSGISESSION`` setting: *options*, a secret key and a store from the
+    environment."""
     # Without SECRET_KEY a random key is used: fine for a demo, but sessions then end on
     # restart and differ between worker processes. Make one with secrets.token_urlsafe(32).
     options.setdefault("secret_key", os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32))
     options.setdefault("store", os.environ.get("SESSION_STORE", "file:./sessions"))
-    return SessionMiddleware(get_wsgi_application(), **options)
+    return options
+
+
+def create_app(*, wrap: bool = True, **options: Any) -> WSGIApplication:
+    """Configure Django with *options* for the session, and return the WSGI application.
+
+    With *wrap*, it is ``wsgisession.django.get_wsgi_application()``: the session wraps
+    the whole application. Without, it is Django's own, and the middleware alone runs
+    the session, as it does under ``runserver`` and Django's test client.
+    """
+    settings.configure(**SETTINGS, WSGISESSION=session_options(**options))
+    if wrap:
+        return wsgisession.django.get_wsgi_application()
+    application: WSGIApplication = django.core.wsgi.get_wsgi_application()
+    return application
 
 
 if __name__ == "__main__":

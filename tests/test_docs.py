@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 import wsgisession
+import wsgisession.django
 import wsgisession.paste
 import wsgisession.stores
 import wsgisession.testing
@@ -108,7 +109,7 @@ def _documented() -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    [wsgisession, wsgisession.stores, wsgisession.testing, wsgisession.paste],
+    [wsgisession, wsgisession.stores, wsgisession.testing, wsgisession.paste, wsgisession.django],
     ids=lambda module: module.__name__,
 )
 def test_every_public_name_is_in_the_api_reference(module: ModuleType) -> None:

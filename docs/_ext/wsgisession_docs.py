@@ -1,15 +1,22 @@
-"""Sphinx extension: the configuration reference, generated from ``config.OPTIONS``.
+"""Sphinx extension: the configuration reference, generated from ``config.OPTIONS``,
+and the migration guides' before-and-after diffs.
 
 ``.. wsgisession-options::`` expands to one ``confval`` entry per option, in the
 table's order, with its type, default, ini spelling and environment variable, so
 the reference is written once, in code. Sphinx warns about a ``:confval:`` reference
 to an option that has no entry, and the ``-W`` build turns that into an error, so
 prose cannot keep naming an option that was renamed or removed.
+
+``.. wsgisession-diff:: BEFORE AFTER`` shows what changes from one file of the
+repository to another (paths from its root), as a unified diff labelled with those
+paths: ``literalinclude``'s ``:diff:`` labels it with the build machine's.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from docutils import nodes
@@ -146,7 +153,28 @@ class OptionsDirective(SphinxDirective):
         return list(container.children)
 
 
+class DiffDirective(SphinxDirective):
+    """``.. wsgisession-diff:: BEFORE AFTER``: the unified diff of two repository files."""
+
+    required_arguments = 2
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        root = Path(self.env.srcdir).parent
+        texts = []
+        for name in self.arguments:
+            path = root / name
+            self.env.note_dependency(str(path))  # a changed example rebuilds the page
+            texts.append(path.read_text(encoding="utf-8").splitlines(keepends=True))
+        before, after = self.arguments
+        diff = "".join(difflib.unified_diff(texts[0], texts[1], before, after))
+        block = nodes.literal_block(diff, diff)
+        block["language"] = "diff"
+        return [block]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
-    """Register the ``wsgisession-options`` directive."""
+    """Register the ``wsgisession-options`` and ``wsgisession-diff`` directives."""
     app.add_directive("wsgisession-options", OptionsDirective)
+    app.add_directive("wsgisession-diff", DiffDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

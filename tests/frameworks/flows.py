@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -51,11 +52,13 @@ def log_in(browser: Browser, name: str, remember: bool = False) -> Response:
 class ExampleFlows:
     """The counter, login with and without remember-me, the flash and logout.
 
-    A subclass names its example (``examples/<example>.py``) and, if the app is not
+    A subclass names its example (``examples/<example>.py``), any extra keyword
+    arguments of its ``create_app`` (``options``) and, if the app is not
     ``create_app(...)`` itself, the expression that makes it a WSGI callable (``wsgi``).
     """
 
     example: str
+    options: ClassVar[dict[str, object]] = {}
     wsgi: str = ""
 
     @pytest.fixture(scope="class", params=SERVERS)
@@ -65,7 +68,9 @@ class ExampleFlows:
     ) -> Iterator[Server]:
         """The example under each server, shared by the class's flows."""
         directory = tmp_path_factory.mktemp(cls.example)
-        with serve_example(request.param, cls.example, directory, wsgi=cls.wsgi) as running:
+        with serve_example(
+            request.param, cls.example, directory, wsgi=cls.wsgi, **cls.options
+        ) as running:
             yield running
 
     def test_counter_counts_per_client(self, server: Server) -> None:

@@ -32,6 +32,7 @@ def test_wsgisession_imports_no_framework() -> None:
         pytest.param("wsgisession.bottle", {"bottle"}, id="bottle"),
         pytest.param("wsgisession.pyramid", {"pyramid", "zope"}, id="pyramid"),
         pytest.param("wsgisession.webpy", {"web"}, id="webpy"),
+        pytest.param("wsgisession.django", {"django"}, id="django"),
     ],
 )
 def test_each_helper_imports_only_its_framework(module: str, expected: set[str]) -> None:
