@@ -78,6 +78,12 @@ SQL_KINDS = [
 SQL_SERVER_KINDS = SQL_KINDS[1:]
 
 
+#: The variables under ``WSGISESSION_`` that the tests, CI and the benchmarks read, which
+#: are no options: what tests pass as ``from_env(ignore=...)`` when they read the real
+#: environment (docs/configuration.rst, "Environment variables").
+TEST_VARIABLES = ("WSGISESSION_REQUIRE_SERVICES", "WSGISESSION_TEST_*")
+
+
 def services_required() -> bool:
     """Whether an unreachable server must fail the test instead of skipping it."""
     return os.environ.get("WSGISESSION_REQUIRE_SERVICES", "") not in ("", "0")

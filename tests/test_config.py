@@ -331,10 +331,11 @@ def test_defaults_apply_to_options_not_given() -> None:
 
 
 def test_config_fields_are_the_option_table() -> None:
-    """The dataclass and OPTIONS are two lists of one set of names; they must agree."""
+    """The dataclass and OPTIONS are two lists of one set of names; they must agree.
+    The one field more, ``sources``, records where options were set and is no option."""
     names = [field.name for field in dataclasses.fields(Config)]
 
-    assert names == [option.name for option in OPTIONS]
+    assert names == [option.name for option in OPTIONS] + ["sources"]
 
 
 def test_options_markdown_lists_every_option() -> None:
@@ -472,7 +473,16 @@ def test_unknown_option_name_is_refused(spelling: str) -> None:
         else:
             SessionMiddleware(_app, options)
 
-    assert "timeout" in str(caught.value)  # the known names are listed
+    message = str(caught.value)
+    assert message == "unknown option 'timeuot'; did you mean 'timeout'?"
+
+
+def test_unknown_option_without_a_close_name_says_so_without_listing_all() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_options(secret_key=KEY, frobnicate=1)
+
+    assert str(caught.value).startswith("unknown option 'frobnicate'; no option has a name")
+    assert "cookie_partitioned" not in str(caught.value)
 
 
 def test_options_that_are_not_a_mapping_are_refused() -> None:
@@ -722,6 +732,52 @@ def test_ini_keeps_percent_signs_in_a_secret(tmp_path: Path) -> None:
     assert Config.from_ini(path).secret_key == "50%off%(name)s%%-and-long-enough-for-a-key"
 
 
+# The one rule for words in text values (docs/configuration.rst, "Values as text"):
+# the words each kind takes, in any case; anything else is refused, listing them.
+WORDS = [
+    pytest.param("cookie_secure = YES", "cookie_secure", True, id="bool-yes-upper"),
+    pytest.param("cookie_secure = Off", "cookie_secure", False, id="bool-off"),
+    pytest.param("cookie_secure = NONE", "cookie_secure", None, id="optional-bool-none"),
+    pytest.param("cookie_samesite = strict", "cookie_samesite", "Strict", id="samesite-lower"),
+    pytest.param("cookie_samesite = LAX", "cookie_samesite", "Lax", id="samesite-upper"),
+    pytest.param("cookie_samesite = none", "cookie_samesite", "None", id="samesite-none-word"),
+    pytest.param("encrypt = MIGRATE", "encrypt", "migrate", id="encrypt-migrate"),
+    pytest.param("encrypt = No", "encrypt", False, id="encrypt-no"),
+    pytest.param("serializer = JSON", "serializer", "json", id="serializer-upper"),
+    pytest.param("absolute_timeout = None", "absolute_timeout", None, id="seconds-none"),
+]
+
+
+@pytest.mark.parametrize(("line", "name", "expected"), WORDS)
+def test_words_in_text_values_are_read_in_any_case(
+    line: str, name: str, expected: Any, tmp_path: Path
+) -> None:
+    path = _write_ini(tmp_path, [f"secret_key = {KEY}", line])
+
+    assert getattr(Config.from_ini(path), name) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "listed"),
+    [
+        pytest.param("cookie_secure = y", "true or false (or yes/no, on/off, 1/0)", id="y"),
+        pytest.param("cookie_httponly = enabled", "yes/no", id="enabled"),
+        pytest.param("cookie_secure = nil", "none, true or false", id="optional"),
+        pytest.param("encrypt = sealed", "migrate, true or false", id="encrypt"),
+        pytest.param("cookie_samesite = Stricter", "'Strict', 'Lax', 'None'", id="samesite"),
+    ],
+)
+def test_other_words_are_refused_listing_the_accepted_ones(
+    line: str, listed: str, tmp_path: Path
+) -> None:
+    path = _write_ini(tmp_path, [f"secret_key = {KEY}", line])
+
+    with pytest.raises(ConfigError) as caught:
+        Config.from_ini(path)
+
+    assert listed in str(caught.value)
+
+
 # (ini lines after the secret, the name the message must hold)
 BAD_INI = [
     pytest.param(["timeout = soon"], "'timeout'", id="int-word"),
@@ -762,6 +818,51 @@ def test_bad_ini_value_raises_config_error_naming_it(
         SessionMiddleware.from_ini(_app, path)
 
     assert named in str(caught.value)
+    assert f"[session] of {path}" in str(caught.value)
+
+
+def test_unknown_ini_option_names_the_file_and_section_and_the_closest_option(
+    tmp_path: Path,
+) -> None:
+    path = _write_ini(tmp_path, [f"secret_key = {KEY}", "timout = 1800"])
+
+    with pytest.raises(ConfigError) as caught:
+        Config.from_ini(path)
+
+    assert str(caught.value) == (
+        f"unknown option 'timout' in [session] of {path}; did you mean 'timeout'?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "said"),
+    [
+        pytest.param(
+            ["cookie_secure = false", "cookie_samesite = None"],
+            "option 'cookie_samesite' can't be 'None'",
+            id="contradiction",
+        ),
+        pytest.param(
+            ["store = memory://", "store.colour = red"], "colour", id="refused-by-the-store"
+        ),
+        pytest.param(["store = mongo://db"], "unknown store scheme 'mongo'", id="store-url"),
+        pytest.param(["store = memory://"], "option 'secret_key' is required", id="no-secret"),
+    ],
+)
+def test_errors_found_after_reading_still_name_the_file_and_section(
+    lines: list[str], said: str, tmp_path: Path
+) -> None:
+    """Contradictions, the store's own checks and a missing key are found once the whole
+    section is read; the message still says which file to open."""
+    if said != "option 'secret_key' is required":
+        lines = [f"secret_key = {KEY}", *lines]
+    path = _write_ini(tmp_path, lines, section="sess")
+
+    with pytest.raises(ConfigError) as caught:
+        SessionMiddleware.from_ini(_app, path, section="sess")
+
+    assert str(caught.value).startswith(f"[sess] of {path}: ")
+    assert said in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -861,3 +962,64 @@ def test_ini_default_section_keys_are_not_options(tmp_path: Path) -> None:
     ini.write_text(f"[DEFAULT]\ndebug = true\n\n[session]\nsecret_key = {KEY}\ntimeout = 60\n")
     config = Config.from_ini(ini)
     assert (config.secret_key, config.timeout) == (KEY, 60)
+
+
+# -- what ``wsgisession check`` shows -----------------------------------------------------
+
+
+def test_resolved_shows_every_option_with_where_it_was_set(
+    helper: ModuleType, tmp_path: Path
+) -> None:
+    path = _write_ini(
+        tmp_path,
+        [
+            f"secret_key = {KEY}",
+            f"secret_key_fallbacks = {OLD_1}",
+            "store = redis://:hunter2@cache:6379/0",
+            "store.password = hunter3",
+            "store.key_prefix = shop:",
+            "timeout = 1800",
+            f"listeners = {helper.__name__}:on_event",
+        ],
+    )
+
+    rows = {name: (value, source) for name, value, source in Config.from_ini(path).resolved()}
+
+    here = f"[session] of {path}"
+    assert rows["secret_key"] == ("'***'", here)
+    assert rows["secret_key_fallbacks"] == ("('***',)", here)
+    assert rows["store"] == ("'redis://:***@cache:6379/0'", here)
+    assert rows["store.password"] == ("'***'", here)
+    assert rows["store.key_prefix"] == ("'shop:'", here)
+    assert rows["timeout"] == ("1800", here)
+    assert rows["listeners"] == (f"({helper.__name__}:on_event)", here)
+    assert rows["remember_me_timeout"] == ("2592000", "default")
+    assert "store_options" not in rows  # one row per store option instead
+    shown = repr(rows)
+    for secret in (KEY, OLD_1, "hunter2", "hunter3"):
+        assert secret not in shown
+
+
+def test_resolved_lists_the_options_in_the_tables_order() -> None:
+    names = [name for name, _, _ in Config.from_options(secret_key=KEY).resolved()]
+
+    assert names == [option.name for option in OPTIONS]
+
+
+def test_resolved_tells_python_arguments_from_defaults() -> None:
+    config = Config.from_options(
+        secret_key=KEY, timeout=3600, cookie_name="sid", store_options={"a": 1}
+    )
+
+    rows = {name: source for name, _, source in config.resolved()}
+
+    assert (rows["secret_key"], rows["cookie_name"], rows["store.a"]) == ("argument",) * 3
+    assert rows["timeout"] == "default"  # given, but the default's value
+
+
+def test_where_options_were_set_does_not_make_configs_differ(tmp_path: Path) -> None:
+    path = _write_ini(tmp_path, [f"secret_key = {KEY}"])
+
+    assert Config.from_ini(path).sources == {"secret_key": f"[session] of {path}"}
+    assert Config.from_ini(path) == Config.from_options(secret_key=KEY)
+    assert "sources" not in repr(Config.from_ini(path))

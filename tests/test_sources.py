@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import configparser
 import importlib.metadata
+import re
 import textwrap
 from collections.abc import Iterable, Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -18,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from werkzeug.test import Client
 
+from tests.helpers import TEST_VARIABLES
 from tests.test_config import VALID, _resolve, helper
 from wsgisession import ConfigError, SessionMiddleware, get_session
-from wsgisession.config import Config
+from wsgisession.config import OPTIONS, Config
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -126,21 +129,134 @@ def test_store_variables_win_over_the_store_options_json() -> None:
     assert config.store_options == {"shard_depth": 3, "fsync": True}
 
 
-def test_other_variables_are_ignored() -> None:
-    """The test suite's own variables share the prefix and must not be read as options."""
+def test_variables_outside_the_prefix_are_not_read() -> None:
+    config = Config.from_env(
+        environ={"WSGISESSION_SECRET_KEY": KEY, "TIMEOUT": "5", "SESSION_TIMEOUT": "5"}
+    )
+
+    assert config == Config.from_options(secret_key=KEY)
+
+
+# (a variable under the prefix that names no option, what the error must say about it)
+UNKNOWN_VARIABLES = [
+    pytest.param(
+        "WSGISESSION_TIMOUT",
+        "unknown environment variable WSGISESSION_TIMOUT; did you mean WSGISESSION_TIMEOUT?",
+        id="misspelt",
+    ),
+    pytest.param(
+        "WSGISESSION_COOKIE_SECUR",
+        "did you mean WSGISESSION_COOKIE_SECURE?",
+        id="misspelt-cookie",
+    ),
+    pytest.param(
+        "WSGISESSION_timeout",
+        "WSGISESSION_timeout is not read: names are in capitals; "
+        "did you mean WSGISESSION_TIMEOUT?",
+        id="lower-case",
+    ),
+    pytest.param(
+        "WSGISESSION_store_table_name",
+        "did you mean WSGISESSION_STORE_TABLE_NAME?",
+        id="lower-case-store-option",
+    ),
+    pytest.param(
+        "WSGISESSION_STORE_", "WSGISESSION_STORE_ names no store option", id="store-no-name"
+    ),
+    pytest.param(
+        "WSGISESSION_REQUIRE_SERVICES",
+        "unknown environment variable WSGISESSION_REQUIRE_SERVICES: it names no option",
+        id="not-an-option",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variable", "said"), UNKNOWN_VARIABLES)
+def test_unknown_variable_under_the_prefix_is_refused_naming_it(variable: str, said: str) -> None:
+    """``WSGISESSION_TIMOUT=1800`` used to run with the default 3600, silently."""
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={"WSGISESSION_SECRET_KEY": KEY, variable: "1800"})
+
+    assert said in str(caught.value)
+    assert "ignore" in str(caught.value)  # and the way out, for a variable that is no option
+
+
+def test_unknown_variable_under_another_prefix_is_refused_in_its_spelling() -> None:
+    with pytest.raises(ConfigError, match="did you mean SHOP_SESSION_TIMEOUT"):
+        Config.from_env(
+            "SHOP_SESSION_", {"SHOP_SESSION_SECRET_KEY": KEY, "SHOP_SESSION_TIMOUT": "1"}
+        )
+
+
+def test_an_empty_prefix_is_refused() -> None:
+    """Every variable of the process would be under it, and each an unknown option."""
+    with pytest.raises(ConfigError, match="prefix must be a non-empty string"):
+        Config.from_env("", {"SECRET_KEY": KEY, "PATH": "/usr/bin"})
+
+
+def test_ignore_leaves_variables_that_are_no_options_alone() -> None:
+    """Names and shell-style patterns; an ignored variable is not read even when its
+    value would be bad."""
     config = Config.from_env(
         environ={
             "WSGISESSION_SECRET_KEY": KEY,
             "WSGISESSION_REQUIRE_SERVICES": "1",
             "WSGISESSION_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
-            "WSGISESSION_timeout": "not upper case, not read",
-            "WSGISESSION_STORE_": "no store option name",
-            "TIMEOUT": "5",
-            "SESSION_TIMEOUT": "5",
-        }
+            "WSGISESSION_TEST_POSTGRESQL_URL": "postgresql://",
+            "WSGISESSION_DEBUG": "{not json",
+        },
+        ignore=["WSGISESSION_REQUIRE_SERVICES", "WSGISESSION_TEST_*", "WSGISESSION_DEBUG"],
     )
 
     assert config == Config.from_options(secret_key=KEY)
+
+
+def test_ignore_matches_whole_names_in_their_case() -> None:
+    environ = {"WSGISESSION_SECRET_KEY": KEY, "WSGISESSION_TEST_URL_2": "x"}
+
+    with pytest.raises(ConfigError, match="WSGISESSION_TEST_URL_2"):
+        Config.from_env(environ=environ, ignore=["WSGISESSION_TEST_URL", "wsgisession_test_*"])
+
+
+@pytest.mark.parametrize(
+    "ignore",
+    [
+        pytest.param("WSGISESSION_DEBUG", id="one-string"),
+        pytest.param(["WSGISESSION_DEBUG", ""], id="empty-name"),
+        pytest.param([5], id="not-a-string"),
+    ],
+)
+def test_ignore_must_be_a_list_of_names(ignore: Any) -> None:
+    """A lone string would be read letter by letter, each letter a pattern."""
+    with pytest.raises(ConfigError, match="ignore"):
+        Config.from_env(environ={"WSGISESSION_SECRET_KEY": KEY}, ignore=ignore)
+
+
+def test_the_repositorys_own_variables_are_options_or_in_test_variables() -> None:
+    """Every ``WSGISESSION_`` name the test suite, CI and the benchmarks mention is an
+    option, a store option, or matched by ``TEST_VARIABLES``, which the tests pass as
+    ``ignore`` wherever they read the real environment; so running the suite with its
+    own variables set never trips the check. (The files that test the check spell
+    names wrong on purpose, and are left out.)"""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / ".ci" / "run", root / "CONTRIBUTING.md"]
+    files += [p for p in (root / "benchmarks").rglob("*") if p.suffix in (".py", ".md")]
+    files += [
+        path
+        for path in (root / "tests").rglob("*.py")
+        if path.name not in ("test_sources.py", "test_cli.py", "test_config.py")
+    ]
+    names = set()
+    for path in files:
+        names |= set(re.findall(r"\bWSGISESSION_[A-Z0-9_]*", path.read_text(encoding="utf-8")))
+    assert "WSGISESSION_REQUIRE_SERVICES" in names  # the search finds what it looks for
+    options = {option.name.upper() for option in OPTIONS}
+
+    for name in sorted(names):
+        rest = name.removeprefix("WSGISESSION_")
+        if rest in ("", "STORE_") or any(fnmatchcase(name, p) for p in TEST_VARIABLES):
+            continue
+        assert rest in options or rest.startswith("STORE_"), name
 
 
 @pytest.mark.parametrize(
@@ -160,8 +276,10 @@ def test_other_variables_are_ignored() -> None:
 def test_bad_value_raises_config_error_naming_the_variable(variable: str, text: str) -> None:
     environ = {"WSGISESSION_SECRET_KEY": KEY, variable: text}
 
-    with pytest.raises(ConfigError, match=f"environment variable {variable}:"):
+    with pytest.raises(ConfigError) as caught:
         Config.from_env(environ=environ)
+
+    assert str(caught.value).startswith(f"environment variable {variable}: ")
 
 
 def test_missing_secret_key_names_the_variable_to_set() -> None:
@@ -176,8 +294,13 @@ def test_contradicting_variables_are_refused() -> None:
         "WSGISESSION_COOKIE_SAMESITE": "None",
     }
 
-    with pytest.raises(ConfigError, match="cookie_samesite"):
+    with pytest.raises(ConfigError) as caught:
         Config.from_env(environ=environ)
+
+    assert str(caught.value).startswith(
+        "environment variables WSGISESSION_COOKIE_SECURE, WSGISESSION_COOKIE_SAMESITE: "
+        "option 'cookie_samesite'"
+    )
 
 
 def test_another_prefix_reads_only_its_own_variables() -> None:
@@ -196,13 +319,18 @@ def test_another_prefix_reads_only_its_own_variables() -> None:
 def test_middleware_from_env_reads_the_process_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, closing: list[SessionMiddleware]
 ) -> None:
+    """The process environment holds the test suite's own variables too (CI sets
+    ``WSGISESSION_REQUIRE_SERVICES``): ``ignore`` lets them be."""
+    monkeypatch.setenv("WSGISESSION_REQUIRE_SERVICES", "1")
     monkeypatch.setenv("WSGISESSION_SECRET_KEY", KEY)
     monkeypatch.setenv("WSGISESSION_STORE", f"file:{tmp_path / 'sessions'}")
     monkeypatch.setenv("WSGISESSION_STORE_SHARD_DEPTH", "1")
     monkeypatch.setenv("WSGISESSION_CLEANUP_INTERVAL", "0")
     monkeypatch.setenv("WSGISESSION_COOKIE_NAME", "sid")
 
-    app = SessionMiddleware.from_env(counter)
+    with pytest.raises(ConfigError, match="WSGISESSION_REQUIRE_SERVICES"):
+        SessionMiddleware.from_env(counter)
+    app = SessionMiddleware.from_env(counter, ignore=TEST_VARIABLES)
     closing.append(app)
 
     assert app.config.store_options == {"shard_depth": 1}
@@ -211,15 +339,67 @@ def test_middleware_from_env_reads_the_process_environment(
     assert client.get_cookie("sid") is not None
 
 
-def test_unknown_store_option_from_env_is_refused_when_the_middleware_is_built() -> None:
-    environ = {
-        "WSGISESSION_SECRET_KEY": KEY,
-        "WSGISESSION_STORE": "memory://",
-        "WSGISESSION_STORE_COLOUR": "red",
-    }
+# (variables beside the secret, the variables the error must name)
+STORE_REFUSALS = [
+    pytest.param(
+        {"WSGISESSION_STORE": "memory://", "WSGISESSION_STORE_COLOUR": "red"},
+        "environment variable WSGISESSION_STORE_COLOUR: ",
+        id="unknown-store-option",
+    ),
+    pytest.param(
+        {
+            "WSGISESSION_STORE": "sqlite:///sessions.db",
+            "WSGISESSION_STORE_TABLE_NAME": "web_sessions",
+            "WSGISESSION_STORE_POOL_SIZE": "-3",
+        },
+        "environment variable WSGISESSION_STORE_POOL_SIZE: store option 'pool_size'",
+        id="bad-store-option",
+    ),
+    pytest.param(
+        {
+            "WSGISESSION_STORE": "sqlite:///sessions.db",
+            "WSGISESSION_STORE_OPTIONS": '{"table_name": "s", "colour": "red"}',
+        },
+        "environment variable WSGISESSION_STORE_OPTIONS: ",
+        id="option-in-the-json",
+    ),
+    pytest.param(
+        {"WSGISESSION_STORE": "mongo://db/sessions", "WSGISESSION_STORE_TABLE_NAME": "s"},
+        "environment variable WSGISESSION_STORE: unknown store scheme 'mongo'",
+        id="unknown-scheme",
+    ),
+]
 
-    with pytest.raises(ConfigError, match="colour"):
+
+@pytest.mark.parametrize(("variables", "named"), STORE_REFUSALS)
+def test_store_refusal_names_the_variable_that_set_it(
+    variables: dict[str, str], named: str
+) -> None:
+    """The store checks its options when the middleware is built; the error still says
+    which variable to fix, not only the option's name."""
+    environ = {"WSGISESSION_SECRET_KEY": KEY, **variables}
+
+    with pytest.raises(ConfigError) as caught:
         SessionMiddleware.from_env(counter, environ=environ)
+
+    assert str(caught.value).startswith(named)
+
+
+def test_bad_store_options_json_names_the_variable_and_no_ini_file() -> None:
+    environ = {"WSGISESSION_SECRET_KEY": KEY, "WSGISESSION_STORE_OPTIONS": '{"password": x'}
+
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ=environ)
+
+    message = str(caught.value)
+    assert message.startswith("environment variable WSGISESSION_STORE_OPTIONS: ")
+    assert "must be a JSON object" in message
+    assert "ini" not in message
+
+
+def test_weak_key_warning_names_the_variable() -> None:
+    with pytest.warns(UserWarning, match="^environment variable WSGISESSION_SECRET_KEY: "):
+        Config.from_env(environ={"WSGISESSION_SECRET_KEY": "short"})
 
 
 # -- session.* keys of a PasteDeploy [app:main] ----------------------------------------------
@@ -318,7 +498,7 @@ def test_app_main_without_session_keys_is_a_config_error(tmp_path: Path) -> None
         Config.from_ini(path)
 
 
-def test_unknown_session_key_in_app_main_is_refused_naming_it(tmp_path: Path) -> None:
+def test_unknown_session_key_in_app_main_is_refused_in_its_spelling(tmp_path: Path) -> None:
     """Beaker's ``session.type`` left behind in a migrated file is an error, not ignored."""
     path = _write(
         tmp_path / "app.ini",
@@ -329,8 +509,12 @@ def test_unknown_session_key_in_app_main_is_refused_naming_it(tmp_path: Path) ->
         """,
     )
 
-    with pytest.raises(ConfigError, match="'type'"):
+    with pytest.raises(ConfigError) as caught:
         Config.from_ini(path)
+
+    assert str(caught.value).startswith(
+        f"unknown option 'session.type' in [app:main] of {path}; no option has a name"
+    )
 
 
 def test_bad_interpolation_in_app_main_is_a_config_error(tmp_path: Path) -> None:
@@ -424,11 +608,23 @@ def test_pipeline_wraps_the_app(tmp_path: Path, closing: list[SessionMiddleware]
     assert _counts(app, 3) == ["1", "2", "3"]
 
 
-def test_bad_filter_option_stops_loadapp_naming_it(tmp_path: Path) -> None:
-    path = _filtered_app(tmp_path, "timeout = soon")
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        pytest.param("timeout = soon", "option 'timeout' must be", id="bad-value"),
+        pytest.param("timout = 5", "did you mean 'timeout'?", id="unknown-option"),
+    ],
+)
+def test_bad_filter_option_stops_loadapp_naming_it_and_the_file(
+    line: str, said: str, tmp_path: Path
+) -> None:
+    path = _filtered_app(tmp_path, line)
 
-    with pytest.raises(ConfigError, match="'timeout'"):
+    with pytest.raises(ConfigError) as caught:
         _loadapp(path)
+
+    assert f"the egg:wsgisession filter of {path}" in str(caught.value)
+    assert said in str(caught.value)
 
 
 def test_app_factory_reading_its_own_session_keys(

@@ -1,5 +1,5 @@
-"""Sphinx extension: the configuration reference, generated from ``config.OPTIONS``,
-and the migration guides' before-and-after diffs.
+"""Sphinx extension: the configuration reference, generated from ``OPTIONS``, and the
+migration guides' before-and-after diffs.
 
 ``.. wsgisession-options::`` expands to one ``confval`` entry per option, in the
 table's order, with its type, default, ini spelling and environment variable, so
@@ -53,7 +53,7 @@ KINDS: Final[dict[str, tuple[str, str]]] = {
     ),
     "bool": (
         "``True`` or ``False``",
-        "``true``/``false``, ``yes``/``no``, ``on``/``off`` or ``1``/``0``",
+        "``true``/``false``, ``yes``/``no``, ``on``/``off`` or ``1``/``0``, in any case",
     ),
     "bool?": (
         "``True``, ``False`` or ``None``",
@@ -73,11 +73,11 @@ KINDS: Final[dict[str, tuple[str, str]]] = {
     "path": ("a URL path starting with ``/``", "the path"),
     "samesite": (
         '``"Strict"``, ``"Lax"``, ``"None"``, or ``None`` for no attribute',
-        "``Strict``, ``Lax`` or ``None``; nothing for no attribute",
+        "``Strict``, ``Lax`` or ``None``, in any case; nothing for no attribute",
     ),
     "serializer": (
         '``"json"``, ``"pickle"``, or an object with ``dumps`` and ``loads``',
-        "``json``, ``pickle``, or an object as ``package.module:name``",
+        "``json`` or ``pickle`` in any case, or an object as ``package.module:name``",
     ),
     "initializer": (
         "a mapping, a callable returning one, or ``None``",

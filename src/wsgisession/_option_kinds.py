@@ -274,20 +274,28 @@ CHECKS: Final[dict[str, Callable[[str, Any], Any]]] = {
 # -- parsing of text values ---------------------------------------------------------
 
 
-def _parse_bool(name: str, text: str) -> bool:
+# How errors list the words a boolean may be written as; words are read in any case.
+_BOOL_WORDS: Final = "true or false (or yes/no, on/off, 1/0)"
+
+
+def _parse_bool(name: str, text: str, expected: str = _BOOL_WORDS) -> bool:
     if text.lower() in _TRUE:
         return True
     if text.lower() in _FALSE:
         return False
-    raise _type_error(name, "true or false", text)
+    raise _type_error(name, expected, text)
 
 
 def _parse_encrypt(name: str, text: str) -> bool | str:
-    return "migrate" if text.lower() == "migrate" else _parse_bool(name, text)
+    if text.lower() == "migrate":
+        return "migrate"
+    return _parse_bool(name, text, f"migrate, {_BOOL_WORDS}")
 
 
 def _parse_optional_bool(name: str, text: str) -> bool | None:
-    return None if text.lower() in ("", "none") else _parse_bool(name, text)
+    if text.lower() in ("", "none"):
+        return None
+    return _parse_bool(name, text, f"none, {_BOOL_WORDS}")
 
 
 def _parse_int(name: str, text: str) -> int:
@@ -321,7 +329,8 @@ def _parse_secret_list(name: str, text: str) -> list[str]:
 
 
 def _parse_samesite(name: str, text: str) -> str | None:
-    # In ini files the empty value means "no attribute"; "None" is the attribute.
+    # In text the empty value means "no attribute"; "None", in any case, is the
+    # attribute. The check turns any case into the attribute's spelling.
     return None if text == "" else text
 
 
@@ -329,11 +338,14 @@ def _parse_mapping(name: str, text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"option {name!r} must be a JSON object in ini files: {exc}") from exc
+        # The message gives the position, never the text: the object may hold a password.
+        raise ConfigError(f"option {name!r} must be a JSON object: {exc}") from None
 
 
 def _parse_serializer(name: str, text: str) -> object:
-    return text if text in ("json", "pickle") else import_object(name, text)
+    if text.lower() in ("json", "pickle"):
+        return text.lower()
+    return import_object(name, text)
 
 
 def _parse_initializer(name: str, text: str) -> object:

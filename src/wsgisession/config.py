@@ -1,172 +1,45 @@
-"""The one table of options, and how keyword arguments, mappings and ini files fill it.
+"""The checked options of one middleware, from keyword arguments, a mapping, an ini
+file or the environment.
 
 Keyword arguments and mappings are strict: a value of the wrong type raises
-:exc:`ConfigError`. Ini files hold text, which is parsed to each option's type first.
-Everything is checked when the middleware is built, never on a request.
+:exc:`ConfigError`. Ini files and environment variables hold text, which is parsed to
+each option's type first (:mod:`wsgisession._option_sources`). Everything is checked
+when the middleware is built, never on a request, and every error names where the bad
+value came from: the option, the file and section, or the variable.
 """
 
 from __future__ import annotations
 
-import configparser
 import inspect
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from ._option_kinds import CHECKS, KEY_ADVICE, PARSERS, SameSite, parse_store_option
+from ._option_kinds import CHECKS, KEY_ADVICE, SameSite
+from ._option_sources import (
+    DEFAULT_ENV_PREFIX,
+    Read,
+    joined,
+    located,
+    read_env,
+    read_ini,
+    unknown_option,
+)
+from ._option_table import BY_NAME, OPTIONS, Option, options_markdown
 from .errors import ConfigError
 from .stores import open_store, wrap_client
 from .stores.base import Store, mask_url
 
 __all__ = ["OPTIONS", "Config", "Option", "options_markdown"]
 
+#: Where :meth:`Config.resolved` says an option came from when it was not set.
+DEFAULT: Final = "default"
+#: ... and when it was set in Python, by a keyword argument or a mapping.
+ARGUMENT: Final = "argument"
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option: its name, default, kind and the line the README shows for it."""
-
-    name: str
-    default: Any
-    kind: str
-    doc: str
-
-
-OPTIONS: Final[tuple[Option, ...]] = (
-    Option("secret_key", None, "secret", "signs cookies"),
-    Option(
-        "secret_key_fallbacks",
-        (),
-        "secrets",
-        "older keys still accepted when verifying (key rotation)",
-    ),
-    Option("store", "file:./sessions", "store", "a store URL or a store object"),
-    Option(
-        "store_options",
-        {},
-        "mapping",
-        "extra keyword arguments for the store; in ini, keys `store.NAME`",
-    ),
-    Option("timeout", 3600, "seconds", "idle lifetime, seconds"),
-    Option(
-        "remember_me_timeout",
-        2592000,
-        "seconds",
-        "lifetime of remembered sessions, seconds (30 days)",
-    ),
-    Option("absolute_timeout", None, "seconds?", "hard cap from creation, seconds"),
-    Option(
-        "anonymous_timeout",
-        None,
-        "seconds?",
-        "idle lifetime of sessions without a `user_id`, at most `timeout`; linking a user "
-        "switches to `timeout`. `None`: `timeout` for all",
-    ),
-    Option(
-        "save_every_request",
-        False,
-        "bool",
-        "save (and so extend) on every request that touched the session",
-    ),
-    Option(
-        "cookie_name",
-        "session_id",
-        "cookie_name",
-        "a `__Host-` name forces Secure, `Path=/` and no `Domain`",
-    ),
-    Option("cookie_domain", None, "domain", "the cookie's `Domain` attribute"),
-    Option("cookie_path", "/", "path", "the cookie's `Path` attribute"),
-    Option("cookie_secure", None, "bool?", "`None`: Secure when the request came over https"),
-    Option("cookie_httponly", True, "bool", "the `HttpOnly` attribute"),
-    Option(
-        "cookie_samesite",
-        "Lax",
-        "samesite",
-        '`"Strict"`, `"Lax"`, `"None"` or `None` (no attribute)',
-    ),
-    Option("cookie_partitioned", False, "bool", "adds `Partitioned` (CHIPS); needs Secure"),
-    Option(
-        "cookie_max_age",
-        None,
-        "seconds?",
-        "`None`: a browser-lifetime cookie for sessions that are not remembered",
-    ),
-    Option(
-        "serializer",
-        "json",
-        "serializer",
-        '`"json"`, `"pickle"` (signed records), or an object with `dumps` and `loads`',
-    ),
-    Option("environ_key", "session", "str", "where the session is put in the environ"),
-    Option(
-        "initializer",
-        None,
-        "initializer",
-        "a mapping, or a callable returning one, every new session starts with",
-    ),
-    Option(
-        "bind_ip",
-        False,
-        "bool",
-        "a session presented from another `REMOTE_ADDR` is treated as expired",
-    ),
-    Option(
-        "encrypt",
-        True,
-        "encrypt",
-        "seal session data in the store under a key only the cookie yields; "
-        '`"migrate"` also reads records written unsealed; `False` writes them unsealed',
-    ),
-    Option("max_size", 1048576, "size", "largest serialized session saved, in bytes"),
-    Option(
-        "regenerate_grace",
-        60,
-        "interval",
-        "seconds after `regenerate()` during which the old id gets no cookie-deleting "
-        "`Set-Cookie`; `0` disables",
-    ),
-    Option(
-        "on_save_error",
-        None,
-        "handler",
-        "a callable `(environ, error)` returning the WSGI app that answers when the save "
-        "after the app returned fails with `StoreError`; `None` re-raises",
-    ),
-    Option(
-        "save_timeout",
-        30,
-        "seconds",
-        "seconds a save may wait for concurrent saves of the same session",
-    ),
-    Option(
-        "cleanup_interval",
-        3600,
-        "interval",
-        "seconds between background purges of expired records; `0` disables",
-    ),
-    Option(
-        "max_sessions_per_user",
-        None,
-        "count?",
-        "linking a session to a user who has this many ends their oldest",
-    ),
-    Option(
-        "track_clients",
-        False,
-        "bool",
-        "record `User-Agent` and `REMOTE_ADDR` for `user_sessions()`",
-    ),
-    Option(
-        "listeners",
-        (),
-        "listeners",
-        "callables receiving an event per `created`, `saved`, `expired`, …",
-    ),
-)
-
-_BY_NAME: Final = {option.name: option for option in OPTIONS}
 
 #: Keys shorter than this many characters (bytes, for a bytes key) are flagged as weak.
 MIN_KEY_LENGTH: Final = 32
@@ -223,6 +96,10 @@ class Config:
     max_sessions_per_user: int | None = None
     track_clients: bool = False
     listeners: tuple[Callable[[Any], object], ...] = ()
+    #: Where each option, or store option ``store.NAME``, was set when it was read from
+    #: a file or the environment: ``[session] of app.ini``, ``environment variable
+    #: WSGISESSION_TIMEOUT``. Options at their default, or given in Python, are absent.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Config:
@@ -236,18 +113,10 @@ class Config:
                 f"options must be a mapping of option names, got {type(options).__name__}"
             )
         merged = {**(options or {}), **kwargs}
-        unknown = sorted(name for name in merged if name not in _BY_NAME)
-        if unknown:
-            raise ConfigError(
-                f"unknown option {unknown[0]!r}; known options: {', '.join(_BY_NAME)}"
-            )
-        values = {name: CHECKS[_BY_NAME[name].kind](name, value) for name, value in merged.items()}
-        if "secret_key" not in values:
-            raise ConfigError("option 'secret_key' is required: a long random string")
-        config = cls(**values)
-        config._check_consistency()
-        config._warn_weak_keys()
-        return config
+        for name in sorted(merged):
+            if name not in BY_NAME:
+                raise unknown_option(name)
+        return _build(cls, merged, {}, None)
 
     @classmethod
     def from_ini(cls, path: str | os.PathLike[str], section: str = "session") -> Config:
@@ -263,59 +132,72 @@ class Config:
         ``%%`` a literal ``%``).
 
         :raises ConfigError: The file is unreadable, has neither the section nor such
-            keys, or a value does not parse.
+            keys, a key names no option, or a value is bad. The message names the
+            file and the section.
         """
-        name = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            # [DEFAULT] often holds the app's own keys (PasteDeploy's debug), which are
-            # not options: read it as a section of its own rather than merged in.
-            parser = configparser.RawConfigParser(default_section="\x00none")
-            parser.read_string(text, source=name)
-            if parser.has_section(section):
-                items = dict(parser.items(section))
-            else:
-                items = _paste_items(text, name, section)
-                if not items:
-                    raise ConfigError(
-                        f"config file {name!r} has no [{section}] section and no "
-                        f"'{section}.' keys in [app:main]"
-                    )
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {name!r}: {exc}") from exc
-        except configparser.Error as exc:
-            raise ConfigError(f"config file {name!r} is malformed: {_where(exc)}") from None
-        return cls.from_options(parse_text_options(items))
+        return config_from(read_ini(path, section), cls)
 
     @classmethod
     def from_env(
-        cls, prefix: str = "WSGISESSION_", environ: Mapping[str, str] | None = None
+        cls,
+        prefix: str = DEFAULT_ENV_PREFIX,
+        environ: Mapping[str, str] | None = None,
+        *,
+        ignore: Iterable[str] = (),
     ) -> Config:
         """Read the options from environment variables, parsed like ini values.
 
         ``PREFIX`` + an option's name in capitals sets that option
         (``WSGISESSION_TIMEOUT=1800``). Any other ``PREFIX + "STORE_" + NAME`` sets the
         store option ``name`` in lower case (``WSGISESSION_STORE_TABLE_NAME`` is
-        ``store.table_name`` of an ini file). Other variables under the prefix are
-        ignored.
+        ``store.table_name`` of an ini file). Any other variable under the prefix is
+        an error, as an unknown key of an ini file is, unless *ignore* names it.
 
         :param prefix: What every variable name starts with.
         :param environ: The variables to read; :data:`os.environ` by default.
-        :raises ConfigError: A value does not parse or is out of range (the message
-            names the variable), ``PREFIX + "SECRET_KEY"`` is unset, or two options
-            contradict each other.
+        :param ignore: Names of variables under the prefix that are not options and
+            are left alone, such as ``["WSGISESSION_DEBUG_TOOLBAR"]``; shell-style
+            wildcards match several (``"WSGISESSION_TEST_*"``).
+        :raises ConfigError: A variable under the prefix names no option, a value does
+            not parse or is out of range (the message names the variable),
+            ``PREFIX + "SECRET_KEY"`` is unset, or two options contradict each other.
         """
-        values = parse_env_options(prefix, os.environ if environ is None else environ)
-        if "secret_key" not in values:
+        read = read_env(prefix, os.environ if environ is None else environ, ignore)
+        if "secret_key" not in read.values:
             raise ConfigError(
                 f"environment variable {prefix}SECRET_KEY is not set: option 'secret_key' "
                 "is required, a long random string"
             )
-        return cls.from_options(values)
+        return config_from(read, cls)
+
+    def resolved(self) -> list[tuple[str, str, str]]:
+        """Every option as ``wsgisession check`` shows it: ``(name, value, source)``.
+
+        The value is shown as :func:`repr` shows it, secrets and passwords masked. The
+        source is where the option was set (see :attr:`sources`), ``"default"``, or
+        ``"argument"`` for a value given in Python. Store options are a row each,
+        named ``store.NAME``, in place of the ``store_options`` row.
+        """
+        rows = []
+        for option in OPTIONS:
+            if option.name == "store_options" and self.store_options:
+                masked = _masked_options(self.store_options)
+                for name in self.store_options:
+                    key = f"store.{name}"
+                    rows.append((key, repr(masked[name]), self.sources.get(key, ARGUMENT)))
+                continue
+            rows.append((option.name, self._shown(option.name), self._source(option)))
+        return rows
+
+    def _source(self, option: Option) -> str:
+        if option.name in self.sources:
+            return self.sources[option.name]
+        return DEFAULT if getattr(self, option.name) == option.default else ARGUMENT
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={self._shown(f.name)}" for f in fields(self))
+        shown = ", ".join(
+            f"{f.name}={self._shown(f.name)}" for f in fields(self) if f.name != "sources"
+        )
         return f"Config({shown})"
 
     def _shown(self, name: str) -> str:
@@ -329,7 +211,15 @@ class Config:
             return repr(mask_url(value)) if isinstance(value, str) else f"<{type(value).__name__}>"
         if name == "store_options":
             return repr(_masked_options(value))
+        if name == "listeners":
+            return f"({', '.join(_object_name(item) for item in value)})"
+        if name in ("serializer", "initializer") and not isinstance(value, str | Mapping):
+            return "None" if value is None else _object_name(value)
         return repr(value)
+
+    def _where(self, *names: str) -> str | None:
+        """Where options *names* were set, as one phrase; ``None`` if nowhere recorded."""
+        return joined(self.sources[name] for name in names if name in self.sources) or None
 
     def _warn_weak_keys(self) -> None:
         """Warn about a short or placeholder ``secret_key`` or fallback (never quoting it)."""
@@ -345,37 +235,57 @@ class Config:
                 reason = "repeats a handful of characters"
             else:
                 continue
+            where = self._where(name)
             warnings.warn(
-                f"option {name!r} {reason}, so cookies signed with it can be forged; "
+                (f"{where}: " if where else "")
+                + f"option {name!r} {reason}, so cookies signed with it can be forged; "
                 + KEY_ADVICE,
                 UserWarning,
                 stacklevel=_outside_package(),
             )
 
     def _check_consistency(self) -> None:
+        """Raise :exc:`ConfigError` if two options contradict each other."""
+        problem = self._contradiction()
+        if problem is not None:
+            message, names = problem
+            raise located(ConfigError(message), self._where(*names))
+
+    def _contradiction(self) -> tuple[str, tuple[str, ...]] | None:
+        """The first contradiction between options, and the options involved."""
         if self.cookie_name.lower().startswith("__host-"):
             if self.cookie_secure is False:
-                raise ConfigError(
-                    "option 'cookie_secure' can't be False with a '__Host-' cookie_name"
+                return (
+                    "option 'cookie_secure' can't be False with a '__Host-' cookie_name",
+                    ("cookie_name", "cookie_secure"),
                 )
             if self.cookie_domain is not None:
-                raise ConfigError("option 'cookie_domain' must be None with a '__Host-' cookie")
+                return (
+                    "option 'cookie_domain' must be None with a '__Host-' cookie",
+                    ("cookie_name", "cookie_domain"),
+                )
             if self.cookie_path != "/":
-                raise ConfigError("option 'cookie_path' must be '/' with a '__Host-' cookie")
+                return (
+                    "option 'cookie_path' must be '/' with a '__Host-' cookie",
+                    ("cookie_name", "cookie_path"),
+                )
         if self.cookie_name.lower().startswith("__secure-") and self.cookie_secure is False:
-            raise ConfigError(
-                "option 'cookie_secure' can't be False with a '__Secure-' cookie_name"
+            return (
+                "option 'cookie_secure' can't be False with a '__Secure-' cookie_name",
+                ("cookie_name", "cookie_secure"),
             )
         if self.cookie_secure is False:
             if self.cookie_samesite == "None":
-                raise ConfigError(
+                return (
                     "option 'cookie_samesite' can't be 'None' with cookie_secure=False: "
-                    "browsers drop SameSite=None cookies that are not Secure"
+                    "browsers drop SameSite=None cookies that are not Secure",
+                    ("cookie_secure", "cookie_samesite"),
                 )
             if self.cookie_partitioned:
-                raise ConfigError(
+                return (
                     "option 'cookie_partitioned' needs Secure; it can't go with "
-                    "cookie_secure=False"
+                    "cookie_secure=False",
+                    ("cookie_secure", "cookie_partitioned"),
                 )
         if self.anonymous_timeout is not None and self.anonymous_timeout > self.timeout:
             raise ConfigError(
@@ -383,21 +293,32 @@ class Config:
                 f"'timeout' ({self.timeout}): it shortens the lives of anonymous sessions"
             )
         if isinstance(self.store, Store) and self.store_options:
-            raise ConfigError(
+            return (
                 "option 'store_options' applies to store URLs; configure the store "
-                "object you passed as 'store' directly"
+                "object you passed as 'store' directly",
+                ("store", "store_options"),
             )
+        return None
 
     def open_store(self) -> Store:
         """Return the configured store, opening its URL with ``store_options``.
 
-        Nothing is contacted. :raises ConfigError: The URL or an option is bad.
+        Nothing is contacted.
+
+        :raises ConfigError: The URL or an option is bad; for options read from a
+            file or the environment, the message names the file or the variables.
         """
         if isinstance(self.store, Store):
             return self.store
-        if isinstance(self.store, str):
-            return open_store(self.store, **self.store_options)
-        store = wrap_client(self.store, **self.store_options)
+        try:
+            if isinstance(self.store, str):
+                return open_store(self.store, **self.store_options)
+            store = wrap_client(self.store, **self.store_options)
+        except ConfigError as exc:
+            where = self._store_where(str(exc))
+            if where is None:
+                raise
+            raise located(exc, where) from exc
         if store is None:
             raise ConfigError(
                 "option 'store' must be a store URL, a Store, a sqlalchemy.Engine or a "
@@ -405,104 +326,58 @@ class Config:
             )
         return store
 
+    def _store_where(self, message: str) -> str | None:
+        """Where the settings a store's error *message* is about were made.
+
+        Stores name the options they refuse, quoted or bare, so those named are the
+        ones to blame (quoted ones first: a refusal may go on to list the known
+        names); an error that names none is about the URL, else about them all.
+        """
+        names = list(self.store_options)
+        blamed = [name for name in names if repr(name) in message] or [
+            name for name in names if re.search(rf"\b{re.escape(name)}\b", message)
+        ]
+        settings = [f"store.{name}" for name in blamed or names]
+        if blamed:
+            return self._where(*settings)
+        return self._where("store") or self._where(*settings)
+
     @property
     def secure_prefix(self) -> bool:
         """Whether the cookie name demands the Secure attribute whatever the scheme."""
         return self.cookie_name.lower().startswith(("__host-", "__secure-"))
 
 
-def parse_text_options(items: Mapping[str, str]) -> dict[str, Any]:
-    """Parse text values (from an ini file) to the types the options take.
-
-    ``store.NAME`` keys are collected into ``store_options``, their values parsed by
-    :func:`parse_store_option`.
-    """
-    values: dict[str, Any] = {}
-    store_options: dict[str, Any] = {}
-    for raw_name, text in items.items():
-        name = raw_name.strip()
-        if name.startswith("store."):
-            option_name = name[len("store.") :]
-            store_options[option_name] = parse_store_option(option_name, text)
-            continue
-        option = _BY_NAME.get(name)
-        if option is None:
-            raise ConfigError(f"unknown option {name!r}; known options: {', '.join(_BY_NAME)}")
-        values[name] = PARSERS[option.kind](name, text.strip())
-    return _with_store_options(values, store_options)
+def config_from(read: Read, cls: type[Config] = Config) -> Config:
+    """Check the options *read* from a file or the environment and return the config."""
+    return _build(cls, read.values, read.sources, read.where)
 
 
-def parse_env_options(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Parse and check the options set by *environ*'s variables named *prefix* + ….
-
-    See :meth:`Config.from_env` for the naming rule. Each value is parsed as in an
-    ini file and checked on its own, so an error names its variable.
-    """
-    values: dict[str, Any] = {}
-    store_options: dict[str, Any] = {}
-    for variable in sorted(environ):
-        if not variable.startswith(prefix):
-            continue
-        rest = variable[len(prefix) :]
-        option = _BY_NAME.get(rest.lower()) if rest.isupper() else None
-        text = environ[variable]
+def _build(
+    cls: type[Config], values: Mapping[str, Any], sources: dict[str, str], where: str | None
+) -> Config:
+    """Check *values*, set in *sources* (and *where*, as a whole), and make the config."""
+    checked = {}
+    for name, value in values.items():
         try:
-            if option is not None:
-                parsed = PARSERS[option.kind](option.name, text.strip())
-                values[option.name] = CHECKS[option.kind](option.name, parsed)
-            elif rest.startswith("STORE_") and len(rest) > len("STORE_"):
-                option_name = rest[len("STORE_") :].lower()
-                store_options[option_name] = parse_store_option(option_name, text)
+            checked[name] = CHECKS[BY_NAME[name].kind](name, value)
         except ConfigError as exc:
-            raise ConfigError(f"environment variable {variable}: {exc}") from exc
-    return _with_store_options(values, store_options)
+            raise located(exc, sources.get(name)) from exc
+    if "secret_key" not in checked:
+        raise located(ConfigError("option 'secret_key' is required: a long random string"), where)
+    config = cls(**checked, sources=sources)
+    config._check_consistency()
+    config._warn_weak_keys()
+    return config
 
 
-def _with_store_options(values: dict[str, Any], store_options: dict[str, Any]) -> dict[str, Any]:
-    """*values* with the ``store.NAME`` settings added to its ``store_options``.
-
-    The ``store.NAME`` spelling wins over the same name in a ``store_options`` JSON object.
-    """
-    if store_options:
-        values["store_options"] = {**values.get("store_options", {}), **store_options}
-    return values
-
-
-def _paste_items(text: str, name: str, section: str) -> dict[str, str]:
-    """Return the ``section.``-prefixed keys of ``[app:main]``, prefix removed."""
-    # PasteDeploy interpolates its files with these two defaults, so a value written
-    # for it (``%(here)s/sessions``, ``%%``) must mean the same here.
-    here = os.path.dirname(os.path.abspath(name))
-    parser = configparser.ConfigParser(defaults={"here": here, "__file__": os.path.abspath(name)})
-    parser.read_string(text, source=name)
-    if not parser.has_section("app:main"):
-        return {}
-    prefix = f"{section}."
-    return {
-        key[len(prefix) :]: parser.get("app:main", key)
-        for key in parser.options("app:main")
-        if key.startswith(prefix)
-    }
-
-
-def _where(exc: configparser.Error) -> str:
-    """What *exc* says is wrong and where, without the text of the line (a secret?)."""
-    # DuplicateOptionError -> "duplicate option"
-    what = re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__.removesuffix("Error")).lower()
-    place = []
-    section = getattr(exc, "section", None)
-    if isinstance(section, str):
-        place.append(f"section [{section}]")
-    option = getattr(exc, "option", None)
-    if isinstance(option, str):
-        place.append(f"key {option!r}")
-    errors = getattr(exc, "errors", None)
-    lineno = getattr(exc, "lineno", None)
-    if errors:
-        lineno = errors[0][0]
-    if isinstance(lineno, int):
-        place.append(f"line {lineno}")
-    return f"{what} error" + (f" at {', '.join(place)}" if place else "")
+def _object_name(value: object) -> str:
+    """An object named as an ini file would name it, ``package.module:name``, if it can be."""
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}:{qualname}"
+    return f"<{type(value).__name__}>"
 
 
 def _masked_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -529,18 +404,3 @@ def _outside_package() -> int:
         frame = frame.f_back
         level += 1
     return level
-
-
-def options_markdown() -> str:
-    """Return the README's option table, generated from :data:`OPTIONS`."""
-    lines = ["| name | default | meaning |", "|---|---|---|"]
-    for option in OPTIONS:
-        default = "required" if option.name == "secret_key" else _markdown_value(option.default)
-        lines.append(f"| `{option.name}` | {default} | {option.doc} |")
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_value(value: object) -> str:
-    if isinstance(value, str):
-        return f'`"{value}"`'
-    return "`[]`" if value == () else f"`{value!r}`"

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
+from ._option_sources import DEFAULT_ENV_PREFIX
 from ._saving import Saver
 from .config import Config
 from .cookies import SessionCookie
@@ -95,22 +96,27 @@ class SessionMiddleware:
     def from_env(
         cls,
         app: WSGIApplication,
-        prefix: str = "WSGISESSION_",
+        prefix: str = DEFAULT_ENV_PREFIX,
         environ: Mapping[str, str] | None = None,
+        *,
+        ignore: Iterable[str] = (),
     ) -> SessionMiddleware:
         """Build the middleware from environment variables, for twelve-factor deployments.
 
         ``WSGISESSION_SECRET_KEY``, ``WSGISESSION_TIMEOUT`` and so on set the options
         of those names, parsed like ini values; ``WSGISESSION_STORE_NAME`` sets the
-        store option ``name``. Other variables under the prefix are ignored.
+        store option ``name``. Any other variable under the prefix is an error naming
+        it, unless *ignore* lists it (see :meth:`Config.from_env`).
 
         :param app: The WSGI application to wrap.
         :param prefix: What every variable name starts with.
         :param environ: The variables to read; :data:`os.environ` by default.
-        :raises ConfigError: A variable's value is bad (the message names it) or
-            ``WSGISESSION_SECRET_KEY`` is unset.
+        :param ignore: Variables under the prefix that are not options, by name or
+            shell-style pattern (``"WSGISESSION_TEST_*"``).
+        :raises ConfigError: A variable names no option or its value is bad (the
+            message names it), or ``WSGISESSION_SECRET_KEY`` is unset.
         """
-        return cls(app, Config.from_env(prefix, environ))
+        return cls(app, Config.from_env(prefix, environ, ignore=ignore))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Handle one request: a lazy session in, its cookie and its save out.

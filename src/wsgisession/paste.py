@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .config import Config, parse_text_options
+from ._option_sources import read_text
+from .config import config_from
 from .middleware import SessionMiddleware
 
 if TYPE_CHECKING:
@@ -40,14 +41,16 @@ def filter_factory(
     options and are not read. The options are checked here, while PasteDeploy loads
     the file, so a bad one stops the application from starting.
 
-    :param global_conf: PasteDeploy's global configuration, unused.
+    :param global_conf: PasteDeploy's global configuration; only the file's name
+        (``__file__``) is read, for errors to name it.
     :param local_conf: The filter section's keys and values.
     :raises ConfigError: An option is missing, unknown or does not parse.
     """
-    options = parse_text_options(local_conf)
-    Config.from_options(options)
+    path = global_conf.get("__file__")
+    where = "the egg:wsgisession filter" + (f" of {path}" if path else "")
+    config = config_from(read_text(local_conf, where))
 
     def make_filter(app: WSGIApplication) -> SessionMiddleware:
-        return SessionMiddleware(app, options)
+        return SessionMiddleware(app, config)
 
     return make_filter
