@@ -19,7 +19,8 @@ import pytest
 from tests.helpers import STORE_KINDS, FakeClock, open_test_store
 from wsgisession.stores import Store
 
-pytest_plugins = ["tests.redis_servers"]
+# pytester runs the conformance suite over stores made to break it (tests/stores).
+pytest_plugins = ["tests.redis_servers", "pytester"]
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -117,6 +118,55 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("redis_cluster_url")
         return url
     return server_url(kind)
+
+
+def free_ports(count: int) -> list[int]:
+    """Return *count* distinct loopback ports that are free right now."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def unreachable_store_url(kind: str, tmp_path: Path) -> str:
+    """The URL of a store of *kind* whose backend isn't there.
+
+    Servers: a loopback port nobody listens on. The file store and SQLite: a path
+    under a regular file, so the directory can't exist. The memory store has no
+    backend, so it has no such URL.
+    """
+    if kind in ("file", "sqlite"):
+        in_the_way = tmp_path / "a-file-in-the-way"
+        in_the_way.write_text("not a directory")
+        return (
+            f"file:{in_the_way / 'sessions'}" if kind == "file" else f"sqlite:///{in_the_way}/db"
+        )
+    [port] = free_ports(1)
+    if kind in ("postgresql", "mariadb"):
+        import sqlalchemy as sa
+
+        url = sa.make_url(server_url(kind)).set(host="127.0.0.1", port=port)
+        return url.render_as_string(hide_password=False)
+    urls = {
+        "redis": f"redis://127.0.0.1:{port}/0",
+        "redis-sentinel": f"redis+sentinel://127.0.0.1:{port}/mymaster/0",
+        "redis-cluster": f"redis+cluster://127.0.0.1:{port}",
+    }
+    if kind not in urls:
+        raise ValueError(f"a {kind} store has no backend to be unreachable")
+    return urls[kind]
+
+
+def store_class(kind: str) -> type[Store]:
+    """The class of the stores of *kind*, whose ``from_url`` builds them."""
+    if kind in ("sqlite", "postgresql", "mariadb"):
+        from wsgisession.stores.sql import SQLStore
+
+        return SQLStore
+    if kind.startswith("redis"):
+        return RedisStore
+    return {"memory": MemoryStore, "file": FileStore}[kind]
 
 
 def reachable_sql_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

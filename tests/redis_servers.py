@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from tests.helpers import unreachable
+from tests.helpers import free_ports, unreachable
 
 _START_TIMEOUT = 15.0
 _CLUSTER_TIMEOUT = 30.0
@@ -39,15 +38,6 @@ _CLUSTER_ARGS = (
 
 class ServerUnavailable(Exception):
     """A Redis process could not be started or did not become ready in time."""
-
-
-def free_ports(count: int) -> list[int]:
-    """Return *count* distinct loopback ports that are free right now."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _wait_for(what: str, ready: Callable[[], bool], timeout: float) -> None:

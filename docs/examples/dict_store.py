@@ -3,7 +3,7 @@
 It keeps records in a dict of this process, as ``MemoryStore`` does, so that every
 line is about the contract rather than a backend. A real store does the same steps
 against its backend, inside ``translate_errors`` so that the backend's exceptions
-reach the application as ``StoreError``.
+reach the application as ``StoreError``: ``sqlite3_store.py`` beside it is one.
 """
 
 from __future__ import annotations

@@ -1,23 +1,57 @@
-"""Fixtures of the store tests: a file store's directory, SQL databases and stores,
-Redis stores on the shared server and on the Cluster, and redis-py's round trips.
+"""Fixtures of the store tests: what the conformance suite needs besides ``store``, a
+file store's directory, SQL databases and stores, Redis stores on the shared server and
+on the Cluster, and redis-py's round trips.
 
 Only fixtures live here, built from :mod:`tests.helpers`, which is what tests import.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.connection import AbstractConnection
 
-from tests.helpers import SQL_KINDS, OpenSQL, open_test_store, reachable_sql_url, unique_table_name
+from tests.helpers import (
+    SQL_KINDS,
+    OpenSQL,
+    isolation_options,
+    open_test_store,
+    reachable_sql_url,
+    store_class,
+    store_url,
+    unique_table_name,
+    unreachable_store_url,
+)
+from wsgisession.stores import Store
 from wsgisession.stores.file import FileStore
 from wsgisession.stores.redis import RedisStore
 from wsgisession.stores.sql import SQLStore
+
+# -- the conformance suite ------------------------------------------------------------
+
+
+@pytest.fixture
+def store_factory(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[..., Store]:
+    """``from_url`` of the store under test, on its URL: called with store options."""
+    url = store_url(store_kind, request, tmp_path)
+    return functools.partial(store_class(store_kind).from_url, url)
+
+
+@pytest.fixture
+def unreachable_store(store_kind: str, tmp_path: Path) -> Callable[[], Store]:
+    """Build the store under test on a backend that isn't there (none for memory)."""
+    url = unreachable_store_url(store_kind, tmp_path)
+    return functools.partial(
+        store_class(store_kind).from_url, url, **isolation_options(store_kind)
+    )
+
 
 # -- the file store ---------------------------------------------------------------------
 

@@ -27,13 +27,14 @@ from tests.helpers import (
     SECRET,
     SERVER,
     fail_script,
+    free_ports,
     other_slot,
     redis_lock_keys,
     redis_user_key,
     server_url,
     unreachable,
 )
-from tests.redis_servers import RedisServer, free_ports, running
+from tests.redis_servers import RedisServer, running
 from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _redis_scripts, _redis_url, open_store

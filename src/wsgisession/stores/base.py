@@ -82,9 +82,13 @@ class Store(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build the store from its URL and ``store_options``.
+        """Build the store from its URL and ``store_options``, without contacting the backend.
 
-        :raises ConfigError: The URL or an option is malformed or unknown.
+        Take ``**options`` and refuse the unknown ones here: the registry can't check
+        the signature of a store that an entry point loads, and passes them unchecked.
+
+        :raises ConfigError: The URL or an option is malformed or unknown; the message
+            names the option.
         """
 
     @abc.abstractmethod
@@ -224,9 +228,11 @@ class Store(abc.ABC):
         """Release connections and handles. Safe to call more than once."""
 
     def __enter__(self) -> Self:
+        """Return the store itself; nothing is opened, as building contacted nothing."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Call :meth:`close`; an exception raised in the block propagates."""
         self.close()
 
 
@@ -254,8 +260,10 @@ def mask_url(url: str) -> str:
 class translate_errors:
     """Turn the backend's *errors* raised inside the block into :exc:`StoreError`.
 
-    *what* names the store in the message, with any password masked. The original
-    exception stays attached as ``__cause__``. A plain class rather than a
+    *what* names the store in the message, with any password masked: its URL, say,
+    which the store keeps itself (:class:`Store` has no attribute for it). The
+    original exception stays attached as ``__cause__``. Exceptions not among *errors*,
+    :exc:`StoreError` included, leave the block unchanged. A plain class rather than a
     generator-based context manager, as every store call enters one.
     """
 

@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-import pytest
 from werkzeug.test import Client
 
 from ..errors import SessionError
@@ -15,7 +14,7 @@ from ..ids import store_key
 from ..middleware import SessionMiddleware
 from ..stores.base import Store
 from ..users import MAX_USER_ID
-from ._helpers import make_record, new_key
+from ._helpers import create, fails_with, loads, make_record, new_key
 
 __all__ = ["HardeningTests"]
 
@@ -59,19 +58,27 @@ class HardeningTests:
         """The longest lifetime an option allows must not overflow a backend's TTL."""
         key = new_key()
         record = make_record(b"far", ttl=_TEN_YEARS)
-        assert store.save(key, record, expected_version=None)
-        loaded = store.load(key)
-        assert loaded is not None, "a record expiring in ten years was not kept"
-        assert loaded.expires_at == pytest.approx(record.expires_at, abs=1)
-        assert store.refresh(key, record.expires_at + 60, record.last_seen + 60)
+        create(store, key, record)
+        loaded = loads(store, key, "a record expiring in ten years")
+        assert abs(loaded.expires_at - record.expires_at) <= 1, (
+            f"expires_at ten years ahead ({record.expires_at}) loads as {loaded.expires_at}"
+        )
+        assert store.refresh(key, record.expires_at + 60, record.last_seen + 60), (
+            "refresh() of a record expiring in ten years returned False"
+        )
 
     def test_a_user_id_of_the_longest_length_round_trips(self, store: Store) -> None:
         user = "é" * (MAX_USER_ID // 2) + "u" * (MAX_USER_ID - MAX_USER_ID // 2)
         key = new_key()
-        assert store.save(key, make_record(user_id=user), expected_version=None)
-        loaded = store.load(key)
-        assert loaded is not None and loaded.user_id == user, "the user id did not survive"
-        assert [k for k, _ in store.user_records(user)] == [key]
+        create(store, key, make_record(user_id=user))
+        loaded = loads(store, key, f"a record whose user id is {MAX_USER_ID} characters long")
+        assert loaded.user_id == user, (
+            f"a user id of {MAX_USER_ID} characters (half of them 'é') did not load unchanged"
+        )
+        listed = [k for k, _ in store.user_records(user)]
+        assert listed == [key], (
+            f"user_records() of a user id of {MAX_USER_ID} characters lists {len(listed)} keys"
+        )
 
     def test_undecodable_data_is_a_counted_corrupt_miss(self, store: Store) -> None:
         """The store hands back what it was given; the middleware judges and counts it."""
@@ -79,20 +86,31 @@ class HardeningTests:
         client, middleware = _client(store, listeners=[events.append])
         client.get("/write")
         key = _key_of(client)
-        current = store.load(key)
-        assert current is not None
+        current = loads(store, key, "the record a request just saved through the middleware")
         garbage = make_record(b"\xff{not json", version=current.version + 1, meta=current.meta)
-        assert store.save(key, garbage, expected_version=current.version)
+        assert store.save(key, garbage, expected_version=current.version), (
+            "a save expecting the version just loaded returned False"
+        )
         answer = json.loads(client.get("/").get_data())
-        assert answer == {"data": {}, "expired": True}, "a corrupt record was served"
-        assert middleware.metrics()["corrupt"] == 1, "the corrupt record was not counted"
-        assert [e.name for e in events if e.name == "corrupt"] == ["corrupt"]
+        assert answer == {"data": {}, "expired": True}, (
+            f"a record saved with undecodable data was served as {answer!r}: load() must hand "
+            "back the bytes saved, for the middleware to find them corrupt"
+        )
+        corrupt = middleware.metrics()["corrupt"]
+        assert corrupt == 1, f"the undecodable record counted {corrupt} times as corrupt, not once"
+        named = [e.name for e in events if e.name == "corrupt"]
+        assert named == ["corrupt"], f"the undecodable record emitted {named}, not one 'corrupt'"
 
     def test_max_size_counts_key_deadlines_on_this_store(self, store: Store) -> None:
         client, _ = _client(store, max_size=2048)
         client.get("/write")
         key = _key_of(client)
         before = store.load(key)
-        with pytest.raises(SessionError, match="max_size 2048"):
+        with fails_with(
+            SessionError, "a session over max_size saved without SessionError"
+        ) as caught:
             client.get("/timed")
+        assert "max_size 2048" in str(caught[0]), (
+            f"the SessionError does not name max_size: {caught[0]}"
+        )
         assert store.load(key) == before, "an oversized session changed the stored record"

@@ -1,11 +1,15 @@
-"""Helpers of the conformance suite: keys, records, and threads started together."""
+"""Helpers of the conformance suite: keys, records, threads started together, and the
+checks that many tests share, each failing with what the store did wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import pytest
 
 from .. import _clock
 from ..ids import new_session_id, store_key
@@ -13,11 +17,15 @@ from ..stores.base import Record, Store
 
 __all__ = [
     "THREADS",
+    "create",
     "every_write_lands",
+    "fails_with",
+    "loads",
     "make_record",
     "make_tombstone",
     "move",
     "new_key",
+    "provided",
     "run_threads",
 ]
 
@@ -62,6 +70,48 @@ def make_tombstone(ttl: float = 60.0) -> Record:
     return Record(data=b"", version=0, created_at=now, expires_at=now + ttl, last_seen=now)
 
 
+def create(store: Store, key: str, record: Record) -> None:
+    """Save *record* as a new record under *key*, which must succeed."""
+    assert store.save(key, record, expected_version=None), (
+        f"save(expected_version=None) of a new record under a key holding no live record "
+        f"returned False (version {record.version}, user {record.user_id!r})"
+    )
+
+
+def loads(store: Store, key: str, what: str) -> Record:
+    """Load the record under *key*, which must be there; *what* names it in the failure."""
+    loaded = store.load(key)
+    assert loaded is not None, f"load() returned None for {what}"
+    return loaded
+
+
+@contextlib.contextmanager
+def fails_with(kind: type[BaseException], message: str) -> Iterator[list[BaseException]]:
+    """Fail with *message* unless the block raises *kind*; the list receives what it raised."""
+    caught: list[BaseException] = []
+    try:
+        yield caught
+    except kind as exc:
+        caught.append(exc)
+        return
+    except Exception as exc:
+        pytest.fail(f"{message}; it raised {type(exc).__name__}: {exc}")
+    pytest.fail(message)
+
+
+def provided(request: pytest.FixtureRequest, name: str, checks: str) -> Any:
+    """Return the optional fixture *name*, or skip, saying which fixture to provide.
+
+    *checks* completes "provide one to check that …" in the skip's reason.
+    """
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as exc:
+        if exc.argname != name:
+            raise  # the fixture exists, but needs one that doesn't: not a skip
+        pytest.skip(f"no {name!r} fixture: provide one to check that {checks}")
+
+
 def run_threads(count: int, target: Callable[[int], None]) -> None:
     """Run *target(n)* in *count* threads released together; re-raise the first failure."""
     barrier = threading.Barrier(count)
@@ -101,15 +151,20 @@ def every_write_lands(store: Store, write: Callable[[str, int, int], None]) -> N
     each thread calls it :data:`WRITES_EACH` times, with ``i`` counting up.
     """
     key = new_key()
-    assert store.save(key, make_record(b"{}"), expected_version=None)
+    create(store, key, make_record(b"{}"))
 
     def writer(n: int) -> None:
         for i in range(WRITES_EACH):
             write(key, n, i)
 
     run_threads(THREADS, writer)
-    loaded = store.load(key)
-    assert loaded is not None, "the record vanished"
+    loaded = loads(store, key, "the record that concurrent writers were writing")
     expected = {f"t{n}": WRITES_EACH - 1 for n in range(THREADS)}
-    assert json.loads(loaded.data) == expected, "a concurrent write was lost"
-    assert loaded.version == 1 + THREADS * WRITES_EACH, "a write did not bump the version"
+    assert json.loads(loaded.data) == expected, (
+        f"a concurrent write was lost: {THREADS} threads each wrote their own key, "
+        f"the record holds {loaded.data[:200]!r}"
+    )
+    assert loaded.version == 1 + THREADS * WRITES_EACH, (
+        f"after {THREADS * WRITES_EACH} successful writes on version 1 the record is version "
+        f"{loaded.version}: a write did not replace the version it was given"
+    )
