@@ -220,18 +220,16 @@ def live_sessions(store: Store) -> int:
     if counted is not None:
         return counted
     assert isinstance(store, MemcachedStore), f"{store!r} can't count its sessions"
-    sessions = store.key_prefix + "[0-9a-f]{64}"
+    sessions = re.escape(store.key_prefix) + "[0-9a-f]{64}"
     keys = [
         name[len(store.key_prefix) :]
         for names in memcached_keys(store).values()
         for name in names
         if re.fullmatch(sessions, name)
     ]
-    return sum(
-        1
-        for record in store._read(keys).values()
-        if record and record.version != 0 and record.expires_at > wsgisession._clock.now()
-    )
+    now = wsgisession._clock.now()
+    records = store._reader.records(keys).values()
+    return sum(1 for r in records if r is not None and r.version != 0 and r.expires_at > now)
 
 
 def raw_dump(store: Store, directory: Path) -> bytes:

@@ -49,15 +49,14 @@ class MemcachedServer:
         if os.geteuid() == 0:
             command += ["-u", "root"]
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                stderr = self._process.stderr
-                err = stderr.read().decode(errors="replace") if stderr is not None else ""
+            code = self._process.poll()
+            if code is not None:
                 self._process = None
-                raise ServerUnavailable(f"memcached exited at start: {err[-400:]}")
+                raise ServerUnavailable(f"memcached exited at start with status {code}")
             if self.answers():
                 return
             time.sleep(0.02)
@@ -80,8 +79,6 @@ class MemcachedServer:
             return
         process.kill()
         process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def _started(*args: str) -> MemcachedServer:
