@@ -59,7 +59,6 @@ DEFAULT_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mariadb": "mariadb+pymysql://root@127.0.0.1:3306/test",
     "redis": "redis://127.0.0.1:6379/0",
-    "memcached": "memcached://127.0.0.1:11211",
 }
 
 #: Every store, as the ``store`` fixture runs them.
@@ -90,8 +89,7 @@ def services_required() -> bool:
 
 
 def server_url(kind: str) -> str:
-    """The URL of the shared test server for *kind* (postgresql, mariadb, redis,
-    memcached)."""
+    """The URL of the shared test server for *kind* (postgresql, mariadb, redis)."""
     return os.environ.get(f"WSGISESSION_TEST_{kind.upper()}_URL", DEFAULT_URLS[kind])
 
 
