@@ -81,7 +81,9 @@ class MemcachedServer:
         process.wait()
 
 
-def _started(*args: str) -> MemcachedServer:
+def started(*args: str) -> MemcachedServer:
+    """A memcached started with *args* on a free port (the test skips, or fails when
+    services are required, if it can't be); kill it after use."""
     server = MemcachedServer(free_ports(1)[0], *args)
     try:
         server.start()
@@ -97,7 +99,7 @@ def memcached_url() -> Iterator[str]:
     if url:
         yield url
         return
-    server = _started("-I", "2m", "-m", "256")
+    server = started("-I", "2m", "-m", "256")
     try:
         yield server.url
     finally:
@@ -107,7 +109,7 @@ def memcached_url() -> Iterator[str]:
 @pytest.fixture
 def private_memcached() -> Iterator[MemcachedServer]:
     """A memcached of this test alone, with the default 1 MB item limit."""
-    server = _started()
+    server = started()
     try:
         yield server
     finally:
@@ -117,9 +119,9 @@ def private_memcached() -> Iterator[MemcachedServer]:
 @pytest.fixture
 def memcached_pair() -> Iterator[list[MemcachedServer]]:
     """Two memcached servers of this test alone."""
-    first = _started()
+    first = started()
     try:
-        second = _started()
+        second = started()
     except BaseException:
         first.kill()
         raise

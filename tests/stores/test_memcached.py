@@ -19,7 +19,7 @@ from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.hash import HashClient
 
 from tests.helpers import SECRET, SERVER, memcached_keys, wait_until
-from tests.memcached_servers import MemcachedServer
+from tests.memcached_servers import MemcachedServer, started
 from wsgisession import SessionMiddleware
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _memcached_format, open_store, wrap_client
@@ -290,31 +290,26 @@ def test_the_middleware_answers_an_oversized_session_with_the_error(
 
 @SERVER
 def test_an_evicted_session_reads_as_gone_never_as_an_error() -> None:
-    server = MemcachedServer(_free_port(), "-m", "4")
-    server.start()
+    server = started("-m", "4")
     try:
         with MemcachedStore.from_url(server.url) as store:
             key = new_key()
             assert store.save(key, make_record(b"s" * 100_000), expected_version=None)
             filler = PooledClient(("127.0.0.1", server.port), default_noreply=False)
-            # Forty times the server's memory, the session never read meanwhile (a read
-            # would keep it in use).
-            for n in range(1600):
-                filler.set(f"filler:{n}", b"f" * 100_000)
-            assert int(filler.stats()[b"evictions"]) > 0
+            try:
+                # Forty times the server's memory, the session never read meanwhile (a
+                # read would keep it in use).
+                for n in range(1600):
+                    filler.set(f"filler:{n}", b"f" * 100_000)
+                assert int(filler.stats()[b"evictions"]) > 0
+            finally:
+                filler.close()
             assert store.load(key) is None
             assert not store.refresh(key, time.time() + 60, time.time())
             assert not store.save(key, make_record(version=2), expected_version=1)
             assert not store.delete(key)
     finally:
         server.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @SERVER
