@@ -4,8 +4,9 @@ Works with one server or several (``memcached://h1:11211,h2:11211``), through
 pymemcache. Every write is a compare-and-set on the cas token of the value it read,
 or an ``add`` for a new key, so concurrent requests merge by key as on every store.
 The values' layout is in :mod:`~wsgisession.stores._memcached_format`; reading a key
-before writing it, in :mod:`~wsgisession.stores._memcached_slots`; the servers, the
-URL and expiry times, in :mod:`~wsgisession.stores._memcached_servers`; the user
+before writing it, in :mod:`~wsgisession.stores._memcached_slots`; the writes and the
+order of their steps, in :mod:`~wsgisession.stores._memcached_writes`; the servers,
+the URL and expiry times, in :mod:`~wsgisession.stores._memcached_servers`; the user
 index, in :mod:`~wsgisession.stores._memcached_index`; the save lock, in
 :mod:`~wsgisession.stores._memcached_lock`.
 """
