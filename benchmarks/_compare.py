@@ -68,7 +68,9 @@ class Comparison:
         self.store = store
         self.built: dict[str, Built] = {}
         for name in WSGI:
-            self.built[name] = build_wsgi(name, store, backends)
+            wsgi = build_wsgi(name, store, backends)
+            if wsgi is not None:  # a peer without a backend for this store
+                self.built[name] = wsgi
         for name in FLASK:
             self.built[name] = build_flask(name, store, backends)
 
@@ -138,6 +140,7 @@ def summary_counts(counts: dict[str, float]) -> Counter[str]:
     for key in (
         "redis_round_trips",
         "redis_server_commands",
+        "memcached_round_trips",
         "sql_statements",
         "sql_begin",
         "sql_commit",

@@ -9,23 +9,36 @@ every request), the defaults are kept: that is what their users run.
 from __future__ import annotations
 
 import shutil
+import socket
 import warnings
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import redis
 import sqlalchemy as sa
 from _counting import count_redis
-from _limits import RawFile, RawMemory, RawRedis, RawSession, RawSQL, RawStore, passthrough
+from _limits import (
+    RawFile,
+    RawMemcached,
+    RawMemory,
+    RawRedis,
+    RawSession,
+    RawSQL,
+    RawStore,
+    passthrough,
+)
 from _scenarios import OTHER_COOKIES, SCENARIOS, TIMEOUT, floor_app, handler
 from _timing import WSGIApp, base_environ, call
+from pymemcache.client.base import Client as MemcacheClient
+from pymemcache.client.base import PooledClient
 
 import wsgisession
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789abcdef"
-STORES = ("memory", "file", "sqlite", "postgresql", "redis")
+STORES = ("memory", "file", "sqlite", "postgresql", "redis", "memcached")
 
 #: Contenders of the plain WSGI comparison, and of the one around a Flask app.
 WSGI = ("floor", "passthrough", "raw", "wsgisession", "wsgisession-unsealed", "beaker")
@@ -40,7 +53,9 @@ class Backends:
     pg_url: str
     redis_url: str
     tag: str
+    memcached_url: str = "memcached://127.0.0.1:11211"
     redis_prefixes: list[str] = field(default_factory=list)
+    memcached_prefixes: list[str] = field(default_factory=list)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def sqlite_url(self, name: str) -> str:
@@ -54,6 +69,12 @@ class Backends:
         count_redis(client)
         return client
 
+    @property
+    def memcached_server(self) -> tuple[str, int]:
+        """The host and port of the memcached server."""
+        host, _, port = self.memcached_url.removeprefix("memcached://").partition(":")
+        return host, int(port or 11211)
+
     def ws_options(self, store: str, name: str = "ws") -> dict[str, Any]:
         """wsgisession's store options for *store*, in this run's namespace."""
         if store == "memory":
@@ -64,6 +85,10 @@ class Backends:
             prefix = f"{self.tag}:{name}:"
             self.redis_prefixes.append(prefix)
             return {"store": self.redis_url, "store_options": {"key_prefix": prefix}}
+        if store == "memcached":
+            prefix = f"{self.tag}:{name}:"
+            self.memcached_prefixes.append(prefix)
+            return {"store": self.memcached_url, "store_options": {"key_prefix": prefix}}
         table = f"{self.tag}_{name}"
         self.on_cleanup(lambda: _drop(self.sql_url(store, name), table))
         return {"store": self.sql_url(store, name), "store_options": {"table_name": table}}
@@ -82,6 +107,8 @@ class Backends:
         for prefix in self.redis_prefixes:
             delete_prefix(client, prefix)
         client.close()
+        if self.memcached_prefixes:
+            delete_memcached_prefixes(self.memcached_server, self.memcached_prefixes)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -97,6 +124,33 @@ def delete_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         removed += client.unlink(*batch)
     return removed
+
+
+def delete_memcached_prefixes(server: tuple[str, int], prefixes: list[str]) -> int:
+    """Delete every key under *prefixes* on a memcached *server*; return how many.
+
+    Memcached can't list its keys by prefix: ``lru_crawler metadump all`` dumps every
+    live item's key, read here over a socket of its own.
+    """
+    with socket.create_connection(server, timeout=30) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        dump = b""
+        while not dump.endswith(b"END\r\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            dump += chunk
+    names = [
+        unquote(line.split(" ", 1)[0].removeprefix("key="))
+        for line in dump.decode(errors="replace").splitlines()
+        if line.startswith("key=")
+    ]
+    doomed = [n for n in names if n.startswith(tuple(prefixes))]
+    client = MemcacheClient(server, default_noreply=False)
+    for name in doomed:
+        client.delete(name)
+    client.close()
+    return len(doomed)
 
 
 def _glob(prefix: str) -> str:
@@ -166,8 +220,9 @@ def _beaker_save(session: Any) -> None:
 # -- the plain WSGI contenders ---------------------------------------------------
 
 
-def build_wsgi(name: str, store: str, b: Backends) -> Built:
-    """Build contender *name* of the plain WSGI comparison on *store*."""
+def build_wsgi(name: str, store: str, b: Backends) -> Built | None:
+    """Build contender *name* of the plain WSGI comparison on *store*; ``None`` for a
+    peer with no backend for it (Beaker's memcached backends need another driver)."""
     app = handler(_environ_session)
     if name == "floor":
         return Built(name, floor_app, None, _no_seed)
@@ -185,7 +240,7 @@ def build_wsgi(name: str, store: str, b: Backends) -> Built:
         mw = ws_middleware(app, store, b, "ws" if sealed else "wsu", encrypt=sealed)
         return Built(name, mw, "session_id", seed_through(mw, "session_id"), _ws_redis(mw), mw)
     if name == "beaker":
-        return _beaker(store, b)
+        return None if store == "memcached" else _beaker(store, b)
     raise ValueError(name)
 
 
@@ -220,6 +275,10 @@ def _raw_store(store: str, b: Backends) -> RawStore:
     if store == "redis":
         b.redis_prefixes.append(f"{b.tag}:raw:")
         return RawRedis(b.redis_client(), f"{b.tag}:raw:")
+    if store == "memcached":
+        b.memcached_prefixes.append(f"{b.tag}:raw:")
+        client = PooledClient(b.memcached_server, default_noreply=False)
+        return RawMemcached(client, f"{b.tag}:raw:")
     return RawSQL(b.sql_url(store, "raw"), f"{b.tag}_raw")
 
 
@@ -358,6 +417,15 @@ def _flask_session_app(
         prefix = f"{b.tag}:fs:"
         b.redis_prefixes.append(prefix)
         app.config.update(SESSION_TYPE="redis", SESSION_REDIS=client, SESSION_KEY_PREFIX=prefix)
+    elif store == "memcached":
+        # As Flask-Session's documentation has it: a pymemcache Client of its own.
+        prefix = f"{b.tag}:fs:"
+        b.memcached_prefixes.append(prefix)
+        memcached = MemcacheClient(b.memcached_server)
+        b.on_cleanup(memcached.close)
+        app.config.update(
+            SESSION_TYPE="memcached", SESSION_MEMCACHED=memcached, SESSION_KEY_PREFIX=prefix
+        )
     else:
         from flask_sqlalchemy import SQLAlchemy
 

@@ -8,6 +8,8 @@
 * SQL: statements sent (``before_cursor_execute``), transaction control (``begin``,
   ``commit``, ``rollback``), the pool's reset on return, and pre-ping queries; on
   PostgreSQL also the network round trips themselves, from libpq's protocol trace.
+* Memcached round trips: every command a pymemcache ``Client`` sends and waits on
+  (``get``/``gets`` of several keys is one); pooled and hashed clients go through it.
 * Files opened: calls of ``open`` and ``os.open`` (temp files and lock files included).
 * Bytes sent: what went to Redis, into SQL parameters, or through ``os.write`` and
   ``os.pwrite``; it tells an expiry update from a rewrite of the whole record.
@@ -29,6 +31,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from pymemcache.client.base import Client as MemcacheClient
 from sqlalchemy import event
 from sqlalchemy.engine import default as sa_default
 
@@ -46,6 +49,36 @@ class CountingConnection(redis.Connection):
             parts = [command] if isinstance(command, bytes | str) else command
             SEEN["bytes_sent"] += sum(len(part) for part in parts)
         super().send_packed_command(command, check_health)
+
+
+def _memcached_hooks() -> list[tuple[str, Callable[..., Any]]]:
+    """Wrappers of the three methods through which pymemcache sends every command."""
+
+    def fetch(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(self: Any, name: bytes, keys: Any, *args: Any, **kwargs: Any) -> Any:
+            SEEN["memcached_round_trips"] += 1
+            SEEN["bytes_sent"] += sum(len(k) for k in keys)
+            return real(self, name, keys, *args, **kwargs)
+
+        return counted
+
+    def store(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(self: Any, name: bytes, values: Any, *args: Any, **kwargs: Any) -> Any:
+            SEEN["memcached_round_trips"] += 1
+            SEEN["bytes_sent"] += sum(len(k) + len(v) for k, v in values.items())
+            return real(self, name, values, *args, **kwargs)
+
+        return counted
+
+    def misc(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(self: Any, cmds: Any, *args: Any, **kwargs: Any) -> Any:
+            SEEN["memcached_round_trips"] += 1
+            SEEN["bytes_sent"] += sum(len(c) for c in cmds)
+            return real(self, cmds, *args, **kwargs)
+
+        return counted
+
+    return [("_fetch_cmd", fetch), ("_store_cmd", store), ("_misc_cmd", misc)]
 
 
 def count_redis(client: Any) -> None:
@@ -168,6 +201,9 @@ def counting() -> Iterator[Counter[str]]:
     os.open = counted_os_open
     os.write, os.pwrite = counted_write, counted_pwrite
     sa_default.DefaultDialect._do_ping_w_event = counted_ping  # type: ignore[method-assign]
+    real_memcached = {name: getattr(MemcacheClient, name) for name, _ in _memcached_hooks()}
+    for name, wrap in _memcached_hooks():
+        setattr(MemcacheClient, name, wrap(real_memcached[name]))
     _ON[0] = True
     try:
         yield SEEN
@@ -176,6 +212,8 @@ def counting() -> Iterator[Counter[str]]:
         builtins.open, io.open, os.open = real_open, real_io_open, real_os_open
         os.write, os.pwrite = real_write, real_pwrite
         sa_default.DefaultDialect._do_ping_w_event = real_ping  # type: ignore[method-assign]
+        for name, real in real_memcached.items():
+            setattr(MemcacheClient, name, real)
         for target, name, fn in hooks:
             event.remove(target, name, fn)
         if trips := trace.round_trips():

@@ -4,8 +4,9 @@
   ``start_response``, the least a session middleware can cost on a request that never
   touches its session.
 * :class:`RawSession`: the store work of each scenario done by hand with the driver
-  (redis-py ``GET``/``SET``, one primary-key ``SELECT``/``UPDATE`` with SQLAlchemy
-  Core, a file read or a temp-file write and ``os.replace``), with no signing, hashing,
+  (redis-py ``GET``/``SET``, pymemcache ``get``/``set``/``add``/``touch``, one
+  primary-key ``SELECT``/``UPDATE`` with SQLAlchemy Core, a file read or a temp-file
+  write and ``os.replace``), with no signing, hashing,
   merging or policy: the least a read, a write or a new session can cost.
 """
 
@@ -224,6 +225,30 @@ class RawRedis:
 
     def close(self) -> None:
         pass
+
+
+class RawMemcached:
+    """One value per key with memcached's expiry, through a pooled pymemcache client."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def get(self, key: str) -> bytes | None:
+        value: bytes | None = self.client.get(self.prefix + key)
+        return value
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.set(self.prefix + key, data, expire=TIMEOUT, noreply=False)
+
+    def create(self, key: str, data: bytes) -> None:
+        self.client.add(self.prefix + key, data, expire=TIMEOUT, noreply=False)
+
+    def touch(self, key: str) -> None:
+        self.client.touch(self.prefix + key, TIMEOUT, noreply=False)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _wal(dbapi_connection: Any, connection_record: Any) -> None:

@@ -47,6 +47,8 @@ def round_trips(store: str, counts: dict[str, float] | None) -> str:
         if not c["redis_round_trips"]:
             return "0"
         return f"{_g(c['redis_round_trips'])} rt / {_g(c['redis_server_commands'])} cmd"
+    if store == "memcached":
+        return f"{_g(c['memcached_round_trips'])} rt" if c["memcached_round_trips"] else "0"
     if store == "postgresql" and counts.get("pg_round_trips"):
         return f"{_g(counts['pg_round_trips'])} rt / {_g(c['sql_statements'])} st"
     if store in ("sqlite", "postgresql"):
@@ -78,6 +80,8 @@ def store_round_trips(store: str, counts: dict[str, float]) -> float:
     """The number the round-trip targets check: commands, statements or files."""
     if store == "redis":
         return counts.get("redis_round_trips", 0.0)
+    if store == "memcached":
+        return counts.get("memcached_round_trips", 0.0)
     if store == "postgresql":
         return counts.get("pg_round_trips", 0.0)
     if store == "sqlite":
@@ -315,7 +319,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         # Round trips are a network notion: the memory store has none and the file store
         # shows the files it opens, which the table reports without a target.
-        if store in ("sqlite", "postgresql", "redis"):
+        if store in ("sqlite", "postgresql", "redis", "memcached"):
             expected = {"read": 1, "write": 2, "new": 1, "refresh": 2}.get(s)
             if expected is not None:
                 _target(
@@ -494,7 +498,8 @@ def _wsgi_table(results: dict[str, Any]) -> list[str]:
         " theirs, paired round by round (below 1 is cheaper). The limit is the pass-through"
         " middleware for *untouched* and the raw driver otherwise. Round trips are per"
         " request: Redis round trips / commands the server ran; PostgreSQL network round"
-        " trips / statements; SQLite statements + transaction control; files opened.",
+        " trips / statements; memcached round trips; SQLite statements + transaction"
+        " control; files opened.",
         "",
         "| scenario | store | floor | limit | wsgisession | over floor | vs limit | Beaker |"
         " vs Beaker | round trips: ws | raw | Beaker | Set-Cookie |",

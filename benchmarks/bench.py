@@ -6,10 +6,11 @@ Run by hand, never as a test::
     python benchmarks/bench.py             # the full run, five to twelve minutes
     python benchmarks/bench.py --quick     # a smoke run of a minute or two
 
-It needs PostgreSQL and Redis on loopback (``--pg-url``, ``--redis-url``; a store that
-can't be reached is left out and the report says so). It writes ``results.md``,
-``results.json`` and PNG charts to ``benchmarks/results/``. Everything it creates (tables,
-Redis keys under a prefix unique to the run, temp directories) is removed at the end.
+It needs PostgreSQL, Redis and memcached on loopback (``--pg-url``, ``--redis-url``,
+``--memcached-url``; a store that can't be reached is left out and the report says so).
+It writes ``results.md``, ``results.json`` and PNG charts to ``benchmarks/results/``.
+Everything it creates (tables, Redis and memcached keys under a prefix unique to the
+run, temp directories) is removed at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from _report import (
     write_json,
 )
 from _scenarios import SCENARIOS
+from pymemcache.client.base import Client as MemcacheClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = (
@@ -53,6 +55,7 @@ PEERS = (
     "werkzeug",
     "itsdangerous",
     "redis",
+    "pymemcache",
     "sqlalchemy",
     "psycopg",
 )
@@ -91,6 +94,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+    parser.add_argument(
+        "--memcached-url",
+        default=os.environ.get("BENCH_MEMCACHED_URL", "memcached://127.0.0.1:11211"),
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     parser.add_argument(
         "--render",
@@ -113,6 +120,10 @@ def _reachable(args: argparse.Namespace) -> dict[str, str]:
     except redis.RedisError as exc:
         down["redis"] = f"{type(exc).__name__}: {exc}"
     try:
+        _memcached_version(args.memcached_url)
+    except Exception as exc:
+        down["memcached"] = f"{type(exc).__name__}: {exc}"
+    try:
         engine = sa.create_engine(args.pg_url)
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -120,6 +131,15 @@ def _reachable(args: argparse.Namespace) -> dict[str, str]:
     except Exception as exc:
         down["postgresql"] = f"{type(exc).__name__}: {exc}"
     return down
+
+
+def _memcached_version(url: str) -> str:
+    host, _, port = url.removeprefix("memcached://").partition(":")
+    client = MemcacheClient((host, int(port or 11211)), connect_timeout=2, timeout=2)
+    try:
+        return str(client.version().decode())
+    finally:
+        client.close()
 
 
 def _machine() -> str:
@@ -154,6 +174,8 @@ def _versions(args: argparse.Namespace, down: dict[str, str]) -> dict[str, str]:
         client = redis.Redis.from_url(args.redis_url)
         versions["Redis server"] = str(client.info("server")["redis_version"])
         client.close()
+    if "memcached" not in down:
+        versions["memcached server"] = _memcached_version(args.memcached_url)
     if "postgresql" not in down:
         engine = sa.create_engine(args.pg_url)
         with engine.connect() as conn:
@@ -178,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     tag = f"wsgisession_bench_{os.getpid()}"
     backends = Backends(
-        Path(tempfile.mkdtemp(prefix="wsgisession-bench-")), args.pg_url, args.redis_url, tag
+        Path(tempfile.mkdtemp(prefix="wsgisession-bench-")),
+        args.pg_url,
+        args.redis_url,
+        tag,
+        args.memcached_url,
     )
     results: dict[str, Any] = {
         "meta": {

@@ -1,8 +1,9 @@
 """Fixtures for every test: the ``store`` fixture over every store, and the clock.
 
 Server URLs default to the loopback services of the development machine and can be
-moved with ``WSGISESSION_TEST_POSTGRESQL_URL``, ``WSGISESSION_TEST_MARIADB_URL`` and
-``WSGISESSION_TEST_REDIS_URL``. A server that cannot be reached skips its tests with
+moved with ``WSGISESSION_TEST_POSTGRESQL_URL``, ``WSGISESSION_TEST_MARIADB_URL``,
+``WSGISESSION_TEST_REDIS_URL`` and ``WSGISESSION_TEST_MEMCACHED_URL`` (see
+:mod:`tests.memcached_servers`). A server that cannot be reached skips its tests with
 the masked URL as the reason, unless ``WSGISESSION_REQUIRE_SERVICES=1``, which turns
 the skip into a failure (CI sets it).
 
@@ -20,7 +21,7 @@ from tests.helpers import STORE_KINDS, FakeClock, open_test_store
 from wsgisession.stores import Store
 
 # pytester runs the conformance suite over stores made to break it (tests/stores).
-pytest_plugins = ["tests.redis_servers", "pytester"]
+pytest_plugins = ["tests.redis_servers", "tests.memcached_servers", "pytester"]
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -11,12 +11,14 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.cookies import SimpleCookie
@@ -40,6 +42,7 @@ from wsgisession.stores import Store, open_store
 from wsgisession.stores._file_tree import TEMP_PREFIX
 from wsgisession.stores.base import Record, mask_url
 from wsgisession.stores.file import FileStore
+from wsgisession.stores.memcached import MemcachedStore
 from wsgisession.stores.memory import MemoryStore
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import new_key
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
 
 # -- test servers and stores ---------------------------------------------------------
 
-#: Marks a test that needs a PostgreSQL, MariaDB or Redis server.
+#: Marks a test that needs a PostgreSQL, MariaDB, Redis or memcached server.
 SERVER = pytest.mark.server
 
 DEFAULT_URLS = {
@@ -68,6 +71,7 @@ STORE_KINDS = [
     pytest.param("redis", marks=SERVER),
     pytest.param("redis-sentinel", marks=SERVER),
     pytest.param("redis-cluster", marks=SERVER),
+    pytest.param("memcached", marks=SERVER),
 ]
 
 #: The SQL databases, and those of them that are servers.
@@ -116,6 +120,10 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return url
     if kind == "redis-cluster":
         url = request.getfixturevalue("redis_cluster_url")
+        return url
+    if kind == "memcached":
+        # A server of the run's own, whose item limit holds the suite's 1 MiB record.
+        url = request.getfixturevalue("memcached_url")
         return url
     return server_url(kind)
 
@@ -194,7 +202,7 @@ def isolation_options(kind: str) -> dict[str, Any]:
     """Store options that keep one test's records apart from every other test's."""
     if kind in ("postgresql", "mariadb"):
         return {"table_name": unique_table_name()}
-    if kind.startswith("redis"):
+    if kind.startswith("redis") or kind == "memcached":
         return {"key_prefix": f"test:{uuid.uuid4().hex[:12]}:"}
     return {}
 
@@ -225,6 +233,56 @@ def _drop(kind: str, store: Store) -> None:
         client = store.client  # type: ignore[attr-defined]
         for key in list(client.scan_iter(match=store.key_prefix + "*")):  # type: ignore[attr-defined]
             client.delete(key)
+    elif isinstance(store, MemcachedStore):
+        for client, names in memcached_keys(store).items():
+            for name in names:
+                client.delete(name, noreply=False)
+
+
+def memcached_keys(store: MemcachedStore) -> dict[Any, list[str]]:
+    """Every key under *store*'s prefix, by the client of its server.
+
+    Memcached can't list its keys; ``lru_crawler metadump all`` dumps every live
+    item's metadata, key included, which is what a thief with the server would read.
+    """
+    found: dict[Any, list[str]] = {}
+    for client in store._servers.each():
+        # Over its own socket: pymemcache's raw_command() keeps only the last 4 KB.
+        with socket.create_connection(client.server, timeout=10) as sock:
+            sock.sendall(b"lru_crawler metadump all\r\n")
+            dump = b""
+            while not dump.endswith(b"END\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, "memcached closed the connection during a metadump"
+                dump += chunk
+        names = []
+        for line in dump.decode().splitlines():
+            field = line.split(" ", 1)[0]
+            if field.startswith("key="):
+                name = urllib.parse.unquote(field[4:])
+                if name.startswith(store.key_prefix):
+                    names.append(name)
+        found[client] = names
+    return found
+
+
+def live_sessions(store: Store) -> int:
+    """How many live sessions, tombstones aside, *store* holds: its :meth:`~Store.count`,
+    or, for memcached, which can't count, the sessions under its prefix read one by one."""
+    counted = store.count()
+    if counted is not None:
+        return counted
+    assert isinstance(store, MemcachedStore), f"{store!r} can't count its sessions"
+    sessions = re.escape(store.key_prefix) + "[0-9a-f]{64}"
+    keys = [
+        name[len(store.key_prefix) :]
+        for names in memcached_keys(store).values()
+        for name in names
+        if re.fullmatch(sessions, name)
+    ]
+    now = wsgisession._clock.now()
+    records = store._reader.records(keys).values()
+    return sum(1 for r in records if r is not None and r.version != 0 and r.expires_at > now)
 
 
 def raw_dump(store: Store, directory: Path) -> bytes:
@@ -232,7 +290,8 @@ def raw_dump(store: Store, directory: Path) -> bytes:
 
     File and SQLite stores are read as the files under *directory* (the test's
     ``tmp_path``); server stores as every row of the table or every value under the
-    key prefix; the memory store as its records.
+    key prefix (memcached's found with :func:`memcached_keys`); the memory store as its
+    records.
     """
     if isinstance(store, MemoryStore):
         return b"\n".join(
@@ -254,6 +313,12 @@ def raw_dump(store: Store, directory: Path) -> bytes:
             elif kind == "list":
                 parts.extend(client.lrange(key, 0, -1))
         return b"\n".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)
+    if isinstance(store, MemcachedStore):
+        values: list[bytes] = []
+        for client, names in memcached_keys(store).items():
+            values += [name.encode() for name in names]
+            values += list(client.get_many(names).values()) if names else []
+        return b"\n".join(values)
     engine = getattr(store, "engine", None)
     if engine is not None and engine.dialect.name != "sqlite":
         with engine.connect() as connection:

@@ -131,7 +131,13 @@ def test_every_public_name_is_in_the_api_reference(module: ModuleType) -> None:
 def test_every_builtin_store_class_has_its_page() -> None:
     documented = _documented()
 
-    for name in ("memory.MemoryStore", "file.FileStore", "sql.SQLStore", "redis.RedisStore"):
+    for name in (
+        "memory.MemoryStore",
+        "file.FileStore",
+        "sql.SQLStore",
+        "redis.RedisStore",
+        "memcached.MemcachedStore",
+    ):
         assert f"wsgisession.stores.{name}" in documented
 
 

@@ -2,11 +2,16 @@
 
 The Flask demo (``examples/flask_app.py``) runs under waitress in this process, on a
 free loopback port, with its sessions in a private ``redis-server`` (stopped and started
-again on the same port, its data kept in an append-only file) or in PostgreSQL or
-MariaDB behind a TCP proxy that is cut and restored; the shared servers are never
-stopped. While the store is down, every request that needs the session is a 500 and
-the others still answer; once it is back, the very next requests succeed without
-restarting anything, and every session saved before the outage is still there.
+again on the same port, its data kept in an append-only file), or in PostgreSQL,
+MariaDB or a private ``memcached`` behind a TCP proxy that is cut and restored; the
+shared servers are never stopped. While the store is down, every request that needs
+the session is a 500 and the others still answer; once it is back, the very next
+requests succeed without restarting anything, and every session saved before the
+outage is still there.
+
+Memcached keeps nothing across a restart, so a private ``memcached`` killed and started
+again under load is a test of its own: 500s while it is gone, recovery without
+restarting the app, and every session of before read as gone, never as an error.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import sqlalchemy as sa
 from flask import Flask, request
 
 from tests.helpers import SERVER, server_url, serving, unreachable, wait_until
+from tests.memcached_servers import MemcachedServer
 from tests.redis_servers import RedisServer
 from tests.tcp_proxy import TCPProxy
 from wsgisession import StoreError, get_session
@@ -96,6 +102,21 @@ def _sql_outage(kind: str) -> Iterator[Outage]:
         # the proxy, which may be cut.
         sa.Table(table_name, sa.MetaData()).drop(direct, checkfirst=True)
         direct.dispose()
+
+
+@pytest.fixture
+def memcached_outage(private_memcached: MemcachedServer) -> Iterator[Outage]:
+    """A private memcached behind a proxy that the test cuts and restores."""
+    with TCPProxy(("127.0.0.1", private_memcached.port)) as proxy:
+        try:
+            yield Outage(
+                f"memcached://127.0.0.1:{proxy.port}",
+                {"timeout": 2, "connect_timeout": 2},
+                proxy.cut,
+                proxy.restore,
+            )
+        finally:
+            proxy.restore()
 
 
 @pytest.fixture
@@ -172,7 +193,7 @@ def demo(outage: Outage) -> Iterator[tuple[str, int]]:
         flask_app.wsgi_app.close()  # type: ignore[attr-defined]
 
 
-KINDS = ["redis", "postgresql", "mariadb"]
+KINDS = ["redis", "postgresql", "mariadb", "memcached"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -265,3 +286,69 @@ def test_clients_hammering_through_an_outage_never_lose_a_saved_count(
         assert status == {200, 500}
         assert counts[0] == 1
         assert all(b > a for a, b in itertools.pairwise(counts)), counts
+
+
+def test_a_memcached_killed_under_load_fails_requests_then_serves_new_sessions(
+    private_memcached: MemcachedServer,
+) -> None:
+    """Killed (SIGKILL) while clients hammer it, then started again on the same port:
+    the requests in between are 500s, the app recovers by itself, and the sessions of
+    before, which memcached did not keep, start again from 1: never an error, and
+    never a count that goes on from another session's."""
+    outage = Outage(
+        private_memcached.url,
+        {"timeout": 2, "connect_timeout": 2},
+        private_memcached.kill,
+        private_memcached.start,
+    )
+    seen: list[list[int]] = [[] for _ in range(CLIENTS)]
+    statuses: list[set[int]] = [set() for _ in range(CLIENTS)]
+    errors: list[BaseException] = []
+    killed = threading.Event()
+    done = threading.Event()
+
+    with demo(outage) as address:
+
+        def visit(n: int) -> None:
+            browser = Browser(address)
+            try:
+                while not done.is_set():
+                    status, body = browser.get("/")
+                    statuses[n].add(status)
+                    if status == 200:
+                        match = COUNT.search(body)
+                        assert match is not None, body[:300]
+                        seen[n].append(int(match.group(1)))
+                        if killed.is_set() and seen[n][-1] == 1:
+                            statuses[n].add(-1)  # a fresh session after the restart
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=visit, args=(n,)) for n in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until("every client counted", lambda: all(len(s) >= 3 for s in seen))
+            outage.stop()
+            killed.set()
+            wait_until("every client failed", lambda: all(500 in s for s in statuses))
+            outage.start()
+            wait_until("every client started again", lambda: all(-1 in s for s in statuses))
+            after = [len(s) for s in seen]
+            wait_until(
+                "every client counted again",
+                lambda: all(len(s) >= n + 3 for s, n in zip(seen, after, strict=True)),
+            )
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join()
+
+    assert not errors, errors
+    for counts, status in zip(seen, statuses, strict=True):
+        assert status == {200, 500, -1}
+        restart = max(i for i, count in enumerate(counts) if count == 1)
+        assert restart > 0, "no count before the restart"
+        for part in (counts[:restart], counts[restart:]):
+            assert part[0] == 1
+            assert all(b > a for a, b in itertools.pairwise(part)), counts

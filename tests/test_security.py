@@ -37,12 +37,14 @@ from tests.helpers import (
     meanwhile,
     peek,
     put,
+    raw_dump,
     with_cookie,
 )
 from wsgisession.ids import store_key
 from wsgisession.serializers import PickleSerializer
 from wsgisession.stores import Store
 from wsgisession.stores.file import FileStore
+from wsgisession.stores.memcached import MemcachedStore
 from wsgisession.stores.memory import MemoryStore
 from wsgisession.stores.redis import RedisStore
 from wsgisession.stores.sql import SQLStore
@@ -130,6 +132,8 @@ def raw_contents(store: Store) -> bytes:
                 for row in conn.execute(sa.select(table)):
                     parts.extend(_as_bytes(value) for value in row)
         return b"\n".join(parts)
+    if isinstance(store, MemcachedStore):
+        return raw_dump(store, Path())
     assert isinstance(store, RedisStore)
     client: Any = store.client
     parts = []

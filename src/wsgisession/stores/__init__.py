@@ -38,6 +38,7 @@ StoreFactory = Callable[..., Store]
 # scheme -> ("module:Class", the extra that installs its driver)
 _BUILTIN: Final[dict[str, tuple[str, str | None]]] = {
     "file": ("wsgisession.stores.file:FileStore", None),
+    "memcached": ("wsgisession.stores.memcached:MemcachedStore", "memcached"),
     "memory": ("wsgisession.stores.memory:MemoryStore", None),
     "mariadb": ("wsgisession.stores.sql:SQLStore", "mysql"),
     "mysql": ("wsgisession.stores.sql:SQLStore", "mysql"),
@@ -112,9 +113,11 @@ def wrap_client(client: object, **options: Any) -> Store | None:
     """Return a store around a ready driver object, or ``None`` if it is not one.
 
     A :class:`sqlalchemy.Engine` becomes a ``SQLStore``; a ``redis.Redis`` or
-    ``redis.cluster.RedisCluster`` client becomes a ``RedisStore``. *options* are the
-    store's keyword arguments (``store_options``). The driver is already imported when
-    such an object exists, so nothing new is imported for other values.
+    ``redis.cluster.RedisCluster`` client becomes a ``RedisStore``; a pymemcache
+    ``Client``, ``PooledClient`` or ``HashClient`` becomes a ``MemcachedStore``.
+    *options* are the store's keyword arguments (``store_options``). The driver is
+    already imported when such an object exists, so nothing new is imported for
+    other values.
     """
     module = type(client).__module__.partition(".")[0]
     if module == "sqlalchemy":
@@ -132,6 +135,14 @@ def wrap_client(client: object, **options: Any) -> Store | None:
 
         if isinstance(client, redis.Redis | RedisCluster):
             return RedisStore(client, **options)
+    elif module == "pymemcache":
+        from pymemcache.client.base import Client, PooledClient
+        from pymemcache.client.hash import HashClient
+
+        from .memcached import MemcachedStore
+
+        if isinstance(client, Client | PooledClient | HashClient):
+            return MemcachedStore(client, **options)
     return None
 
 
