@@ -160,6 +160,7 @@ def unreachable_store_url(kind: str, tmp_path: Path) -> str:
         "redis": f"redis://127.0.0.1:{port}/0",
         "redis-sentinel": f"redis+sentinel://127.0.0.1:{port}/mymaster/0",
         "redis-cluster": f"redis+cluster://127.0.0.1:{port}",
+        "memcached": f"memcached://127.0.0.1:{port}",
     }
     if kind not in urls:
         raise ValueError(f"a {kind} store has no backend to be unreachable")
@@ -174,6 +175,10 @@ def store_class(kind: str) -> type[Store]:
         return SQLStore
     if kind.startswith("redis"):
         return RedisStore
+    if kind == "memcached":
+        from wsgisession.stores.memcached import MemcachedStore
+
+        return MemcachedStore
     return {"memory": MemoryStore, "file": FileStore}[kind]
 
 
