@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote
 
 from pymemcache.client.base import PooledClient
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError
 
 from ..errors import ConfigError
+from ._hosts import parse_hosts
 from .base import mask_url
 
 __all__ = ["MAX_RELATIVE", "Plan", "Servers", "check_prefix", "plan_servers"]
@@ -119,7 +119,7 @@ def plan_servers(url: str, options: Mapping[str, object]) -> Plan:
         raise ConfigError(
             f"store {shown!r} takes no path, query or fragment; use store options for the rest"
         )
-    hosts = _hosts(netloc, shown)
+    hosts = parse_hosts(netloc, _DEFAULT_PORT, shown)
     kwargs: dict[str, Any] = {
         "connect_timeout": opts.connect_timeout,
         "timeout": opts.timeout,
@@ -273,27 +273,3 @@ def _read_options(shown: str, options: Mapping[str, object]) -> _Options:
     opts = _Options(**checked)
     check_prefix(opts.key_prefix, shown)
     return opts
-
-
-def _hosts(netloc: str, shown: str) -> list[tuple[str, int]]:
-    hosts: list[tuple[str, int]] = []
-    for item in netloc.split(","):
-        if item.startswith("["):
-            host, bracket, rest = item[1:].partition("]")
-            if not bracket or (rest and not rest.startswith(":")):
-                raise ConfigError(f"store {shown!r}: bad host {item!r}")
-            port_text = rest[1:]
-        else:
-            host, _, port_text = item.partition(":")
-        if not host:
-            raise ConfigError(f"store {shown!r} names no host, or an empty one")
-        if not port_text:
-            port = _DEFAULT_PORT
-        elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
-            port = int(port_text)
-        else:
-            raise ConfigError(f"store {shown!r}: bad port {port_text!r} for host {host!r}")
-        if (unquote(host), port) in hosts:
-            raise ConfigError(f"store {shown!r} names {host}:{port} twice")
-        hosts.append((unquote(host), port))
-    return hosts

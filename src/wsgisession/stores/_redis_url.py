@@ -27,6 +27,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..errors import ConfigError
+from ._hosts import parse_hosts
 from .base import mask_url
 
 __all__ = ["Client", "ClientPlan", "check_cluster_prefix", "describe", "plan_client"]
@@ -128,7 +129,7 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
     if parts.query or parts.fragment:
         raise ConfigError(f"store {shown!r} takes no query string; use store options")
     if scheme == "redis+sentinel":
-        hosts = _hosts(parts.netloc, 26379, shown)
+        hosts = parse_hosts(parts.netloc.rpartition("@")[2], 26379, shown)
         service, db = _sentinel_path(parts.path, shown)
         _check_sentinel_kwargs(opts.sentinel_kwargs or {})
         sentinel_kwargs = {
@@ -142,7 +143,7 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
         master: redis.Redis = sentinel.master_for(service, db=db)  # type: ignore[no-untyped-call,unused-ignore]
         return ClientPlan(opts.key_prefix, lambda: master, closers=[sentinel.close])
     if scheme == "redis+cluster":
-        hosts = _hosts(parts.netloc, 6379, shown)
+        hosts = parse_hosts(parts.netloc.rpartition("@")[2], 6379, shown)
         nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call,unused-ignore]
         if parts.path not in ("", "/", "/0"):
             raise ConfigError(f"store {shown!r}: Redis Cluster has only database 0")
@@ -353,28 +354,6 @@ def _database(text: str, shown: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"store {shown!r}: the database must be a number, got {text!r}")
     return int(text)
-
-
-def _hosts(netloc: str, default_port: int, shown: str) -> list[tuple[str, int]]:
-    hosts = []
-    for item in netloc.rpartition("@")[2].split(","):
-        if item.startswith("["):
-            host, bracket, rest = item[1:].partition("]")
-            if not bracket or (rest and not rest.startswith(":")):
-                raise ConfigError(f"store {shown!r}: bad host {item!r}")
-            port_text = rest[1:]
-        else:
-            host, _, port_text = item.partition(":")
-        if not host:
-            raise ConfigError(f"store {shown!r} names no host, or an empty one")
-        if not port_text:
-            port = default_port
-        elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
-            port = int(port_text)
-        else:
-            raise ConfigError(f"store {shown!r}: bad port {port_text!r} for host {host!r}")
-        hosts.append((unquote(host), port))
-    return hosts
 
 
 def _sentinel_path(path: str, shown: str) -> tuple[str, int]:
