@@ -196,6 +196,70 @@ def demo(outage: Outage) -> Iterator[tuple[str, int]]:
 KINDS = ["redis", "postgresql", "mariadb", "memcached"]
 
 
+#: What a hammering client records when a count of 1 comes after ``Hammer.restarted``.
+FRESH = -1
+
+
+@dataclass
+class Hammer:
+    """What CLIENTS browsers, each requesting ``/`` over and over, saw: the counts of
+    their 200s, the statuses (and FRESH for a new session after ``restarted`` is set),
+    and what they raised."""
+
+    seen: list[list[int]]
+    statuses: list[set[int]]
+    errors: list[BaseException]
+    restarted: threading.Event
+
+    def wait(self, what: str, done: Callable[[list[int], set[int]], bool]) -> None:
+        """Wait until *done(counts, statuses)* holds for every client."""
+        wait_until(what, lambda: all(map(done, self.seen, self.statuses)))
+
+    def wait_counting_again(self) -> None:
+        """Wait until every client has counted three more times than it has now."""
+        after = [len(s) for s in self.seen]
+        wait_until(
+            "every client counted again",
+            lambda: all(len(s) >= n + 3 for s, n in zip(self.seen, after, strict=True)),
+        )
+
+
+@contextlib.contextmanager
+def hammering(address: tuple[str, int]) -> Iterator[Hammer]:
+    """Run CLIENTS browsers against *address* until the block ends."""
+    hammer = Hammer(
+        [[] for _ in range(CLIENTS)], [set() for _ in range(CLIENTS)], [], threading.Event()
+    )
+    done = threading.Event()
+
+    def visit(n: int) -> None:
+        browser = Browser(address)
+        counts, statuses = hammer.seen[n], hammer.statuses[n]
+        try:
+            while not done.is_set():
+                status, body = browser.get("/")
+                statuses.add(status)
+                if status == 200:
+                    match = COUNT.search(body)
+                    assert match is not None, body[:300]
+                    counts.append(int(match.group(1)))
+                    if hammer.restarted.is_set() and counts[-1] == 1:
+                        statuses.add(FRESH)
+        except BaseException as exc:  # reported by the test
+            hammer.errors.append(exc)
+
+    threads = [threading.Thread(target=visit, args=(n,)) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+        hammer.wait("every client counted", lambda counts, _: len(counts) >= 3)
+        yield hammer
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_requests_fail_while_the_store_is_down_and_recover_with_every_session(
     kind: str, request: pytest.FixtureRequest
@@ -243,46 +307,14 @@ def test_clients_hammering_through_an_outage_never_lose_a_saved_count(
     it may never repeat or start again from 1.
     """
     outage: Outage = request.getfixturevalue(f"{kind}_outage")
-    seen: list[list[int]] = [[] for _ in range(CLIENTS)]
-    statuses: list[set[int]] = [set() for _ in range(CLIENTS)]
-    errors: list[BaseException] = []
-    done = threading.Event()
+    with demo(outage) as address, hammering(address) as hammer:
+        outage.stop()
+        hammer.wait("every client failed", lambda _, statuses: 500 in statuses)
+        outage.start()
+        hammer.wait_counting_again()
 
-    with demo(outage) as address:
-
-        def visit(n: int) -> None:
-            browser = Browser(address)
-            try:
-                while not done.is_set():
-                    status, body = browser.get("/")
-                    statuses[n].add(status)
-                    if status == 200:
-                        match = COUNT.search(body)
-                        assert match is not None, body[:300]
-                        seen[n].append(int(match.group(1)))
-            except BaseException as exc:  # reported by the test
-                errors.append(exc)
-
-        threads = [threading.Thread(target=visit, args=(n,)) for n in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        try:
-            wait_until("every client counted", lambda: all(len(s) >= 3 for s in seen))
-            outage.stop()
-            wait_until("every client failed", lambda: all(500 in s for s in statuses))
-            outage.start()
-            after = [len(s) for s in seen]
-            wait_until(
-                "every client counted again",
-                lambda: all(len(s) >= n + 3 for s, n in zip(seen, after, strict=True)),
-            )
-        finally:
-            done.set()
-            for thread in threads:
-                thread.join()
-
-    assert not errors, errors
-    for counts, status in zip(seen, statuses, strict=True):
+    assert not hammer.errors, hammer.errors
+    for counts, status in zip(hammer.seen, hammer.statuses, strict=True):
         assert status == {200, 500}
         assert counts[0] == 1
         assert all(b > a for a, b in itertools.pairwise(counts)), counts
@@ -301,52 +333,17 @@ def test_a_memcached_killed_under_load_fails_requests_then_serves_new_sessions(
         private_memcached.kill,
         private_memcached.start,
     )
-    seen: list[list[int]] = [[] for _ in range(CLIENTS)]
-    statuses: list[set[int]] = [set() for _ in range(CLIENTS)]
-    errors: list[BaseException] = []
-    killed = threading.Event()
-    done = threading.Event()
+    with demo(outage) as address, hammering(address) as hammer:
+        outage.stop()
+        hammer.restarted.set()
+        hammer.wait("every client failed", lambda _, statuses: 500 in statuses)
+        outage.start()
+        hammer.wait("every client started again", lambda _, statuses: FRESH in statuses)
+        hammer.wait_counting_again()
 
-    with demo(outage) as address:
-
-        def visit(n: int) -> None:
-            browser = Browser(address)
-            try:
-                while not done.is_set():
-                    status, body = browser.get("/")
-                    statuses[n].add(status)
-                    if status == 200:
-                        match = COUNT.search(body)
-                        assert match is not None, body[:300]
-                        seen[n].append(int(match.group(1)))
-                        if killed.is_set() and seen[n][-1] == 1:
-                            statuses[n].add(-1)  # a fresh session after the restart
-            except BaseException as exc:  # reported by the test
-                errors.append(exc)
-
-        threads = [threading.Thread(target=visit, args=(n,)) for n in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        try:
-            wait_until("every client counted", lambda: all(len(s) >= 3 for s in seen))
-            outage.stop()
-            killed.set()
-            wait_until("every client failed", lambda: all(500 in s for s in statuses))
-            outage.start()
-            wait_until("every client started again", lambda: all(-1 in s for s in statuses))
-            after = [len(s) for s in seen]
-            wait_until(
-                "every client counted again",
-                lambda: all(len(s) >= n + 3 for s, n in zip(seen, after, strict=True)),
-            )
-        finally:
-            done.set()
-            for thread in threads:
-                thread.join()
-
-    assert not errors, errors
-    for counts, status in zip(seen, statuses, strict=True):
-        assert status == {200, 500, -1}
+    assert not hammer.errors, hammer.errors
+    for counts, status in zip(hammer.seen, hammer.statuses, strict=True):
+        assert status == {200, 500, FRESH}
         restart = max(i for i, count in enumerate(counts) if count == 1)
         assert restart > 0, "no count before the restart"
         for part in (counts[:restart], counts[restart:]):
