@@ -148,9 +148,9 @@ class SessionMiddleware:
                 response.flush()
             except StoreError as exc:
                 _close(iterable)
-                if self._on_save_error is None:
+                if response.answer is None:
                     raise
-                return self._answer_save_error(environ, start_response, session, exc)
+                return response.answer(exc)
             except BaseException:
                 _close(iterable)
                 raise
