@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from . import _clock
-from ._changes import Step
+from ._changes import Step, changed_in_place
 from ._codec import Codec
 from ._expiry import Expiry, key_live
 from ._snapshot import PLAIN_META, Snapshot, merge
@@ -326,9 +326,7 @@ class Saver:
         before = self.decoded(base)
         data = change.data
         stepped = {step.key for step in change.steps}
-        changed = change.changed | {
-            k for k, v in data.items() if k not in stepped and (k not in before or before[k] != v)
-        }
+        changed = change.changed | changed_in_place(data.keys() - stepped, data, before)
         return changed, change.deleted | (before.keys() - data.keys() - stepped)
 
     def decoded(self, snapshot: Snapshot) -> dict[str, Any]:
