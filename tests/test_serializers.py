@@ -111,16 +111,46 @@ def test_json_round_trips_types_included(value: dict[str, Any]) -> None:
     assert same(round_trip(value), value)
 
 
-def test_json_output_is_compact_utf8() -> None:
+def test_json_plain_session_is_compact_utf8_after_a_space() -> None:
     data = {"a": [1, "é"], "b": {"c": None}}
     out = JSONSerializer().dumps(data)
-    assert out == '{"a":[1,"é"],"b":{"c":null}}'.encode()
-    assert out == json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    assert out == b" " + '{"a":[1,"é"],"b":{"c":null}}'.encode()
+    assert json.loads(out) == data
+
+
+def test_json_plain_values_deep_and_shared_take_the_plain_encoding() -> None:
+    shared = {"x": [1.5, None, True, "s"]}
+    deep: Any = shared
+    for _ in range(100):
+        deep = [deep, shared]
+    out = JSONSerializer().dumps({"d": deep, "z": -0.0, "f": 1e308})
+    assert out[:1] == b" "
+    assert same(JSONSerializer().loads(out), {"d": deep, "z": -0.0, "f": 1e308})
+
+
+def test_json_plain_record_never_reads_a_user_dict_as_a_tag() -> None:
+    value = {"x": {MARK: ["tuple", [1, 2]]}, MARK: ["bytes", "QQ=="]}
+    out = JSONSerializer().dumps(value)
+    assert out[:1] == b" "
+    assert same(JSONSerializer().loads(out), value)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(b'{"a":[1,"\xc3\xa9"],"b":{"c":null}}', id="plain"),
+        pytest.param(b'{"t":{"\\u0000":["tuple",[1,2]]}}', id="tagged"),
+    ],
+)
+def test_json_reads_records_written_before_the_leading_byte(record: bytes) -> None:
+    # Written by 0.1, which began every record with "{" and tagged in place.
+    expected = {"t": (1, 2)} if b"tuple" in record else {"a": [1, "é"], "b": {"c": None}}
+    assert same(JSONSerializer().loads(record), expected)
 
 
 def test_json_lone_surrogate_is_escaped_so_output_stays_utf8() -> None:
     out = JSONSerializer().dumps({"s": "\udcff"})
-    assert out.decode("utf-8") == '{"s":"\\udcff"}'
+    assert out.decode("utf-8") == '\n{"s":"\\udcff"}'
 
 
 def test_json_dumps_leaves_its_input_alone() -> None:
@@ -146,6 +176,114 @@ def test_json_subclasses_come_back_as_their_base_type() -> None:
         "p": Point(1, 2),
     }
     assert same(round_trip(data), {"o": {"a": 1}, "c": 1, "p": (1, 2)})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({"t": (1, 2)}, id="tuple"),
+        pytest.param({"u": uuid.UUID(int=7)}, id="uuid"),
+        pytest.param({"big": 10**40}, id="int-beyond-64-bits"),
+        pytest.param({"c": Color.RED}, id="int-enum"),
+        pytest.param({"d": datetime.date(2024, 1, 1)}, id="date"),
+        pytest.param({"s": collections.OrderedDict(a=1)}, id="dict-subclass"),
+    ],
+)
+def test_json_session_with_tagged_values_begins_with_a_newline(value: dict[str, Any]) -> None:
+    # Each would lose its type written as plain JSON, as orjson writes it.
+    out = JSONSerializer().dumps(value)
+    assert out[:1] == b"\n"
+    assert round_trip(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({"n": [None, 1.5, math.nan]}, id="nan-beside-none"),
+        pytest.param({"n": [1.5, "null", math.inf]}, id="infinity-beside-null-text"),
+        pytest.param({"n": {"a": [2.5]}, "m": [[None], [[-math.inf]]]}, id="deeper-than-none"),
+    ],
+)
+def test_json_nan_never_passes_as_null(value: dict[str, Any]) -> None:
+    # orjson writes NaN and infinity as null: the plain encoding must not keep that.
+    with pytest.raises(TypeError, match="holds a float"):
+        JSONSerializer().dumps(value)
+
+
+# --- JSON: a plain record's parts, compared and reused ------------------------------
+
+
+def test_json_parts_of_a_plain_record_are_each_values_encoding() -> None:
+    s = JSONSerializer()
+    record = s.dumps({"a": [1, 2.5], "b": {"c": None}, "é": "x"})
+    parts = s.parts(record)
+    assert parts is not None
+    assert {k: bytes(v) for k, v in parts.items()} == {
+        "a": b"[1,2.5]",
+        "b": b'{"c":null}',
+        "é": b'"x"',
+    }
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(JSONSerializer().dumps({"t": (1, 2)}), id="tagged"),
+        pytest.param(b'{"a":1}', id="older"),
+        pytest.param(b" [1,2]", id="not-an-object"),
+        pytest.param(b' {"a":', id="truncated"),
+    ],
+)
+def test_json_parts_only_of_plain_records(record: bytes) -> None:
+    assert JSONSerializer().parts(record) is None
+
+
+@pytest.mark.parametrize(
+    ("stored", "now", "same_value"),
+    [
+        pytest.param([1, {"x": "y"}], [1, {"x": "y"}], True, id="unchanged"),
+        pytest.param([1, {"x": "y"}], [1, {"x": "z"}], False, id="changed-inside"),
+        pytest.param([1, 2], (1, 2), False, id="tuple-for-a-list"),
+        pytest.param(
+            ["12345678-1234-5678-1234-567812345678"],
+            [uuid.UUID(int=0x12345678123456781234567812345678)],
+            False,
+            id="uuid-for-its-str",
+        ),
+        pytest.param([None], [math.nan], False, id="nan-for-none"),
+        pytest.param([1], [True], False, id="bool-for-int"),
+        pytest.param([1.0], [1], False, id="int-for-float"),
+        pytest.param({"a": 1, "b": 2}, {"b": 2, "a": 1}, False, id="keys-reordered"),
+        pytest.param([1], [Color.RED], False, id="int-enum-for-int"),
+    ],
+)
+def test_json_encodes_as_is_exact(stored: Any, now: Any, same_value: bool) -> None:
+    s = JSONSerializer()
+    parts = s.parts(s.dumps({"k": stored}))
+    assert parts is not None
+    assert s.encodes_as(now, parts["k"]) is same_value
+
+
+def test_json_dumps_reusing_parts_equals_a_fresh_encoding() -> None:
+    s = JSONSerializer()
+    stored = {"cart": [{"sku": "A", "qty": 2, "price": 3.5}], "user": "u", "n": 1}
+    parts = s.parts(s.dumps(stored))
+    assert parts is not None
+    now = {"cart": stored["cart"], "user": "u", "n": 2, "new": [None]}
+    out = s.dumps(now, reuse={"cart": parts["cart"], "user": parts["user"]})
+    assert out == s.dumps(now)
+    assert same(s.loads(out), now)
+
+
+def test_json_dumps_reusing_parts_still_tags_a_changed_value() -> None:
+    s = JSONSerializer()
+    stored = {"cart": [1, 2], "when": "x"}
+    parts = s.parts(s.dumps(stored))
+    assert parts is not None
+    now = {"cart": [1, 2], "when": datetime.date(2024, 1, 1)}
+    out = s.dumps(now, reuse={"cart": parts["cart"]})
+    assert out[:1] == b"\n"
+    assert same(s.loads(out), now)
 
 
 # --- JSON: what can't be encoded ---------------------------------------------------
@@ -499,7 +637,7 @@ def test_built_in_serializers_satisfy_the_protocol() -> None:
     ("serializer", "expected"),
     [
         pytest.param(Custom(), "{'é': 1}".encode(), id="str-as-utf8"),
-        pytest.param(JSONSerializer(), b'{"\xc3\xa9":1}', id="bytes-as-is"),
+        pytest.param(JSONSerializer(), b' {"\xc3\xa9":1}', id="bytes-as-is"),
     ],
 )
 def test_dumps_bytes(serializer: Serializer, expected: bytes) -> None:

@@ -10,9 +10,10 @@ import json
 import pickle
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar, cast, runtime_checkable
 
+from . import _plain_json as plain
 from .errors import ConfigError
 
 __all__ = [
@@ -218,6 +219,14 @@ _DECODE_UNTAGGED: Final = json.JSONDecoder(parse_constant=_reject_constant).deco
 _MARK_ESCAPED: Final = json.dumps(_MARK)[1:-1]
 
 
+# A record's first byte says how it was written: a space for a plain one (see
+# _plain_json), a newline for one with tagged values. Both are JSON whitespace, so every
+# record stays JSON text for any reader, while this one knows without scanning it
+# whether to look for tags. Records written before this format have neither and are
+# scanned for the tag marker, as they always were.
+_TAGGED: Final = b"\n"
+
+
 class JSONSerializer:
     """The default serializer: compact UTF-8 JSON that keeps more types.
 
@@ -226,27 +235,55 @@ class JSONSerializer:
     come back as they went in, as tagged values ``{"\\u0000": [tag, payload]}``. A
     dict of the user's whose one key is ``"\\u0000"`` is tagged as well, so it
     can't pass for one. Dict keys must be ``str``.
+
+    A session of plain JSON values (the common case) is encoded and decoded by
+    orjson, in C, and its record begins with a space; one holding tagged values
+    begins with a newline, and is decoded with the tags. Records written before
+    this distinction begin with neither and are read as before.
     """
 
-    def dumps(self, obj: Any) -> bytes:
-        """Encode *obj*; raise :exc:`TypeError` naming the key of a value that can't be."""
+    def dumps(self, obj: Any, reuse: Mapping[str, plain.Part] | None = None) -> bytes:
+        """Encode *obj*; raise :exc:`TypeError` naming the key of a value that can't be.
+
+        *reuse* maps keys of *obj* to the encoding of their values in a plain record
+        (:func:`parts`) the caller knows they have not changed since, which is used
+        as it is instead of encoding them again.
+        """
+        text = plain.dumps(obj, reuse) if reuse else plain.dumps(obj)
+        if text is not None:
+            return text
         try:
-            text = _ENCODE(_prep(obj))
+            tagged = _ENCODE(_prep(obj))
         except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(_explain(obj)) from exc
         try:
-            return text.encode()
+            return _TAGGED + tagged.encode()
         except UnicodeEncodeError:
             # A lone surrogate has no UTF-8 form; a \u escape keeps it and stays valid.
-            return _ENCODE_ASCII(_prep(obj)).encode()
+            return _TAGGED + _ENCODE_ASCII(_prep(obj)).encode()
 
     def loads(self, data: bytes) -> Any:
         """Decode what :meth:`dumps` returned; raise :exc:`ValueError` for anything else."""
+        first = data[:1]
+        if first == plain.MARK:
+            return plain.loads(data)
         text = str(data, "utf-8")
         try:
-            return (_DECODE if _MARK_ESCAPED in text else _DECODE_UNTAGGED)(text)
+            if first == _TAGGED or _MARK_ESCAPED in text:
+                return _DECODE(text)
+            return _DECODE_UNTAGGED(text)
         except RecursionError as exc:
             raise ValueError("record nests too deeply to decode") from exc
+
+    def parts(self, data: bytes) -> Mapping[str, plain.Part] | None:
+        """The encoding of each key's value in *data*, a record :meth:`dumps` wrote, or
+        ``None`` if it is not a plain one (it holds tagged values, or is older)."""
+        return plain.parts(data)
+
+    def encodes_as(self, value: Any, part: plain.Part) -> bool:
+        """Whether *value* is exactly what *part*, from :meth:`parts`, encodes: the
+        same JSON, and made only of the types that JSON gives back as they are."""
+        return plain.encodes_as(value, part)
 
 
 _TAG_SIZE: Final = 32
