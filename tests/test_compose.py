@@ -374,6 +374,71 @@ def test_an_in_place_change_merges_by_key_with_a_concurrent_request(store: Store
     assert data["other"] == 7
 
 
+# A cart of a few KB: its save reuses the stored encoding of the keys it did not change.
+BIG_CART = [{"sku": f"SKU-{i:04d}", "qty": 1, "price": 2.5} for i in range(100)]
+
+
+def _big_cart(session: Session, request: Request) -> str:
+    session["cart"] = {"items": list(BIG_CART), "note": "x" * 2000}
+    session["n"] = 0
+    return "ok"
+
+
+def test_a_large_session_saves_an_in_place_change_beside_another_key(store: Store) -> None:
+    def change(session: Session, request: Request) -> str:
+        session["cart"]["items"][50]["qty"] = 9
+        session["n"] = 1
+        return "ok"
+
+    client, _ = make_client({**ROUTES, "/big": _big_cart, "/change": change}, store=store)
+    client.get("/big")
+    client.get("/change")
+    data = body(client.get("/"))
+    assert data["cart"]["items"][50] == {"sku": "SKU-0050", "qty": 9, "price": 2.5}
+    assert data["cart"]["items"][49] == BIG_CART[49]
+    assert data["n"] == 1
+
+
+def test_a_large_session_keeps_a_concurrent_change_to_a_key_it_only_read(store: Store) -> None:
+    def other_cart(session: Session, request: Request) -> str:
+        session["cart"] = {"items": ["other"]}
+        return "ok"
+
+    def read_then_count(session: Session) -> str:
+        assert len(session["cart"]["items"]) == len(BIG_CART)
+        session["n"] = 5
+        return "ok"
+
+    tabs: dict[str, Client] = {}
+    slow = _while_another_runs(None, lambda: tabs["other"].get("/other"), read_then_count)
+    routes = {**ROUTES, "/big": _big_cart, "/other": other_cart, "/slow": slow}
+    client, _ = make_client(routes, store=store)
+    client.get("/big")
+    tabs["other"] = twin(client)
+    client.get("/slow")
+    assert body(client.get("/")) == {"cart": {"items": ["other"]}, "n": 5}
+
+
+def test_an_in_place_change_to_an_equal_value_of_another_type_is_saved() -> None:
+    # 1 == True would hide the change, but a 1 never comes back as True.
+    def seed(session: Session, request: Request) -> str:
+        session["a"] = [1, {"b": 2.0}]
+        return "ok"
+
+    def swap(session: Session, request: Request) -> str:
+        session["a"][0] = True
+        session["a"][1]["b"] = 2
+        return "ok"
+
+    def types(session: Session, request: Request) -> list[str]:
+        return [type(session["a"][0]).__name__, type(session["a"][1]["b"]).__name__]
+
+    client, _ = make_client({**ROUTES, "/seed": seed, "/swap": swap, "/types": types})
+    client.get("/seed")
+    client.get("/swap")
+    assert body(client.get("/types")) == ["bool", "int"]
+
+
 def test_modified_still_forces_a_save() -> None:
     store = CountingStore()
 

@@ -8,18 +8,22 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, NoReturn
 
 from ._sealing import MAGIC, open_header, open_sealed, seal, seal_header
-from ._snapshot import Snapshot, decode_meta, encode_meta
+from ._snapshot import RecordText, Snapshot, decode_meta, encode_meta
 from .errors import SessionError
-from .serializers import Serializer, dumps_bytes, for_sealed_records
+from .serializers import JSONSerializer, Serializer, dumps_bytes, for_sealed_records
 from .stores.base import CorruptRecord, Record
 
 __all__ = ["Codec"]
 
 # Read on every load: the length of a sealed record's prefix, as a constant.
 _SEALED: Final = len(MAGIC)
+# Below this many bytes of data, encoding a session afresh costs less than taking the
+# stored record apart to reuse its unchanged keys.
+_REUSE_FROM: Final = 1024
 
 
 class Codec:
@@ -30,7 +34,14 @@ class Codec:
     :param max_size: The largest record stored, in bytes, everything counted.
     """
 
-    __slots__ = ("_max_size", "_plain_readable", "_seal", "_sealed_serializer", "_serializer")
+    __slots__ = (
+        "_json",
+        "_max_size",
+        "_plain_readable",
+        "_seal",
+        "_sealed_serializer",
+        "_serializer",
+    )
 
     def __init__(self, serializer: Serializer, encrypt: bool | str, max_size: int) -> None:
         self._serializer = serializer
@@ -38,6 +49,8 @@ class Codec:
         self._seal = encrypt is not False
         self._plain_readable = encrypt is not True
         self._max_size = max_size
+        # The JSON serializer's plain records can be compared and reused key by key.
+        self._json = serializer if isinstance(serializer, JSONSerializer) else None
 
     def encode(
         self,
@@ -51,6 +64,8 @@ class Codec:
         created_at: float,
         expires_at: float,
         last_seen: float,
+        base: Snapshot | None = None,
+        unchanged: Iterable[str] = (),
     ) -> Record:
         """Return the record of session *session_id* to store under *key*.
 
@@ -60,23 +75,35 @@ class Codec:
         bound to *key*, the version, the user and the meta; what a listing needs
         without a cookie stays readable in the meta.
 
+        *unchanged* keys of *data* hold what they hold in *base*, the record the data was
+        merged onto: where the serializer can, their stored encoding is reused.
+
         :raises SessionError: The record is over ``max_size``: the data, the per-key
             deadlines and client details in the meta, and the user id all count, so no
             mix of keys and key timeouts grows a record past the limit.
         """
         remember, ip, deadlines, agent, address = details
+        reuse = self._reusable(base, unchanged)
         if self._seal:
             # Key names are data: the meta keeps only the deadlines' times, in the order
             # of the names sealed beside the data, with the bound address.
             names = sorted(deadlines)
             times = [deadlines[name] for name in names]
             meta = encode_meta(remember, None, times, agent, address)
-            payload = dumps_bytes(self._sealed_serializer, data)
+            payload = (
+                self._json.dumps(data, reuse)
+                if reuse and self._json is not None
+                else dumps_bytes(self._sealed_serializer, data)
+            )
             header = seal_header(ip, names)
             blob = seal(session_id, key, version, user_id, meta, header, payload)
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
-            blob = dumps_bytes(self._serializer, data)
+            blob = (
+                self._json.dumps(data, reuse)
+                if reuse and self._json is not None
+                else dumps_bytes(self._serializer, data)
+            )
         size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
         if size > self._max_size:
             self._too_big(size)
@@ -119,4 +146,31 @@ class Codec:
             raise CorruptRecord("key timeouts without key names")
         if not isinstance(data, dict):
             raise ValueError(f"data is a {type(data).__name__}, not a dict")
-        return Snapshot(session_id, key, record, data, deadlines, remember, ip)
+        text = None if self._json is None else RecordText(blob, self._json.parts)
+        return Snapshot(session_id, key, record, data, deadlines, remember, ip, text)
+
+    def changed_in_place(
+        self, snapshot: Snapshot, keys: Iterable[str], data: Mapping[str, Any]
+    ) -> set[str] | None:
+        """The *keys* whose value in *data* is no longer what *snapshot* stores, found
+        from the stored encoding of each; ``None`` when that can't be done here (another
+        serializer, a record with tagged values), and the values must be compared with
+        a fresh decode instead.
+
+        Exact: a tuple in place of a list, or ``True`` in place of ``1``, is a change.
+        """
+        parts = None if snapshot.text is None else snapshot.text.parts()
+        if parts is None or self._json is None:
+            return None
+        same = self._json.encodes_as
+        return {k for k in keys if k in data and (k not in parts or not same(data[k], parts[k]))}
+
+    def _reusable(self, base: Snapshot | None, unchanged: Iterable[str]) -> Mapping[str, Any]:
+        """The stored encodings of *unchanged* keys of *base* worth reusing, if any."""
+        text = None if base is None else base.text
+        if text is None or len(text.text) < _REUSE_FROM:
+            return {}
+        parts = text.parts()
+        if parts is None:
+            return {}
+        return {k: parts[k] for k in unchanged if k in parts}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
-from ._changes import Step, changed_in_place
+from ._changes import Step
 from ._expiry import key_live
 from ._saving import Absence, Change, Saver, Stored
 
@@ -202,8 +202,7 @@ class SessionState:
         stepped = {step.key for step in self._steps}
         candidates = self._read - self._changed - self._deleted - stepped
         if candidates:
-            loaded = self._saver.decoded(snapshot)
-            self._changed |= changed_in_place(candidates, self._data, loaded)
+            self._changed |= self._saver.changed_in_place(snapshot, candidates, self._data)
 
     # -- the response: called by the middleware, never by handlers ---------------------
 

@@ -323,16 +323,23 @@ class Saver:
         # In-place changes to nested values are invisible to __setitem__, so compare
         # against a fresh decode of what was loaded. Keys with steps are replayed, not
         # written whole.
-        before = self.decoded(base)
         data = change.data
         stepped = {step.key for step in change.steps}
-        changed = change.changed | changed_in_place(data.keys() - stepped, data, before)
-        return changed, change.deleted | (before.keys() - data.keys() - stepped)
+        changed = change.changed | self.changed_in_place(base, data.keys() - stepped, data)
+        # The snapshot's own dict: the request changed a copy of it, never its keys.
+        return changed, change.deleted | (base.data.keys() - data.keys() - stepped)
 
-    def decoded(self, snapshot: Snapshot) -> dict[str, Any]:
-        """A fresh decode of *snapshot*'s data, untouched by changes made in place."""
+    def changed_in_place(
+        self, snapshot: Snapshot, keys: AbstractSet[str], data: Mapping[str, Any]
+    ) -> set[str]:
+        """The *keys* whose value in *data* differs from what *snapshot* stores: values
+        changed in place, which ``__setitem__`` never saw."""
+        found = self._codec.changed_in_place(snapshot, keys, data)
+        if found is not None:
+            return found
+        # A fresh decode is untouched by changes made in place.
         original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
-        return {} if original is None else original.data
+        return changed_in_place(keys, data, {} if original is None else original.data)
 
     def _merged(
         self,
@@ -347,6 +354,8 @@ class Saver:
         data, deadlines = merge(
             base, change.data, change.deadlines, changed, deleted, now, change.steps
         )
+        stepped = {step.key for step in change.steps}
+        unchanged = [k for k in data if k not in changed and k not in stepped]
         session_id = base.session_id
         if change.moving:
             assert change.session_id is not None
@@ -367,6 +376,8 @@ class Saver:
                 created_at, now, remember=remember, anonymous=user_id is None
             ),
             last_seen=now,
+            base=base,
+            unchanged=unchanged,
         )
         return record, Snapshot(session_id, target, record, data, deadlines, remember, base.ip)
 

@@ -10,7 +10,7 @@ a ``bind_ip`` session is bound to, per-key deadlines, and client details for
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
 
@@ -21,6 +21,7 @@ from .stores.base import Record
 __all__ = [
     "META_FORMAT",
     "PLAIN_META",
+    "RecordText",
     "Snapshot",
     "client_details",
     "decode_meta",
@@ -49,6 +50,33 @@ class Snapshot(NamedTuple):
     deadlines: dict[str, float]
     remember: bool
     ip: str | None
+    #: The serializer's bytes *data* was decoded from, opened, when a later save can
+    #: use them (see ``Codec``); ``None`` for a snapshot made by a save.
+    text: RecordText | None = None
+
+
+class RecordText:
+    """A record's serialized data, opened, and the per-key parts taken from it once.
+
+    :param text: The serializer's bytes.
+    :param split: Takes *text* apart per top-level key, or returns ``None``.
+    """
+
+    __slots__ = ("_parts", "_split", "_taken", "text")
+
+    def __init__(self, text: bytes, split: Callable[[bytes], Mapping[str, Any] | None]) -> None:
+        self.text = text
+        self._split = split
+        self._taken = False
+        self._parts: Mapping[str, Any] | None = None
+
+    def parts(self) -> Mapping[str, Any] | None:
+        """The encoding of each key's value, taken apart on the first call; ``None``
+        when the serializer can't take this record apart."""
+        if not self._taken:
+            self._parts = self._split(self.text)
+            self._taken = True
+        return self._parts
 
 
 def encode_meta(
