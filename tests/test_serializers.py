@@ -462,6 +462,33 @@ def test_json_loads_raises_nothing_but_value_error(data: bytes) -> None:
         pass
 
 
+_PLAIN = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=4), _PLAIN, max_size=5),
+    st.dictionaries(st.text(max_size=4), _VALUES, max_size=3),
+)
+def test_json_reusing_unchanged_parts_round_trips_any_session(
+    stored: dict[str, Any], written: dict[str, Any]
+) -> None:
+    s = JSONSerializer()
+    parts = s.parts(s.dumps(stored))
+    assert parts is not None
+    assert all(s.encodes_as(stored[k], parts[k]) for k in stored)
+    now = {**stored, **written}
+    reuse = {k: parts[k] for k in stored if k not in written}
+    assert same(s.loads(s.dumps(now, reuse)), now)
+
+
 # --- pickle --------------------------------------------------------------------------
 
 SIGNATURE = "record signature does not verify"
