@@ -1,33 +1,41 @@
-"""Load run: the Flask demo under real WSGI servers, driven by many clients at once.
+"""Load run: wsgisession, Beaker and Flask-Session under real WSGI servers, many clients.
 
 Run it by hand, from the repository root (it is never part of the test suite)::
 
-    python benchmarks/load.py [--stores file,sqlite,postgresql,redis]
-                              [--servers waitress,gunicorn] [--seconds 10] [--clients 32]
+    python benchmarks/load.py [--libraries wsgisession,beaker,flask-session]
+                              [--stores file,sqlite,postgresql,mariadb,redis]
+                              [--servers waitress,gunicorn] [--seconds 10]
+                              [--repeat 3] [--clients 32]
 
-For each store and server, it starts ``examples/flask_app.py`` (``create_app``) in its
-own process on a free loopback port, under waitress (one process of ``--threads``
-threads) or gunicorn (``--workers`` gthread workers of ``--worker-threads`` threads, or
-``--worker-class sync``), with two routes added for the run: ``/put?k=&v=`` sets one
-key and answers the whole session as JSON, ``/get`` answers it unchanged. The demo's
-own ``/`` (the counter) is part of the mix.
+For each store and server, it serves one Flask app shape with each library as its
+session layer in turn (``_load_apps.py``): wsgisession is the demo itself,
+``examples/flask_app.py``; Beaker and Flask-Session run the same handlers. The routes
+are the demo's counter ``/``, ``/put?k=&v=`` (set one key, answer the session as JSON)
+and ``/get`` (answer it unchanged). Each run has its own process on a free loopback
+port, under waitress (one process of ``--threads`` threads) or gunicorn (``--workers``
+gthread workers of ``--worker-threads`` threads, or ``--worker-class sync``), and its
+own directory, table or key prefix.
 
-Every client is a thread with its own cookie, and so its own session. Each request
-changes one of the client's keys (or its counter) and reads the session back; the
-answer must equal what the client has written so far, exactly. Connections are
-dropped every few requests, so under gunicorn a session moves between processes. When
-the time is up, each client reads its session once more. Reported: requests per
-second, p50 and p99 latency (measured by the client), errors (any failed request or
-non-200 answer), stale reads (an answer that missed one of the client's own writes)
-and lost updates (keys whose final value is not the last one written). The last three
-must be 0.
+The clients (``_load_clients.py``) each hold their own session, change it, and check
+every answer. Reported per run: requests per second, p50 and p99 latency (measured by
+the client), errors (any failed request or non-200 answer), stale reads (an answer that
+missed one of the client's own writes) and lost updates (keys whose final value is not
+the last one written). The last three must be 0, for every library alike.
 
-The results are printed as a Markdown table and written to
-``benchmarks/results/load.md`` and ``load.json``. Everything the run creates (a temporary
-directory, a table named ``bench_sessions_<random>``, Redis keys under
-``bench:<random>:``) is removed at the end. Server stores are found as the tests find
-them: ``WSGISESSION_TEST_POSTGRESQL_URL``, ``WSGISESSION_TEST_MARIADB_URL`` and
-``WSGISESSION_TEST_REDIS_URL``, else the loopback defaults.
+The machine's speed drifts, so the libraries take turns: within each store and server,
+``--repeat`` rounds run every library once, in an order that rotates from one round to
+the next, and the report (``_load_report.py``) gives the medians of the rounds, then
+wsgisession's requests/s and p99 against each peer's, as ratios. It is printed and
+written to ``benchmarks/results/load.md`` and ``load.json``. The exit status is 1 if a
+wsgisession run failed a request, read stale data or lost an update; a peer's failures
+are in its rows and on stderr.
+
+Everything a run creates (a temporary directory, a table named
+``bench_sessions_<random>``, Redis keys under ``bench:<random>:`` or, for Beaker, which
+has no prefix, under the ids of its clients' sessions) is removed at the end. Server
+stores are found as the tests find them: ``WSGISESSION_TEST_POSTGRESQL_URL``,
+``WSGISESSION_TEST_MARIADB_URL`` and ``WSGISESSION_TEST_REDIS_URL``, else the loopback
+defaults.
 """
 
 from __future__ import annotations
@@ -47,14 +55,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from _load_apps import COOKIES, LIBRARIES
+from _load_clients import START_TIMEOUT, ClientResult, drive
+from _load_report import Row, compare, comparison_markdown, markdown, summarize
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,50 +78,7 @@ SERVER_URLS = {
     "mariadb": "mariadb+pymysql://root@127.0.0.1:3306/test",
     "redis": "redis://127.0.0.1:6379/0",
 }
-COOKIE = "session_id"
-# Every client's keys; a request changes one of them or the demo's counter.
-KEYS = ("a", "b", "c", "d")
-# Requests on one connection before the client drops it and opens another.
-RECONNECT_EVERY = 8
-START_TIMEOUT = 30.0
-
-
-# -- the application, in the server's process ------------------------------------------
-
-
-def server_app() -> Any:
-    """Build the demo app for the server process, from the ``LOAD_*`` environment.
-
-    ``LOAD_STORE`` is the store URL, ``LOAD_STORE_OPTIONS`` a JSON object of store
-    options. Called by waitress (``--call load:server_app``) and gunicorn
-    (``load:server_app()``).
-    """
-    from flask import jsonify, request
-
-    from wsgisession import get_session
-
-    spec = importlib.util.spec_from_file_location("flask_app", ROOT / "examples" / "flask_app.py")
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    app = example.create_app(
-        secret_key=os.environ["LOAD_SECRET_KEY"],
-        store=os.environ["LOAD_STORE"],
-        store_options=json.loads(os.environ.get("LOAD_STORE_OPTIONS", "{}")),
-    )
-
-    def put() -> Any:
-        session = get_session(request.environ)
-        session[request.args["k"]] = request.args["v"]
-        return jsonify(session=dict(session), pid=os.getpid())
-
-    def get() -> Any:
-        return jsonify(session=dict(get_session(request.environ)), pid=os.getpid())
-
-    app.add_url_rule("/put", "put", put)
-    app.add_url_rule("/get", "get", get)
-    app.add_url_rule("/health", "health", lambda: "ok")
-    return app
+SQL_STORES = ("sqlite", "postgresql", "mariadb")
 
 
 # -- stores ---------------------------------------------------------------------------
@@ -119,20 +86,29 @@ def server_app() -> Any:
 
 @dataclass
 class StoreSetup:
-    """A store for one run: its URL, its options, and how to remove what it holds."""
+    """A store for one run: where it is, the run's namespace in it, how to empty it.
+
+    *url* is a database or Redis URL, or for the file store the run's directory.
+    *namespace* is the run's table name or Redis key prefix, used by every library that
+    has one; Beaker has no Redis key prefix, and its keys are found by session id.
+    """
 
     name: str
     url: str
-    options: dict[str, Any]
+    namespace: str
 
-    def clean(self) -> None:
-        """Drop the run's table or delete its Redis keys; files go with the temp dir."""
+    def clean(self, library: str, cookies: list[str]) -> None:
+        """Drop the run's table or delete its Redis keys; files go with the temp dir.
+
+        *cookies* are the session cookies the clients held at the end: Beaker's Redis
+        keys are named after the session ids in them.
+        """
         if self.name in ("postgresql", "mariadb"):
             import sqlalchemy as sa
 
             engine = sa.create_engine(self.url)
             try:
-                table = sa.Table(self.options["table_name"], sa.MetaData())
+                table = sa.Table(self.namespace, sa.MetaData())
                 table.drop(engine, checkfirst=True)
             finally:
                 engine.dispose()
@@ -140,7 +116,12 @@ class StoreSetup:
             import redis
 
             with redis.Redis.from_url(self.url) as client:
-                names = list(client.scan_iter(match=self.options["key_prefix"] + "*"))
+                if library == "beaker":
+                    # A signed Beaker cookie is a 40-digit HMAC followed by the id.
+                    ids = [c.strip('"')[40:] for c in cookies]
+                    names = [f"beaker_cache:{i}:session" for i in ids]
+                else:
+                    names = list(client.scan_iter(match=self.namespace + "*"))
                 for start in range(0, len(names), 500):
                     client.delete(*names[start : start + 500])
 
@@ -149,13 +130,13 @@ def store_setup(name: str, directory: Path) -> StoreSetup:
     """Return a store of kind *name* that no other run uses."""
     token = uuid.uuid4().hex[:12]
     if name == "file":
-        return StoreSetup(name, f"file:{directory / 'sessions'}", {})
+        return StoreSetup(name, str(directory), "")
     if name == "sqlite":
-        return StoreSetup(name, f"sqlite:///{directory / 'sessions.db'}", {})
+        return StoreSetup(name, f"sqlite:///{directory / 'sessions.db'}", "sessions")
     url = os.environ.get(f"WSGISESSION_TEST_{name.upper()}_URL", SERVER_URLS[name])
     if name == "redis":
-        return StoreSetup(name, url, {"key_prefix": f"bench:{token}:"})
-    return StoreSetup(name, url, {"table_name": f"bench_sessions_{token}"})
+        return StoreSetup(name, url, f"bench:{token}:")
+    return StoreSetup(name, url, f"bench_sessions_{token}")
 
 
 # -- servers --------------------------------------------------------------------------
@@ -188,7 +169,7 @@ class ServerPlan:
                 f"--listen=127.0.0.1:{port}",
                 f"--threads={self.waitress_threads}",
                 "--call",
-                "load:server_app",
+                "_load_apps:server_app",
             ]
         return [
             sys.executable,
@@ -200,7 +181,7 @@ class ServerPlan:
             f"--threads={self.gunicorn_threads}",
             "--graceful-timeout=5",
             "--log-level=warning",
-            "load:server_app()",
+            "_load_apps:server_app()",
         ]
 
 
@@ -214,18 +195,35 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    server: str, plan: ServerPlan, store: StoreSetup, log_path: Path
+    server: str, plan: ServerPlan, library: str, store: StoreSetup, log_path: Path
 ) -> Iterator[tuple[str, int]]:
-    """Start *server* with the demo on *store*; yield its address; stop it after."""
+    """Start *server* with *library*'s app on *store*; yield its address; stop it after."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        "LOAD_LIBRARY": library,
         "LOAD_SECRET_KEY": uuid.uuid4().hex,
-        "LOAD_STORE": store.url,
-        "LOAD_STORE_OPTIONS": json.dumps(store.options),
+        "LOAD_STORE": store.name,
+        "LOAD_URL": store.url,
+        "LOAD_NAMESPACE": store.namespace,
     }
     with log_path.open("ab") as log:
+        if store.name in SQL_STORES:
+            # The table first, in a process of its own: gunicorn's workers would race to
+            # create it, and a peer that loses that race answers 500 (a start-up
+            # artefact, not a load result).
+            prepared = subprocess.run(
+                [sys.executable, "-c", "import _load_apps; _load_apps.prepare()"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=START_TIMEOUT,
+            )
+            if prepared.returncode:
+                raise RuntimeError(f"preparing {library}'s table failed:\n{_tail(log_path)}")
         process = subprocess.Popen(
             plan.command(server, port),
             cwd=ROOT,
@@ -270,212 +268,39 @@ def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-2000:]
 
 
-# -- clients --------------------------------------------------------------------------
-
-
-class Failed(Exception):
-    """A request did not get a 200 with a well-formed answer."""
-
-
-@dataclass
-class ClientResult:
-    """What one client saw."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    stale_reads: int = 0
-    lost_updates: int = 0
-    pids: set[int] = field(default_factory=set)
-    first_error: str | None = None
-
-
-class Client:
-    """One user: its own cookie (so its own session) and what it has written so far."""
-
-    def __init__(self, number: int, address: tuple[str, int]) -> None:
-        self.number = number
-        self.address = address
-        self.cookie: str | None = None
-        self.expected: dict[str, Any] = {}
-        self.result = ClientResult()
-        self._conn: http.client.HTTPConnection | None = None
-        self._sent = 0
-
-    def close(self) -> None:
-        """Close the client's connection, if one is open."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def request(self, path: str) -> str:
-        """GET *path* with the client's cookie; return the body of its 200 answer.
-
-        :raises Failed: The request failed or did not answer 200.
-        """
-        if self._conn is None:
-            self._conn = http.client.HTTPConnection(*self.address, timeout=30)
-        headers = {} if self.cookie is None else {"Cookie": f"{COOKIE}={self.cookie}"}
-        try:
-            self._conn.request("GET", path, headers=headers)
-            with self._conn.getresponse() as response:
-                body = response.read().decode()
-                for header in response.headers.get_all("Set-Cookie") or []:
-                    name, _, value = header.split(";", 1)[0].partition("=")
-                    if name.strip() == COOKIE:
-                        self.cookie = value.strip() or None
-                status = response.status
-        except (OSError, http.client.HTTPException, UnicodeDecodeError) as exc:
-            self.close()
-            raise Failed(f"{path}: {type(exc).__name__}: {exc}") from exc
-        self._sent += 1
-        if self._sent % RECONNECT_EVERY == 0:
-            # A new connection may land on another gunicorn worker: sessions must
-            # follow their client across processes, not live in one.
-            self.close()
-        if status != 200:
-            raise Failed(f"{path}: HTTP {status}: {body[:200]}")
-        return body
-
-    def session(self, path: str) -> dict[str, Any]:
-        """Request *path*, which answers JSON; return the session it holds."""
-        body = self.request(path)
-        try:
-            answer = json.loads(body)
-            session: dict[str, Any] = answer["session"]
-            self.result.pids.add(int(answer["pid"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise Failed(f"{path}: malformed answer {body[:200]!r}") from exc
-        return session
-
-    def step(self, n: int) -> None:
-        """Make the client's *n*-th change and check the session it reads back."""
-        if n % 5 == 4 and "count" in self.expected:
-            # The demo's own page: its counter is a read-modify-write of one key.
-            body = self.request("/")
-            marker = '<span id="count">'
-            start = body.find(marker) + len(marker)
-            self.expected["count"] += 1
-            shown = body[start : body.find("<", start)]
-            if shown != str(self.expected["count"]):
-                self.result.stale_reads += 1
-            return
-        key = KEYS[n % len(KEYS)]
-        value = f"{self.number}:{n}"
-        query = urllib.parse.urlencode({"k": key, "v": value})
-        self.expected[key] = value
-        if self.session(f"/put?{query}") != self.expected:
-            self.result.stale_reads += 1
-
-    def resync(self) -> None:
-        """After a failed request, take what the server holds as the expected state.
-
-        The failure is already counted; this keeps one unknown outcome from being
-        counted again as a lost update.
-        """
-        with contextlib.suppress(Failed):
-            self.expected = self.session("/get")
-
-    def verify(self) -> None:
-        """Read the session once more and count keys that lost their last write."""
-        try:
-            held = self.session("/get")
-        except Failed as exc:
-            self._error(exc)
-            self.result.lost_updates += len(self.expected)
-            return
-        names = held.keys() | self.expected.keys()
-        self.result.lost_updates += sum(1 for k in names if held.get(k) != self.expected.get(k))
-
-    def _error(self, exc: Failed) -> None:
-        self.result.errors += 1
-        if self.result.first_error is None:
-            self.result.first_error = str(exc)
-
-
-def drive(
-    address: tuple[str, int], clients: int, seconds: float
-) -> tuple[list[ClientResult], float]:
-    """Run *clients* clients against *address* for *seconds*; return what each saw.
-
-    Each client first starts its session (and its counter) untimed; then all go at
-    once until the time is up, and each checks its session at the end.
-    """
-    team = [Client(n, address) for n in range(clients)]
-    ready = threading.Barrier(clients + 1)
-    stop = threading.Event()
-
-    def run(client: Client) -> None:
-        try:
-            try:
-                client.request("/")
-                client.expected["count"] = 1
-            except Failed as exc:
-                client._error(exc)
-            ready.wait(timeout=START_TIMEOUT)
-            n = 0
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    client.step(n)
-                except Failed as exc:
-                    client._error(exc)
-                    client.resync()
-                else:
-                    client.result.latencies.append(time.perf_counter() - started)
-                n += 1
-            client.verify()
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=run, args=(c,), name=f"client-{c.number}") for c in team]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=START_TIMEOUT)
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    elapsed = time.perf_counter() - started
-    for thread in threads:
-        thread.join()
-    return [c.result for c in team], elapsed
-
-
 # -- a run ----------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    """The figures of one store under one server."""
-
-    store: str
-    server: str
-    requests: int
-    seconds: float
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    stale_reads: int
-    lost_updates: int
-    processes: int
-    first_error: str | None
-
-
-def measure(store_name: str, server: str, plan: ServerPlan, clients: int, seconds: float) -> Row:
-    """Serve the demo on one store with one server, drive it, and clean up after."""
+def measure(
+    library: str,
+    store_name: str,
+    server: str,
+    plan: ServerPlan,
+    clients: int,
+    seconds: float,
+    *,
+    round_: int = 0,
+    position: int = 0,
+) -> Row:
+    """Serve *library*'s app on one store with one server, drive it, and clean up after."""
     with tempfile.TemporaryDirectory(prefix="wsgisession-load-") as tmp:
         directory = Path(tmp)
         store = store_setup(store_name, directory)
+        results: list[ClientResult] = []
         try:
-            with running_server(server, plan, store, directory / "server.log") as address:
-                results, elapsed = drive(address, clients, seconds)
+            log = directory / "server.log"
+            with running_server(server, plan, library, store, log) as address:
+                results, elapsed = drive(address, COOKIES[library], clients, seconds)
         finally:
-            store.clean()
+            store.clean(library, [r.cookie for r in results if r.cookie])
     latencies = sorted(x for r in results for x in r.latencies)
     errors = [r.first_error for r in results if r.first_error]
     return Row(
+        library=library,
         store=store_name,
         server=server,
+        round=round_,
+        position=position,
         requests=len(latencies),
         seconds=round(elapsed, 2),
         requests_per_second=round(len(latencies) / elapsed, 1),
@@ -487,6 +312,25 @@ def measure(store_name: str, server: str, plan: ServerPlan, clients: int, second
         processes=len(set().union(*(r.pids for r in results))),
         first_error=errors[0] if errors else None,
     )
+
+
+def schedule(
+    libraries: list[str], stores: list[str], servers: list[str], repeat: int
+) -> list[tuple[str, str, int, list[str]]]:
+    """Every (store, server, round) in turn, with the order the libraries run in.
+
+    The order rotates by one from each block to the next, so that on a machine whose
+    speed drifts no library always runs first, or always right after another's load.
+    """
+    blocks = []
+    turn = 0
+    for store in stores:
+        for server in servers:
+            for round_ in range(repeat):
+                shift = turn % len(libraries)
+                blocks.append((store, server, round_, libraries[shift:] + libraries[:shift]))
+                turn += 1
+    return blocks
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -512,24 +356,10 @@ def machine() -> dict[str, str]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         **{name: version(name) for name in ("wsgisession", "flask", "waitress", "gunicorn")},
-        **{name: version(name) for name in ("sqlalchemy", "psycopg", "redis")},
+        **{name: version(name) for name in ("beaker", "flask-session", "cachelib")},
+        **{name: version(name) for name in ("flask-sqlalchemy", "sqlalchemy", "psycopg")},
+        **{name: version(name) for name in ("pymysql", "redis")},
     }
-
-
-def markdown(rows: list[Row]) -> str:
-    """The rows as a Markdown table."""
-    lines = [
-        "| store | server | requests/s | p50 ms | p99 ms | errors | stale reads "
-        "| lost updates | processes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.store} | {r.server} | {r.requests_per_second:.0f} | {r.p50_ms:.1f} "
-            f"| {r.p99_ms:.1f} | {r.errors} | {r.stale_reads} | {r.lost_updates} "
-            f"| {r.processes} |"
-        )
-    return "\n".join(lines)
 
 
 def _names(value: str, allowed: tuple[str, ...]) -> list[str]:
@@ -551,12 +381,18 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the load for every store and server asked for; 1 if any run lost or failed."""
+    """Run every library on every store and server asked for; 1 if wsgisession failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--libraries", type=lambda v: _names(v, LIBRARIES), default=list(LIBRARIES)
+    )
     parser.add_argument("--stores", type=lambda v: _names(v, STORES), default=list(DEFAULT_STORES))
     parser.add_argument("--servers", type=lambda v: _names(v, SERVERS), default=list(SERVERS))
     parser.add_argument(
-        "--seconds", type=_positive(float), default=10.0, help="per store and server"
+        "--seconds", type=_positive(float), default=10.0, help="per library, store and server"
+    )
+    parser.add_argument(
+        "--repeat", type=_positive(int), default=3, help="rounds; the report gives medians"
     )
     parser.add_argument("--clients", type=_positive(int), default=32, help="concurrent clients")
     parser.add_argument("--threads", type=_positive(int), default=8, help="waitress threads")
@@ -571,34 +407,77 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = ServerPlan(args.threads, args.workers, args.worker_threads, args.worker_class)
     rows: list[Row] = []
-    for store_name in args.stores:
-        for server in args.servers:
-            print(f"{store_name} / {plan.describe(server)} ...", file=sys.stderr, flush=True)
-            row = measure(store_name, server, plan, args.clients, args.seconds)
+    began = time.monotonic()
+    for store_name, server, round_, order in schedule(
+        args.libraries, args.stores, args.servers, args.repeat
+    ):
+        for position, library in enumerate(order):
+            print(
+                f"{store_name} / {plan.describe(server)} / round {round_ + 1} / {library} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            row = measure(
+                library,
+                store_name,
+                server,
+                plan,
+                args.clients,
+                args.seconds,
+                round_=round_,
+                position=position,
+            )
             if row.first_error:
                 print(f"  first error: {row.first_error}", file=sys.stderr)
             rows.append(row)
-    table = markdown(rows)
+    duration = time.monotonic() - began
+    summaries = summarize(rows, args.libraries)
+    comparisons = compare(rows, summaries)
+    table = markdown(summaries)
+    versus = comparison_markdown(comparisons)
     about = machine()
     setup = {
+        "libraries": args.libraries,
         "clients": args.clients,
         "seconds": args.seconds,
+        "repeat": args.repeat,
         "servers": {s: plan.describe(s) for s in args.servers},
+        "duration_s": round(duration),
     }
-    print(table)
+    print(f"{table}\n\n{versus}")
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
+        versions = ", ".join(
+            f"{name} {about[name]}"
+            for name in ("flask", "beaker", "flask-session", "waitress", "gunicorn")
+        )
         header = (
             f"Measured {about['date']} on {about['cpus']} CPUs ({about['platform']}), "
-            f"Python {about['python']}, Flask {about['flask']}, waitress "
-            f"{about['waitress']}, gunicorn {about['gunicorn']}; {args.clients} clients "
-            f"for {args.seconds:g} s per row; {'; '.join(setup['servers'].values())}.\n\n"
+            f"Python {about['python']}, {versions}; {args.clients} clients for "
+            f"{args.seconds:g} s per run, {args.repeat} round(s), the libraries in rotating "
+            f"order, medians of the rounds (errors, stale reads and lost updates summed); "
+            f"{'; '.join(setup['servers'].values())}; {duration / 60:.0f} min in all.\n\n"
         )
-        (RESULTS / "load.md").write_text(header + table + "\n")
-        payload = {"machine": about, "setup": setup, "rows": [asdict(r) for r in rows]}
+        (RESULTS / "load.md").write_text(
+            f"{header}{table}\n\n## wsgisession against each peer\n\n{versus}\n"
+        )
+        payload = {
+            "machine": about,
+            "setup": setup,
+            "summary": [asdict(s) for s in summaries],
+            "comparison": [{**asdict(c), "met": c.met} for c in comparisons],
+            "rows": [asdict(r) for r in rows],
+        }
         (RESULTS / "load.json").write_text(json.dumps(payload, indent=2) + "\n")
-    bad = any(r.errors or r.stale_reads or r.lost_updates or not r.requests for r in rows)
-    return 1 if bad else 0
+    for s in summaries:
+        if s.library != "wsgisession" and (s.errors or s.stale_reads or s.lost_updates):
+            print(
+                f"{s.library} on {s.store} / {s.server}: {s.errors} errors, {s.stale_reads} "
+                f"stale reads, {s.lost_updates} lost updates; first error: {s.first_error}",
+                file=sys.stderr,
+            )
+    ours = [r for r in rows if r.library == "wsgisession"]
+    return 1 if any(r.failed for r in ours) else 0
 
 
 if __name__ == "__main__":
