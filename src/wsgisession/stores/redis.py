@@ -6,8 +6,9 @@ a load is one ``GET``. The string's layout, the keys' names and the scripts are 
 :mod:`~wsgisession.stores._redis_scripts`; the steps a write takes on Redis Cluster,
 where no script may span the slots of a session, the key it replaces and its
 user's set, in :mod:`~wsgisession.stores._redis_cluster`; waiting for a session's
-save lock in :mod:`~wsgisession.stores._redis_lock`; and reading a store URL in
-:mod:`~wsgisession.stores._redis_url`.
+save lock in :mod:`~wsgisession.stores._redis_lock`; reading many sessions at once
+(a user's, or all of them to count) in :mod:`~wsgisession.stores._redis_reads`; and
+reading a store URL in :mod:`~wsgisession.stores._redis_url`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Self
 
@@ -25,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from .. import _clock
 from ..errors import ConfigError
+from . import _redis_reads as reads
 from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
 from ._redis_lock import SaveLock, poll_interval
@@ -36,7 +38,6 @@ __all__ = ["RedisStore"]
 log = logging.getLogger("wsgisession")
 
 _ERRORS = (RedisError, RedisClusterException, OSError)
-_COUNT_BATCH = 500
 
 
 class RedisStore(Store):
@@ -163,7 +164,7 @@ class RedisStore(Store):
             try:
                 value: Any = self.client.get(self.key_prefix + key)
             except ResponseError as exc:
-                if not _wrong_type(exc):
+                if not reads.wrong_type(exc):
                     raise
                 raise CorruptRecord(
                     "the Redis key holds another type than a string (an older layout?)"
@@ -332,28 +333,9 @@ class RedisStore(Store):
         dropped from the set (needed on Redis Cluster, and cheap insurance elsewhere
         against keys Redis evicted or dropped early by its own clock).
         """
-        name = self._keys.user(user_id)
-        now = _clock.now()
         client = self.client
         with self._errors():
-            answer: Any = client.zrangebyscore(name, f"({now!r}", "+inf", withscores=True)
-            entries: list[tuple[bytes, float]] = [(m, float(s)) for m, s in answer]
-            if not entries:
-                return []
-            pipe = client.pipeline(transaction=False)
-            for member, _ in entries:
-                pipe.get(self.key_prefix.encode() + member)
-            values = _strings(pipe.execute(raise_on_error=False))
-            pipe.reset()
-        found: list[tuple[str, Record]] = []
-        stale: list[tuple[str | bytes, float]] = []
-        for (member, score), value in zip(entries, values, strict=True):
-            key = member.decode(errors="replace")
-            record = _decode(key, value)
-            if record is not None and record.expires_at > now and record.user_id == user_id:
-                found.append((key, record))
-            else:
-                stale.append((member, score))
+            found, stale = reads.read_user(client, self._keys, user_id, _clock.now())
         if stale:
             self._steps.change_index(user_id, "prune", stale, quiet=True)
         return found
@@ -366,19 +348,9 @@ class RedisStore(Store):
         locks, nor a string whose header is no record's or whose lengths don't fit.
         """
         now = _clock.now()
-        total = 0
+        client = self.client
         with self._errors():
-            batch: list[bytes] = []
-            skipped = (self._keys.index.encode(), self._keys.locks.encode())
-            for name in self._scan():
-                if name.startswith(skipped):
-                    continue
-                batch.append(name)
-                if len(batch) >= _COUNT_BATCH:
-                    total += self._count_live(batch, now)
-                    batch = []
-            total += self._count_live(batch, now)
-        return total
+            return reads.count_live(client, self._keys, now)
 
     def close(self) -> None:
         """Close the client's connections (and the Sentinels'); safe to repeat."""
@@ -411,7 +383,7 @@ class RedisStore(Store):
         held = True
         try:
             while True:
-                current = _decode(key, value)
+                current = reads.decode_quietly(key, value)
                 if current is None or current.expires_at <= _clock.now():
                     return True, None
                 record = build(current)
@@ -493,7 +465,7 @@ class RedisStore(Store):
             try:
                 head: Any = self.client.getrange(self.key_prefix + key, 0, scripts.HEADER.size - 1)
             except ResponseError as exc:
-                if not _wrong_type(exc):
+                if not reads.wrong_type(exc):
                     raise
                 head = b""
         found = scripts.peek(head)
@@ -534,65 +506,5 @@ class RedisStore(Store):
     def _cluster(self) -> bool:
         return isinstance(self.client, RedisCluster)
 
-    def _scan(self) -> Iterator[bytes]:
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix) + "*"
-        names: Iterator[bytes] = self.client.scan_iter(match=pattern, count=_COUNT_BATCH)
-        return names
-
-    def _count_live(self, names: list[bytes], now: float) -> int:
-        if not names:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.getrange(name, 0, scripts.HEADER.size - 1)
-            pipe.strlen(name)
-        replies = pipe.execute(raise_on_error=False)
-        pipe.reset()
-        heads = _strings(replies[::2])
-        return sum(
-            1 for head, size in zip(heads, replies[1::2], strict=True) if _is_live(head, size, now)
-        )
-
     def _errors(self) -> AbstractContextManager[None]:
         return translate_errors(self._name, *_ERRORS)
-
-
-def _decode(key: str, value: bytes | None) -> Record | None:
-    """Return the record a session string holds, expired or not; ``None`` if none.
-
-    Where a corrupt record reads as no record: everywhere but :meth:`RedisStore.load`.
-    """
-    if value is None:
-        return None
-    try:
-        return scripts.decode(value)
-    except ValueError as exc:
-        log.warning("session %s in Redis cannot be decoded (%s); ignored", key[:8], exc)
-        return None
-
-
-def _is_live(head: bytes | None, size: object, now: float) -> bool:
-    # STRLEN of a key of another type is an error, whose GETRANGE reads as None.
-    found = None if head is None or not isinstance(size, int) else scripts.peek(head, size)
-    return found is not None and found.expires_at > now and found.version != 0
-
-
-def _wrong_type(exc: ResponseError) -> bool:
-    """Whether *exc* says the key holds another type than the command reads."""
-    return str(exc).startswith("WRONGTYPE")
-
-
-def _strings(replies: list[Any]) -> list[bytes | None]:
-    """Turn a pipeline's replies to string reads of session keys into strings.
-
-    A key of another type reads as ``None``, like a missing one; any other error is
-    raised.
-    """
-    values: list[bytes | None] = []
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            if not _wrong_type(reply):
-                raise reply
-            reply = None
-        values.append(reply)
-    return values
