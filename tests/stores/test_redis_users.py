@@ -18,8 +18,8 @@ from tests.helpers import (
 )
 from tests.redis_servers import RedisServer
 from wsgisession.errors import StoreError
+from wsgisession.stores import _redis_lua, _redis_scripts
 from wsgisession.stores import _redis_reads as redis_reads
-from wsgisession.stores import _redis_scripts
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
 
@@ -188,7 +188,7 @@ def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
     cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = new_key()
-    restore = fail_script(cluster, monkeypatch, _redis_scripts.INDEX, "index node down")
+    restore = fail_script(cluster, monkeypatch, _redis_lua.INDEX, "index node down")
     with pytest.raises(StoreError, match="index node down"):
         cluster.save(key, make_record(user_id="ann"), expected_version=None)
     loaded = cluster.load(key)

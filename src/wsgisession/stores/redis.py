@@ -2,8 +2,9 @@
 
 Works with a standalone server, a master found through Sentinel, and Redis Cluster.
 Every write is one Lua script, so a save is one round trip when nothing raced, and
-a load is one ``GET``. The string's layout, the keys' names and the scripts are in
-:mod:`~wsgisession.stores._redis_scripts`; the steps a write takes on Redis Cluster,
+a load is one ``GET``. The string's layout, the keys' names and the scripts'
+arguments are in :mod:`~wsgisession.stores._redis_scripts`, the scripts in
+:mod:`~wsgisession.stores._redis_lua`; the steps a write takes on Redis Cluster,
 where no script may span the slots of a session, the key it replaces and its
 user's set, in :mod:`~wsgisession.stores._redis_cluster`; waiting for a session's
 save lock in :mod:`~wsgisession.stores._redis_lock`; reading many sessions at once
@@ -14,6 +15,7 @@ reading a store URL in :mod:`~wsgisession.stores._redis_url`.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from .. import _clock
 from ..errors import ConfigError
+from . import _redis_lua as lua
 from . import _redis_reads as reads
 from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
@@ -187,7 +190,7 @@ class RedisStore(Store):
         replaces_version: int | None = None,
         tombstone: Record | None = None,
     ) -> bool:
-        """Compare the version and write the record in one Lua script.
+        """Compare the version and write the record in one Lua script, one round trip.
 
         With *replaces*, the old key is deleted, or overwritten by *tombstone*, in
         the same script (once its version is checked against *replaces_version*, if
@@ -195,7 +198,10 @@ class RedisStore(Store):
         see :meth:`.ClusterSteps.move`. The user index changes in the same script too,
         except on Redis Cluster, where it changes right after a successful write. The
         script also reads the key's save lock, and writes nothing while a
-        :meth:`save_locked` holds it: no extra round trip, one more ``EXISTS``.
+        :meth:`save_locked` holds it: no extra round trip, one more ``EXISTS``. A
+        record of :data:`~wsgisession.stores._redis_scripts.STAGE_AT` bytes or more
+        is sent with a plain ``SET`` to a key beside the lock, in the same pipeline as
+        the script, which renames it onto *key* (except on Redis Cluster).
         """
         now = _clock.now()
         if expected_version is None and replaces is None and record.user_id is None:
@@ -207,29 +213,34 @@ class RedisStore(Store):
         keys = [self.key_prefix + key, self._keys.lock(key)]
         cluster = self._cluster()
         replaced = replaces if replaces != key else None
-        if replaced is not None and not cluster:
-            keys.append(self.key_prefix + replaced)
-        elif cluster and replaced is not None and replaces_version is not None:
+        if cluster and replaced is not None and replaces_version is not None:
             if not self._may_write(key, expected_version, now):
                 return False
             return self._steps.move(
                 key, record, expected_version, replaced, replaces_version, tombstone, now
             )
+        value = scripts.encode(record)
+        ttl = scripts.ttl_ms(record.expires_at, now)
         args: list[str | bytes | int] = [
+            value,
             scripts.version_arg(expected_version),
             repr(now),
-            scripts.ttl_ms(record.expires_at, now),
+            ttl,
             "" if cluster else self._keys.index,
-            key,
-            replaces or "",
-            scripts.version_arg(replaces_version),
-            *scripts.tombstone_args(tombstone, now),
-            scripts.encode(record),
         ]
-        result = self._run(scripts.SAVE, keys, args)
-        saved: bool = result[0] == 1
+        if replaced is not None and not cluster:
+            keys.append(self.key_prefix + replaced)
+            args += [
+                scripts.version_arg(replaces_version),
+                *scripts.tombstone_args(tombstone, now),
+            ]
+        if len(value) < scripts.STAGE_AT or cluster or ttl <= 0:
+            answer = self._run(lua.SAVE, keys, args)
+        else:
+            answer = self._run_staged(key, keys, args, value)
+        saved, previous = scripts.save_answer(answer)
         if saved and cluster:
-            self._steps.after_save(key, record, scripts.user_of(result[1]), replaced, tombstone)
+            self._steps.after_save(key, record, previous, replaced, tombstone)
         return saved
 
     def _create(self, key: str, record: Record, ttl: int) -> bool:
@@ -287,29 +298,24 @@ class RedisStore(Store):
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back."""
         now = _clock.now()
-        cluster = self._cluster()
         args: list[str | bytes | int] = [
             repr(now),
             repr(float(expires_at)),
             repr(float(last_seen)),
             scripts.ttl_ms(expires_at, now),
-            "" if cluster else self._keys.index,
-            key,
+            "" if self._cluster() else self._keys.index,
         ]
-        result = self._run(scripts.REFRESH, [self.key_prefix + key], args)
-        if result[0] != 1:
-            return False
-        user_id = scripts.user_of(result[2])
-        if cluster and result[1] == 1 and user_id is not None:
-            self._steps.change_index(user_id, "link", [(key, float(expires_at))])
-        return True
+        result: object = self._run(lua.REFRESH, [self.key_prefix + key], args)
+        if isinstance(result, bytes):  # on Redis Cluster: the expiry moved, so link it
+            self._steps.change_index(result, "link", [(key, float(expires_at))])
+        return result != 0
 
     def delete(self, key: str) -> bool:
         """Remove the record under *key*; ``True`` if a live one was there."""
         if self._cluster():
             return self._steps.delete(key)
         args: list[str | bytes | int] = [repr(_clock.now()), self._keys.index, key]
-        result = self._run(scripts.DELETE, [self.key_prefix + key], args)
+        result = self._run(lua.DELETE, [self.key_prefix + key], args)
         live: bool = result[0] == 1
         return live
 
@@ -452,7 +458,7 @@ class RedisStore(Store):
             *scripts.tombstone_args(tombstone, now),
             scripts.encode(record),
         ]
-        return self._run(scripts.LOCKED, keys, args)
+        return self._run(lua.LOCKED, keys, args)
 
     @property
     def _steps(self) -> ClusterSteps:
@@ -485,19 +491,46 @@ class RedisStore(Store):
 
     def _run(
         self,
-        script: scripts.Script,
+        script: lua.Script,
         keys: Sequence[str],
         args: Sequence[str | bytes | int],
     ) -> Any:
         """Run *script* by its SHA1, loading it first if the server does not know it."""
         client = self.client
-        with self._errors():
+        with self._translator:
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 # A server that restarted, failed over or was never sent it.
                 client.script_load(script.source)
                 return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _run_staged(
+        self, key: str, keys: list[str], args: list[str | bytes | int], value: bytes
+    ) -> Any:
+        """Run ``SAVE`` with the record *value* staged: ``SET``, ``EVALSHA``, one pipeline.
+
+        *keys* and *args* are those of an unstaged save, *value* first; see
+        :data:`~wsgisession.stores._redis_scripts.STAGE_AT`.
+        """
+        stage = self._keys.stage(key, secrets.token_hex(8))
+        args = [scripts.head(value), *args[1:]]
+        if len(keys) == 2:  # no replaced key: its three arguments, as the stage's name follows
+            args += [b"", *scripts.tombstone_args(None, 0.0)]
+        args.append(stage)
+        client = self.client
+        with self._errors(), client.pipeline(transaction=False) as pipe:
+            pipe.set(stage, value, px=scripts.STAGE_TTL_MS)
+            pipe.evalsha(lua.SAVE.sha, len(keys), *keys, *args)
+            staged, answer = pipe.execute(raise_on_error=False)
+            if isinstance(staged, Exception):
+                raise staged
+            if isinstance(answer, NoScriptError):
+                # The staged record waits for the script, which is loaded and run alone.
+                return self._run(lua.SAVE, keys, args)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
 
     def _wait(self, baton: str, seconds: float) -> None:
         with self._errors():
@@ -507,4 +540,15 @@ class RedisStore(Store):
         return isinstance(self.client, RedisCluster)
 
     def _errors(self) -> AbstractContextManager[None]:
-        return translate_errors(self._name, *_ERRORS)
+        return self._translator
+
+    @property
+    def _name(self) -> str:
+        """How messages name the store: its masked URL, or what its client shows."""
+        return self._shown
+
+    @_name.setter
+    def _name(self, name: str) -> None:
+        self._shown = name
+        # Entered on every call, and it keeps no state of its own: made once.
+        self._translator = translate_errors(name, *_ERRORS)
