@@ -9,10 +9,12 @@ the Lua scripts do with numbers, TTLs, old layouts and values they can't read),
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +39,7 @@ from tests.helpers import (
 from tests.redis_servers import RedisServer, running
 from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
-from wsgisession.stores import _redis_scripts, _redis_url, open_store
+from wsgisession.stores import _redis_lua, _redis_scripts, _redis_url, open_store
 from wsgisession.stores.base import CorruptRecord, LockTimeout, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
@@ -669,6 +671,160 @@ def test_a_session_without_a_user_never_touches_the_index(private_redis: RedisSe
 
 
 @SERVER
+def test_a_user_id_is_read_with_the_header(private_redis: RedisServer) -> None:
+    """A save of a session with a user reads the header and the user id in one GETRANGE."""
+    with RedisStore.from_url(private_redis.url) as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        key = new_key()
+        assert store.save(key, make_record(user_id="ann"), expected_version=None)
+        ran = _commands_run(
+            client,
+            lambda: store.save(key, make_record(version=2, user_id="ann"), expected_version=1),
+        )
+        assert ran == {
+            "evalsha": 1,
+            "getrange": 1,
+            "exists": 1,
+            "set": 1,
+            "zadd": 1,
+            "zremrangebyscore": 1,
+            "zrange": 1,
+            "pexpire": 1,
+        }
+
+
+_BIG = b"\x00\xff" * (_redis_scripts.STAGE_AT // 2)
+
+
+def _stages(store: RedisStore) -> list[bytes]:
+    """The staged records left under *store*'s save locks."""
+    return [n for n in store.client.scan_iter(match=store.key_prefix + "l:*") if b":w:" in n]
+
+
+@SERVER
+def test_a_big_record_is_staged_and_renamed_in_one_round_trip(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record of STAGE_AT bytes or more goes to the server as a plain SET, which Redis
+    takes as it is, in one pipeline with the script, which renames it onto the session."""
+    packets: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        packets.append(1)
+        original(self, command, check_health)
+
+    with RedisStore.from_url(private_redis.url) as store:
+        client = store.client
+        assert isinstance(client, redis.Redis)
+        key = new_key()
+        assert store.save(key, make_record(_BIG), expected_version=None)
+        assert store.save(key, make_record(_BIG, version=2), expected_version=1)  # loads it
+        record = make_record(_BIG + b"!", version=3, ttl=7200, user_id="ann")
+        monkeypatch.setattr(
+            redis.connection.AbstractConnection, "send_packed_command", send_packed_command
+        )
+        ran = _commands_run(client, lambda: store.save(key, record, expected_version=2))
+        monkeypatch.undo()
+        assert packets == [1, 1, 1]  # CONFIG RESETSTAT, the pipeline, INFO
+        assert ran["set"] == 1 and ran["rename"] == 1 and ran["pexpire"] >= 1
+        assert ran["evalsha"] == 1 and "zadd" in ran
+        assert store.load(key) == record
+        assert 7100_000 < client.pttl(store.key_prefix + key) <= 7200_000
+        assert [k for k, _ in store.user_records("ann")] == [key]
+        assert _stages(store) == []
+
+
+@SERVER
+def test_a_big_record_that_loses_its_compare_writes_nothing_and_leaves_no_stage(
+    shared: RedisStore,
+) -> None:
+    key = new_key()
+    assert shared.save(key, make_record(b"small"), expected_version=None)
+    assert not shared.save(key, make_record(_BIG, version=2), expected_version=5)
+    lock, _ = redis_lock_keys(shared, key)
+    shared.client.set(lock, "someone", px=5000)
+    assert not shared.save(key, make_record(_BIG, version=2), expected_version=1)
+    shared.client.delete(lock)
+    found = shared.load(key)
+    assert found is not None and found.data == b"small"
+    assert _stages(shared) == []
+
+
+@SERVER
+def test_one_big_record_wins_when_threads_race_on_a_version(shared: RedisStore) -> None:
+    """Each racer stages its record under a name of its own: the losers' are deleted."""
+    key = new_key()
+    assert shared.save(key, make_record(b"small"), expected_version=None)
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> bool:
+        barrier.wait()
+        return shared.save(key, make_record(_BIG + bytes([i]), version=2), expected_version=1)
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(race, range(8)))
+    assert won.count(True) == 1
+    found = shared.load(key)
+    assert found is not None and found.data == _BIG + bytes([won.index(True)])
+    assert _stages(shared) == []
+
+
+@SERVER
+def test_a_big_record_replacing_a_key_moves_it_and_its_user(shared: RedisStore) -> None:
+    old, new = new_key(), new_key()
+    assert shared.save(old, make_record(b"old", user_id="ann"), expected_version=None)
+    stone = make_record(b"", version=0, ttl=60)
+    record = make_record(_BIG, user_id="bob")
+    assert shared.save(
+        new, record, expected_version=None, replaces=old, replaces_version=1, tombstone=stone
+    )
+    assert shared.load(new) == record
+    assert shared.load(old) == stone
+    assert shared.user_records("ann") == []
+    assert [k for k, _ in shared.user_records("bob")] == [new]
+    assert _stages(shared) == []
+
+
+@SERVER
+def test_a_big_record_on_a_server_without_the_script_is_staged_once(
+    private_redis: RedisServer,
+) -> None:
+    """NOSCRIPT in the pipeline: the script is loaded and run on the record staged."""
+    with RedisStore.from_url(private_redis.url) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"small"), expected_version=None)
+        record = make_record(_BIG, version=2)
+        assert store.save(key, record, expected_version=1)
+        assert store.load(key) == record
+        assert _stages(store) == []
+
+
+@SERVER
+def test_a_big_record_whose_stage_vanished_changes_nothing(
+    shared: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage is renamed before anything else is written: without it, the script
+    fails whole, and the save is a StoreError."""
+    key = new_key()
+    assert shared.save(key, make_record(b"small", user_id="ann"), expected_version=None)
+    stage_elsewhere = redis.client.Pipeline.set
+
+    def set_elsewhere(self: Any, name: str, value: bytes, **options: Any) -> Any:
+        return stage_elsewhere(self, f"{name}-elsewhere", value, **options)
+
+    monkeypatch.setattr(redis.client.Pipeline, "set", set_elsewhere)
+    with pytest.raises(StoreError, match="no such key"):
+        shared.save(key, make_record(_BIG, version=2, user_id="bob"), expected_version=1)
+    monkeypatch.undo()
+    found = shared.load(key)
+    assert found is not None and found.data == b"small" and found.version == 1
+    assert [k for k, _ in shared.user_records("ann")] == [key]
+    assert shared.user_records("bob") == []
+
+
+@SERVER
 def test_refresh_rewrites_only_the_times(shared: RedisStore) -> None:
     key = new_key()
     name = shared.key_prefix + key
@@ -773,7 +929,7 @@ def test_cluster_regenerate_failing_between_its_steps_loses_the_session(
     new = other_slot(cluster, old)
     assert cluster.save(old, make_record(b"v1", user_id="u"), expected_version=None)
 
-    fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
+    fail_script(cluster, monkeypatch, _redis_lua.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save(
             new, make_record(user_id="u"), expected_version=None, replaces=old, replaces_version=1

@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 from tests.redis_servers import RedisServer
 from wsgisession.errors import StoreError
-from wsgisession.stores import _redis_lock, _redis_scripts
+from wsgisession.stores import _redis_lock, _redis_lua
 from wsgisession.stores.base import LockTimeout, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, make_tombstone, new_key
@@ -303,7 +303,7 @@ def test_cluster_locked_move_failing_between_its_steps_loses_the_session(
     old = new_key()
     new = other_slot(cluster, old)
     assert cluster.save(old, make_record(b"{}", user_id="u"), expected_version=None)
-    fail_script(cluster, monkeypatch, _redis_scripts.SAVE, "node of the new key down")
+    fail_script(cluster, monkeypatch, _redis_lua.SAVE, "node of the new key down")
     with pytest.raises(StoreError, match="node of the new key down"):
         cluster.save_locked(
             old,

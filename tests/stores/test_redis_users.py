@@ -18,8 +18,8 @@ from tests.helpers import (
 )
 from tests.redis_servers import RedisServer
 from wsgisession.errors import StoreError
-from wsgisession.stores import _redis_scripts
-from wsgisession.stores import redis as redis_module
+from wsgisession.stores import _redis_lua, _redis_scripts
+from wsgisession.stores import _redis_reads as redis_reads
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
 
@@ -107,16 +107,16 @@ def test_reading_keeps_an_entry_a_concurrent_save_renewed(
     assert indexed.save(key, make_record(user_id="ann"), expected_version=None)
     assert indexed.save(key, make_record(version=2, user_id="bob"), expected_version=1)
     indexed.client.zadd(redis_user_key(indexed, "ann"), {key: time.time() + 3600})
-    decode = redis_module._decode
+    decode = redis_reads.decode_quietly
 
     def racing_decode(name: str, value: bytes | None) -> Any:
         # Between reading the set and pruning it, the session moves back to ann.
-        monkeypatch.setattr(redis_module, "_decode", decode)
+        monkeypatch.setattr(redis_reads, "decode_quietly", decode)
         record = make_record(version=3, ttl=7200, user_id="ann")
         assert indexed.save(key, record, expected_version=2)
         return decode(name, value)
 
-    monkeypatch.setattr(redis_module, "_decode", racing_decode)
+    monkeypatch.setattr(redis_reads, "decode_quietly", racing_decode)
     assert indexed.user_records("ann") == []  # it read the session while it was bob's
     assert [k for k, _ in indexed.user_records("ann")] == [key]
 
@@ -188,7 +188,7 @@ def test_cluster_save_whose_link_fails_raises_and_the_next_save_links_it(
     cluster: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = new_key()
-    restore = fail_script(cluster, monkeypatch, _redis_scripts.INDEX, "index node down")
+    restore = fail_script(cluster, monkeypatch, _redis_lua.INDEX, "index node down")
     with pytest.raises(StoreError, match="index node down"):
         cluster.save(key, make_record(user_id="ann"), expected_version=None)
     loaded = cluster.load(key)

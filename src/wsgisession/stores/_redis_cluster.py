@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from .. import _clock
 from ..errors import StoreError
+from . import _redis_lua as lua
 from . import _redis_scripts as scripts
 from .base import Record
 
@@ -43,7 +43,7 @@ class ClusterSteps:
 
     __slots__ = ("_keys", "_run")
 
-    def __init__(self, run: scripts.Run, keys: scripts.Keys) -> None:
+    def __init__(self, run: lua.Run, keys: scripts.Keys) -> None:
         self._run = run
         self._keys = keys
 
@@ -69,7 +69,7 @@ class ClusterSteps:
         still make the second step fail after the first.
         """
         taken = self._run(
-            scripts.DELETE,
+            lua.DELETE,
             [self._keys.prefix + replaces],
             [
                 repr(now),
@@ -83,13 +83,12 @@ class ClusterSteps:
             return False
         gone = scripts.user_of(taken[1])
         try:
-            result = self._save_alone(key, record, expected_version, now)
+            saved, previous = self._save_alone(key, record, expected_version, now)
         finally:
             if gone is not None:
                 self.change_index(gone, "unlink", [(replaces, 0.0)], quiet=True)
-        saved: bool = result[0] == 1
         if saved:
-            self.after_save(key, record, scripts.user_of(result[1]), None)
+            self.after_save(key, record, previous, None)
         return saved
 
     def finish_move(
@@ -104,14 +103,14 @@ class ClusterSteps:
         if *moves_to* turned out to hold a live record.
         """
         try:
-            result = self._save_alone(moves_to, record, None, _clock.now())
+            saved, previous = self._save_alone(moves_to, record, None, _clock.now())
         finally:
             if gone is not None:
                 self.change_index(gone, "unlink", [(key, 0.0)], quiet=True)
-        if result[0] != 1:
+        if not saved:
             log.warning("session %s: the key a locked save moved it to was taken", key[:8])
             return None
-        self.after_save(moves_to, record, scripts.user_of(result[1]), None)
+        self.after_save(moves_to, record, previous, None)
         return record
 
     def after_save(
@@ -154,7 +153,7 @@ class ClusterSteps:
         args: list[str | bytes | int] = [repr(now), "", key]
         if tombstone is not None:
             args += ["", *scripts.tombstone_args(tombstone, now)]
-        result = self._run(scripts.DELETE, [self._keys.prefix + key], args)
+        result = self._run(lua.DELETE, [self._keys.prefix + key], args)
         user_id = scripts.user_of(result[1])
         if user_id is not None:
             self.change_index(user_id, "unlink", [(key, 0.0)], quiet=True)
@@ -179,7 +178,7 @@ class ClusterSteps:
         for member, score in members:
             args += [member, repr(float(score))]
         try:
-            self._run(scripts.INDEX, [self._keys.user(user_id)], args)
+            self._run(lua.INDEX, [self._keys.user(user_id)], args)
         except StoreError as exc:
             if not quiet:
                 raise
@@ -187,17 +186,17 @@ class ClusterSteps:
 
     def _save_alone(
         self, key: str, record: Record, expected_version: int | None, now: float
-    ) -> Any:
-        """Run ``SAVE`` for *record* under *key* alone, replacing nothing."""
+    ) -> tuple[bool, bytes | None]:
+        """Run ``SAVE`` for *record* under *key* alone, replacing nothing.
+
+        Return whether it wrote, and the user id the record it overwrote had.
+        """
         args: list[str | bytes | int] = [
+            scripts.encode(record),
             scripts.version_arg(expected_version),
             repr(now),
             scripts.ttl_ms(record.expires_at, now),
             "",
-            key,
-            "",
-            b"",
-            *scripts.tombstone_args(None, now),
-            scripts.encode(record),
         ]
-        return self._run(scripts.SAVE, [self._keys.prefix + key, self._keys.lock(key)], args)
+        keys = [self._keys.prefix + key, self._keys.lock(key)]
+        return scripts.save_answer(self._run(lua.SAVE, keys, args))

@@ -4,7 +4,7 @@
 session's, holding its random token with a lease; callers that find it taken join a
 line and are handed the lock in the order they asked, each woken by a ``BLPOP`` on
 its own baton. The keys, and the scripts that take the lock, hand it on and let it
-go, are described in :mod:`~wsgisession.stores._redis_scripts`. Here is the
+go, are described in :mod:`~wsgisession.stores._redis_lua`. Here is the
 caller's side: how long a lease lasts, how long a waiter blocks before it looks for
 a holder that died, and the loop that waits its turn.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final, TypeAlias
 
 from ..errors import StoreError
-from ._redis_scripts import RELEASE, TAKE, Run
+from ._redis_lua import RELEASE, TAKE, Run
 
 __all__ = ["SaveLock", "Wait", "poll_interval"]
 

@@ -2,20 +2,23 @@
 
 Works with a standalone server, a master found through Sentinel, and Redis Cluster.
 Every write is one Lua script, so a save is one round trip when nothing raced, and
-a load is one ``GET``. The string's layout, the keys' names and the scripts are in
-:mod:`~wsgisession.stores._redis_scripts`; the steps a write takes on Redis Cluster,
+a load is one ``GET``. The string's layout, the keys' names and the scripts'
+arguments are in :mod:`~wsgisession.stores._redis_scripts`, the scripts in
+:mod:`~wsgisession.stores._redis_lua`; the steps a write takes on Redis Cluster,
 where no script may span the slots of a session, the key it replaces and its
 user's set, in :mod:`~wsgisession.stores._redis_cluster`; waiting for a session's
-save lock in :mod:`~wsgisession.stores._redis_lock`; and reading a store URL in
-:mod:`~wsgisession.stores._redis_url`.
+save lock in :mod:`~wsgisession.stores._redis_lock`; reading many sessions at once
+(a user's, or all of them to count) in :mod:`~wsgisession.stores._redis_reads`; and
+reading a store URL in :mod:`~wsgisession.stores._redis_url`.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Self
 
@@ -25,6 +28,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from .. import _clock
 from ..errors import ConfigError
+from . import _redis_lua as lua
+from . import _redis_reads as reads
 from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
 from ._redis_lock import SaveLock, poll_interval
@@ -36,7 +41,6 @@ __all__ = ["RedisStore"]
 log = logging.getLogger("wsgisession")
 
 _ERRORS = (RedisError, RedisClusterException, OSError)
-_COUNT_BATCH = 500
 
 
 class RedisStore(Store):
@@ -163,7 +167,7 @@ class RedisStore(Store):
             try:
                 value: Any = self.client.get(self.key_prefix + key)
             except ResponseError as exc:
-                if not _wrong_type(exc):
+                if not reads.wrong_type(exc):
                     raise
                 raise CorruptRecord(
                     "the Redis key holds another type than a string (an older layout?)"
@@ -186,7 +190,7 @@ class RedisStore(Store):
         replaces_version: int | None = None,
         tombstone: Record | None = None,
     ) -> bool:
-        """Compare the version and write the record in one Lua script.
+        """Compare the version and write the record in one Lua script, one round trip.
 
         With *replaces*, the old key is deleted, or overwritten by *tombstone*, in
         the same script (once its version is checked against *replaces_version*, if
@@ -194,7 +198,10 @@ class RedisStore(Store):
         see :meth:`.ClusterSteps.move`. The user index changes in the same script too,
         except on Redis Cluster, where it changes right after a successful write. The
         script also reads the key's save lock, and writes nothing while a
-        :meth:`save_locked` holds it: no extra round trip, one more ``EXISTS``.
+        :meth:`save_locked` holds it: no extra round trip, one more ``EXISTS``. A
+        record of :data:`~wsgisession.stores._redis_scripts.STAGE_AT` bytes or more
+        is sent with a plain ``SET`` to a key beside the lock, in the same pipeline as
+        the script, which renames it onto *key* (except on Redis Cluster).
         """
         now = _clock.now()
         if expected_version is None and replaces is None and record.user_id is None:
@@ -206,29 +213,34 @@ class RedisStore(Store):
         keys = [self.key_prefix + key, self._keys.lock(key)]
         cluster = self._cluster()
         replaced = replaces if replaces != key else None
-        if replaced is not None and not cluster:
-            keys.append(self.key_prefix + replaced)
-        elif cluster and replaced is not None and replaces_version is not None:
+        if cluster and replaced is not None and replaces_version is not None:
             if not self._may_write(key, expected_version, now):
                 return False
             return self._steps.move(
                 key, record, expected_version, replaced, replaces_version, tombstone, now
             )
+        value = scripts.encode(record)
+        ttl = scripts.ttl_ms(record.expires_at, now)
         args: list[str | bytes | int] = [
+            value,
             scripts.version_arg(expected_version),
             repr(now),
-            scripts.ttl_ms(record.expires_at, now),
+            ttl,
             "" if cluster else self._keys.index,
-            key,
-            replaces or "",
-            scripts.version_arg(replaces_version),
-            *scripts.tombstone_args(tombstone, now),
-            scripts.encode(record),
         ]
-        result = self._run(scripts.SAVE, keys, args)
-        saved: bool = result[0] == 1
+        if replaced is not None and not cluster:
+            keys.append(self.key_prefix + replaced)
+            args += [
+                scripts.version_arg(replaces_version),
+                *scripts.tombstone_args(tombstone, now),
+            ]
+        if len(value) < scripts.STAGE_AT or cluster or ttl <= 0:
+            answer = self._run(lua.SAVE, keys, args)
+        else:
+            answer = self._run_staged(key, keys, args, value)
+        saved, previous = scripts.save_answer(answer)
         if saved and cluster:
-            self._steps.after_save(key, record, scripts.user_of(result[1]), replaced, tombstone)
+            self._steps.after_save(key, record, previous, replaced, tombstone)
         return saved
 
     def _create(self, key: str, record: Record, ttl: int) -> bool:
@@ -286,29 +298,24 @@ class RedisStore(Store):
     def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back."""
         now = _clock.now()
-        cluster = self._cluster()
         args: list[str | bytes | int] = [
             repr(now),
             repr(float(expires_at)),
             repr(float(last_seen)),
             scripts.ttl_ms(expires_at, now),
-            "" if cluster else self._keys.index,
-            key,
+            "" if self._cluster() else self._keys.index,
         ]
-        result = self._run(scripts.REFRESH, [self.key_prefix + key], args)
-        if result[0] != 1:
-            return False
-        user_id = scripts.user_of(result[2])
-        if cluster and result[1] == 1 and user_id is not None:
-            self._steps.change_index(user_id, "link", [(key, float(expires_at))])
-        return True
+        result: object = self._run(lua.REFRESH, [self.key_prefix + key], args)
+        if isinstance(result, bytes):  # on Redis Cluster: the expiry moved, so link it
+            self._steps.change_index(result, "link", [(key, float(expires_at))])
+        return result != 0
 
     def delete(self, key: str) -> bool:
         """Remove the record under *key*; ``True`` if a live one was there."""
         if self._cluster():
             return self._steps.delete(key)
         args: list[str | bytes | int] = [repr(_clock.now()), self._keys.index, key]
-        result = self._run(scripts.DELETE, [self.key_prefix + key], args)
+        result = self._run(lua.DELETE, [self.key_prefix + key], args)
         live: bool = result[0] == 1
         return live
 
@@ -332,28 +339,9 @@ class RedisStore(Store):
         dropped from the set (needed on Redis Cluster, and cheap insurance elsewhere
         against keys Redis evicted or dropped early by its own clock).
         """
-        name = self._keys.user(user_id)
-        now = _clock.now()
         client = self.client
         with self._errors():
-            answer: Any = client.zrangebyscore(name, f"({now!r}", "+inf", withscores=True)
-            entries: list[tuple[bytes, float]] = [(m, float(s)) for m, s in answer]
-            if not entries:
-                return []
-            pipe = client.pipeline(transaction=False)
-            for member, _ in entries:
-                pipe.get(self.key_prefix.encode() + member)
-            values = _strings(pipe.execute(raise_on_error=False))
-            pipe.reset()
-        found: list[tuple[str, Record]] = []
-        stale: list[tuple[str | bytes, float]] = []
-        for (member, score), value in zip(entries, values, strict=True):
-            key = member.decode(errors="replace")
-            record = _decode(key, value)
-            if record is not None and record.expires_at > now and record.user_id == user_id:
-                found.append((key, record))
-            else:
-                stale.append((member, score))
+            found, stale = reads.read_user(client, self._keys, user_id, _clock.now())
         if stale:
             self._steps.change_index(user_id, "prune", stale, quiet=True)
         return found
@@ -366,19 +354,9 @@ class RedisStore(Store):
         locks, nor a string whose header is no record's or whose lengths don't fit.
         """
         now = _clock.now()
-        total = 0
+        client = self.client
         with self._errors():
-            batch: list[bytes] = []
-            skipped = (self._keys.index.encode(), self._keys.locks.encode())
-            for name in self._scan():
-                if name.startswith(skipped):
-                    continue
-                batch.append(name)
-                if len(batch) >= _COUNT_BATCH:
-                    total += self._count_live(batch, now)
-                    batch = []
-            total += self._count_live(batch, now)
-        return total
+            return reads.count_live(client, self._keys, now)
 
     def close(self) -> None:
         """Close the client's connections (and the Sentinels'); safe to repeat."""
@@ -411,7 +389,7 @@ class RedisStore(Store):
         held = True
         try:
             while True:
-                current = _decode(key, value)
+                current = reads.decode_quietly(key, value)
                 if current is None or current.expires_at <= _clock.now():
                     return True, None
                 record = build(current)
@@ -480,7 +458,7 @@ class RedisStore(Store):
             *scripts.tombstone_args(tombstone, now),
             scripts.encode(record),
         ]
-        return self._run(scripts.LOCKED, keys, args)
+        return self._run(lua.LOCKED, keys, args)
 
     @property
     def _steps(self) -> ClusterSteps:
@@ -493,7 +471,7 @@ class RedisStore(Store):
             try:
                 head: Any = self.client.getrange(self.key_prefix + key, 0, scripts.HEADER.size - 1)
             except ResponseError as exc:
-                if not _wrong_type(exc):
+                if not reads.wrong_type(exc):
                     raise
                 head = b""
         found = scripts.peek(head)
@@ -513,19 +491,46 @@ class RedisStore(Store):
 
     def _run(
         self,
-        script: scripts.Script,
+        script: lua.Script,
         keys: Sequence[str],
         args: Sequence[str | bytes | int],
     ) -> Any:
         """Run *script* by its SHA1, loading it first if the server does not know it."""
         client = self.client
-        with self._errors():
+        with self._translator:
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 # A server that restarted, failed over or was never sent it.
                 client.script_load(script.source)
                 return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _run_staged(
+        self, key: str, keys: list[str], args: list[str | bytes | int], value: bytes
+    ) -> Any:
+        """Run ``SAVE`` with the record *value* staged: ``SET``, ``EVALSHA``, one pipeline.
+
+        *keys* and *args* are those of an unstaged save, *value* first; see
+        :data:`~wsgisession.stores._redis_scripts.STAGE_AT`.
+        """
+        stage = self._keys.stage(key, secrets.token_hex(8))
+        args = [scripts.head(value), *args[1:]]
+        if len(keys) == 2:  # no replaced key: its three arguments, as the stage's name follows
+            args += [b"", *scripts.tombstone_args(None, 0.0)]
+        args.append(stage)
+        client = self.client
+        with self._errors(), client.pipeline(transaction=False) as pipe:
+            pipe.set(stage, value, px=scripts.STAGE_TTL_MS)
+            pipe.evalsha(lua.SAVE.sha, len(keys), *keys, *args)
+            staged, answer = pipe.execute(raise_on_error=False)
+            if isinstance(staged, Exception):
+                raise staged
+            if isinstance(answer, NoScriptError):
+                # The staged record waits for the script, which is loaded and run alone.
+                return self._run(lua.SAVE, keys, args)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
 
     def _wait(self, baton: str, seconds: float) -> None:
         with self._errors():
@@ -534,65 +539,16 @@ class RedisStore(Store):
     def _cluster(self) -> bool:
         return isinstance(self.client, RedisCluster)
 
-    def _scan(self) -> Iterator[bytes]:
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix) + "*"
-        names: Iterator[bytes] = self.client.scan_iter(match=pattern, count=_COUNT_BATCH)
-        return names
-
-    def _count_live(self, names: list[bytes], now: float) -> int:
-        if not names:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.getrange(name, 0, scripts.HEADER.size - 1)
-            pipe.strlen(name)
-        replies = pipe.execute(raise_on_error=False)
-        pipe.reset()
-        heads = _strings(replies[::2])
-        return sum(
-            1 for head, size in zip(heads, replies[1::2], strict=True) if _is_live(head, size, now)
-        )
-
     def _errors(self) -> AbstractContextManager[None]:
-        return translate_errors(self._name, *_ERRORS)
+        return self._translator
 
+    @property
+    def _name(self) -> str:
+        """How messages name the store: its masked URL, or what its client shows."""
+        return self._shown
 
-def _decode(key: str, value: bytes | None) -> Record | None:
-    """Return the record a session string holds, expired or not; ``None`` if none.
-
-    Where a corrupt record reads as no record: everywhere but :meth:`RedisStore.load`.
-    """
-    if value is None:
-        return None
-    try:
-        return scripts.decode(value)
-    except ValueError as exc:
-        log.warning("session %s in Redis cannot be decoded (%s); ignored", key[:8], exc)
-        return None
-
-
-def _is_live(head: bytes | None, size: object, now: float) -> bool:
-    # STRLEN of a key of another type is an error, whose GETRANGE reads as None.
-    found = None if head is None or not isinstance(size, int) else scripts.peek(head, size)
-    return found is not None and found.expires_at > now and found.version != 0
-
-
-def _wrong_type(exc: ResponseError) -> bool:
-    """Whether *exc* says the key holds another type than the command reads."""
-    return str(exc).startswith("WRONGTYPE")
-
-
-def _strings(replies: list[Any]) -> list[bytes | None]:
-    """Turn a pipeline's replies to string reads of session keys into strings.
-
-    A key of another type reads as ``None``, like a missing one; any other error is
-    raised.
-    """
-    values: list[bytes | None] = []
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            if not _wrong_type(reply):
-                raise reply
-            reply = None
-        values.append(reply)
-    return values
+    @_name.setter
+    def _name(self, name: str) -> None:
+        self._shown = name
+        # Entered on every call, and it keeps no state of its own: made once.
+        self._translator = translate_errors(name, *_ERRORS)
