@@ -242,7 +242,9 @@ def _target(
         return
     met = value >= limit if higher_is_better else value <= limit
     by = ""
-    if not met:
+    if not met and limit == 0:
+        by = f"{shown(value)} instead of none"
+    elif not met:
         by = f"{abs(value / limit - 1) * 100:.0f}% " + ("below" if higher_is_better else "over")
     targets.append(
         {

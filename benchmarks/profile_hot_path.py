@@ -5,10 +5,11 @@
     python benchmarks/profile_hot_path.py                 # memory store, all four
     python benchmarks/profile_hot_path.py --store redis read write
     python benchmarks/profile_hot_path.py --pyinstrument  # sampling: less distortion
+    python benchmarks/profile_hot_path.py --contender flask+wsgisession big
 
 Prints the functions that take the most time of their own, per scenario (or
 pyinstrument's call tree), and writes each profile to
-``benchmarks/results/profile-<store>-<scenario>.txt``.
+``benchmarks/results/profile-<store>-<scenario>.txt`` (``--out`` for elsewhere).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", default=["untouched", "read", "write", "new"])
     parser.add_argument("--store", default="memory")
+    parser.add_argument(
+        "--contender", default="wsgisession", help="e.g. flask+wsgisession (default wsgisession)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where profiles are written")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--pyinstrument", action="store_true", help="sample with pyinstrument")
@@ -49,19 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         args.redis_url,
         f"wsgisession_profile_{os.getpid()}",
     )
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(exist_ok=True)
     try:
         comparison = Comparison(args.store, backends)
-        built = comparison.built["wsgisession"]
+        built = comparison.built[args.contender]
         for name in args.scenarios:
             environ = comparison.environ(built, SCENARIOS[name])
             run(built.app, environ, 200)
-            title = f"== {args.store} / {name}: {args.requests:,} requests\n"
+            title = f"== {args.contender}, {args.store} / {name}: {args.requests:,} requests\n"
             if args.pyinstrument:
                 text = title + _sampled(built.app, environ, args.requests)
             else:
                 text = title + _profiled(built.app, environ, args.requests, args.top)
-            (RESULTS / f"profile-{args.store}-{name}.txt").write_text(text)
+            slug = "" if args.contender == "wsgisession" else f"{args.contender}-"
+            (args.out / f"profile-{slug}{args.store}-{name}.txt").write_text(text)
             print(text[:6000])
     finally:
         backends.cleanup()
