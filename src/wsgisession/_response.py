@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
@@ -19,12 +20,17 @@ from ._expiry import key_live
 from ._saving import Absence, Change, Saver, Stored
 
 if TYPE_CHECKING:
-    from wsgiref.types import WSGIEnvironment
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from _typeshed import OptExcInfo
 
     from ._snapshot import Snapshot
     from .cookies import CookieId, SessionCookie
 
 __all__ = ["FINISHED", "HEADERS_SENT", "OPEN", "SessionState"]
+
+#: What a finished, loaded session keeps of its request: nothing.
+_NO_REQUEST: Final[Mapping[str, Any]] = MappingProxyType({})
 
 log = logging.getLogger("wsgisession")
 
@@ -75,10 +81,13 @@ class SessionState:
         "_loaded",
         "_moved",
         "_new",
+        "_pending",
         "_read",
         "_remember",
         "_remember_changed",
         "_saver",
+        "_server_start_response",
+        "_server_write",
         "_snapshot",
         "_stage",
         "_stale_key",
@@ -117,17 +126,30 @@ class SessionState:
     _remember_changed: bool
     _user_changed: bool
 
+    # The response: the status and headers the application gave, not yet passed on,
+    # and the server's write() once they were.
+    _pending: tuple[str, list[tuple[str, str]]] | None
+    _server_write: Callable[[bytes], object]
+    #: The request's environ, read lazily (an inner middleware may change it first).
+    _environ: Mapping[str, Any]
+
     def __init__(
         self,
         saver: Saver,
         cookies: SessionCookie,
         initial: Callable[[], dict[str, Any]] | None,
         environ: WSGIEnvironment,
+        start_response: StartResponse,
     ) -> None:
+        # The state every request needs; the rest is set on first touch, or as the
+        # response starts. A request that never touches its session pays for this
+        # object alone, which is why it also holds the response's headers back.
         self._saver = saver
         self._cookies = cookies
         self._initial = initial
         self._environ = environ
+        self._server_start_response = start_response
+        self._pending = None
         self._loaded = False
         self._stage = OPEN
         self._failed = False
@@ -206,6 +228,59 @@ class SessionState:
 
     # -- the response: called by the middleware, never by handlers ---------------------
 
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        """The ``start_response`` the middleware gives the application; it only takes note.
+
+        The status and headers are held back until :meth:`send_headers`, which saves
+        the session first. An error page (*exc_info*) replaces whatever was held back
+        and goes out at once, saving nothing; so does a call made once the headers
+        are out, for the server to judge, until the response is finished.
+        """
+        if exc_info is None or exc_info[0] is None:
+            self._pending = (status, headers)
+            if self._stage is HEADERS_SENT:
+                # A second call once the headers are out: passed on at once, since no
+                # body chunk would bring it out any more.
+                self.send_headers()
+            return self._write
+        self._pending = None
+        self._failed = True
+        extra = self.respond(status)
+        if extra is not None:
+            headers = _with_headers(headers, extra)
+        self._server_write = self._server_start_response(status, headers, exc_info)
+        return self._server_write
+
+    def send_headers(self) -> bool:
+        """Save the session and pass the held-back status and headers on to the server.
+
+        Return whether the headers are out: ``False`` while the application has not
+        called ``start_response`` yet (a generator calls it during its first step).
+
+        :raises StoreError: The save failed; nothing went to the server.
+        """
+        pending = self._pending
+        if pending is None:
+            return self._stage is not OPEN
+        self._pending = None
+        status, headers = pending
+        if self._loaded:
+            extra = self.respond(status)
+            if extra is not None:
+                headers = _with_headers(headers, extra)
+        else:
+            self._stage = HEADERS_SENT  # what respond() does, without the call
+        # Some start_response callables (web.py's test helper) take two arguments.
+        self._server_write = self._server_start_response(status, headers)
+        return True
+
+    def _write(self, data: bytes) -> object:
+        # The legacy write() callable sends headers, so the session is saved first.
+        self.send_headers()
+        return self._server_write(data)
+
     def fail(self) -> None:
         """Note that the request failed: nothing it changed will be saved.
 
@@ -248,11 +323,28 @@ class SessionState:
             if self._loaded and self._stage is HEADERS_SENT and not self._failed:
                 self._save_late(_clock.now())
         finally:
-            self._stage = FINISHED
+            self.hand_over()
 
     def hand_over(self) -> None:
-        """Mark the response finished without a late save: its body runs no code."""
+        """Mark the response finished without a late save: its body runs no code.
+
+        :meth:`close` ends with it too.
+        """
         self._stage = FINISHED
+        # The environ holds the session, so holding the environ makes a reference cycle,
+        # which only the garbage collector frees: on every request, a third of what an
+        # untouched session costs. A finished session keeps just what a first read of
+        # it, once over, takes from the request: a loaded one reads nothing more (and a
+        # start_response call, from now on only noted, needs nothing from the server).
+        if self._loaded:
+            self._environ = _NO_REQUEST
+        else:
+            environ = self._environ
+            self._environ = {
+                "HTTP_COOKIE": environ.get("HTTP_COOKIE"),
+                "REMOTE_ADDR": environ.get("REMOTE_ADDR"),
+            }
+        self._server_start_response = _refused
 
     def _save_for_response(self, now: float) -> list[tuple[str, str]]:
         issue = False
@@ -409,3 +501,38 @@ class SessionState:
         self._snapshot = None
         self._expired = True
         self._moved = absence == "moved"
+
+
+def _refused(*args: object) -> Callable[[bytes], object]:
+    raise AssertionError("the response is finished: the server's start_response is gone")
+
+
+def _with_headers(
+    headers: list[tuple[str, str]], extra: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Return *headers* plus *extra*, ``Vary: Cookie`` and, with a cookie, Cache-Control.
+
+    The application's headers are kept; an existing ``Vary`` is extended in place.
+    """
+    out = list(headers)
+    vary_index = None
+    has_cache_control = False
+    for index, (name, _) in enumerate(out):
+        lowered = name.lower()
+        if lowered == "vary" and vary_index is None:
+            vary_index = index
+        elif lowered == "cache-control":
+            has_cache_control = True
+    if vary_index is None:
+        out.append(("Vary", "Cookie"))
+    else:
+        name, value = out[vary_index]
+        tokens = {token.strip().lower() for token in value.split(",")}
+        if "cookie" not in tokens and "*" not in tokens:
+            out[vary_index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
+    if extra:
+        out.extend(extra)
+        if not has_cache_control:
+            # A shared cache must never hand one user's cookie to another.
+            out.append(("Cache-Control", 'no-cache="Set-Cookie"'))
+    return out
