@@ -168,16 +168,21 @@ class SessionState:
         self._expires_at = self._saver.expiry.expires_at(now, now, remember=False, anonymous=True)
 
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
-        """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""
+        """Make *snapshot*, just loaded or saved under *session_id*, the session's base.
+
+        The changes tracked are left as they are: fresh ones on a load, and after a
+        save the caller forgets them.
+        """
         self._id = self._stored_id = session_id
         self._snapshot = snapshot
+        # Copies: the snapshot stays what is stored, the base of every later merge.
         self._data = dict(snapshot.data)
-        self._deadlines = dict(snapshot.deadlines)
-        self._created_at = snapshot.record.created_at
-        self._expires_at = snapshot.record.expires_at
+        self._deadlines = dict(snapshot.deadlines) if snapshot.deadlines else {}
+        record = snapshot.record
+        self._created_at = record.created_at
+        self._expires_at = record.expires_at
         self._remember = snapshot.remember
-        self._user_id = snapshot.record.user_id
-        self._forget_changes()
+        self._user_id = record.user_id
 
     def _forget_changes(self) -> None:
         """Start tracking changes afresh: the session now matches what is stored, or nothing."""
@@ -381,12 +386,10 @@ class SessionState:
                     issue = issue or self._cookie.stale_key
         if linking and self._snapshot is not None:
             self._enforce_cap(now)
-        https = self._environ.get("wsgi.url_scheme") == "https"
         if issue and self._snapshot is not None and self._id is not None:
             max_age = expiry.cookie_max_age(self._expires_at, now, remember=self._remember)
-            return [
-                ("Set-Cookie", self._cookies.set_header(self._id, max_age=max_age, https=https))
-            ]
+            header = self._cookies.set_header(self._id, max_age=max_age, https=self._https())
+            return [("Set-Cookie", header)]
         if (
             self._cookie is not None
             and not self._moved
@@ -395,8 +398,11 @@ class SessionState:
                 or (self._expired and self._snapshot is None and not self._foreign)
             )
         ):
-            return [("Set-Cookie", self._cookies.expire_header(https=https))]
+            return [("Set-Cookie", self._cookies.expire_header(https=self._https()))]
         return []
+
+    def _https(self) -> bool:
+        return self._environ.get("wsgi.url_scheme") == "https"
 
     def _save_late(self, now: float) -> None:
         if self._snapshot is None:
@@ -434,6 +440,7 @@ class SessionState:
         outcome = self._saver.save(change, now)
         if isinstance(outcome, Stored):
             self._use_snapshot(outcome.session_id, outcome.snapshot)
+            self._forget_changes()
             return True
         self._ended(outcome)
         return False
@@ -518,10 +525,11 @@ def _with_headers(
     vary_index = None
     has_cache_control = False
     for index, (name, _) in enumerate(out):
-        lowered = name.lower()
-        if lowered == "vary" and vary_index is None:
+        # The length first: most names are neither, and len() costs less than lower().
+        size = len(name)
+        if size == 4 and vary_index is None and name.lower() == "vary":
             vary_index = index
-        elif lowered == "cache-control":
+        elif size == 13 and name.lower() == "cache-control":
             has_cache_control = True
     if vary_index is None:
         out.append(("Vary", "Cookie"))
