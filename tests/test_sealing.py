@@ -11,7 +11,6 @@ import hmac
 import os
 import secrets
 import threading
-from typing import Any
 
 import pytest
 
@@ -118,13 +117,20 @@ def test_a_forked_child_never_hands_out_its_parents_unused_nonces() -> None:
     assert not child & parent
 
 
-def test_a_pool_drawn_by_another_process_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fork that runs no at-fork hook (a C library's own fork()) still gets fresh
-    nonces: the pool remembers which process drew it."""
-    first = _sealing._nonces.take()
-    pool: Any = _sealing._nonces._pool
-    monkeypatch.setattr(os, "getpid", lambda: -1)
-    after = _sealing._nonces.take()
-    assert _sealing._nonces._pool is not pool
-    assert after not in {pool[i : i + _NONCE] for i in range(0, len(pool), _NONCE)}
-    assert after != first
+def test_a_forked_child_empties_its_pool_before_it_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the at-fork hook does, in this process: the next nonce comes from a new draw
+    (a child that skipped it would repeat its parent's unused nonces)."""
+    _sealing._nonces.take()
+    drawn: list[int] = []
+    real = os.urandom
+
+    def urandom(size: int) -> bytes:
+        drawn.append(size)
+        return real(size)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    _sealing._nonces.take()
+    assert drawn == []  # the pool still held unused nonces
+    _sealing._nonces.forget()  # as os.register_at_fork(after_in_child=...) calls it
+    _sealing._nonces.take()
+    assert drawn == [_NONCE * _sealing._NONCES_PER_DRAW]

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -57,42 +56,44 @@ class _Nonces:
     """Random 96-bit nonces, drawn from :func:`os.urandom` a few kilobytes at a time.
 
     One ``os.urandom(12)`` call costs a system call, several times what the sealing
-    around it costs; drawing 256 nonces' worth at once and handing the bytes out
-    slice by slice costs a tenth of that per nonce. The nonces are exactly as random:
-    each byte the OS gave is handed out once, under a lock.
+    around it costs; drawing 256 nonces' worth at once and handing them out one by
+    one costs a fraction of that per nonce. The nonces are exactly as random, and
+    each is handed out once: ``list.pop`` is atomic, so threads popping one list get
+    different nonces, and a list replaced by a new draw (two threads that found it
+    empty both draw) is only ever popped, never refilled, so its nonces can't come
+    back.
 
     GCM under one key must never see a nonce twice, and a forked child starts with a
     copy of its parent's memory, unused nonces included: handed out in both
-    processes, they would repeat under the same session's key. So the pool is
-    emptied in the child by an :func:`os.register_at_fork` hook, and, for a fork that
-    runs no such hook (a C library's own ``fork()``), a pool drawn by another process
-    id is never used.
+    processes, they would repeat under the same session's key. So the child empties
+    its pool, through an :func:`os.register_at_fork` hook, before any of its code
+    runs. Every fork that goes on running Python runs that hook: ``os.fork()``,
+    ``multiprocessing``, and C code, which must call ``PyOS_AfterFork_Child()``. (The
+    process id is not compared instead: ``os.getpid()`` is a system call too.)
     """
 
-    __slots__ = ("_at", "_lock", "_owner", "_pool")
+    __slots__ = ("_pool",)
 
     def __init__(self) -> None:
-        self.forget()
+        self._pool: list[bytes] = []
 
     def forget(self) -> None:
-        """Drop the pool, and the lock (which a thread that did not survive a fork may
-        have held): the next nonce is drawn afresh."""
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._at = 0
-        self._owner = 0
+        """Drop the nonces drawn so far: the next one comes from a new draw."""
+        self._pool = []
 
     def take(self) -> bytes:
         """Return a fresh 12-byte nonce, never handed out before in any process."""
-        pid = os.getpid()
-        with self._lock:
-            at = self._at
-            if at == len(self._pool) or self._owner != pid:
-                self._pool = os.urandom(_NONCE * _NONCES_PER_DRAW)
-                self._owner = pid
-                at = 0
-            self._at = at + _NONCE
-            return self._pool[at : at + _NONCE]
+        try:
+            return self._pool.pop()
+        except IndexError:
+            return self._draw()
+
+    def _draw(self) -> bytes:
+        drawn = os.urandom(_NONCE * _NONCES_PER_DRAW)
+        fresh = [drawn[at : at + _NONCE] for at in range(0, len(drawn), _NONCE)]
+        nonce = fresh.pop()
+        self._pool = fresh
+        return nonce
 
 
 _nonces: Final = _Nonces()
