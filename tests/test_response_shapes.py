@@ -11,6 +11,7 @@ once the headers are out still works. None of them leaves a reference cycle behi
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -150,18 +151,27 @@ def test_a_second_start_response_during_a_body_reaches_the_server() -> None:
     was when the call was passed on at the next chunk."""
     calls: list[str] = []
 
-    def again(session: Session) -> None:
-        session.start_response("500 Oops", [])
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            yield b"one"
+            start_response("500 Oops", [])
+            yield b"two"
+
+        return body()
 
     def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         calls.append(status)
         return lambda data: None
 
-    store = MemoryStore()
-    response = _streaming(store, again, [])(wsgi_environ(), server_start_response)
-    b"".join(response)
-    response.close()  # type: ignore[attr-defined]
+    middleware = SessionMiddleware(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    response = middleware(wsgi_environ(), server_start_response)
+    chunks = iter(response)
+    assert next(chunks) == b"one"
+    assert next(chunks) == b"two"
     assert calls == ["200 OK", "500 Oops"]
+    response.close()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -207,6 +217,8 @@ def test_a_finished_request_leaves_no_reference_cycle(
 
 
 def test_a_session_first_read_once_its_response_is_finished_still_loads() -> None:
+    """A finished session lets go of its environ (see the cycle test above) but keeps
+    what a first read then needs: the request's cookie."""
     store = MemoryStore()
     cookie = _seeded(store)
     sessions: list[Session] = []
@@ -216,11 +228,34 @@ def test_a_session_first_read_once_its_response_is_finished_still_loads() -> Non
         start_response("200 OK", [])
         return [b""]
 
-    environ = wsgi_environ(cookie=cookie)
     SessionMiddleware(app, secret_key=SECRET, store=store, cleanup_interval=0)(
-        environ, lambda *args: None
+        wsgi_environ(cookie=cookie), lambda *args: None
     )
-    environ["HTTP_COOKIE"] = "session_id=changed-after-the-response"
-    assert sessions[0]["n"] == 1  # read with the request's cookie, as the request sent it
+    assert sessions[0]["n"] == 1
     with pytest.raises(SessionError, match="response is finished"):
         sessions[0]["n"] = 2
+
+
+def test_an_error_page_started_once_the_response_is_finished_reaches_the_server() -> None:
+    """A late start_response with exc_info goes to the server, whose rules decide (PEP
+    3333: it re-raises once headers were sent), as before the session held it."""
+    calls: list[tuple[str, Any]] = []
+    held: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        held.append(start_response)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        calls.append((status, exc_info))
+        return lambda data: None
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    assert middleware(wsgi_environ(), server_start_response) == [b"ok"]
+    try:
+        raise OSError("late")
+    except OSError:
+        held[0]("500 Internal Server Error", [], sys.exc_info())
+    assert [status for status, _ in calls] == ["200 OK", "500 Internal Server Error"]
+    assert calls[1][1][0] is OSError

@@ -240,8 +240,8 @@ class SessionState:
 
         The status and headers are held back until :meth:`send_headers`, which saves
         the session first. An error page (*exc_info*) replaces whatever was held back
-        and goes out at once, saving nothing; so does a call made once the headers
-        are out, for the server to judge, until the response is finished.
+        and goes out at once, saving nothing; so does a call made while the body is
+        produced, for the server to judge.
         """
         if exc_info is None or exc_info[0] is None:
             self._pending = (status, headers)
@@ -339,8 +339,8 @@ class SessionState:
         # The environ holds the session, so holding the environ makes a reference cycle,
         # which only the garbage collector frees: on every request, a third of what an
         # untouched session costs. A finished session keeps just what a first read of
-        # it, once over, takes from the request: a loaded one reads nothing more (and a
-        # start_response call, from now on only noted, needs nothing from the server).
+        # it, once over, takes from the request, as it is now: a loaded one reads
+        # nothing more.
         if self._loaded:
             self._environ = _NO_REQUEST
         else:
@@ -349,7 +349,6 @@ class SessionState:
                 "HTTP_COOKIE": environ.get("HTTP_COOKIE"),
                 "REMOTE_ADDR": environ.get("REMOTE_ADDR"),
             }
-        self._server_start_response = _refused
 
     def _save_for_response(self, now: float) -> list[tuple[str, str]]:
         issue = False
@@ -508,10 +507,6 @@ class SessionState:
         self._snapshot = None
         self._expired = True
         self._moved = absence == "moved"
-
-
-def _refused(*args: object) -> Callable[[bytes], object]:
-    raise AssertionError("the response is finished: the server's start_response is gone")
 
 
 def _with_headers(
