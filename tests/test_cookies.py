@@ -32,6 +32,9 @@ from tests.helpers import (
     untouched,
 )
 from wsgisession import Session, SessionMiddleware
+from wsgisession.config import Config
+from wsgisession.cookies import SessionCookie
+from wsgisession.ids import new_session_id
 from wsgisession.stores.memory import MemoryStore
 
 # -- the cookie the client sends ------------------------------------------------------
@@ -250,3 +253,41 @@ def test_a_session_first_read_after_the_headers_went_out_is_warned_about(
         assert response.get_data(as_text=True) == "hello ann"
     assert "Vary" not in response.headers
     assert "no Vary: Cookie" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {"cookie_domain": "example.org", "cookie_path": "/app", "cookie_secure": True},
+            id="domain-path-secure",
+        ),
+        pytest.param({"cookie_samesite": "None", "cookie_partitioned": True}, id="samesite-none"),
+        pytest.param({"cookie_name": "__Host-sid", "cookie_httponly": False}, id="host-prefix"),
+        pytest.param({"cookie_samesite": None}, id="no-samesite"),
+    ],
+)
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_a_browser_lifetime_cookie_is_what_werkzeug_renders(
+    options: dict[str, Any], https: bool
+) -> None:
+    """set_header renders the attributes of a browser-lifetime cookie once; every header
+    must still be exactly werkzeug's rendering of the signed value."""
+    config = Config.from_options(None, secret_key=SECRET, store="memory://", **options)
+    cookies = SessionCookie(config)
+    for _ in range(3):
+        session_id = new_session_id()
+        expected = cookies._dump(cookies.sign(session_id), max_age=None, https=https)
+        assert cookies.set_header(session_id, max_age=None, https=https) == expected
+
+
+def test_the_signature_is_itsdangerous_signature() -> None:
+    """Cookies stay interchangeable with itsdangerous's Signer (docs/security.rst)."""
+    config = Config.from_options(None, secret_key=SECRET, store="memory://")
+    signer = Signer(
+        SECRET, salt=b"wsgisession.session-id", key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    for _ in range(5):
+        session_id = new_session_id()
+        assert SessionCookie(config).sign(session_id) == signer.sign(session_id).decode()

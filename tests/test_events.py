@@ -7,6 +7,7 @@ must never hold is also checked on every store in ``test_security.py``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -170,6 +171,37 @@ def test_metrics_lose_no_count_or_latency_across_threads() -> None:
     buckets, total, count = metrics.histogram()
     assert count == 8 * per_thread and buckets[-1] == (float("inf"), 8 * per_thread)
     assert total == pytest.approx(0.002 * 8 * per_thread)
+
+
+def test_folded_metrics_equal_a_one_by_one_tally() -> None:
+    """Folding a batch at once (sorted into buckets, summed in C) gives the totals that
+    adding each count and latency in turn gives, a latency equal to a bound included."""
+    import bisect
+    import random
+
+    from wsgisession.events import LATENCY_BUCKETS, Metrics
+
+    rng = random.Random(7)
+    latencies = [rng.choice(LATENCY_BUCKETS) for _ in range(300)]
+    latencies += [rng.uniform(0, 6) for _ in range(2700)]
+    metrics = Metrics()
+    for index, seconds in enumerate(latencies):
+        metrics.observe(seconds)
+        metrics.count("loads")
+        if index % 3 == 0:
+            metrics.count("lock_wait_seconds", seconds)
+    buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    total = 0.0
+    for seconds in latencies:
+        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        total += seconds
+    cumulative, folded_total, count = metrics.histogram()
+    assert [amount for _, amount in cumulative] == list(itertools.accumulate(buckets))
+    assert folded_total == total  # exactly: added in the same order
+    assert count == len(latencies)
+    snapshot = metrics.snapshot()
+    assert snapshot["loads"] == len(latencies)
+    assert snapshot["lock_wait_seconds"] == pytest.approx(sum(latencies[::3]))
 
 
 def test_metrics_refuse_an_unknown_counter_at_once() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
@@ -19,12 +20,17 @@ from ._expiry import key_live
 from ._saving import Absence, Change, Saver, Stored
 
 if TYPE_CHECKING:
-    from wsgiref.types import WSGIEnvironment
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from _typeshed import OptExcInfo
 
     from ._snapshot import Snapshot
     from .cookies import CookieId, SessionCookie
 
 __all__ = ["FINISHED", "HEADERS_SENT", "OPEN", "SessionState"]
+
+#: What a finished, loaded session keeps of its request: nothing.
+_NO_REQUEST: Final[Mapping[str, Any]] = MappingProxyType({})
 
 log = logging.getLogger("wsgisession")
 
@@ -75,10 +81,13 @@ class SessionState:
         "_loaded",
         "_moved",
         "_new",
+        "_pending",
         "_read",
         "_remember",
         "_remember_changed",
         "_saver",
+        "_server_start_response",
+        "_server_write",
         "_snapshot",
         "_stage",
         "_stale_key",
@@ -117,17 +126,30 @@ class SessionState:
     _remember_changed: bool
     _user_changed: bool
 
+    # The response: the status and headers the application gave, not yet passed on,
+    # and the server's write() once they were.
+    _pending: tuple[str, list[tuple[str, str]]] | None
+    _server_write: Callable[[bytes], object]
+    #: The request's environ, read lazily (an inner middleware may change it first).
+    _environ: Mapping[str, Any]
+
     def __init__(
         self,
         saver: Saver,
         cookies: SessionCookie,
         initial: Callable[[], dict[str, Any]] | None,
         environ: WSGIEnvironment,
+        start_response: StartResponse,
     ) -> None:
+        # The state every request needs; the rest is set on first touch, or as the
+        # response starts. A request that never touches its session pays for this
+        # object alone, which is why it also holds the response's headers back.
         self._saver = saver
         self._cookies = cookies
         self._initial = initial
         self._environ = environ
+        self._server_start_response = start_response
+        self._pending = None
         self._loaded = False
         self._stage = OPEN
         self._failed = False
@@ -146,16 +168,21 @@ class SessionState:
         self._expires_at = self._saver.expiry.expires_at(now, now, remember=False, anonymous=True)
 
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
-        """Make *snapshot*, just loaded or saved under *session_id*, the session's base."""
+        """Make *snapshot*, just loaded or saved under *session_id*, the session's base.
+
+        The changes tracked are left as they are: fresh ones on a load, and after a
+        save the caller forgets them.
+        """
         self._id = self._stored_id = session_id
         self._snapshot = snapshot
+        # Copies: the snapshot stays what is stored, the base of every later merge.
         self._data = dict(snapshot.data)
-        self._deadlines = dict(snapshot.deadlines)
-        self._created_at = snapshot.record.created_at
-        self._expires_at = snapshot.record.expires_at
+        self._deadlines = dict(snapshot.deadlines) if snapshot.deadlines else {}
+        record = snapshot.record
+        self._created_at = record.created_at
+        self._expires_at = record.expires_at
         self._remember = snapshot.remember
-        self._user_id = snapshot.record.user_id
-        self._forget_changes()
+        self._user_id = record.user_id
 
     def _forget_changes(self) -> None:
         """Start tracking changes afresh: the session now matches what is stored, or nothing."""
@@ -206,6 +233,59 @@ class SessionState:
 
     # -- the response: called by the middleware, never by handlers ---------------------
 
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        """The ``start_response`` the middleware gives the application; it only takes note.
+
+        The status and headers are held back until :meth:`send_headers`, which saves
+        the session first. An error page (*exc_info*) replaces whatever was held back
+        and goes out at once, saving nothing; so does a call made while the body is
+        produced, for the server to judge.
+        """
+        if exc_info is None or exc_info[0] is None:
+            self._pending = (status, headers)
+            if self._stage is HEADERS_SENT:
+                # A second call once the headers are out: passed on at once, since no
+                # body chunk would bring it out any more.
+                self.send_headers()
+            return self._write
+        self._pending = None
+        self._failed = True
+        extra = self.respond(status)
+        if extra is not None:
+            headers = _with_headers(headers, extra)
+        self._server_write = self._server_start_response(status, headers, exc_info)
+        return self._server_write
+
+    def send_headers(self) -> bool:
+        """Save the session and pass the held-back status and headers on to the server.
+
+        Return whether the headers are out: ``False`` while the application has not
+        called ``start_response`` yet (a generator calls it during its first step).
+
+        :raises StoreError: The save failed; nothing went to the server.
+        """
+        pending = self._pending
+        if pending is None:
+            return self._stage is not OPEN
+        self._pending = None
+        status, headers = pending
+        if self._loaded:
+            extra = self.respond(status)
+            if extra is not None:
+                headers = _with_headers(headers, extra)
+        else:
+            self._stage = HEADERS_SENT  # what respond() does, without the call
+        # Some start_response callables (web.py's test helper) take two arguments.
+        self._server_write = self._server_start_response(status, headers)
+        return True
+
+    def _write(self, data: bytes) -> object:
+        # The legacy write() callable sends headers, so the session is saved first.
+        self.send_headers()
+        return self._server_write(data)
+
     def fail(self) -> None:
         """Note that the request failed: nothing it changed will be saved.
 
@@ -248,11 +328,27 @@ class SessionState:
             if self._loaded and self._stage is HEADERS_SENT and not self._failed:
                 self._save_late(_clock.now())
         finally:
-            self._stage = FINISHED
+            self.hand_over()
 
     def hand_over(self) -> None:
-        """Mark the response finished without a late save: its body runs no code."""
+        """Mark the response finished without a late save: its body runs no code.
+
+        :meth:`close` ends with it too.
+        """
         self._stage = FINISHED
+        # The environ holds the session, so holding the environ makes a reference cycle,
+        # which only the garbage collector frees: on every request, a third of what an
+        # untouched session costs. A finished session keeps just what a first read of
+        # it, once over, takes from the request, as it is now: a loaded one reads
+        # nothing more.
+        if self._loaded:
+            self._environ = _NO_REQUEST
+        else:
+            environ = self._environ
+            self._environ = {
+                "HTTP_COOKIE": environ.get("HTTP_COOKIE"),
+                "REMOTE_ADDR": environ.get("REMOTE_ADDR"),
+            }
 
     def _save_for_response(self, now: float) -> list[tuple[str, str]]:
         issue = False
@@ -289,12 +385,10 @@ class SessionState:
                     issue = issue or self._cookie.stale_key
         if linking and self._snapshot is not None:
             self._enforce_cap(now)
-        https = self._environ.get("wsgi.url_scheme") == "https"
         if issue and self._snapshot is not None and self._id is not None:
             max_age = expiry.cookie_max_age(self._expires_at, now, remember=self._remember)
-            return [
-                ("Set-Cookie", self._cookies.set_header(self._id, max_age=max_age, https=https))
-            ]
+            header = self._cookies.set_header(self._id, max_age=max_age, https=self._https())
+            return [("Set-Cookie", header)]
         if (
             self._cookie is not None
             and not self._moved
@@ -303,8 +397,11 @@ class SessionState:
                 or (self._expired and self._snapshot is None and not self._foreign)
             )
         ):
-            return [("Set-Cookie", self._cookies.expire_header(https=https))]
+            return [("Set-Cookie", self._cookies.expire_header(https=self._https()))]
         return []
+
+    def _https(self) -> bool:
+        return self._environ.get("wsgi.url_scheme") == "https"
 
     def _save_late(self, now: float) -> None:
         if self._snapshot is None:
@@ -342,6 +439,7 @@ class SessionState:
         outcome = self._saver.save(change, now)
         if isinstance(outcome, Stored):
             self._use_snapshot(outcome.session_id, outcome.snapshot)
+            self._forget_changes()
             return True
         self._ended(outcome)
         return False
@@ -409,3 +507,35 @@ class SessionState:
         self._snapshot = None
         self._expired = True
         self._moved = absence == "moved"
+
+
+def _with_headers(
+    headers: list[tuple[str, str]], extra: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Return *headers* plus *extra*, ``Vary: Cookie`` and, with a cookie, Cache-Control.
+
+    The application's headers are kept; an existing ``Vary`` is extended in place.
+    """
+    out = list(headers)
+    vary_index = None
+    has_cache_control = False
+    for index, (name, _) in enumerate(out):
+        # The length first: most names are neither, and len() costs less than lower().
+        size = len(name)
+        if size == 4 and vary_index is None and name.lower() == "vary":
+            vary_index = index
+        elif size == 13 and name.lower() == "cache-control":
+            has_cache_control = True
+    if vary_index is None:
+        out.append(("Vary", "Cookie"))
+    else:
+        name, value = out[vary_index]
+        tokens = {token.strip().lower() for token in value.split(",")}
+        if "cookie" not in tokens and "*" not in tokens:
+            out[vary_index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
+    if extra:
+        out.extend(extra)
+        if not has_cache_control:
+            # A shared cache must never hand one user's cookie to another.
+            out.append(("Cache-Control", 'no-cache="Set-Cookie"'))
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -29,6 +29,13 @@ _SHAPE: Final = re.compile(rf"{ID_PATTERN}\.[A-Za-z0-9_-]{{43}}")
 MAX_CHECKED: Final = 4
 #: SHA-256's block size, which HMAC pads its key to.
 _BLOCK: Final = 64
+# Standard base64 to its URL-safe alphabet, as base64.urlsafe_b64encode does it.
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+# A signature's length in base64 without the padding: 32 bytes make 43 characters.
+_SIGNATURE: Final = 43
+# A value of our cookie's shape, in which no character needs quoting: what a cached
+# Set-Cookie header is rendered with, then replaced by the real value.
+_PLACEHOLDER: Final = "v" * (43 + 1 + _SIGNATURE)
 
 
 class CookieId(NamedTuple):
@@ -67,7 +74,7 @@ class _Key:
         inner.update(value)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return base64.urlsafe_b64encode(outer.digest()).rstrip(b"=")
+        return binascii.b2a_base64(outer.digest(), newline=False)[:_SIGNATURE].translate(_URLSAFE)
 
 
 def _starts_cookie(header: str, at: int) -> bool:
@@ -99,6 +106,13 @@ class SessionCookie:
         self._config = config
         keys = (config.secret_key, *config.secret_key_fallbacks)
         self._keys = [_Key(key) for key in keys]
+        # A browser-lifetime cookie's attributes are the same on every response (an
+        # expiring one's are not: Expires is the time of the response), so werkzeug
+        # renders them once per scheme; set_header puts each value in.
+        self._lifetime_headers = [
+            self._dump(_PLACEHOLDER, max_age=None, https=https).split(_PLACEHOLDER)
+            for https in (False, True)
+        ]
 
     def read(self, cookie_header: str) -> CookieId | None:
         """Return the id of the first cookie of our name that verifies, or ``None``.
@@ -135,7 +149,7 @@ class SessionCookie:
             # The usual header holds our name once: cut its value out, no split.
             end = cookie_header.find(";", at)
             value = cookie_header[at + len(prefix) : None if end < 0 else end].strip()
-            return [_unquote(value)]
+            return [_unquote(value) if value[:1] == '"' else value]
         values = []
         for part in cookie_header.split(";"):
             part = part.strip()
@@ -150,7 +164,8 @@ class SessionCookie:
         for index, key in enumerate(self._keys):
             if not hmac.compare_digest(key.signature(payload), expected):
                 continue
-            return CookieId(session_id, stale_key=index > 0)
+            # Positional: a named tuple built from keywords costs twice as much.
+            return CookieId(session_id, index > 0)
         return None
 
     def sign(self, session_id: str) -> str:
@@ -163,6 +178,10 @@ class SessionCookie:
 
         ``max_age=None`` makes a browser-lifetime cookie.
         """
+        if max_age is None:
+            parts = self._lifetime_headers[https]
+            if len(parts) == 2:  # the placeholder is nowhere else in the header
+                return parts[0] + self.sign(session_id) + parts[1]
         return self._dump(self.sign(session_id), max_age=max_age, https=https)
 
     def expire_header(self, *, https: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from typing import Final
@@ -19,6 +20,10 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(ID_BYTES)
 
 
+# A user's requests come one after another, each hashing the id its cookie carries:
+# the keys of the latest ids are kept, as _sealing keeps their ciphers, in this
+# process only.
+@functools.lru_cache(maxsize=1024)
 def store_key(session_id: str) -> str:
     """Return the key a store files the session under: the id's SHA-256, in hex.
 

@@ -23,7 +23,6 @@ from .users import SessionInfo, is_handle, list_user_sessions
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from _typeshed import OptExcInfo
 
 __all__ = ["SessionMiddleware", "get_session"]
 
@@ -130,40 +129,40 @@ class SessionMiddleware:
         purger = self._purger
         if purger is not None and not purger.started:
             purger.start()
-        session = Session(self._saver, self._cookies, self._initial, environ)
+        session = Session(self._saver, self._cookies, self._initial, environ, start_response)
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
-        response = _Response(session, start_response)
-        if self._on_save_error is not None:
-            response.answer = functools.partial(
-                self._answer_save_error, environ, start_response, session
-            )
         try:
-            iterable = self.app(environ, response.start_response)
+            iterable = self.app(environ, session.start_response)
         except BaseException:
             session.fail()
             raise
-        if response.pending is not None:
-            try:
-                response.flush()
-            except StoreError as exc:
-                _close(iterable)
-                if response.answer is None:
-                    raise
-                return response.answer(exc)
-            except BaseException:
-                _close(iterable)
+        try:
+            sent = session.send_headers()
+        except StoreError as exc:
+            _close(iterable)
+            if self._on_save_error is None:
                 raise
-        if response.started and (
-            type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ)
-        ):
+            return self._answer_save_error(environ, start_response, session, exc)
+        except BaseException:
+            _close(iterable)
+            raise
+        if not sent:
+            # A generator that calls start_response during its first step.
+            answer = None
+            if self._on_save_error is not None:
+                answer = functools.partial(
+                    self._answer_save_error, environ, start_response, session
+                )
+            return _Response(iterable, session, answer)
+        if type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ):
             # The headers are out and iterating a list or a file runs no application
             # code: nothing is left to save, so the server gets the body itself (and,
             # for a file, can send it with sendfile()).
             session.hand_over()
             return iterable
-        response.iterable = iterable
-        return response
+        # The headers are out: the body only has to tell the session how it ended.
+        return _Body(iterable, session)
 
     def _answer_save_error(
         self,
@@ -264,37 +263,6 @@ def get_session(environ: WSGIEnvironment) -> Session:
     return session
 
 
-def _with_headers(
-    headers: list[tuple[str, str]], extra: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Return *headers* plus *extra*, ``Vary: Cookie`` and, with a cookie, Cache-Control.
-
-    The application's headers are kept; an existing ``Vary`` is extended in place.
-    """
-    out = list(headers)
-    vary_index = None
-    has_cache_control = False
-    for index, (name, _) in enumerate(out):
-        lowered = name.lower()
-        if lowered == "vary" and vary_index is None:
-            vary_index = index
-        elif lowered == "cache-control":
-            has_cache_control = True
-    if vary_index is None:
-        out.append(("Vary", "Cookie"))
-    else:
-        name, value = out[vary_index]
-        tokens = {token.strip().lower() for token in value.split(",")}
-        if "cookie" not in tokens and "*" not in tokens:
-            out[vary_index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
-    if extra:
-        out.extend(extra)
-        if not has_cache_control:
-            # A shared cache must never hand one user's cookie to another.
-            out.append(("Cache-Control", 'no-cache="Set-Cookie"'))
-    return out
-
-
 #: Bodies whose iteration runs no application code, so nothing can happen during it.
 _PLAIN_BODIES: Final = (list, tuple)
 
@@ -312,127 +280,111 @@ def _close(iterable: Iterable[bytes]) -> None:
         close()
 
 
-class _Response:
-    """One response: holds back the headers until the session is saved, then streams.
+class _Body:
+    """The body of a response whose headers went out before the application returned.
 
-    It saves changes made while a streaming body is produced when the server closes
-    it, unless the body failed or was abandoned (the client went away).
+    Nothing is held back any more, so iterating it only notes how the body ended: a
+    session first touched, or changed, while the body is produced is saved when the
+    server closes it, unless the body failed or was abandoned. A response whose
+    session nobody touches pays one small object and a generator for that.
     """
 
-    # The request path creates one per request: only what every request needs is set
-    # in __init__; _server_write, iterable and _exhausted are set before any read.
-    __slots__ = (
-        "_exhausted",
-        "_failure",
-        "_server_start_response",
-        "_server_write",
-        "_session",
-        "answer",
-        "iterable",
-        "pending",
-        "started",
-    )
+    __slots__ = ("_exhausted", "_iterable", "_session")
 
-    def __init__(self, session: Session, start_response: StartResponse) -> None:
+    def __init__(self, iterable: Iterable[bytes], session: Session) -> None:
+        self._iterable = iterable
         self._session = session
-        self._server_start_response = start_response
         self._exhausted = False
-        #: The status and headers the application gave, not yet passed on.
-        self.pending: tuple[str, list[tuple[str, str]]] | None = None
-        #: Whether the headers went to the server (and the session was saved for them).
-        self.started = False
-        #: ``on_save_error``'s answer to a save that failed, if the option is set.
-        self.answer: Callable[[StoreError], Iterable[bytes]] | None = None
-        self.iterable: Iterable[bytes]
-        self._server_write: Callable[[bytes], object]
-
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-    ) -> Callable[[bytes], object]:
-        """The ``start_response`` the application calls; it only takes note, mostly."""
-        if exc_info is None or exc_info[0] is None:
-            self.pending = (status, headers)
-            return self._write
-        # An error page replaces whatever was pending, and goes out at once.
-        self.pending = None
-        self.started = True
-        session = self._session
-        session.fail()
-        extra = session.respond(status)
-        if extra is not None:
-            headers = _with_headers(headers, extra)
-        self._server_write = self._server_start_response(status, headers, exc_info)
-        return self._server_write
-
-    def flush(self) -> None:
-        """Save the session and pass the held-back status and headers on to the server."""
-        pending = self.pending
-        if pending is None:
-            return
-        self.pending = None
-        self.started = True
-        status, headers = pending
-        extra = self._session.respond(status)
-        if extra is not None:
-            headers = _with_headers(headers, extra)
-        # Some start_response callables (web.py's test helper) take two arguments.
-        self._server_write = self._server_start_response(status, headers)
-
-    def _write(self, data: bytes) -> object:
-        # The legacy write() callable sends headers, so the session is saved first.
-        self.flush()
-        return self._server_write(data)
 
     def __iter__(self) -> Iterator[bytes]:
-        # A list body never gets here once its headers are out: __call__ returns it.
-        return self._guarded(self.iterable)
-
-    def _guarded(self, iterable: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            for chunk in iterable:
-                # A generator calls start_response during its first step.
-                if self.pending is not None and not self._flushed():
-                    yield from self._answered()
-                    return
+            # A for loop, not ``yield from``: that would close the application's
+            # iterator when this generator is collected, after the server's close().
+            for chunk in self._iterable:  # noqa: UP028
                 yield chunk
-            # A generator that called it and yielded nothing.
-            if self.pending is not None and not self._flushed():
-                yield from self._answered()
-                return
         except BaseException:
             self._session.fail()
             raise
         self._exhausted = True
 
-    def _flushed(self) -> bool:
-        """Flush; ``False`` when the save failed and ``on_save_error`` is to answer."""
+    def close(self) -> None:
+        """Close the application's iterable, then save what changed during the body.
+
+        A body not exhausted failed or was abandoned (the client went away): the
+        session then saves nothing more.
+        """
+        close = getattr(self._iterable, "close", None)
         try:
-            self.flush()
+            if close is not None:
+                close()
+        except BaseException:
+            self._session.close(completed=False)
+            raise
+        self._session.close(completed=self._exhausted)
+
+
+class _Response(_Body):
+    """The body of a response whose application returned before calling ``start_response``.
+
+    A generator calls it during its first step: the session is saved, and the headers
+    sent, when the first chunk comes (or the generator ends without one). A failed
+    save then raises, or is answered by ``on_save_error``'s page. Like :class:`_Body`,
+    it tells the session how the body ended when the server closes it.
+    """
+
+    __slots__ = ("_answer", "_failure")
+
+    def __init__(
+        self,
+        iterable: Iterable[bytes],
+        session: Session,
+        answer: Callable[[StoreError], Iterable[bytes]] | None,
+    ) -> None:
+        super().__init__(iterable, session)
+        self._answer = answer
+        self._failure: StoreError | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            out = False
+            for chunk in self._iterable:
+                if not out:
+                    out = self._send()
+                    if self._failure is not None:
+                        yield from self._answered()
+                        return
+                yield chunk
+            if not out:
+                # A generator that called it and yielded nothing.
+                self._send()
+                if self._failure is not None:
+                    yield from self._answered()
+                    return
+        except BaseException:
+            self._session.fail()
+            raise
+        self._exhausted = True
+
+    def _send(self) -> bool:
+        """Send the headers, if given; whether they are out.
+
+        A failed save raises, or with ``on_save_error`` is kept for its page to answer.
+        """
+        try:
+            return self._session.send_headers()
         except StoreError as exc:
-            if self.answer is None:
+            if self._answer is None:
                 raise
             self._failure = exc
             return False
-        return True
 
     def _answered(self) -> Iterator[bytes]:
-        assert self.answer is not None
-        body = self.answer(self._failure)
+        assert self._answer is not None and self._failure is not None
+        body = self._answer(self._failure)
         try:
             yield from body
         finally:
             _close(body)
-
-    def close(self) -> None:
-        """Close the application's iterable, then save what changed during the body."""
-        session = self._session
-        try:
-            _close(self.iterable)
-        except BaseException:
-            session.close(completed=False)
-            raise
-        # Not exhausted: the client went away before the body ended.
-        session.close(completed=self._exhausted)
 
 
 def _initial_data(

@@ -158,8 +158,10 @@ class Session(SessionState, MutableMapping[str, Any]):
             raise TypeError(f"session keys must be str, got {type(key).__name__}")
         if timeout is not None:
             check_key_timeout(key, timeout)
-        self._ensure()
-        self._check_writable()
+        if not self._loaded:
+            self._load()
+        if self._stage is not OPEN:  # while OPEN, every write is allowed
+            self._check_writable()
         self._data[key] = value
         if timeout is None:
             self._deadlines.pop(key, None)

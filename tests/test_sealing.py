@@ -1,0 +1,136 @@
+"""The sealing primitives themselves: the key a session's records are sealed under, and
+nonces that never repeat, across threads and across a fork (docs/security.rst).
+
+GCM under one key must never see a nonce twice; nonces are drawn from the OS in batches,
+so these tests check that no batch is ever handed out twice, in one process or two.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import threading
+
+import pytest
+
+from wsgisession import _sealing
+from wsgisession._sealing import derive_key, open_sealed, seal
+
+_NONCE = 12
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    [
+        pytest.param(secrets.token_urlsafe(32), id="an-id"),
+        pytest.param("", id="empty"),
+        pytest.param("x" * 64, id="one-block"),
+        pytest.param("y" * 65, id="longer-than-a-block"),
+        pytest.param("é" * 40, id="not-ascii"),
+    ],
+)
+def test_the_record_key_is_hmac_sha256_of_the_id_under_the_label(session_id: str) -> None:
+    """The KDF computes HMAC by hand, for speed; it must be HMAC exactly, so that
+    records sealed before stay readable."""
+    expected = hmac.digest(session_id.encode(), b"wsgisession record key v1\x01", "sha256")
+    assert derive_key(session_id) == expected
+
+
+def _nonce_of(blob: bytes) -> bytes:
+    return blob[len(_sealing.MAGIC) : len(_sealing.MAGIC) + _NONCE]
+
+
+def _sealed_nonces(count: int, session_id: str = "s" * 43) -> list[bytes]:
+    return [
+        _nonce_of(seal(session_id, "k" * 64, 1, None, b"{}", b"", b"{}")) for _ in range(count)
+    ]
+
+
+def test_nonces_never_repeat_across_many_draws() -> None:
+    nonces = _sealed_nonces(3 * _sealing._NONCES_PER_DRAW + 7)
+    assert len(set(nonces)) == len(nonces)
+    assert all(len(nonce) == _NONCE for nonce in nonces)
+
+
+def test_nonces_never_repeat_across_threads() -> None:
+    found: list[list[bytes]] = []
+    start = threading.Barrier(8)
+
+    def draw() -> None:
+        start.wait()
+        found.append([_sealing._nonces.take() for _ in range(2000)])
+
+    threads = [threading.Thread(target=draw) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [nonce for batch in found for nonce in batch]
+    assert len(every) == 16000
+    assert len(set(every)) == len(every)
+
+
+def test_a_sealed_record_still_opens_with_its_own_binding_only() -> None:
+    session_id = secrets.token_urlsafe(32)
+    blob = seal(session_id, "k" * 64, 3, "ann", b"{}", b"hdr", b"payload")
+    assert open_sealed(session_id, "k" * 64, 3, "ann", b"{}", blob) == (b"hdr", b"payload")
+    for other in [
+        (secrets.token_urlsafe(32), "k" * 64, 3, "ann", b"{}"),
+        (session_id, "j" * 64, 3, "ann", b"{}"),
+        (session_id, "k" * 64, 4, "ann", b"{}"),
+        (session_id, "k" * 64, 3, "bob", b"{}"),
+        (session_id, "k" * 64, 3, "ann", b"{ }"),
+    ]:
+        with pytest.raises(ValueError, match="does not authenticate"):
+            open_sealed(*other, blob)
+
+
+def test_a_blob_that_is_not_sealed_does_not_open() -> None:
+    with pytest.raises(ValueError):
+        open_sealed("s" * 43, "k" * 64, 1, None, b"{}", b'{"user": "forged"}' * 4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_hands_out_its_parents_unused_nonces() -> None:
+    """The parent's pool, copied into the child by fork, must not be used there: the
+    child's nonces and the parent's next ones are disjoint."""
+    _sealing._nonces.take()  # the parent now holds a pool with 255 unused nonces
+    count = _sealing._NONCES_PER_DRAW
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's side, reported through the pipe
+        try:
+            os.close(read)
+            os.write(write, b"".join(_sealing._nonces.take() for _ in range(count)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    received = b""
+    while chunk := os.read(read, 1 << 16):
+        received += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = {received[i : i + _NONCE] for i in range(0, len(received), _NONCE)}
+    parent = {_sealing._nonces.take() for _ in range(count)}
+    assert len(child) == count
+    assert not child & parent
+
+
+def test_a_forked_child_empties_its_pool_before_it_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the at-fork hook does, in this process: the next nonce comes from a new draw
+    (a child that skipped it would repeat its parent's unused nonces)."""
+    _sealing._nonces.take()
+    drawn: list[int] = []
+    real = os.urandom
+
+    def urandom(size: int) -> bytes:
+        drawn.append(size)
+        return real(size)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    _sealing._nonces.take()
+    assert drawn == []  # the pool still held unused nonces
+    _sealing._nonces.forget()  # as os.register_at_fork(after_in_child=...) calls it
+    _sealing._nonces.take()
+    assert drawn == [_NONCE * _sealing._NONCES_PER_DRAW]
