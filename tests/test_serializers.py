@@ -275,6 +275,14 @@ def test_json_dumps_reusing_parts_equals_a_fresh_encoding() -> None:
     assert same(s.loads(out), now)
 
 
+def test_json_dumps_reusing_parts_keeps_a_key_utf8_cannot_hold() -> None:
+    s = JSONSerializer()
+    parts = s.parts(s.dumps({"cart": [1, 2]}))
+    assert parts is not None
+    now = {"cart": [1, 2], "\udcff": 1}
+    assert same(s.loads(s.dumps(now, reuse={"cart": parts["cart"]})), now)
+
+
 def test_json_dumps_reusing_parts_still_tags_a_changed_value() -> None:
     s = JSONSerializer()
     stored = {"cart": [1, 2], "when": "x"}
