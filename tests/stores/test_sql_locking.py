@@ -182,7 +182,12 @@ def _lock_wait_setting(store: SQLStore) -> object:
 
 
 def test_locked_saves_take_the_lock_first_come_first_served(sql_store: SQLStore) -> None:
-    """Each waits in the database's queue (this process's, on SQLite) in arrival order."""
+    """Each waits in the database's queue (this process's, on SQLite) in arrival order.
+
+    On PostgreSQL the first waiter holds the row's tuple lock and goes next; each save
+    then writes a new row version, and the later waiters, following the update chain,
+    may pass each other (docs/stores/sql.rst).
+    """
     key = new_key()
     assert sql_store.save(key, make_record(b"{}"), expected_version=None)
     holding, release = threading.Event(), threading.Event()
@@ -210,7 +215,11 @@ def test_locked_saves_take_the_lock_first_come_first_served(sql_store: SQLStore)
         for thread, _ in started:
             thread.join(PATIENCE)
     assert all(isinstance(outcome[0], Record) for _, outcome in started), started
-    assert order == ["holder", "first", "second", "third"]
+    if sql_store.engine.dialect.name == "postgresql":
+        assert order[:2] == ["holder", "first"]
+        assert sorted(order[2:]) == ["second", "third"]
+    else:
+        assert order == ["holder", "first", "second", "third"]
     loaded = sql_store.load(key)
     assert loaded is not None and loaded.version == 5
     assert json.loads(loaded.data) == dict.fromkeys(["holder", "first", "second", "third"], True)

@@ -194,7 +194,9 @@ class Runner:
         """Begin a transaction on *conn* that holds the lock *query* takes, and run it.
 
         *query* is a ``SELECT … FOR UPDATE``, whose row lock the server gives to its
-        waiters in the order they asked. SQLite has no row locks: there the
+        waiters (in the order they asked on MariaDB; on PostgreSQL the first waiter
+        next, the others as they find the row's newest version). SQLite has no row
+        locks: there the
         transaction holds the database's write lock (``BEGIN IMMEDIATE``), which
         :meth:`write_turn` must be held for. Either way the wait for the lock lasts at
         most *timeout* seconds (rounded up to whole seconds on MySQL), and the
