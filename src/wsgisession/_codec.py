@@ -9,6 +9,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, NoReturn
 
 from ._sealing import MAGIC, open_header, open_sealed, seal, seal_header
@@ -65,7 +66,7 @@ class Codec:
         expires_at: float,
         last_seen: float,
         base: Snapshot | None = None,
-        unchanged: Iterable[str] = (),
+        rewritten: AbstractSet[str] = frozenset(),
     ) -> Record:
         """Return the record of session *session_id* to store under *key*.
 
@@ -75,35 +76,28 @@ class Codec:
         bound to *key*, the version, the user and the meta; what a listing needs
         without a cookie stays readable in the meta.
 
-        *unchanged* keys of *data* hold what they hold in *base*, the record the data was
-        merged onto: where the serializer can, their stored encoding is reused.
+        *base* is the record *data* was merged onto: every key of *data* but the
+        *rewritten* ones holds what it holds there, and where the serializer can, its
+        stored encoding is reused.
 
         :raises SessionError: The record is over ``max_size``: the data, the per-key
             deadlines and client details in the meta, and the user id all count, so no
             mix of keys and key timeouts grows a record past the limit.
         """
         remember, ip, deadlines, agent, address = details
-        reuse = self._reusable(base, unchanged)
+        reuse = self._reusable(base, data, rewritten)
         if self._seal:
             # Key names are data: the meta keeps only the deadlines' times, in the order
             # of the names sealed beside the data, with the bound address.
             names = sorted(deadlines)
             times = [deadlines[name] for name in names]
             meta = encode_meta(remember, None, times, agent, address)
-            payload = (
-                self._json.dumps(data, reuse)
-                if reuse and self._json is not None
-                else dumps_bytes(self._sealed_serializer, data)
-            )
+            payload = self._dumps(self._sealed_serializer, data, reuse)
             header = seal_header(ip, names)
             blob = seal(session_id, key, version, user_id, meta, header, payload)
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
-            blob = (
-                self._json.dumps(data, reuse)
-                if reuse and self._json is not None
-                else dumps_bytes(self._serializer, data)
-            )
+            blob = self._dumps(self._serializer, data, reuse)
         size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
         if size > self._max_size:
             self._too_big(size)
@@ -165,12 +159,22 @@ class Codec:
         same = self._json.encodes_as
         return {k for k in keys if k in data and (k not in parts or not same(data[k], parts[k]))}
 
-    def _reusable(self, base: Snapshot | None, unchanged: Iterable[str]) -> Mapping[str, Any]:
-        """The stored encodings of *unchanged* keys of *base* worth reusing, if any."""
+    def _dumps(
+        self, serializer: Serializer, data: dict[str, Any], reuse: Mapping[str, Any]
+    ) -> bytes:
+        if reuse and self._json is not None:
+            return self._json.dumps(data, reuse)
+        return dumps_bytes(serializer, data)
+
+    def _reusable(
+        self, base: Snapshot | None, data: Mapping[str, Any], rewritten: AbstractSet[str]
+    ) -> Mapping[str, Any]:
+        """The stored encodings, in *base*, of the keys of *data* not *rewritten*, when
+        the record is big enough for reusing them to pay."""
         text = None if base is None else base.text
         if text is None or len(text.text) < _REUSE_FROM:
             return {}
         parts = text.parts()
         if parts is None:
             return {}
-        return {k: parts[k] for k in unchanged if k in parts}
+        return {k: part for k, part in parts.items() if k in data and k not in rewritten}

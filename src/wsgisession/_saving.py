@@ -354,8 +354,6 @@ class Saver:
         data, deadlines = merge(
             base, change.data, change.deadlines, changed, deleted, now, change.steps
         )
-        stepped = {step.key for step in change.steps}
-        unchanged = [k for k in data if k not in changed and k not in stepped]
         session_id = base.session_id
         if change.moving:
             assert change.session_id is not None
@@ -377,7 +375,8 @@ class Saver:
             ),
             last_seen=now,
             base=base,
-            unchanged=unchanged,
+            # Keys with steps were replayed onto the stored value: rewritten too.
+            rewritten=changed | {step.key for step in change.steps},
         )
         return record, Snapshot(session_id, target, record, data, deadlines, remember, base.ip)
 

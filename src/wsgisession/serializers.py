@@ -249,7 +249,7 @@ class JSONSerializer:
         (:func:`parts`) the caller knows they have not changed since, which is used
         as it is instead of encoding them again.
         """
-        text = plain.dumps(obj, reuse) if reuse else plain.dumps(obj)
+        text = plain.dumps(obj, reuse)
         if text is not None:
             return text
         try:
