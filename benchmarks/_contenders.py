@@ -235,9 +235,10 @@ def build_wsgi(name: str, store: str, b: Backends) -> Built | None:
         return Built(name, raw, "raw_id", raw.seed, clients)
     if name in ("wsgisession", "wsgisession-unsealed"):
         # The unsealed twin (encrypt=False) prices encryption at rest: the two differ
-        # in nothing else, on stores of their own.
+        # in nothing else, and share one table, directory or key prefix, so that their
+        # difference is the seal's, not that of two tables or files measured in turn.
         sealed = name == "wsgisession"
-        mw = ws_middleware(app, store, b, "ws" if sealed else "wsu", encrypt=sealed)
+        mw = ws_middleware(app, store, b, "ws", encrypt=sealed)
         return Built(name, mw, "session_id", seed_through(mw, "session_id"), _ws_redis(mw), mw)
     if name == "beaker":
         return None if store == "memcached" else _beaker(store, b)

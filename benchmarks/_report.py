@@ -586,8 +586,8 @@ def _flask_table(results: dict[str, Any]) -> list[str]:
 def _seal_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "µs per request, median over rounds: wsgisession as configured by default (records"
-        " sealed) and with `encrypt=False`, each on a store of its own; the cost is their"
-        " difference, paired round by round.",
+        " sealed) and with `encrypt=False`, sharing one store (table, directory, key prefix);"
+        " the cost is their difference, paired round by round.",
         "",
         "| scenario | store | sealed | unsealed | cost | cost % |",
         "|---|---|--:|--:|--:|--:|",

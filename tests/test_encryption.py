@@ -27,7 +27,7 @@ from tests.helpers import (
     twin,
 )
 from wsgisession import ConfigError, Session, SessionMiddleware
-from wsgisession._sealing import is_sealed, open_sealed
+from wsgisession._sealing import APART_MAGIC, is_sealed, open_sealed
 from wsgisession._snapshot import PLAIN_META
 from wsgisession.config import Config
 from wsgisession.stores import Record, Store
@@ -67,10 +67,6 @@ def _rewrite(store: Store, key: str, change: Any) -> None:
     record = store.load(key)
     assert record is not None
     assert store.save(key, change(record), expected_version=record.version)
-
-
-def _open(session_id: str, key: str, record: Record) -> tuple[str | None, bytes]:
-    return open_sealed(session_id, key, record.version, record.user_id, record.meta, record.data)
 
 
 def _reads_as_corrupt(client: Client, middleware: SessionMiddleware) -> bool:
@@ -138,6 +134,81 @@ def test_what_stays_readable_is_what_listings_need(store: Store) -> None:
     assert (info.user_agent, info.remote_addr) == ("UA/1", "198.51.100.5")
     assert middleware.end_user_sessions("ann") == 1
     assert body(client.get("/peek"))["data"] == {}
+
+
+# -- big values sealed apart --------------------------------------------------------------------
+
+#: A value big enough to be sealed apart from the rest of the record.
+BIG_VALUE = [{"sku": f"SKU-{i:05d}", "note": SECRET_VALUE} for i in range(600)]
+
+
+def _put_big(session: Session, request: Request) -> str:
+    session["cart"] = BIG_VALUE
+    session["n"] = session.get("n", 0) + 1
+    return "ok"
+
+
+def _count(session: Session, request: Request) -> str:
+    session["n"] = session.get("n", 0) + 1
+    return "ok"
+
+
+def _grow(session: Session, request: Request) -> str:
+    session["cart"].append({"sku": "SKU-new"})
+    return "ok"
+
+
+def _big_client(store: Store) -> tuple[Client, SessionMiddleware]:
+    routes = {**ROUTES, "/big": _put_big, "/count": _count, "/grow": _grow}
+    return make_client(routes, store=store)
+
+
+def _seal_of(client: Client, store: Store, name: str) -> bytes:
+    record = store.load(key_of(client))
+    assert record is not None and record.data.startswith(APART_MAGIC)
+    opened = open_sealed(
+        session_id_of(client),
+        key_of(client),
+        record.version,
+        record.user_id,
+        record.meta,
+        record.data,
+    )
+    return bytes(opened.apart[name])
+
+
+def test_a_big_value_unchanged_by_a_save_keeps_its_seal(store: Store, tmp_path: Path) -> None:
+    client, middleware = _big_client(store)
+    client.get("/big")
+    client.get("/count")  # the first save that can copy it seals it apart
+    sealed = _seal_of(client, store, "cart")
+    client.get("/count")
+    assert _seal_of(client, store, "cart") == sealed
+    assert body(client.get("/peek"))["data"] == {"cart": BIG_VALUE, "n": 3}
+    dump = raw_dump(store, tmp_path)
+    assert SECRET_VALUE.encode() not in dump and b"SKU-00001" not in dump
+    assert middleware.metrics()["corrupt"] == 0
+
+
+def test_a_big_value_changed_is_sealed_afresh(store: Store) -> None:
+    client, _ = _big_client(store)
+    client.get("/big")
+    client.get("/count")
+    sealed = _seal_of(client, store, "cart")
+    client.get("/grow")
+    assert _seal_of(client, store, "cart") != sealed
+    assert body(client.get("/peek"))["data"]["cart"] == [*BIG_VALUE, {"sku": "SKU-new"}]
+
+
+def test_regenerate_seals_big_values_afresh_under_the_new_id(store: Store) -> None:
+    client, _ = _big_client(store)
+    client.get("/big")
+    client.get("/count")
+    sealed = _seal_of(client, store, "cart")
+    client.get("/login")
+    record = store.load(key_of(client))
+    assert record is not None and sealed not in record.data
+    assert body(client.get("/peek"))["data"]["cart"] == BIG_VALUE
 
 
 # -- nothing injectable -------------------------------------------------------------------------
@@ -291,9 +362,9 @@ def test_regenerate_seals_the_record_again_under_the_new_id(store: Store) -> Non
     assert record is not None
     with pytest.raises(ValueError, match="does not authenticate"):
         open_sealed(old_id, new_key, record.version, record.user_id, record.meta, record.data)
-    _, payload = open_sealed(
+    payload = open_sealed(
         new_id, new_key, record.version, record.user_id, record.meta, record.data
-    )
+    ).payload
     assert SECRET_VALUE.encode() in payload
     assert body(client.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
 
@@ -324,14 +395,14 @@ def test_sealed_pickle_records_carry_no_signature_of_their_own() -> None:
     client.get("/put")
     record = store.load(key_of(client))
     assert record is not None
-    _, payload = open_sealed(
+    payload = open_sealed(
         session_id_of(client),
         key_of(client),
         record.version,
         record.user_id,
         record.meta,
         record.data,
-    )
+    ).payload
     assert pickle.loads(payload)[SECRET_NAME] == SECRET_VALUE
     assert body(client.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
 

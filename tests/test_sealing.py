@@ -11,11 +11,12 @@ import hmac
 import os
 import secrets
 import threading
+from typing import Any
 
 import pytest
 
 from wsgisession import _sealing
-from wsgisession._sealing import derive_key, open_sealed, seal
+from wsgisession._sealing import APART_MAGIC, Apart, derive_key, open_sealed, seal, seal_apart
 
 _NONCE = 12
 
@@ -74,7 +75,7 @@ def test_nonces_never_repeat_across_threads() -> None:
 def test_a_sealed_record_still_opens_with_its_own_binding_only() -> None:
     session_id = secrets.token_urlsafe(32)
     blob = seal(session_id, "k" * 64, 3, "ann", b"{}", b"hdr", b"payload")
-    assert open_sealed(session_id, "k" * 64, 3, "ann", b"{}", blob) == (b"hdr", b"payload")
+    assert open_sealed(session_id, "k" * 64, 3, "ann", b"{}", blob) == (b"hdr", b"payload", {})
     for other in [
         (secrets.token_urlsafe(32), "k" * 64, 3, "ann", b"{}"),
         (session_id, "j" * 64, 3, "ann", b"{}"),
@@ -134,3 +135,80 @@ def test_a_forked_child_empties_its_pool_before_it_seals(monkeypatch: pytest.Mon
     _sealing._nonces.forget()  # as os.register_at_fork(after_in_child=...) calls it
     _sealing._nonces.take()
     assert drawn == [_NONCE * _sealing._NONCES_PER_DRAW]
+
+
+# -- values sealed apart --------------------------------------------------------------------
+
+_KEY = "k" * 64
+_BINDING = (_KEY, 3, "ann", b"{}")
+
+
+def _sealed_with_values_apart(session_id: str) -> tuple[bytes, bytes, bytes]:
+    """A record of ``{"a":<big>,"b":1,"c":<big>}`` with both big values sealed apart."""
+    first, second = b'"' + b"x" * 300 + b'"', b"[" + b"7," * 200 + b"7]"
+    rest = b' {"a":,"b":1,"c":}'
+    apart = [
+        Apart("a", rest.index(b","), seal_apart(session_id, _KEY, first)),
+        Apart("c", rest.index(b"}"), seal_apart(session_id, _KEY, second)),
+    ]
+    blob = seal(session_id, *_BINDING, b"hdr", rest, apart)
+    return blob, first, second
+
+
+def test_values_sealed_apart_open_back_in_their_places() -> None:
+    session_id = secrets.token_urlsafe(32)
+    blob, first, second = _sealed_with_values_apart(session_id)
+    assert blob.startswith(APART_MAGIC)
+    opened = open_sealed(session_id, *_BINDING, blob)
+    assert opened.header == b"hdr"
+    assert opened.payload == b' {"a":' + first + b',"b":1,"c":' + second + b"}"
+    assert set(opened.apart) == {"a", "c"}
+    assert bytes(opened.apart["a"]) in blob and bytes(opened.apart["c"]) in blob
+
+
+def test_a_record_with_values_apart_opens_with_its_own_binding_only() -> None:
+    session_id = secrets.token_urlsafe(32)
+    blob, _, _ = _sealed_with_values_apart(session_id)
+    for other in [
+        (secrets.token_urlsafe(32), *_BINDING),
+        (session_id, "j" * 64, 3, "ann", b"{}"),
+        (session_id, _KEY, 4, "ann", b"{}"),
+        (session_id, _KEY, 3, "bob", b"{}"),
+        (session_id, _KEY, 3, "ann", b"{ }"),
+    ]:
+        with pytest.raises(ValueError, match="does not authenticate"):
+            open_sealed(*other, blob)
+
+
+def test_a_value_sealed_apart_for_another_key_does_not_open() -> None:
+    session_id = secrets.token_urlsafe(32)
+    elsewhere = seal_apart(session_id, "j" * 64, b"[1]")
+    blob = seal(session_id, *_BINDING, b"", b" {}", [Apart("a", 2, elsewhere)])
+    with pytest.raises(ValueError, match="does not authenticate"):
+        open_sealed(session_id, *_BINDING, blob)
+
+
+def test_an_older_seal_of_the_same_value_swapped_in_reads_as_not_the_records() -> None:
+    session_id = secrets.token_urlsafe(32)
+    blob, first, _ = _sealed_with_values_apart(session_id)
+    opened = open_sealed(session_id, *_BINDING, blob)
+    older = seal_apart(session_id, _KEY, first)  # same text, same key: valid on its own
+    swapped = blob.replace(bytes(opened.apart["a"]), older)
+    with pytest.raises(ValueError, match="not the record's"):
+        open_sealed(session_id, *_BINDING, swapped)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda blob: blob[:-1], id="truncated"),
+        pytest.param(lambda blob: blob + b"\0", id="trailing-bytes"),
+        pytest.param(lambda blob: blob[:30], id="cut-inside-the-main-seal"),
+        pytest.param(lambda blob: blob[:-20] + bytes([blob[-20] ^ 1]) + blob[-19:], id="flip"),
+    ],
+)
+def test_a_damaged_record_with_values_apart_does_not_open(damage: Any) -> None:
+    session_id = secrets.token_urlsafe(32)
+    blob, _, _ = _sealed_with_values_apart(session_id)
+    with pytest.raises(ValueError):
+        open_sealed(session_id, *_BINDING, damage(blob))

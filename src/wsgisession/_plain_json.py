@@ -24,7 +24,7 @@ from typing import Any, Final, TypeAlias
 import msgspec
 import orjson
 
-__all__ = ["MARK", "Part", "dumps", "encodes_as", "loads", "parts"]
+__all__ = ["MARK", "Part", "dumps", "dumps_cut", "encodes_as", "loads", "parts"]
 
 #: The first byte of a plain record: JSON whitespace, so the record is still JSON text.
 MARK: Final = b" "
@@ -92,9 +92,25 @@ def dumps(obj: Any, reuse: Mapping[str, Part] | None = None) -> bytes | None:
     if not reuse:
         text = _encode(obj)
         return None if text is None else MARK + text
+    cut = dumps_cut(obj, reuse, None)
+    return None if cut is None else cut[0]
+
+
+def dumps_cut(
+    obj: Any, reuse: Mapping[str, Part], cut_from: int | None
+) -> tuple[bytes, list[tuple[str, int, Part]]] | None:
+    """The plain record of the dict *obj*, as :func:`dumps` writes it with *reuse*, but
+    with the values whose encoding is *cut_from* bytes or more left out; ``None`` if
+    *obj* holds anything but plain values.
+
+    Returns the record without them, and each value left out as its key, the offset
+    in that record where its encoding belongs, and the encoding.
+    """
     if type(obj) is not dict:
         return None
-    pieces = [b"{"]
+    pieces = [MARK, b"{"]
+    size = 2
+    cuts: list[tuple[str, int, Part]] = []
     for key, value in obj.items():
         part = reuse.get(key)
         if part is None:
@@ -102,11 +118,18 @@ def dumps(obj: Any, reuse: Mapping[str, Part] | None = None) -> bytes | None:
         name = _encode(key) if type(key) is str else None  # a lone surrogate can't be
         if part is None or name is None:
             return None
-        if len(pieces) > 1:
+        if size > 2:
             pieces.append(b",")
-        pieces += (name, b":", part)
+            size += 1
+        pieces += (name, b":")
+        size += len(name) + 1
+        if cut_from is not None and len(part) >= cut_from:
+            cuts.append((key, size, part))
+        else:
+            pieces.append(part)
+            size += len(part)
     pieces.append(b"}")
-    return MARK + b"".join(pieces)
+    return b"".join(pieces), cuts
 
 
 def loads(data: bytes) -> Any:

@@ -12,6 +12,16 @@ flipped bit fail to open and read as corrupt.
 A sealed blob is :data:`MAGIC`, a 12-byte random nonce, then the ciphertext and its
 16-byte tag. Inside, before the serializer's bytes, is a header the caller defines (two
 bytes of length, then the header), for what must be sealed but is not data.
+
+Big values can be sealed apart (:func:`seal_apart`), so that a save which leaves them
+unchanged copies their sealed bytes instead of encrypting them again. Such a record is
+:data:`APART_MAGIC`, the nonce, four bytes of the main seal's length, the main seal,
+then each value's own seal (its nonce, ciphertext and tag). The main seal holds the
+header, then for each value its key, where its text goes in the data, and its seal's
+length, nonce and tag, then the rest of the data. The values' seals bind the store
+key; the main seal binds each of them by its nonce and tag (a GCM tag under the
+session's key is unforgeable), so a value's seal can't be swapped for an older one of
+the same session, and the main seal binds the version as before.
 """
 
 from __future__ import annotations
@@ -20,30 +30,44 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from typing import Any, Final
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
+    "APART_MAGIC",
     "MAGIC",
+    "Apart",
+    "Opened",
     "derive_key",
     "is_sealed",
     "open_header",
     "open_sealed",
     "seal",
+    "seal_apart",
     "seal_header",
 ]
 
 #: How a sealed blob starts: never the first bytes of JSON or of a signed pickle.
 MAGIC: Final = b"\x00wss1"
+#: How a sealed blob with values sealed apart starts.
+APART_MAGIC: Final = b"\x00wss2"
 _NONCE: Final = 12
+_TAG: Final = 16
 _START: Final = len(MAGIC)
 _BODY: Final = _START + _NONCE
 _NO_HEADER: Final = b"\x00\x00"
+_SIZE: Final = struct.Struct(">H")
+_MAIN: Final = struct.Struct(">I")
+# Where a value sealed apart goes in the data, and its seal's length.
+_PLACE: Final = struct.Struct(">II")
 # The KDF's label, versioned so a new scheme can't open an old record by mistake.
 _LABEL: Final = b"wsgisession record key v1"
+# What a value sealed apart authenticates besides itself, before the store key.
+_APART_LABEL: Final = b"wsgisession value apart v1\x00"
 # HMAC's padded key XOR ipad and XOR opad (RFC 2104), byte by byte, as translate tables.
 _IPAD: Final = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD: Final = bytes(byte ^ 0x5C for byte in range(256))
@@ -128,12 +152,35 @@ def derive_key(session_id: str) -> bytes:
 
 def _bound(key: str, version: int, user_id: str | None, meta: bytes) -> bytes:
     # Domain separation is the key derivation's label; this binds the record's place.
-    return f"{key}\x00{version}\x00{user_id or ''}\x00".encode() + meta
+    user = b"" if user_id is None else user_id.encode()
+    return b"%b\x00%d\x00%b\x00%b" % (key.encode(), version, user, meta)
 
 
 def is_sealed(blob: bytes) -> bool:
     """Whether *blob* is a sealed record's data (it may still fail to open)."""
-    return blob[:_START] == MAGIC
+    start = blob[:_START]
+    return start == MAGIC or start == APART_MAGIC
+
+
+class Apart(NamedTuple):
+    """A value of the data sealed apart, and where its text goes in the rest."""
+
+    #: The session key the value is stored under.
+    name: str
+    #: Its offset in the data without the values sealed apart.
+    at: int
+    #: Its seal, from :func:`seal_apart`: nonce, ciphertext and tag.
+    sealed: bytes | memoryview
+
+
+class Opened(NamedTuple):
+    """What :func:`open_sealed` finds in a sealed blob."""
+
+    header: bytes
+    #: The serializer's bytes, the values sealed apart back in their places.
+    payload: bytes
+    #: The seals of the values sealed apart, by their key, for a save to copy.
+    apart: Mapping[str, bytes | memoryview]
 
 
 def seal(
@@ -144,20 +191,47 @@ def seal(
     meta: bytes,
     header: bytes,
     payload: bytes,
+    apart: Sequence[Apart] = (),
 ) -> bytes:
-    """Seal *header* and *payload* (the serializer's bytes) for the record under *key*."""
+    """Seal *header* and *payload* (the serializer's bytes) for the record under *key*.
+
+    *apart* are values sealed apart under the same session and store key, with their
+    offsets in *payload*, in order: the record binds each of their seals.
+    """
     if len(header) > 0xFFFF:
         raise ValueError("header too long to seal")
     nonce = _nonces.take()
-    plain = len(header).to_bytes(2, "big") + header + payload if header else _NO_HEADER + payload
-    sealed = _cipher(session_id).encrypt(nonce, plain, _bound(key, version, user_id, meta))
-    return MAGIC + nonce + sealed
+    cipher = _cipher(session_id)
+    bound = _bound(key, version, user_id, meta)
+    if not apart:
+        head = _SIZE.pack(len(header)) + header if header else _NO_HEADER
+        return MAGIC + nonce + cipher.encrypt(nonce, head + payload, bound)
+    index: list[bytes | memoryview] = [_SIZE.pack(len(header)), header, _SIZE.pack(len(apart))]
+    for value in apart:
+        name = value.name.encode()
+        sealed = value.sealed
+        index += (
+            _SIZE.pack(len(name)),
+            name,
+            _PLACE.pack(value.at, len(sealed)),
+            sealed[:_NONCE],
+            sealed[-_TAG:],
+        )
+    main = cipher.encrypt(nonce, b"".join(index) + payload, bound)
+    seals = [value.sealed for value in apart]
+    return b"".join([APART_MAGIC, nonce, _MAIN.pack(len(main)), main, *seals])
+
+
+def seal_apart(session_id: str, key: str, text: bytes | memoryview) -> bytes:
+    """Seal the text of one value, to go in the record under *key* with :func:`seal`."""
+    nonce = _nonces.take()
+    return nonce + _cipher(session_id).encrypt(nonce, text, _APART_LABEL + key.encode())
 
 
 def open_sealed(
     session_id: str, key: str, version: int, user_id: str | None, meta: bytes, blob: bytes
-) -> tuple[bytes, bytes]:
-    """Return the header and the serializer's bytes sealed in *blob*.
+) -> Opened:
+    """Return what *blob*, sealed for the record under *key*, holds.
 
     The caller has found *blob* sealed (:func:`is_sealed`); a blob that is not fails to
     authenticate all the same.
@@ -165,16 +239,63 @@ def open_sealed(
     :raises ValueError: *blob* fails to open: another session's, an older version's,
         tampered with, truncated, or not sealed at all.
     """
+    cipher = _cipher(session_id)
+    bound = _bound(key, version, user_id, meta)
     try:
-        plain = _cipher(session_id).decrypt(
-            blob[_START:_BODY], blob[_BODY:], _bound(key, version, user_id, meta)
-        )
+        if blob[:_START] == APART_MAGIC:
+            return _open_apart(cipher, key, bound, memoryview(blob))
+        plain = cipher.decrypt(blob[_START:_BODY], blob[_BODY:], bound)
     except InvalidTag:
         raise ValueError("encrypted record does not authenticate") from None
     if plain[:2] == _NO_HEADER:
-        return b"", plain[2:]
+        return Opened(b"", plain[2:], {})
     size = int.from_bytes(plain[:2], "big")
-    return plain[2 : 2 + size], plain[2 + size :]
+    return Opened(plain[2 : 2 + size], plain[2 + size :], {})
+
+
+def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Opened:
+    try:
+        (size,) = _MAIN.unpack_from(blob, _BODY)
+        start = _BODY + _MAIN.size
+        plain = memoryview(cipher.decrypt(blob[_START:_BODY], blob[start : start + size], bound))
+        at = start + size  # where the values' seals start
+        (header_size,) = _SIZE.unpack_from(plain)
+        header = bytes(plain[2 : 2 + header_size])
+        (count,) = _SIZE.unpack_from(plain, 2 + header_size)
+        read = 4 + header_size
+        places: list[tuple[str, int, memoryview]] = []
+        for _ in range(count):
+            (name_size,) = _SIZE.unpack_from(plain, read)
+            name = str(plain[read + 2 : read + 2 + name_size], "utf-8")
+            read += 2 + name_size
+            offset, length = _PLACE.unpack_from(plain, read)
+            read += _PLACE.size
+            sealed = blob[at : at + length]
+            at += length
+            if len(sealed) != length or length < _NONCE + _TAG:
+                raise ValueError("a value sealed apart is missing")
+            if (
+                sealed[:_NONCE] != plain[read : read + _NONCE]
+                or sealed[-_TAG:] != plain[read + _NONCE : read + _NONCE + _TAG]
+            ):
+                raise ValueError("a value sealed apart is not the record's")
+            read += _NONCE + _TAG
+            places.append((name, offset, sealed))
+    except (struct.error, UnicodeDecodeError):
+        raise ValueError("malformed encrypted record") from None
+    if at != len(blob):
+        raise ValueError("malformed encrypted record")
+    rest = plain[read:]
+    pieces: list[bytes | memoryview] = []
+    done = 0
+    label = _APART_LABEL + key.encode()
+    for _, offset, sealed in places:
+        if not done <= offset <= len(rest):
+            raise ValueError("malformed encrypted record")
+        pieces += (rest[done:offset], cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label))
+        done = offset
+    pieces.append(rest[done:])
+    return Opened(header, b"".join(pieces), {name: sealed for name, _, sealed in places})
 
 
 def seal_header(ip: str | None, names: Sequence[str]) -> bytes:

@@ -60,12 +60,20 @@ class RecordText:
 
     :param text: The serializer's bytes.
     :param split: Takes *text* apart per top-level key, or returns ``None``.
+    :param apart: The seals of the values the record sealed apart from the rest, by
+        key (see ``Codec``), which a save may copy while those values are unchanged.
     """
 
-    __slots__ = ("_parts", "_split", "_taken", "text")
+    __slots__ = ("_parts", "_split", "_taken", "apart", "text")
 
-    def __init__(self, text: bytes, split: Callable[[bytes], Mapping[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        text: bytes,
+        split: Callable[[bytes], Mapping[str, Any] | None],
+        apart: Mapping[str, bytes | memoryview] | None = None,
+    ) -> None:
         self.text = text
+        self.apart: Mapping[str, bytes | memoryview] = {} if apart is None else apart
         self._split = split
         self._taken = False
         self._parts: Mapping[str, Any] | None = None

@@ -262,6 +262,19 @@ class JSONSerializer:
             # A lone surrogate has no UTF-8 form; a \u escape keeps it and stays valid.
             return _TAGGED + _ENCODE_ASCII(_prep(obj)).encode()
 
+    def dumps_cut(
+        self, obj: Any, reuse: Mapping[str, plain.Part], cut_from: int
+    ) -> tuple[bytes, list[tuple[str, int, plain.Part]]]:
+        """Encode *obj* as :meth:`dumps` does, leaving out of a plain record the values
+        whose encoding is *cut_from* bytes or more.
+
+        Returns the record without them, and each of them as its key, the offset in
+        the record where its encoding belongs, and the encoding; a record with tagged
+        values leaves nothing out.
+        """
+        cut = plain.dumps_cut(obj, reuse, cut_from)
+        return (self.dumps(obj), []) if cut is None else cut
+
     def loads(self, data: bytes) -> Any:
         """Decode what :meth:`dumps` returned; raise :exc:`ValueError` for anything else."""
         first = data[:1]
