@@ -159,11 +159,11 @@ def test_values_sealed_apart_open_back_in_their_places() -> None:
     session_id = secrets.token_urlsafe(32)
     blob, first, second = _sealed_with_values_apart(session_id)
     assert blob.startswith(APART_MAGIC)
-    opened = open_sealed(session_id, *_BINDING, blob)
-    assert opened.header == b"hdr"
-    assert opened.payload == b' {"a":' + first + b',"b":1,"c":' + second + b"}"
-    assert set(opened.apart) == {"a", "c"}
-    assert bytes(opened.apart["a"]) in blob and bytes(opened.apart["c"]) in blob
+    header, payload, apart = open_sealed(session_id, *_BINDING, blob)
+    assert header == b"hdr"
+    assert payload == b' {"a":' + first + b',"b":1,"c":' + second + b"}"
+    assert set(apart) == {"a", "c"}
+    assert bytes(apart["a"]) in blob and bytes(apart["c"]) in blob
 
 
 def test_a_record_with_values_apart_opens_with_its_own_binding_only() -> None:
@@ -191,9 +191,9 @@ def test_a_value_sealed_apart_for_another_key_does_not_open() -> None:
 def test_an_older_seal_of_the_same_value_swapped_in_reads_as_not_the_records() -> None:
     session_id = secrets.token_urlsafe(32)
     blob, first, _ = _sealed_with_values_apart(session_id)
-    opened = open_sealed(session_id, *_BINDING, blob)
+    _, _, apart = open_sealed(session_id, *_BINDING, blob)
     older = seal_apart(session_id, _KEY, first)  # same text, same key: valid on its own
-    swapped = blob.replace(bytes(opened.apart["a"]), older)
+    swapped = blob.replace(bytes(apart["a"]), older)
     with pytest.raises(ValueError, match="not the record's"):
         open_sealed(session_id, *_BINDING, swapped)
 

@@ -143,7 +143,8 @@ class Codec:
         timed, remember, ip = decode_meta(record.meta)
         blob = record.data
         apart = None
-        if blob[:_SEALED] == MAGIC or blob[:_SEALED] == APART_MAGIC:
+        kind = blob[:_SEALED]
+        if kind == MAGIC or kind == APART_MAGIC:
             try:
                 header, blob, apart = open_sealed(
                     session_id, key, record.version, record.user_id, record.meta, blob

@@ -32,7 +32,8 @@ import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, NamedTuple
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -60,6 +61,7 @@ _TAG: Final = 16
 _START: Final = len(MAGIC)
 _BODY: Final = _START + _NONCE
 _NO_HEADER: Final = b"\x00\x00"
+_NOTHING_APART: Final[Mapping[str, bytes]] = MappingProxyType({})
 _SIZE: Final = struct.Struct(">H")
 _MAIN: Final = struct.Struct(">I")
 # Where a value sealed apart goes in the data, and its seal's length.
@@ -173,14 +175,10 @@ class Apart(NamedTuple):
     sealed: bytes | memoryview
 
 
-class Opened(NamedTuple):
-    """What :func:`open_sealed` finds in a sealed blob."""
-
-    header: bytes
-    #: The serializer's bytes, the values sealed apart back in their places.
-    payload: bytes
-    #: The seals of the values sealed apart, by their key, for a save to copy.
-    apart: Mapping[str, bytes | memoryview]
+#: What :func:`open_sealed` finds in a sealed blob: the header; the serializer's bytes,
+#: any values sealed apart back in their places; and the seals of those values, by
+#: key, for a save to copy. (A plain tuple: a named one costs a Python call to build.)
+Opened: TypeAlias = tuple[bytes, bytes, Mapping[str, bytes | memoryview]]
 
 
 def seal(
@@ -248,9 +246,9 @@ def open_sealed(
     except InvalidTag:
         raise ValueError("encrypted record does not authenticate") from None
     if plain[:2] == _NO_HEADER:
-        return Opened(b"", plain[2:], {})
+        return b"", plain[2:], _NOTHING_APART
     size = int.from_bytes(plain[:2], "big")
-    return Opened(plain[2 : 2 + size], plain[2 + size :], {})
+    return plain[2 : 2 + size], plain[2 + size :], _NOTHING_APART
 
 
 def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Opened:
@@ -295,7 +293,7 @@ def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Ope
         pieces += (rest[done:offset], cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label))
         done = offset
     pieces.append(rest[done:])
-    return Opened(header, b"".join(pieces), {name: sealed for name, _, sealed in places})
+    return header, b"".join(pieces), {name: sealed for name, _, sealed in places}
 
 
 def seal_header(ip: str | None, names: Sequence[str]) -> bytes:
