@@ -58,11 +58,13 @@ class Backends:
     memcached_prefixes: list[str] = field(default_factory=list)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def sqlite_url(self, name: str) -> str:
-        return f"sqlite:///{self.tmp / (name + '.db')}"
+    def sql_url(self, store: str) -> str:
+        """The database of *store*, shared by every contender, each in tables of its own.
 
-    def sql_url(self, store: str, name: str) -> str:
-        return self.sqlite_url(name) if store == "sqlite" else self.pg_url
+        For SQLite too: a read costs more the longer the file's write-ahead log has
+        grown since its last checkpoint, and one file shares that state between all.
+        """
+        return f"sqlite:///{self.tmp / 'bench.db'}" if store == "sqlite" else self.pg_url
 
     def redis_client(self) -> redis.Redis:
         client = redis.Redis.from_url(self.redis_url)
@@ -90,8 +92,8 @@ class Backends:
             self.memcached_prefixes.append(prefix)
             return {"store": self.memcached_url, "store_options": {"key_prefix": prefix}}
         table = f"{self.tag}_{name}"
-        self.on_cleanup(lambda: _drop(self.sql_url(store, name), table))
-        return {"store": self.sql_url(store, name), "store_options": {"table_name": table}}
+        self.on_cleanup(lambda: _drop(self.sql_url(store), table))
+        return {"store": self.sql_url(store), "store_options": {"table_name": table}}
 
     def on_cleanup(self, fn: Callable[[], None]) -> None:
         self._cleanups.append(fn)
@@ -280,7 +282,7 @@ def _raw_store(store: str, b: Backends) -> RawStore:
         b.memcached_prefixes.append(f"{b.tag}:raw:")
         client = PooledClient(b.memcached_server, default_noreply=False)
         return RawMemcached(client, f"{b.tag}:raw:")
-    return RawSQL(b.sql_url(store, "raw"), f"{b.tag}_raw")
+    return RawSQL(b.sql_url(store), f"{b.tag}_raw")
 
 
 def _beaker(store: str, b: Backends) -> Built:
@@ -308,7 +310,7 @@ def _beaker(store: str, b: Backends) -> Built:
         options.update(type="ext:redis", url=client)
     else:
         table = f"{b.tag}_beaker"
-        url = b.sql_url(store, "beaker")
+        url = b.sql_url(store)
         b.on_cleanup(lambda: _drop(url, table))
         options.update(type="ext:database", url=url, table_name=table)
     app = BeakerMiddleware(handler(_beaker_session, _beaker_save), **options)
@@ -431,7 +433,7 @@ def _flask_session_app(
         from flask_sqlalchemy import SQLAlchemy
 
         table = f"{b.tag}_fs"
-        url = b.sql_url(store, "flask_session")
+        url = b.sql_url(store)
         app.config.update(SQLALCHEMY_DATABASE_URI=url)
         db = SQLAlchemy(app)
         app.config.update(
