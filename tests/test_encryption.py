@@ -174,7 +174,8 @@ def _seal_of(client: Client, store: Store, name: str) -> bytes:
         record.meta,
         record.data,
     )
-    return bytes(apart[name])
+    assert apart is not None
+    return bytes(apart.seals[name])
 
 
 def test_a_big_value_unchanged_by_a_save_keeps_its_seal(store: Store, tmp_path: Path) -> None:

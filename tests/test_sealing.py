@@ -75,7 +75,7 @@ def test_nonces_never_repeat_across_threads() -> None:
 def test_a_sealed_record_still_opens_with_its_own_binding_only() -> None:
     session_id = secrets.token_urlsafe(32)
     blob = seal(session_id, "k" * 64, 3, "ann", b"{}", b"hdr", b"payload")
-    assert open_sealed(session_id, "k" * 64, 3, "ann", b"{}", blob) == (b"hdr", b"payload", {})
+    assert open_sealed(session_id, "k" * 64, 3, "ann", b"{}", blob) == (b"hdr", b"payload", None)
     for other in [
         (secrets.token_urlsafe(32), "k" * 64, 3, "ann", b"{}"),
         (session_id, "j" * 64, 3, "ann", b"{}"),
@@ -162,8 +162,10 @@ def test_values_sealed_apart_open_back_in_their_places() -> None:
     header, payload, apart = open_sealed(session_id, *_BINDING, blob)
     assert header == b"hdr"
     assert payload == b' {"a":' + first + b',"b":1,"c":' + second + b"}"
-    assert set(apart) == {"a", "c"}
-    assert bytes(apart["a"]) in blob and bytes(apart["c"]) in blob
+    assert apart is not None and set(apart.seals) == {"a", "c"}
+    assert bytes(apart.seals["a"]) in blob and bytes(apart.seals["c"]) in blob
+    assert apart.texts == {"a": first, "c": second}
+    assert b"0".join(apart.around) == b' {"a":0,"b":1,"c":0}'
 
 
 def test_a_record_with_values_apart_opens_with_its_own_binding_only() -> None:
@@ -193,7 +195,8 @@ def test_an_older_seal_of_the_same_value_swapped_in_reads_as_not_the_records() -
     blob, first, _ = _sealed_with_values_apart(session_id)
     _, _, apart = open_sealed(session_id, *_BINDING, blob)
     older = seal_apart(session_id, _KEY, first)  # same text, same key: valid on its own
-    swapped = blob.replace(bytes(apart["a"]), older)
+    assert apart is not None
+    swapped = blob.replace(bytes(apart.seals["a"]), older)
     with pytest.raises(ValueError, match="not the record's"):
         open_sealed(session_id, *_BINDING, swapped)
 

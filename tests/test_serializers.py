@@ -701,3 +701,47 @@ def test_pickle_serializer_round_trips_through_the_middleware() -> None:
     client, _ = make_client({"/put": put, "/": look}, serializer="pickle")
     client.get("/put")
     assert body(client.get("/")) == ["datetime.datetime(2026, 1, 2, 3, 4, 5)", "(1, 2)"]
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.data(),
+)
+def test_a_plain_record_taken_apart_around_some_values_gives_what_the_whole_does(
+    data: dict[str, Any], draw: st.DataObject
+) -> None:
+    s = JSONSerializer()
+    cut_from = draw.draw(st.integers(1, 40))
+    text, cuts = s.dumps_cut(data, {}, cut_from)
+    assert all(len(part) >= cut_from for _, _, part in cuts)
+    around, values, done = [], {}, 0
+    for key, at, part in cuts:
+        around.append(text[done:at])
+        values[key] = part
+        done = at
+    around.append(text[done:])
+    whole = b"".join(p for pair in zip(around, [*values.values(), b""], strict=True) for p in pair)
+    assert whole == s.dumps(data)
+    expected = s.parts(whole)
+    assert expected is not None
+    found = s.parts_around(around, values)
+    assert found is not None
+    assert {k: bytes(v) for k, v in found.items()} == {k: bytes(v) for k, v in expected.items()}
+
+
+def test_pieces_around_values_that_make_no_record_are_not_taken_apart() -> None:
+    s = JSONSerializer()
+    assert s.parts_around([b' {"a":', b"}"], {"b": b"1"}) is None  # "b" isn't in the record
+    assert s.parts_around([b"{", b"}"], {"a": b"1"}) is None  # not a plain record

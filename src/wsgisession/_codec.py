@@ -8,7 +8,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NoReturn
 
@@ -16,6 +16,7 @@ from ._sealing import (
     APART_MAGIC,
     MAGIC,
     Apart,
+    ApartValues,
     open_header,
     open_sealed,
     seal,
@@ -162,7 +163,12 @@ class Codec:
             raise CorruptRecord("key timeouts without key names")
         if not isinstance(data, dict):
             raise ValueError(f"data is a {type(data).__name__}, not a dict")
-        text = None if self._json is None else RecordText(blob, self._json.parts, apart)
+        if self._json is None:
+            text = None
+        elif apart is None:
+            text = RecordText(blob, self._json.parts)
+        else:
+            text = RecordText(blob, _split_around(self._json, apart), apart.seals)
         return Snapshot(session_id, key, record, data, deadlines, remember, ip, text)
 
     def changed_in_place(
@@ -223,3 +229,16 @@ class Codec:
         if parts is None:
             return {}
         return {k: part for k, part in parts.items() if k in data and k not in rewritten}
+
+
+def _split_around(
+    json: JSONSerializer, apart: ApartValues
+) -> Callable[[bytes], Mapping[str, Any] | None]:
+    """Take a record with values sealed apart to pieces from the text around them,
+    which spares scanning the big values; the whole text if that fails."""
+
+    def split(text: bytes) -> Mapping[str, Any] | None:
+        found = json.parts_around(apart.around, apart.texts)
+        return json.parts(text) if found is None else found
+
+    return split

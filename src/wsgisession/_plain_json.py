@@ -17,14 +17,23 @@ from __future__ import annotations
 import gc
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from typing import Any, Final, TypeAlias
 
 import msgspec
 import orjson
 
-__all__ = ["MARK", "Part", "dumps", "dumps_cut", "encodes_as", "loads", "parts"]
+__all__ = [
+    "MARK",
+    "Part",
+    "dumps",
+    "dumps_cut",
+    "encodes_as",
+    "loads",
+    "parts",
+    "parts_around",
+]
 
 #: The first byte of a plain record: JSON whitespace, so the record is still JSON text.
 MARK: Final = b" "
@@ -147,6 +156,22 @@ def parts(data: bytes) -> Mapping[str, Part] | None:
         return _SPLIT(data)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return None  # not JSON, not an object; the record is then compared decoded
+
+
+def parts_around(
+    around: Sequence[bytes | memoryview], values: Mapping[str, Part]
+) -> Mapping[str, Part] | None:
+    """The encoding of each top-level value of a plain record given as *values*, the
+    encodings of some of its values by key, and *around*, the pieces of the record
+    between them; ``None`` if they make no plain record.
+
+    Only the text around is scanned, with ``0`` in each value's place: taking a record
+    apart otherwise means reading through every value, the big ones included.
+    """
+    found = parts(b"0".join(around))
+    if found is None or not values.keys() <= found.keys():
+        return None
+    return {**found, **values}
 
 
 def encodes_as(value: Any, part: Part) -> bool:

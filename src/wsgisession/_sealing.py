@@ -32,7 +32,6 @@ import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidTag
@@ -42,6 +41,7 @@ __all__ = [
     "APART_MAGIC",
     "MAGIC",
     "Apart",
+    "ApartValues",
     "Opened",
     "derive_key",
     "is_sealed",
@@ -61,7 +61,6 @@ _TAG: Final = 16
 _START: Final = len(MAGIC)
 _BODY: Final = _START + _NONCE
 _NO_HEADER: Final = b"\x00\x00"
-_NOTHING_APART: Final[Mapping[str, bytes]] = MappingProxyType({})
 _SIZE: Final = struct.Struct(">H")
 _MAIN: Final = struct.Struct(">I")
 # Where a value sealed apart goes in the data, and its seal's length.
@@ -175,10 +174,22 @@ class Apart(NamedTuple):
     sealed: bytes | memoryview
 
 
+class ApartValues(NamedTuple):
+    """The values a record sealed apart, as :func:`open_sealed` found them."""
+
+    #: Each value's seal, by key, for a save that leaves the value unchanged to copy.
+    seals: Mapping[str, bytes | memoryview]
+    #: Each value's text, by key.
+    texts: Mapping[str, bytes]
+    #: The rest of the data, in the pieces between the values: what a reader can take
+    #: apart without scanning the values themselves.
+    around: list[bytes | memoryview]
+
+
 #: What :func:`open_sealed` finds in a sealed blob: the header; the serializer's bytes,
-#: any values sealed apart back in their places; and the seals of those values, by
-#: key, for a save to copy. (A plain tuple: a named one costs a Python call to build.)
-Opened: TypeAlias = tuple[bytes, bytes, Mapping[str, bytes | memoryview]]
+#: any values sealed apart back in their places; and those values, or ``None``. (A
+#: plain tuple: a named one costs a Python call to build, on every read.)
+Opened: TypeAlias = tuple[bytes, bytes, ApartValues | None]
 
 
 def seal(
@@ -246,9 +257,9 @@ def open_sealed(
     except InvalidTag:
         raise ValueError("encrypted record does not authenticate") from None
     if plain[:2] == _NO_HEADER:
-        return b"", plain[2:], _NOTHING_APART
+        return b"", plain[2:], None
     size = int.from_bytes(plain[:2], "big")
-    return plain[2 : 2 + size], plain[2 + size :], _NOTHING_APART
+    return plain[2 : 2 + size], plain[2 + size :], None
 
 
 def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Opened:
@@ -284,16 +295,23 @@ def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Ope
     if at != len(blob):
         raise ValueError("malformed encrypted record")
     rest = plain[read:]
+    around: list[bytes | memoryview] = []
+    texts: dict[str, bytes] = {}
     pieces: list[bytes | memoryview] = []
     done = 0
     label = _APART_LABEL + key.encode()
-    for _, offset, sealed in places:
+    for name, offset, sealed in places:
         if not done <= offset <= len(rest):
             raise ValueError("malformed encrypted record")
-        pieces += (rest[done:offset], cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label))
+        text = cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label)
+        around.append(rest[done:offset])
+        pieces += (around[-1], text)
+        texts[name] = text
         done = offset
-    pieces.append(rest[done:])
-    return header, b"".join(pieces), {name: sealed for name, _, sealed in places}
+    around.append(rest[done:])
+    pieces.append(around[-1])
+    seals = {name: sealed for name, _, sealed in places}
+    return header, b"".join(pieces), ApartValues(seals, texts, around)
 
 
 def seal_header(ip: str | None, names: Sequence[str]) -> bytes:

@@ -293,6 +293,13 @@ class JSONSerializer:
         ``None`` if it is not a plain one (it holds tagged values, or is older)."""
         return plain.parts(data)
 
+    def parts_around(
+        self, around: Sequence[bytes | memoryview], values: Mapping[str, plain.Part]
+    ) -> Mapping[str, plain.Part] | None:
+        """Like :meth:`parts`, for a record given as the encodings of some of its values
+        by key and the pieces of it *around* them, which alone are scanned."""
+        return plain.parts_around(around, values)
+
     def encodes_as(self, value: Any, part: plain.Part) -> bool:
         """Whether *value* is exactly what *part*, from :meth:`parts`, encodes: the
         same JSON, and made only of the types that JSON gives back as they are."""
