@@ -215,3 +215,18 @@ def test_a_damaged_record_with_values_apart_does_not_open(damage: Any) -> None:
     blob, _, _ = _sealed_with_values_apart(session_id)
     with pytest.raises(ValueError):
         open_sealed(session_id, *_BINDING, damage(blob))
+
+
+def test_a_seal_moved_from_one_layout_to_the_other_does_not_open() -> None:
+    """The main seal binds its layout: the ciphertext of a record without values apart,
+    framed as one with (no values, a length in front), fails to open, and the reverse."""
+    session_id = secrets.token_urlsafe(32)
+    plain = seal(session_id, *_BINDING, b"", b"\0\0 {}")
+    body = plain[len(APART_MAGIC) + _NONCE :]
+    framed = APART_MAGIC + plain[len(APART_MAGIC) : len(APART_MAGIC) + _NONCE]
+    framed += len(body).to_bytes(4, "big") + body
+    with pytest.raises(ValueError, match="does not authenticate"):
+        open_sealed(session_id, *_BINDING, framed)
+    apart, _, _ = _sealed_with_values_apart(session_id)
+    with pytest.raises(ValueError, match="does not authenticate"):
+        open_sealed(session_id, *_BINDING, _sealing.MAGIC + apart[len(APART_MAGIC) :])

@@ -21,7 +21,7 @@ header, then for each value its key, where its text goes in the data, and its se
 length, nonce and tag, then the rest of the data. The values' seals bind the store
 key; the main seal binds each of them by its nonce and tag (a GCM tag under the
 session's key is unforgeable), so a value's seal can't be swapped for an older one of
-the same session, and the main seal binds the version as before.
+the same session, and binds what a plain seal binds, and its layout.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ _PLACE: Final = struct.Struct(">II")
 _LABEL: Final = b"wsgisession record key v1"
 # What a value sealed apart authenticates besides itself, before the store key.
 _APART_LABEL: Final = b"wsgisession value apart v1\x00"
+# What the main seal of a record with values apart binds after the record's place,
+# so that neither layout's seal can be read as the other's.
+_APART_LAYOUT: Final = b"\x00values apart"
 # HMAC's padded key XOR ipad and XOR opad (RFC 2104), byte by byte, as translate tables.
 _IPAD: Final = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD: Final = bytes(byte ^ 0x5C for byte in range(256))
@@ -226,7 +229,7 @@ def seal(
             sealed[:_NONCE],
             sealed[-_TAG:],
         )
-    main = cipher.encrypt(nonce, b"".join(index) + payload, bound)
+    main = cipher.encrypt(nonce, b"".join(index) + payload, bound + _APART_LAYOUT)
     seals = [value.sealed for value in apart]
     return b"".join([APART_MAGIC, nonce, _MAIN.pack(len(main)), main, *seals])
 
@@ -252,7 +255,7 @@ def open_sealed(
     bound = _bound(key, version, user_id, meta)
     try:
         if blob[:_START] == APART_MAGIC:
-            return _open_apart(cipher, key, bound, memoryview(blob))
+            return _open_apart(cipher, key, bound + _APART_LAYOUT, memoryview(blob))
         plain = cipher.decrypt(blob[_START:_BODY], blob[_BODY:], bound)
     except InvalidTag:
         raise ValueError("encrypted record does not authenticate") from None
