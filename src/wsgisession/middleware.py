@@ -137,8 +137,11 @@ class SessionMiddleware:
         except BaseException:
             session.fail()
             raise
+        plain = type(iterable) in _PLAIN_BODIES
         try:
-            sent = session.send_headers()
+            # A list's iteration runs no application code: nothing is left to save once
+            # its headers are out, so the server gets the body itself.
+            sent = session.send_headers(plain)
         except StoreError as exc:
             _close(iterable)
             if self._on_save_error is None:
@@ -155,10 +158,12 @@ class SessionMiddleware:
                     self._answer_save_error, environ, start_response, session
                 )
             return _Response(iterable, session, answer)
-        if type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ):
-            # The headers are out and iterating a list or a file runs no application
-            # code: nothing is left to save, so the server gets the body itself (and,
-            # for a file, can send it with sendfile()).
+        if plain:
+            return iterable  # the session was finished with its headers
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(iterable, wrapper):
+            # Iterating the server's file wrapper runs no application code either, and
+            # the server can send the file with sendfile().
             session.hand_over()
             return iterable
         # The headers are out: the body only has to tell the session how it ended.
@@ -265,12 +270,6 @@ def get_session(environ: WSGIEnvironment) -> Session:
 
 #: Bodies whose iteration runs no application code, so nothing can happen during it.
 _PLAIN_BODIES: Final = (list, tuple)
-
-
-def _is_file_wrapper(iterable: Iterable[bytes], environ: WSGIEnvironment) -> bool:
-    """Whether *iterable* is the server's ``wsgi.file_wrapper`` around a file."""
-    wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and isinstance(iterable, wrapper)
 
 
 def _close(iterable: Iterable[bytes]) -> None:

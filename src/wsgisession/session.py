@@ -67,7 +67,8 @@ class Session(SessionState, MutableMapping[str, Any]):
         saver = self._saver
         saver.metrics.count("requests")
         now = _clock.now()
-        header = self._environ.get("HTTP_COOKIE")
+        environ = self._request()
+        header = environ.get("HTTP_COOKIE")
         self._cookie = self._cookies.read(header) if header else None
         self._expired = False
         self._foreign = False
@@ -86,7 +87,7 @@ class Session(SessionState, MutableMapping[str, Any]):
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
             try:
-                loaded = saver.load(self._cookie.session_id, key, self._environ, now)
+                loaded = saver.load(self._cookie.session_id, key, environ, now)
             except BaseException:
                 # Left unloaded, the next touch asks the store again (and fails loudly
                 # while it is down), and the response does not save a half-made session.
