@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from ._snapshot import Snapshot
     from .cookies import CookieId, SessionCookie
 
+    #: What every session of one middleware shares: its saver, its cookie codec, and
+    #: what makes a new session's data.
+    Kit = tuple[Saver, SessionCookie, Callable[[], dict[str, Any]] | None]
+
 __all__ = ["FINISHED", "HEADERS_SENT", "OPEN", "SessionState"]
 
 #: What a finished, loaded session keeps of its request: nothing.
@@ -79,6 +83,7 @@ class SessionState:
         "_initial",
         "_invalidated",
         "_kept",
+        "_kit",
         "_loaded",
         "_moved",
         "_new",
@@ -99,6 +104,9 @@ class SessionState:
     )
 
     # Set on the session's first touch (see Session._load), and kept by this class.
+    _saver: Saver
+    _cookies: SessionCookie
+    _initial: Callable[[], dict[str, Any]] | None
     _cookie: CookieId | None
     _id: str | None
     _stored_id: str
@@ -136,20 +144,12 @@ class SessionState:
     #: What a session finished unread kept of its request: the cookie header and address.
     _kept: tuple[str | None, str | None]
 
-    def __init__(
-        self,
-        saver: Saver,
-        cookies: SessionCookie,
-        initial: Callable[[], dict[str, Any]] | None,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-    ) -> None:
+    def __init__(self, kit: Kit, environ: WSGIEnvironment, start_response: StartResponse) -> None:
         # The state every request needs; the rest is set on first touch, or as the
         # response starts. A request that never touches its session pays for this
-        # object alone, which is why it also holds the response's headers back.
-        self._saver = saver
-        self._cookies = cookies
-        self._initial = initial
+        # object alone, which is why it also holds the response's headers back, and
+        # why the kit's parts are unpacked only on that touch.
+        self._kit = kit
         self._environ = environ
         self._server_start_response = start_response
         self._pending = None

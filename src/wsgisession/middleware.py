@@ -23,6 +23,8 @@ from .users import SessionInfo, is_handle, list_user_sessions
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._response import Kit
+
 
 __all__ = ["SessionMiddleware", "get_session"]
 
@@ -68,8 +70,7 @@ class SessionMiddleware:
             config.serializer, config.secret_key, config.secret_key_fallbacks
         )
         self._saver = Saver(config, self.store, serializer)
-        self._cookies = SessionCookie(config)
-        self._initial = _initial_data(config.initializer)
+        self._kit: Kit = (self._saver, SessionCookie(config), _initial_data(config.initializer))
         self._environ_key = config.environ_key
         self._on_save_error = config.on_save_error
         self._purger: Purger | None = None
@@ -129,7 +130,7 @@ class SessionMiddleware:
         purger = self._purger
         if purger is not None and not purger.started:
             purger.start()
-        session = Session(self._saver, self._cookies, self._initial, environ, start_response)
+        session = Session(self._kit, environ, start_response)
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
         try:
@@ -137,10 +138,11 @@ class SessionMiddleware:
         except BaseException:
             session.fail()
             raise
-        plain = type(iterable) in _PLAIN_BODIES
+        kind = type(iterable)
+        plain = kind is list or kind is tuple
         try:
-            # A list's iteration runs no application code: nothing is left to save once
-            # its headers are out, so the server gets the body itself.
+            # A list's or tuple's iteration runs no application code: nothing is left to
+            # save once its headers are out, so the server gets the body itself.
             sent = session.send_headers(plain)
         except StoreError as exc:
             _close(iterable)
@@ -266,10 +268,6 @@ def get_session(environ: WSGIEnvironment) -> Session:
             "no session in this environ: wrap the application in SessionMiddleware"
         ) from None
     return session
-
-
-#: Bodies whose iteration runs no application code, so nothing can happen during it.
-_PLAIN_BODIES: Final = (list, tuple)
 
 
 def _close(iterable: Iterable[bytes]) -> None:

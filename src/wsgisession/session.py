@@ -57,6 +57,7 @@ class Session(SessionState, MutableMapping[str, Any]):
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
+        self._saver, self._cookies, self._initial = self._kit
         if self._stage is not OPEN:
             # The response can no longer say Vary: Cookie, so a shared cache might hand
             # what this body shows to another user.
