@@ -236,6 +236,35 @@ def test_a_session_first_read_once_its_response_is_finished_still_loads() -> Non
         sessions[0]["n"] = 2
 
 
+@pytest.mark.parametrize("complete", [True, False], ids=["exhausted", "abandoned"])
+def test_a_session_first_read_once_its_streamed_response_closed_still_loads(
+    complete: bool,
+) -> None:
+    """As above, for a body the session wraps: closing it finishes the untouched session,
+    which keeps the cookie, and closing it twice keeps it too."""
+    store = MemoryStore()
+    cookie = _seeded(store)
+    sessions: list[Session] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        sessions.append(environ["session"])
+        start_response("200 OK", [])
+        return iter([b"one", b"two"])
+
+    middleware = SessionMiddleware(app, secret_key=SECRET, store=store, cleanup_interval=0)
+    response = middleware(wsgi_environ(cookie=cookie), lambda *args: None)
+    chunks = iter(response)
+    assert next(chunks) == b"one"
+    if complete:
+        assert list(chunks) == [b"two"]
+    response.close()  # type: ignore[attr-defined]
+    response.close()  # type: ignore[attr-defined]
+    assert not sessions[0].accessed
+    assert sessions[0]["n"] == 1
+    with pytest.raises(SessionError, match="response is finished"):
+        sessions[0]["n"] = 2
+
+
 def test_an_error_page_started_once_the_response_is_finished_reaches_the_server() -> None:
     """A late start_response with exc_info goes to the server, whose rules decide (PEP
     3333: it re-raises once headers were sent), as before the session held it."""

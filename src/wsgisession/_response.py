@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from ._snapshot import Snapshot
     from .cookies import CookieId, SessionCookie
 
+    #: What every session of one middleware shares: its saver, its cookie codec, and
+    #: what makes a new session's data.
+    Kit = tuple[Saver, SessionCookie, Callable[[], dict[str, Any]] | None]
+
 __all__ = ["FINISHED", "HEADERS_SENT", "OPEN", "SessionState"]
 
 #: What a finished, loaded session keeps of its request: nothing.
@@ -78,6 +82,8 @@ class SessionState:
         "_id",
         "_initial",
         "_invalidated",
+        "_kept",
+        "_kit",
         "_loaded",
         "_moved",
         "_new",
@@ -98,6 +104,9 @@ class SessionState:
     )
 
     # Set on the session's first touch (see Session._load), and kept by this class.
+    _saver: Saver
+    _cookies: SessionCookie
+    _initial: Callable[[], dict[str, Any]] | None
     _cookie: CookieId | None
     _id: str | None
     _stored_id: str
@@ -132,21 +141,15 @@ class SessionState:
     _server_write: Callable[[bytes], object]
     #: The request's environ, read lazily (an inner middleware may change it first).
     _environ: Mapping[str, Any]
+    #: What a session finished unread kept of its request: the cookie header and address.
+    _kept: tuple[str | None, str | None]
 
-    def __init__(
-        self,
-        saver: Saver,
-        cookies: SessionCookie,
-        initial: Callable[[], dict[str, Any]] | None,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-    ) -> None:
+    def __init__(self, kit: Kit, environ: WSGIEnvironment, start_response: StartResponse) -> None:
         # The state every request needs; the rest is set on first touch, or as the
         # response starts. A request that never touches its session pays for this
-        # object alone, which is why it also holds the response's headers back.
-        self._saver = saver
-        self._cookies = cookies
-        self._initial = initial
+        # object alone, which is why it also holds the response's headers back, and
+        # why the kit's parts are unpacked only on that touch.
+        self._kit = kit
         self._environ = environ
         self._server_start_response = start_response
         self._pending = None
@@ -258,11 +261,13 @@ class SessionState:
         self._server_write = self._server_start_response(status, headers, exc_info)
         return self._server_write
 
-    def send_headers(self) -> bool:
+    def send_headers(self, last: bool = False) -> bool:
         """Save the session and pass the held-back status and headers on to the server.
 
         Return whether the headers are out: ``False`` while the application has not
         called ``start_response`` yet (a generator calls it during its first step).
+        With *last*, a body that runs no code follows, so once the headers are out the
+        response is finished too (see :meth:`hand_over`).
 
         :raises StoreError: The save failed; nothing went to the server.
         """
@@ -275,10 +280,20 @@ class SessionState:
             extra = self.respond(status)
             if extra is not None:
                 headers = _with_headers(headers, extra)
-        else:
-            self._stage = HEADERS_SENT  # what respond() does, without the call
-        # Some start_response callables (web.py's test helper) take two arguments.
+            # Some start_response callables (web.py's test helper) take two arguments.
+            self._server_write = self._server_start_response(status, headers)
+            if last:
+                self.hand_over()
+            return True
+        # Never touched: no header to add, and what respond() and hand_over() would do
+        # done here, since a request that never touches its session pays for every call.
+        self._stage = HEADERS_SENT
         self._server_write = self._server_start_response(status, headers)
+        if last:
+            self._stage = FINISHED
+            environ = self._environ
+            self._kept = (environ.get("HTTP_COOKIE"), environ.get("REMOTE_ADDR"))
+            self._environ = _NO_REQUEST
         return True
 
     def _write(self, data: bytes) -> object:
@@ -322,10 +337,19 @@ class SessionState:
         read during the body, and ending a user's oldest sessions when this one was
         linked to them.
         """
+        if not self._loaded:
+            # Nothing to save, failed or not: what hand_over() does, inlined, as every
+            # untouched response with a streamed body comes here.
+            if self._stage is not FINISHED:
+                self._stage = FINISHED
+                environ = self._environ
+                self._kept = (environ.get("HTTP_COOKIE"), environ.get("REMOTE_ADDR"))
+                self._environ = _NO_REQUEST
+            return
         try:
             if not completed:
                 self._failed = True
-            if self._loaded and self._stage is HEADERS_SENT and not self._failed:
+            if self._stage is HEADERS_SENT and not self._failed:
                 self._save_late(_clock.now())
         finally:
             self.hand_over()
@@ -335,20 +359,26 @@ class SessionState:
 
         :meth:`close` ends with it too.
         """
+        if self._stage is FINISHED:
+            return  # what it kept of the request is already all it has
         self._stage = FINISHED
         # The environ holds the session, so holding the environ makes a reference cycle,
         # which only the garbage collector frees: on every request, a third of what an
         # untouched session costs. A finished session keeps just what a first read of
-        # it, once over, takes from the request, as it is now: a loaded one reads
-        # nothing more.
-        if self._loaded:
-            self._environ = _NO_REQUEST
-        else:
+        # it, once over, takes from the request, as it is now (a loaded one reads
+        # nothing more): in a tuple, as building a dict of the two cost more than the
+        # rest of an untouched request. send_headers() and close() do the same inline.
+        if not self._loaded:
             environ = self._environ
-            self._environ = {
-                "HTTP_COOKIE": environ.get("HTTP_COOKIE"),
-                "REMOTE_ADDR": environ.get("REMOTE_ADDR"),
-            }
+            self._kept = (environ.get("HTTP_COOKIE"), environ.get("REMOTE_ADDR"))
+        self._environ = _NO_REQUEST
+
+    def _request(self) -> Mapping[str, Any]:
+        """The request's environ, or what the session kept of it once finished unread."""
+        if self._stage is not FINISHED:
+            return self._environ
+        cookie, address = self._kept
+        return {"HTTP_COOKIE": cookie, "REMOTE_ADDR": address}
 
     def _save_for_response(self, now: float) -> list[tuple[str, str]]:
         issue = False

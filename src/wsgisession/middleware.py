@@ -23,6 +23,8 @@ from .users import SessionInfo, is_handle, list_user_sessions
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._response import Kit
+
 
 __all__ = ["SessionMiddleware", "get_session"]
 
@@ -68,8 +70,7 @@ class SessionMiddleware:
             config.serializer, config.secret_key, config.secret_key_fallbacks
         )
         self._saver = Saver(config, self.store, serializer)
-        self._cookies = SessionCookie(config)
-        self._initial = _initial_data(config.initializer)
+        self._kit: Kit = (self._saver, SessionCookie(config), _initial_data(config.initializer))
         self._environ_key = config.environ_key
         self._on_save_error = config.on_save_error
         self._purger: Purger | None = None
@@ -129,7 +130,7 @@ class SessionMiddleware:
         purger = self._purger
         if purger is not None and not purger.started:
             purger.start()
-        session = Session(self._saver, self._cookies, self._initial, environ, start_response)
+        session = Session(self._kit, environ, start_response)
         environ[self._environ_key] = session
         environ[ENVIRON_KEY] = session
         try:
@@ -137,8 +138,12 @@ class SessionMiddleware:
         except BaseException:
             session.fail()
             raise
+        kind = type(iterable)
+        plain = kind is list or kind is tuple
         try:
-            sent = session.send_headers()
+            # A list's or tuple's iteration runs no application code: nothing is left to
+            # save once its headers are out, so the server gets the body itself.
+            sent = session.send_headers(plain)
         except StoreError as exc:
             _close(iterable)
             if self._on_save_error is None:
@@ -155,10 +160,12 @@ class SessionMiddleware:
                     self._answer_save_error, environ, start_response, session
                 )
             return _Response(iterable, session, answer)
-        if type(iterable) in _PLAIN_BODIES or _is_file_wrapper(iterable, environ):
-            # The headers are out and iterating a list or a file runs no application
-            # code: nothing is left to save, so the server gets the body itself (and,
-            # for a file, can send it with sendfile()).
+        if plain:
+            return iterable  # the session was finished with its headers
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(iterable, wrapper):
+            # Iterating the server's file wrapper runs no application code either, and
+            # the server can send the file with sendfile().
             session.hand_over()
             return iterable
         # The headers are out: the body only has to tell the session how it ended.
@@ -261,16 +268,6 @@ def get_session(environ: WSGIEnvironment) -> Session:
             "no session in this environ: wrap the application in SessionMiddleware"
         ) from None
     return session
-
-
-#: Bodies whose iteration runs no application code, so nothing can happen during it.
-_PLAIN_BODIES: Final = (list, tuple)
-
-
-def _is_file_wrapper(iterable: Iterable[bytes], environ: WSGIEnvironment) -> bool:
-    """Whether *iterable* is the server's ``wsgi.file_wrapper`` around a file."""
-    wrapper = environ.get("wsgi.file_wrapper")
-    return isinstance(wrapper, type) and isinstance(iterable, wrapper)
 
 
 def _close(iterable: Iterable[bytes]) -> None:

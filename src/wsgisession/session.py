@@ -57,6 +57,7 @@ class Session(SessionState, MutableMapping[str, Any]):
     def _load(self) -> None:
         """Read the cookie and the stored record: the session's first touch."""
         self._loaded = True
+        self._saver, self._cookies, self._initial = self._kit
         if self._stage is not OPEN:
             # The response can no longer say Vary: Cookie, so a shared cache might hand
             # what this body shows to another user.
@@ -67,7 +68,8 @@ class Session(SessionState, MutableMapping[str, Any]):
         saver = self._saver
         saver.metrics.count("requests")
         now = _clock.now()
-        header = self._environ.get("HTTP_COOKIE")
+        environ = self._request()
+        header = environ.get("HTTP_COOKIE")
         self._cookie = self._cookies.read(header) if header else None
         self._expired = False
         self._foreign = False
@@ -86,7 +88,7 @@ class Session(SessionState, MutableMapping[str, Any]):
         if self._cookie is not None:
             key = store_key(self._cookie.session_id)
             try:
-                loaded = saver.load(self._cookie.session_id, key, self._environ, now)
+                loaded = saver.load(self._cookie.session_id, key, environ, now)
             except BaseException:
                 # Left unloaded, the next touch asks the store again (and fails loudly
                 # while it is down), and the response does not save a half-made session.
