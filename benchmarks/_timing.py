@@ -1,14 +1,15 @@
-"""Calling WSGI apps in process and timing them in interleaved, rotating rounds.
+"""Calling WSGI apps in process and timing them in interleaved, shuffled rounds.
 
 The machine's CPU speed swings in short episodes, so no contender is timed in one long
-run: each round runs one short batch of every contender, the order rotating from round
-to round, and the figures are medians over rounds. Ratios are taken within a round
+run: each round runs one short batch of every contender, in an order shuffled afresh
+each round, and the figures are medians over rounds. Ratios are taken within a round
 (both sides saw the same CPU) and their median reported. GC stays on.
 """
 
 from __future__ import annotations
 
 import io
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -176,14 +177,21 @@ def interleave(
     batch_seconds: float,
     on_round: Callable[[int], None] | None = None,
 ) -> Timings:
-    """Time *contenders* in *rounds* rounds of one batch each, rotating the order."""
+    """Time *contenders* in *rounds* rounds of one batch each, in an order shuffled
+    afresh each round (from a fixed seed, so runs repeat).
+
+    Not merely rotated: a rotation keeps every contender's neighbours, and the one that
+    runs after another library finds the caches cold for its own code, where its twin
+    run just after it finds them warm. A contender paired with the one it always
+    followed would carry that cost in every round.
+    """
     for contender in contenders:
         contender.batch = calibrate(contender, batch_seconds)
     timings = Timings({c.name: [] for c in contenders})
-    order = list(contenders)
     for index in range(rounds):
-        shift = index % len(order)
-        for contender in order[shift:] + order[:shift]:
+        order = list(contenders)
+        random.Random(f"round {index}").shuffle(order)
+        for contender in order:
             took = run(contender.app, contender.environ, contender.batch)
             timings.rounds[contender.name].append(took / contender.batch)
         if on_round is not None:

@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             "versions": _versions(args, down),
             "method": (
                 f"In-process WSGI calls; {args.rounds} rounds, each running one batch of"
-                f" ~{args.batch_ms:g} ms of every contender in rotating order; medians over"
-                " rounds (three times as many for *untouched*); ratios paired round by round;"
-                " GC on."
+                f" ~{args.batch_ms:g} ms of every contender in an order shuffled each round;"
+                " medians over rounds (three times as many for *untouched*); ratios paired"
+                " round by round; GC on."
             ),
             "rounds": args.rounds,
             "batch_ms": args.batch_ms,
