@@ -27,7 +27,7 @@ from tests.helpers import (
     twin,
 )
 from wsgisession import ConfigError, Session, SessionMiddleware
-from wsgisession._sealing import APART_MAGIC, is_sealed, open_sealed
+from wsgisession._sealing import Opened, is_sealed, open_sealed
 from wsgisession._snapshot import PLAIN_META
 from wsgisession.config import Config
 from wsgisession.stores import Record, Store
@@ -163,10 +163,11 @@ def _big_client(store: Store) -> tuple[Client, SessionMiddleware]:
     return make_client(routes, store=store)
 
 
-def _seal_of(client: Client, store: Store, name: str) -> bytes:
+def _opened(client: Client, store: Store) -> Opened:
+    """What the record of *client*'s session holds, opened with its own id."""
     record = store.load(key_of(client))
-    assert record is not None and record.data.startswith(APART_MAGIC)
-    _, _, apart = open_sealed(
+    assert record is not None
+    return open_sealed(
         session_id_of(client),
         key_of(client),
         record.version,
@@ -174,7 +175,11 @@ def _seal_of(client: Client, store: Store, name: str) -> bytes:
         record.meta,
         record.data,
     )
-    assert apart is not None
+
+
+def _seal_of(client: Client, store: Store, name: str) -> bytes:
+    _, _, apart = _opened(client, store)
+    assert apart is not None, "no value of the record was sealed apart"
     return bytes(apart.seals[name])
 
 
@@ -394,16 +399,7 @@ def test_sealed_pickle_records_carry_no_signature_of_their_own() -> None:
     store = MemoryStore()
     client, _ = _client(store, serializer="pickle")
     client.get("/put")
-    record = store.load(key_of(client))
-    assert record is not None
-    payload = open_sealed(
-        session_id_of(client),
-        key_of(client),
-        record.version,
-        record.user_id,
-        record.meta,
-        record.data,
-    )[1]
+    payload = _opened(client, store)[1]
     assert pickle.loads(payload)[SECRET_NAME] == SECRET_VALUE
     assert body(client.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
 
