@@ -13,10 +13,9 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Final, NoReturn
 
 from ._sealing import (
-    APART_MAGIC,
-    MAGIC,
     Apart,
     ApartValues,
+    is_sealed,
     open_header,
     open_sealed,
     seal,
@@ -30,8 +29,6 @@ from .stores.base import CorruptRecord, Record
 
 __all__ = ["Codec"]
 
-# Read on every load: the length of a sealed record's prefix, as a constant.
-_SEALED: Final = len(MAGIC)
 # Below this many bytes of data, encoding a session afresh costs less than taking the
 # stored record apart to reuse its unchanged keys.
 _REUSE_FROM: Final = 1024
@@ -110,15 +107,12 @@ class Codec:
                 header = seal_header(ip, names)
             else:
                 meta, header = encode_meta(remember, None, (), agent, address), b""
-            if reuse and self._json is not None:
-                payload, cuts = self._json.dumps_cut(data, reuse, _APART_FROM)
-                apart = self._apart(session_id, key, base, reuse, cuts)
-            else:
-                payload, apart = dumps_bytes(self._sealed_serializer, data), []
+            payload, cuts = self._dumps(self._sealed_serializer, data, reuse, _APART_FROM)
+            apart = self._apart(session_id, key, base, reuse, cuts)
             blob = seal(session_id, key, version, user_id, meta, header, payload, apart)
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
-            blob = self._dumps(self._serializer, data, reuse)
+            blob, _ = self._dumps(self._serializer, data, reuse)
         size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
         if size > self._max_size:
             self._too_big(size)
@@ -144,8 +138,7 @@ class Codec:
         timed, remember, ip = decode_meta(record.meta)
         blob = record.data
         apart = None
-        kind = blob[:_SEALED]
-        if kind == MAGIC or kind == APART_MAGIC:
+        if is_sealed(blob):
             try:
                 header, blob, apart = open_sealed(
                     session_id, key, record.version, record.user_id, record.meta, blob
@@ -188,11 +181,18 @@ class Codec:
         return {k for k in keys if k in data and (k not in parts or not same(data[k], parts[k]))}
 
     def _dumps(
-        self, serializer: Serializer, data: dict[str, Any], reuse: Mapping[str, Any]
-    ) -> bytes:
+        self,
+        serializer: Serializer,
+        data: dict[str, Any],
+        reuse: Mapping[str, Any],
+        cut_from: int | None = None,
+    ) -> tuple[bytes, list[tuple[str, int, Any]]]:
+        """*data* encoded, reusing the stored encodings in *reuse*, with the values of
+        *cut_from* bytes or more left out and returned apart (only when reusing: a
+        record encoded afresh leaves nothing out)."""
         if reuse and self._json is not None:
-            return self._json.dumps(data, reuse)
-        return dumps_bytes(serializer, data)
+            return self._json.dumps_cut(data, reuse, cut_from)
+        return dumps_bytes(serializer, data), []
 
     @staticmethod
     def _apart(

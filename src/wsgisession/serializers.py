@@ -263,10 +263,10 @@ class JSONSerializer:
             return _TAGGED + _ENCODE_ASCII(_prep(obj)).encode()
 
     def dumps_cut(
-        self, obj: Any, reuse: Mapping[str, plain.Part], cut_from: int
+        self, obj: Any, reuse: Mapping[str, plain.Part], cut_from: int | None
     ) -> tuple[bytes, list[tuple[str, int, plain.Part]]]:
         """Encode *obj* as :meth:`dumps` does, leaving out of a plain record the values
-        whose encoding is *cut_from* bytes or more.
+        whose encoding is *cut_from* bytes or more (none, with ``None``).
 
         Returns the record without them, and each of them as its key, the offset in
         the record where its encoding belongs, and the encoding; a record with tagged
