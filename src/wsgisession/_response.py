@@ -338,13 +338,7 @@ class SessionState:
         linked to them.
         """
         if not self._loaded:
-            # Nothing to save, failed or not: what hand_over() does, inlined, as every
-            # untouched response with a streamed body comes here.
-            if self._stage is not FINISHED:
-                self._stage = FINISHED
-                environ = self._environ
-                self._kept = (environ.get("HTTP_COOKIE"), environ.get("REMOTE_ADDR"))
-                self._environ = _NO_REQUEST
+            self.hand_over()  # nothing to save, failed or not
             return
         try:
             if not completed:
@@ -367,7 +361,8 @@ class SessionState:
         # untouched session costs. A finished session keeps just what a first read of
         # it, once over, takes from the request, as it is now (a loaded one reads
         # nothing more): in a tuple, as building a dict of the two cost more than the
-        # rest of an untouched request. send_headers() and close() do the same inline.
+        # rest of an untouched request. send_headers() does the same inline, for a list
+        # body, the commonest untouched response.
         if not self._loaded:
             environ = self._environ
             self._kept = (environ.get("HTTP_COOKIE"), environ.get("REMOTE_ADDR"))
