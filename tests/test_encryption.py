@@ -183,11 +183,16 @@ def _seal_of(client: Client, store: Store, name: str) -> bytes:
     return bytes(apart.seals[name])
 
 
-def test_a_big_value_unchanged_by_a_save_keeps_its_seal(store: Store, tmp_path: Path) -> None:
+def _cart_sealed_apart(store: Store) -> tuple[Client, SessionMiddleware, bytes]:
+    """A client whose session holds the big cart, sealed apart, and the cart's seal."""
     client, middleware = _big_client(store)
     client.get("/big")
     client.get("/count")  # the first save that can copy it seals it apart
-    sealed = _seal_of(client, store, "cart")
+    return client, middleware, _seal_of(client, store, "cart")
+
+
+def test_a_big_value_unchanged_by_a_save_keeps_its_seal(store: Store, tmp_path: Path) -> None:
+    client, middleware, sealed = _cart_sealed_apart(store)
     client.get("/count")
     assert _seal_of(client, store, "cart") == sealed
     assert body(client.get("/peek"))["data"] == {"cart": BIG_VALUE, "n": 3}
@@ -197,20 +202,14 @@ def test_a_big_value_unchanged_by_a_save_keeps_its_seal(store: Store, tmp_path: 
 
 
 def test_a_big_value_changed_is_sealed_afresh(store: Store) -> None:
-    client, _ = _big_client(store)
-    client.get("/big")
-    client.get("/count")
-    sealed = _seal_of(client, store, "cart")
+    client, _, sealed = _cart_sealed_apart(store)
     client.get("/grow")
     assert _seal_of(client, store, "cart") != sealed
     assert body(client.get("/peek"))["data"]["cart"] == [*BIG_VALUE, {"sku": "SKU-new"}]
 
 
 def test_regenerate_seals_big_values_afresh_under_the_new_id(store: Store) -> None:
-    client, _ = _big_client(store)
-    client.get("/big")
-    client.get("/count")
-    sealed = _seal_of(client, store, "cart")
+    client, _, sealed = _cart_sealed_apart(store)
     client.get("/login")
     record = store.load(key_of(client))
     assert record is not None and sealed not in record.data
