@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 
 from wsgisession import _sealing
-from wsgisession._sealing import APART_MAGIC, Apart, derive_key, open_sealed, seal, seal_apart
+from wsgisession._sealing import (
+    APART_MAGIC,
+    Apart,
+    derive_key,
+    open_header,
+    open_sealed,
+    seal,
+    seal_apart,
+    seal_header,
+)
 
 _NONCE = 12
 
@@ -230,3 +239,11 @@ def test_a_seal_moved_from_one_layout_to_the_other_does_not_open() -> None:
     apart, _, _ = _sealed_with_values_apart(session_id)
     with pytest.raises(ValueError, match="does not authenticate"):
         open_sealed(session_id, *_BINDING, _sealing.MAGIC + apart[len(APART_MAGIC) :])
+
+
+@pytest.mark.parametrize("name", ["plain", "\xe9t\xe9 \u2603", "lone \udc80 surrogate"])
+def test_the_sealed_header_keeps_any_key_name_and_the_bound_address(name: str) -> None:
+    # A key name is any str, a lone surrogate included, which UTF-8 can't encode.
+    header = seal_header("203.0.113.9", [name, "other"])
+    assert open_header(header, [10.5, 20.0]) == ("203.0.113.9", {name: 10.5, "other": 20.0})
+    assert seal_header(None, []) == b"" and open_header(b"", []) == (None, {})

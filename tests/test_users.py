@@ -167,6 +167,21 @@ def test_user_sessions_lists_newest_first_with_details(store: Store, clock: Fake
     assert newest.expires_at > newest.last_seen >= newest.created_at
 
 
+@pytest.mark.parametrize(
+    "agent",
+    ["Navigateur \xe9t\xe9 \u2603", "lone \udc80 surrogate"],
+    ids=["non-ascii", "surrogate"],
+)
+def test_any_user_agent_string_is_kept(store: Store, agent: str) -> None:
+    # A server's environ may hold any str, a lone surrogate included, which UTF-8 can't
+    # encode: the session is saved all the same, and the agent listed as it came.
+    middleware = user_app(store, track_clients=True)
+    client = log_in(middleware, HTTP_USER_AGENT=agent)
+    [info] = middleware.user_sessions("ann")
+    assert info.user_agent == agent
+    assert body(client.get("/"))["handle"] == info.handle
+
+
 def test_details_are_absent_without_track_clients(store: Store) -> None:
     middleware = user_app(store)
     log_in(middleware, HTTP_USER_AGENT="browser", REMOTE_ADDR="10.0.0.1")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,8 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ._snapshot import compact_json, read_json
 
 __all__ = [
     "APART_MAGIC",
@@ -327,7 +328,7 @@ def seal_header(ip: str | None, names: Sequence[str]) -> bytes:
         header["ip"] = ip
     if names:
         header["t"] = list(names)
-    return json.dumps(header, separators=(",", ":")).encode()
+    return compact_json(header)
 
 
 def open_header(
@@ -341,7 +342,7 @@ def open_header(
     """
     if not header and not times:
         return None, {}
-    fields = json.loads(header) if header else {}
+    fields = read_json(header) if header else {}
     if not isinstance(fields, dict):
         raise ValueError("malformed sealed header")
     ip, names = fields.get("ip"), fields.get("t", [])

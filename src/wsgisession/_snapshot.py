@@ -10,9 +10,11 @@ a ``bind_ip`` session is bound to, per-key deadlines, and client details for
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
+
+import orjson
 
 from ._changes import Step, replay
 from ._expiry import key_live
@@ -24,9 +26,11 @@ __all__ = [
     "RecordText",
     "Snapshot",
     "client_details",
+    "compact_json",
     "decode_meta",
     "encode_meta",
     "merge",
+    "read_json",
 ]
 
 #: The format of ``Record.meta``; a record of another format is a missing session.
@@ -34,6 +38,9 @@ META_FORMAT: Final = 1
 # The meta of most records (not remembered, no key timeouts, no client details), which
 # needs no JSON either way.
 PLAIN_META: Final = json.dumps({"v": META_FORMAT}, separators=(",", ":")).encode()
+
+# What a key's deadline may be in the meta (a tuple: a union is built each time it's named).
+_NUMBERS: Final = (int, float)
 
 #: Longest ``User-Agent`` kept for ``user_sessions()``.
 MAX_USER_AGENT: Final = 200
@@ -112,7 +119,32 @@ def encode_meta(
         meta["ra"] = remote_addr
     if len(meta) == 1:
         return PLAIN_META
-    return json.dumps(meta, separators=(",", ":")).encode()
+    return compact_json(meta)
+
+
+def compact_json(obj: dict[str, Any]) -> bytes:
+    """*obj*, a dict of strings, numbers and lists of them, as compact JSON.
+
+    orjson writes it some twenty times faster than :func:`json.dumps`; a string it
+    refuses (a lone surrogate, which a server's environ may hold) goes through
+    :func:`json.dumps`, which escapes it.
+    """
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def read_json(blob: bytes) -> Any:
+    """What :func:`compact_json` wrote: orjson reads it, unless it holds an escaped
+    lone surrogate, which only :func:`json.loads` takes.
+
+    :raises ValueError: *blob* is not JSON.
+    """
+    try:
+        return orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return json.loads(blob)
 
 
 def decode_meta(blob: bytes) -> tuple[dict[str, float] | list[float], bool, str | None]:
@@ -124,14 +156,20 @@ def decode_meta(blob: bytes) -> tuple[dict[str, float] | list[float], bool, str 
     """
     if blob == PLAIN_META:
         return {}, False, None
-    meta = json.loads(blob) if blob else None
+    meta = read_json(blob) if blob else None
     if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
         raise ValueError("unknown record format")
-    deadlines = meta.get("t", {})
-    times = deadlines.values() if isinstance(deadlines, dict) else deadlines
-    if not isinstance(deadlines, dict | list) or not all(
-        isinstance(t, int | float) for t in times
-    ):
+    if "t" not in meta:
+        return {}, bool(meta.get("r")), meta.get("ip")
+    deadlines = meta["t"]
+    times: Iterable[Any]
+    if isinstance(deadlines, dict):
+        times = deadlines.values()
+    elif isinstance(deadlines, list):
+        times = deadlines
+    else:
+        raise ValueError("malformed key timeouts")
+    if not all(isinstance(t, _NUMBERS) for t in times):
         raise ValueError("malformed key timeouts")
     return deadlines, bool(meta.get("r")), meta.get("ip")
 
@@ -142,7 +180,7 @@ def client_details(blob: bytes) -> tuple[bool, str | None, str | None]:
     Lenient, for listings: a blob that can't be read describes nothing.
     """
     try:
-        meta = json.loads(blob) if blob else {}
+        meta = read_json(blob) if blob else {}
     except ValueError:
         meta = {}
     if not isinstance(meta, dict):

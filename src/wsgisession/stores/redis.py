@@ -104,6 +104,9 @@ class RedisStore(Store):
         self._keys = scripts.Keys(key_prefix)
         self._lock = threading.Lock()
         self._client: Client | None = None
+        # Whether the client is a RedisCluster: asked on every save, and isinstance()
+        # against that class is a typing Protocol's check, which costs a microsecond.
+        self._on_cluster = False
         self._build: Callable[[], Client] | None = None
         self._name = f"RedisStore({key_prefix!r})"
         self._closers: list[Callable[[], None]] = []
@@ -150,6 +153,10 @@ class RedisStore(Store):
         client = self._client
         if client is not None:
             return client
+        return self._built()
+
+    def _built(self) -> Client:
+        """Build the client with the builder given, once, and adopt it."""
         with self._lock, self._errors():
             if self._client is None:
                 assert self._build is not None
@@ -487,6 +494,7 @@ class RedisStore(Store):
         if isinstance(client, RedisCluster):
             check_cluster_prefix(self.key_prefix, self._name)
         self._poll = poll_interval(client.get_connection_kwargs().get("socket_timeout"))
+        self._on_cluster = isinstance(client, RedisCluster)
         self._client = client
 
     def _run(
@@ -537,7 +545,9 @@ class RedisStore(Store):
             self.client.blpop([baton], timeout=seconds)
 
     def _cluster(self) -> bool:
-        return isinstance(self.client, RedisCluster)
+        if self._client is None:
+            self._built()
+        return self._on_cluster
 
     def _errors(self) -> AbstractContextManager[None]:
         return self._translator
