@@ -8,6 +8,7 @@ flash messages lose nothing; a value changed in place is saved without ``modifie
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -437,6 +438,89 @@ def test_an_in_place_change_to_an_equal_value_of_another_type_is_saved() -> None
     client.get("/seed")
     client.get("/swap")
     assert body(client.get("/types")) == ["bool", "int"]
+
+
+_UUID_TEXT = "00000000-0000-0000-0000-000000000005"
+
+
+def _as_tuple(data: dict[str, Any]) -> None:
+    data["rows"][0] = tuple(data["rows"][0])
+
+
+def _as_uuid(data: dict[str, Any]) -> None:
+    data["rows"][1][1] = uuid.UUID(_UUID_TEXT)
+
+
+def _renamed(data: dict[str, Any]) -> None:
+    data["named"]["new"] = data["named"].pop("old")
+
+
+def _moved(data: dict[str, Any]) -> None:
+    data["pairs"][1].insert(0, data["pairs"][0].pop())
+
+
+def _copied(data: dict[str, Any]) -> None:
+    data["rows"][2] = list(data["rows"][2])
+
+
+@pytest.mark.parametrize("padding", [0, 4000], ids=["small", "large"])
+@pytest.mark.parametrize("also_write", [False, True], ids=["only-in-place", "beside-a-write"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(_as_tuple, lambda d: d["rows"][0] == ("a", _UUID_TEXT, None), id="tuple"),
+        pytest.param(_as_uuid, lambda d: d["rows"][1][1] == uuid.UUID(_UUID_TEXT), id="uuid"),
+        pytest.param(_renamed, lambda d: d["named"] == {"new": 1}, id="renamed-key"),
+        pytest.param(_moved, lambda d: d["pairs"] == [[1], [2, 3]], id="moved-between-lists"),
+        pytest.param(_copied, lambda d: d["rows"][2] == ["a", _UUID_TEXT, None], id="equal-copy"),
+    ],
+)
+def test_an_in_place_change_that_keeps_the_json_or_its_length_is_saved_exactly(
+    store: Store, padding: int, also_write: bool, change: Any, expected: Any
+) -> None:
+    # Changes a save can only find from the objects themselves (a tuple or a UUID
+    # encodes as the list or string it replaced) or from the text (a key renamed or an
+    # item moved leaves every object where it was).
+    def seed(session: Session, request: Request) -> str:
+        session["data"] = {
+            "rows": [["a", _UUID_TEXT, None] for _ in range(3)],
+            "named": {"old": 1},
+            "pairs": [[1, 2], [3]],
+            "pad": "x" * padding,
+        }
+        return "ok"
+
+    def alter(session: Session, request: Request) -> str:
+        change(session["data"])
+        if also_write:
+            session["n"] = 1
+        return "ok"
+
+    def check(session: Session, request: Request) -> bool:
+        return bool(expected(session["data"]))
+
+    routes = {**ROUTES, "/seed": seed, "/alter": alter, "/check": check}
+    client, _ = make_client(routes, store=store)
+    client.get("/seed")
+    client.get("/alter")
+    assert body(client.get("/check")) is True
+
+
+def test_a_nan_put_in_place_of_none_is_refused_not_saved_as_null() -> None:
+    # orjson writes NaN as null, so the text alone would take it for the None it replaced.
+    def seed(session: Session, request: Request) -> str:
+        session["data"] = {"values": [None, 1.5], "pad": "x" * 4000}
+        return "ok"
+
+    def alter(session: Session, request: Request) -> str:
+        session["data"]["values"][0] = float("nan")
+        return "ok"
+
+    client, _ = make_client({**ROUTES, "/seed": seed, "/alter": alter})
+    client.get("/seed")
+    with pytest.raises(TypeError, match="'data'"):
+        client.get("/alter")
+    assert body(client.get("/"))["data"]["values"] == [None, 1.5]
 
 
 def test_modified_still_forces_a_save() -> None:

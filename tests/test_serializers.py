@@ -257,11 +257,27 @@ def test_json_parts_only_of_plain_records(record: bytes) -> None:
         pytest.param([1], [Color.RED], False, id="int-enum-for-int"),
     ],
 )
-def test_json_encodes_as_is_exact(stored: Any, now: Any, same_value: bool) -> None:
+@pytest.mark.parametrize("walked", [False, True], ids=["census", "walked"])
+def test_json_encodes_as_is_exact(stored: Any, now: Any, same_value: bool, walked: bool) -> None:
     s = JSONSerializer()
-    parts = s.parts(s.dumps({"k": stored}))
+    record = s.dumps({"k": stored})
+    parts = s.parts(record)
     assert parts is not None
-    assert s.encodes_as(now, parts["k"]) is same_value
+    # The walk of the value as decoded: *now* is made of other objects, equal or not.
+    walk = s.walk(record, s.loads(record)["k"]) if walked else None
+    assert s.encodes_as(now, parts["k"], walk) is same_value
+
+
+def test_json_walks_only_plain_records() -> None:
+    s = JSONSerializer()
+    tagged = s.dumps({"k": [(1, 2)]})
+    assert s.walk(tagged, s.loads(tagged)["k"]) is None
+    plain = s.dumps({"k": [[1, 2]]})
+    value = s.loads(plain)["k"]
+    walk = s.walk(plain, value)
+    assert walk is not None
+    levels = [sorted(map(id, level)) for level in walk]
+    assert levels == [[id(value)], [id(value[0])], sorted(map(id, value[0]))]
 
 
 def test_json_dumps_reusing_parts_equals_a_fresh_encoding() -> None:
@@ -492,6 +508,9 @@ def test_json_reusing_unchanged_parts_round_trips_any_session(
     parts = s.parts(s.dumps(stored))
     assert parts is not None
     assert all(s.encodes_as(stored[k], parts[k]) for k in stored)
+    record = s.dumps(stored)
+    decoded = s.loads(record)
+    assert all(s.encodes_as(v, parts[k], s.walk(record, v)) for k, v in decoded.items())
     now = {**stored, **written}
     reuse = {k: parts[k] for k in stored if k not in written}
     assert same(s.loads(s.dumps(now, reuse)), now)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NoReturn
 
+from ._plain_json import Walk
 from ._sealing import (
     Apart,
     ApartValues,
@@ -164,13 +165,27 @@ class Codec:
             text = RecordText(blob, _split_around(self._json, apart), apart.seals)
         return Snapshot(session_id, key, record, data, deadlines, remember, ip, text)
 
+    def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
+        """The objects *value*, as decoded from *snapshot*, is made of, for
+        :meth:`changed_in_place` to find it unchanged quickly; ``None`` when that
+        can't be done for this record (another serializer, tagged values)."""
+        text = snapshot.text
+        if text is None or self._json is None:
+            return None
+        return self._json.walk(text.text, value)
+
     def changed_in_place(
-        self, snapshot: Snapshot, keys: Iterable[str], data: Mapping[str, Any]
+        self,
+        snapshot: Snapshot,
+        keys: Iterable[str],
+        data: Mapping[str, Any],
+        walks: Mapping[str, Walk | None],
     ) -> set[str] | None:
         """The *keys* whose value in *data* is no longer what *snapshot* stores, found
         from the stored encoding of each; ``None`` when that can't be done here (another
         serializer, a record with tagged values), and the values must be compared with
-        a fresh decode instead.
+        a fresh decode instead. *walks* are what :meth:`walk` found in some of the
+        values as decoded.
 
         Exact: a tuple in place of a list, or ``True`` in place of ``1``, is a change.
         """
@@ -178,7 +193,11 @@ class Codec:
         if parts is None or self._json is None:
             return None
         same = self._json.encodes_as
-        return {k for k in keys if k in data and (k not in parts or not same(data[k], parts[k]))}
+        return {
+            k
+            for k in keys
+            if k in data and (k not in parts or not same(data[k], parts[k], walks.get(k)))
+        }
 
     def _dumps(
         self,

@@ -27,12 +27,15 @@ import orjson
 __all__ = [
     "MARK",
     "Part",
+    "Walk",
     "dumps",
     "dumps_cut",
     "encodes_as",
+    "is_record",
     "loads",
     "parts",
     "parts_around",
+    "walk",
 ]
 
 #: The first byte of a plain record: JSON whitespace, so the record is still JSON text.
@@ -40,6 +43,10 @@ MARK: Final = b" "
 
 #: One top-level value's encoding, as :func:`parts` gives it: bytes-like.
 Part: TypeAlias = bytes | msgspec.Raw
+
+#: The objects a value decoded from a plain record is made of, level by level, as
+#: :func:`walk` finds them.
+Walk: TypeAlias = list[list[Any]]
 
 # The types orjson writes as JSON reads them back. Subclasses (an IntEnum, an
 # OrderedDict), datetimes and dataclasses are handed back to us by the options below,
@@ -174,14 +181,57 @@ def parts_around(
     return {**found, **values}
 
 
-def encodes_as(value: Any, part: Part) -> bool:
+def is_record(data: bytes) -> bool:
+    """Whether *data* is a plain record, all of whose values are plain."""
+    return data[:1] == MARK
+
+
+def walk(value: Any) -> Walk:
+    """The objects *value*, decoded from a plain record, is made of: itself, what it
+    holds, what that holds, and so on, level by level.
+
+    Taken when a handler first gets a container from the session, it lets
+    :func:`encodes_as` tell that the value is still made of those very objects, all
+    plain, for a fraction of a census. Only for plain values: an instance of a class of
+    Python code holds its class, and walking on would reach every object there is.
+    """
+    levels = [[value]]
+    found = gc.get_referents(value)
+    while found:
+        levels.append(found)
+        found = gc.get_referents(*found)
+    return levels
+
+
+def _made_of(value: Any, walked: Walk) -> bool:
+    # Level by level, stopping at the first that differs, so that an object of another
+    # class put in is never walked into. Lists compare identical objects as equal at
+    # once; an object put in place of another compares by value, and a value of another
+    # type equal to a plain one is one orjson refuses (a subclass, a Decimal) or writes
+    # differently (True for 1, 1.0 for 1), except an Enum member made to equal its value.
+    found = [value]
+    for level in walked:
+        if found != level:
+            return False
+        found = gc.get_referents(*found)
+    return not found
+
+
+def encodes_as(value: Any, part: Part, walked: Walk | None = None) -> bool:
     """Whether *value* is plain and encodes exactly as *part*: the value a plain
     record's part decodes to, and nothing else (not a tuple for a list, nor a UUID for
-    its string)."""
+    its string).
+
+    *walked* is what :func:`walk` found in the value as it was decoded from *part*: a
+    value still made of the same objects is plain without a census of its types.
+    """
     try:
         text = orjson.dumps(value, option=_OPTIONS)
     except TypeError:
         return False
-    # Most values read are unchanged: the census runs only once the texts match. (A
-    # memoryview compares item by item; a copy and a bytes compare is fifty times faster.)
-    return bytes(part) == text and is_plain(value, text)
+    # Most values read are unchanged: the types are checked only once the texts match.
+    # (A memoryview compares item by item; a copy and a bytes compare is fifty times
+    # faster.)
+    if bytes(part) != text:
+        return False
+    return (walked is not None and _made_of(value, walked)) or is_plain(value, text)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from _typeshed import OptExcInfo
 
+    from ._plain_json import Walk
     from ._snapshot import Snapshot
     from .cookies import CookieId, SessionCookie
 
@@ -129,8 +130,9 @@ class SessionState:
     _deleted: set[str]
     #: apply() operations on keys not written whole, in the order they were made.
     _steps: list[Step]
-    #: Keys read that hold a container, which the handler may have changed in place.
-    _read: set[str]
+    #: Keys read that hold a container, which the handler may have changed in place,
+    #: with what the value was made of when first read, if the saver can use it.
+    _read: dict[str, Walk | None]
     _force: bool
     _remember_changed: bool
     _user_changed: bool
@@ -230,9 +232,19 @@ class SessionState:
         if snapshot is None or self._force:
             return  # a new session is stored whole; a forced save compares every key
         stepped = {step.key for step in self._steps}
-        candidates = self._read - self._changed - self._deleted - stepped
+        candidates = self._read.keys() - self._changed - self._deleted - stepped
         if candidates:
-            self._changed |= self._saver.changed_in_place(snapshot, candidates, self._data)
+            found = self._saver.changed_in_place(snapshot, candidates, self._data, self._read)
+            self._changed |= found
+
+    def _note_read(self, key: str, value: Any) -> None:
+        """Note that the handler got *value*, a container, from *key*: it may change
+        it in place. A value as loaded is walked, for the save to find it unchanged."""
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.data.get(key) is value:
+            self._read[key] = self._saver.walk(snapshot, value)
+        else:
+            self._read[key] = None
 
     # -- the response: called by the middleware, never by handlers ---------------------
 

@@ -12,12 +12,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from . import _clock
 from ._changes import Step, changed_in_place
 from ._codec import Codec
 from ._expiry import Expiry, key_live
+from ._plain_json import Walk
 from ._snapshot import PLAIN_META, Snapshot, merge
 from .config import Config
 from .errors import StoreError
@@ -86,6 +88,8 @@ class Change(NamedTuple):
 
 #: The client of a request when neither ``bind_ip`` nor ``track_clients`` is on.
 _NOBODY: Final = Client(None, None, None)
+#: No walks: every value is compared by its encoding alone.
+_NO_WALKS: Final[Mapping[str, Walk | None]] = MappingProxyType({})
 
 
 class Stored(NamedTuple):
@@ -329,12 +333,22 @@ class Saver:
         # The snapshot's own dict: the request changed a copy of it, never its keys.
         return changed, change.deleted | (base.data.keys() - data.keys() - stepped)
 
+    def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
+        """What :meth:`changed_in_place` needs of *value*, just decoded from *snapshot*,
+        to find it unchanged quickly, or ``None``."""
+        return self._codec.walk(snapshot, value)
+
     def changed_in_place(
-        self, snapshot: Snapshot, keys: AbstractSet[str], data: Mapping[str, Any]
+        self,
+        snapshot: Snapshot,
+        keys: AbstractSet[str],
+        data: Mapping[str, Any],
+        walks: Mapping[str, Walk | None] = _NO_WALKS,
     ) -> set[str]:
         """The *keys* whose value in *data* differs from what *snapshot* stores: values
-        changed in place, which ``__setitem__`` never saw."""
-        found = self._codec.changed_in_place(snapshot, keys, data)
+        changed in place, which ``__setitem__`` never saw. *walks* are what :meth:`walk`
+        found in some of them when they were read."""
+        found = self._codec.changed_in_place(snapshot, keys, data, walks)
         if found is not None:
             return found
         # A fresh decode is untouched by changes made in place.

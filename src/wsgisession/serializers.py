@@ -300,10 +300,20 @@ class JSONSerializer:
         by key and the pieces of it *around* them, which alone are scanned."""
         return plain.parts_around(around, values)
 
-    def encodes_as(self, value: Any, part: plain.Part) -> bool:
+    def walk(self, data: bytes, value: Any) -> plain.Walk | None:
+        """The objects *value*, decoded from the record *data*, is made of, for
+        :meth:`encodes_as` to find it unchanged with; ``None`` if *data* is not a plain
+        record."""
+        return plain.walk(value) if plain.is_record(data) else None
+
+    def encodes_as(self, value: Any, part: plain.Part, walked: plain.Walk | None = None) -> bool:
         """Whether *value* is exactly what *part*, from :meth:`parts`, encodes: the
-        same JSON, and made only of the types that JSON gives back as they are."""
-        return plain.encodes_as(value, part)
+        same JSON, and made only of the types that JSON gives back as they are.
+
+        *walked* is what :meth:`walk` found in the value when it was decoded: a value
+        still made of those objects needs no census of its types.
+        """
+        return plain.encodes_as(value, part, walked)
 
 
 _TAG_SIZE: Final = 32

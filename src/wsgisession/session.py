@@ -80,7 +80,7 @@ class Session(SessionState, MutableMapping[str, Any]):
         self._changed = set()
         self._deleted = set()
         self._steps = []
-        self._read = set()
+        self._read = {}
         self._force = False
         self._remember_changed = False
         self._user_changed = False
@@ -141,8 +141,8 @@ class Session(SessionState, MutableMapping[str, Any]):
         if self._deadlines and not self._live(key):
             raise KeyError(key)
         value = self._data[key]
-        if type(value) not in _IMMUTABLE:
-            self._read.add(key)
+        if type(value) not in _IMMUTABLE and key not in self._read:
+            self._note_read(key, value)
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
