@@ -268,6 +268,29 @@ def test_json_encodes_as_is_exact(stored: Any, now: Any, same_value: bool, walke
     assert s.encodes_as(now, parts["k"], walk) is same_value
 
 
+class _Touchy(enum.Enum):
+    X = "x"
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("compared")
+
+    __hash__ = enum.Enum.__hash__
+
+
+def test_json_encodes_as_leaves_a_value_that_fails_to_compare_to_the_census() -> None:
+    # orjson writes an Enum member as its value, so the texts match; comparing the
+    # objects then calls the member's __eq__, which raises: the value is simply not
+    # the one stored.
+    s = JSONSerializer()
+    record = s.dumps({"k": ["x"]})
+    parts = s.parts(record)
+    assert parts is not None
+    value = s.loads(record)["k"]
+    walk = s.walk(record, value)
+    value[0] = _Touchy.X
+    assert s.encodes_as(value, parts["k"], walk) is False
+
+
 def test_json_walks_only_plain_records() -> None:
     s = JSONSerializer()
     tagged = s.dumps({"k": [(1, 2)]})
