@@ -464,6 +464,8 @@ def test_cleanup_removes_corrupt_files_but_keeps_newer_formats(file_store: FileS
         pytest.param(lambda b: b"GIF8" + b[4:], id="bad-magic"),
         pytest.param(lambda b: b[:-1] + bytes([b[-1] ^ 1]), id="bad-checksum"),
         pytest.param(lambda b: b[:4] + bytes([9]) + b[5:], id="unknown-format"),
+        pytest.param(lambda b: b[:5] + b"\x01" + b[6:], id="padding-not-zero"),
+        pytest.param(lambda b: b + b"\x00", id="longer-than-its-lengths"),
     ],
 )
 def test_a_record_with_bad_framing_is_counted_and_emitted_as_corrupt(

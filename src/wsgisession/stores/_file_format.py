@@ -56,6 +56,7 @@ _EMPTY_SLOTS: Final = bytes(2 * SLOT.size)
 _MAGIC: Final = b"WSGS"
 _FORMAT: Final = 2
 _PREFIX_BYTES: Final = _PREFIX.pack(_MAGIC, _FORMAT)
+_PREFIX_CRC: Final = zlib.crc32(_PREFIX_BYTES)
 _HAS_USER: Final = 1
 
 
@@ -124,22 +125,31 @@ def decode_record(blob: bytes) -> Record:
 
     :raises CorruptRecord: *blob* is not a whole record file of this format.
     """
-    _check_prefix(blob)
-    flags, version, created, expires, seen, *lengths = _HEAD.unpack_from(blob, _HEAD_AT)
-    n_user, n_meta, n_data = lengths
-    body = memoryview(blob)[_BODY_AT:]
+    # Every load comes here: the common case (this format's prefix, slots never
+    # written by a refresh) skips what can only matter otherwise.
+    start = blob[: _PREFIX.size]
+    if start == _PREFIX_BYTES and len(blob) >= _BODY_AT:
+        crc = _PREFIX_CRC
+    else:
+        _check_prefix(blob)
+        crc = zlib.crc32(start)
+    flags, version, created, expires, seen, n_user, n_meta, n_data = _HEAD.unpack_from(
+        blob, _HEAD_AT
+    )
+    whole = memoryview(blob)
+    body = whole[_BODY_AT:]
     if len(body) != n_user + n_meta + n_data:
         raise CorruptRecord(f"{len(body)} bytes of body, expected {n_user + n_meta + n_data}")
-    (crc,) = _CRC.unpack_from(blob, _BODY_AT - _CRC.size)
-    head = memoryview(blob)[_HEAD_AT : _BODY_AT - _CRC.size]
-    if zlib.crc32(body, zlib.crc32(head, zlib.crc32(blob[: _PREFIX.size]))) != crc:
+    crc = zlib.crc32(body, zlib.crc32(whole[_HEAD_AT : _BODY_AT - _CRC.size], crc))
+    if crc != _CRC.unpack_from(blob, _BODY_AT - _CRC.size)[0]:
         raise CorruptRecord("checksum mismatch")
     try:
-        user_id = bytes(body[:n_user]).decode("utf-8") if flags & _HAS_USER else None
+        user_id = str(body[:n_user], "utf-8") if flags & _HAS_USER else None
     except UnicodeDecodeError as exc:
         raise CorruptRecord("user id is not UTF-8") from exc
     meta, data = bytes(body[n_user : n_user + n_meta]), bytes(body[n_user + n_meta :])
-    expires, seen = _times(blob, expires, seen)
+    if blob[SLOT_AT[0] : _HEAD_AT] != _EMPTY_SLOTS:
+        expires, seen = _times(blob, expires, seen)
     return Record(data, version, created, expires, seen, user_id, meta)
 
 

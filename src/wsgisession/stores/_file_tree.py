@@ -528,8 +528,15 @@ def _wrong_file(found: os.stat_result) -> CorruptRecord:
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    """Return the rest of the open regular file *fd* of *size* bytes: one read, then to EOF."""
+    """Return the open regular file *fd*, of *size* bytes when fstat was asked: one read,
+    and more, to the end, only if that one came back short.
+
+    Files are replaced whole, never grown in place: a file longer than its fstat size
+    is not the one fstat saw, and a record's own lengths would find it wrong anyway.
+    Not asking once more only to be told the file ended spares a system call a load.
+    """
     blob = os.read(fd, size)
-    while more := os.read(fd, 65536):
-        blob += more
+    if len(blob) < size:
+        while more := os.read(fd, 65536):
+            blob += more
     return blob
