@@ -531,8 +531,8 @@ def _read_all(fd: int, size: int) -> bytes:
     """Return the open regular file *fd*, of *size* bytes when fstat was asked: one read,
     and more, to the end, only if that one came back short.
 
-    Files are replaced whole, never grown in place: a file longer than its fstat size
-    is not the one fstat saw, and a record's own lengths would find it wrong anyway.
+    The store replaces its files whole and never grows one in place, so a file holds
+    what fstat measured (one that something else grew since is read as it was then).
     Not asking once more only to be told the file ended spares a system call a load.
     """
     blob = os.read(fd, size)
