@@ -38,6 +38,7 @@ from tests.helpers import (
     wsgi_environ,
 )
 from wsgisession import Session, SessionError, SessionMiddleware, StoreError
+from wsgisession._snapshot import decode_meta
 from wsgisession.ids import store_key
 from wsgisession.stores.base import Record
 from wsgisession.stores.memory import MemoryStore
@@ -504,3 +505,33 @@ def test_a_file_wrapper_body_reaches_the_server_unwrapped(tmp_path: Path) -> Non
     assert any(name == "Set-Cookie" for name, _ in headers)  # saved before the headers
     with pytest.raises(SessionError, match="response is finished"):
         sessions[0]["n"] = 2
+
+
+@pytest.mark.parametrize(
+    ("blob", "expected"),
+    [
+        pytest.param(b'{"v":1}', ({}, False, None), id="plain"),
+        pytest.param(b'{"v":1,"r":1,"ip":"10.0.0.1"}', ({}, True, "10.0.0.1"), id="no-timeouts"),
+        pytest.param(b'{"v":1,"t":{"a":5.5}}', ({"a": 5.5}, False, None), id="by-key"),
+        pytest.param(b'{"v":1,"t":[5,6.5]}', ([5, 6.5], False, None), id="sealed-times"),
+        pytest.param(b'{"v":1,"t":{}}', ({}, False, None), id="empty"),
+    ],
+)
+def test_record_meta_reads_its_deadlines_flag_and_address(blob: bytes, expected: Any) -> None:
+    assert decode_meta(blob) == expected
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pytest.param(b'{"v":1,"t":null}', id="null"),
+        pytest.param(b'{"v":1,"t":0}', id="a-number"),
+        pytest.param(b'{"v":1,"t":{"a":"soon"}}', id="a-string-time"),
+        pytest.param(b'{"v":1,"t":["soon"]}', id="a-string-in-the-list"),
+        pytest.param(b'{"v":2}', id="another-format"),
+        pytest.param(b"[1]", id="not-an-object"),
+    ],
+)
+def test_record_meta_that_is_malformed_is_refused(blob: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_meta(blob)

@@ -154,10 +154,15 @@ def loads(data: bytes) -> Any:
     return orjson.loads(data)
 
 
+def is_record(data: bytes) -> bool:
+    """Whether *data* is a plain record, all of whose values are plain."""
+    return data[:1] == MARK
+
+
 def parts(data: bytes) -> Mapping[str, Part] | None:
     """The encoding of each top-level value of the plain record *data*, or ``None`` if
     *data* is not a plain record of a JSON object."""
-    if data[:1] != MARK:
+    if not is_record(data):
         return None
     try:
         return _SPLIT(data)
@@ -179,11 +184,6 @@ def parts_around(
     if found is None or not values.keys() <= found.keys():
         return None
     return {**found, **values}
-
-
-def is_record(data: bytes) -> bool:
-    """Whether *data* is a plain record, all of whose values are plain."""
-    return data[:1] == MARK
 
 
 def walk(value: Any) -> Walk:

@@ -159,19 +159,21 @@ def decode_meta(blob: bytes) -> tuple[dict[str, float] | list[float], bool, str 
     meta = read_json(blob) if blob else None
     if not isinstance(meta, dict) or meta.get("v") != META_FORMAT:
         raise ValueError("unknown record format")
-    if "t" not in meta:
-        return {}, bool(meta.get("r")), meta.get("ip")
-    deadlines = meta["t"]
-    times: Iterable[Any]
+    if "t" in meta and not _are_times(meta["t"]):
+        raise ValueError("malformed key timeouts")
+    return meta.get("t", {}), bool(meta.get("r")), meta.get("ip")
+
+
+def _are_times(deadlines: object) -> bool:
+    """Whether *deadlines*, from a meta blob, are key deadlines: times by key, or times."""
+    times: Iterable[object]
     if isinstance(deadlines, dict):
         times = deadlines.values()
     elif isinstance(deadlines, list):
         times = deadlines
     else:
-        raise ValueError("malformed key timeouts")
-    if not all(isinstance(t, _NUMBERS) for t in times):
-        raise ValueError("malformed key timeouts")
-    return deadlines, bool(meta.get("r")), meta.get("ip")
+        return False
+    return all(isinstance(t, _NUMBERS) for t in times)
 
 
 def client_details(blob: bytes) -> tuple[bool, str | None, str | None]:
