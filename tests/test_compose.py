@@ -69,7 +69,8 @@ def _add_in_place(session: Session, request: Request) -> str:
 
 
 def _theme_in_place(session: Session, request: Request) -> str:
-    session["cart"]["prefs"]["theme"] = request.args["theme"]
+    # Through get(), which has its own lookup: what it hands out is watched the same.
+    session.get("cart")["prefs"]["theme"] = request.args["theme"]
     return "ok"
 
 

@@ -154,7 +154,12 @@ def test_per_key_timeout(clock: FakeClock) -> None:
         return "ok"
 
     def look(session: Session, request: Request) -> Any:
-        return {"in": "flash" in session, "len": len(session), "keys": sorted(session)}
+        return {
+            "in": "flash" in session,
+            "get": session.get("flash", "gone"),
+            "len": len(session),
+            "keys": sorted(session),
+        }
 
     def overwrite(session: Session, request: Request) -> str:
         session["flash"] = "forever"
@@ -162,9 +167,10 @@ def test_per_key_timeout(clock: FakeClock) -> None:
 
     client, _ = make_client({"/flash": flash, "/": look, "/overwrite": overwrite})
     client.get("/flash")
-    assert body(client.get("/")) == {"in": True, "len": 2, "keys": ["flash", "keep"]}
+    seen = {"in": True, "get": "saved!", "len": 2, "keys": ["flash", "keep"]}
+    assert body(client.get("/")) == seen
     clock.advance(11)
-    assert body(client.get("/")) == {"in": False, "len": 1, "keys": ["keep"]}
+    assert body(client.get("/")) == {"in": False, "get": "gone", "len": 1, "keys": ["keep"]}
     client.get("/flash")
     client.get("/overwrite")
     clock.advance(11)

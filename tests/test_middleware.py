@@ -66,6 +66,20 @@ def test_untouched_session_costs_no_store_call_and_no_headers() -> None:
     assert "Vary" not in response.headers
 
 
+def test_get_answers_as_a_dict_would_and_is_a_first_touch() -> None:
+    def look(session: Session, request: Request) -> Any:
+        with pytest.raises(TypeError):
+            session.get(["unhashable"])  # type: ignore[arg-type]
+        return [session.get("n"), session.get("missing"), session.get("missing", 7)]
+
+    client, _ = make_client({"/inc": counter, "/get": look})
+    first = client.get("/get")
+    assert body(first) == [None, None, 7]
+    assert first.headers["Vary"] == "Cookie"  # the get loaded the session
+    client.get("/inc")
+    assert body(client.get("/get")) == [1, None, 7]
+
+
 def test_session_state_flags() -> None:
     seen: dict[str, Any] = {}
 

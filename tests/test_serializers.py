@@ -164,6 +164,10 @@ class Color(enum.IntEnum):
     RED = 1
 
 
+class Name(str):
+    pass
+
+
 class Point(NamedTuple):
     x: int
     y: int
@@ -187,6 +191,10 @@ def test_json_subclasses_come_back_as_their_base_type() -> None:
         pytest.param({"c": Color.RED}, id="int-enum"),
         pytest.param({"d": datetime.date(2024, 1, 1)}, id="date"),
         pytest.param({"s": collections.OrderedDict(a=1)}, id="dict-subclass"),
+        # A session of one level of strings and integers is checked apart from the
+        # others: its keys too.
+        pytest.param({"user": "u-1", Name("n"): 1}, id="flat-str-subclass-key"),
+        pytest.param({"user": "u-1", "n": Color.RED}, id="flat-int-enum"),
     ],
 )
 def test_json_session_with_tagged_values_begins_with_a_newline(value: dict[str, Any]) -> None:
@@ -202,6 +210,7 @@ def test_json_session_with_tagged_values_begins_with_a_newline(value: dict[str, 
         pytest.param({"n": [None, 1.5, math.nan]}, id="nan-beside-none"),
         pytest.param({"n": [1.5, "null", math.inf]}, id="infinity-beside-null-text"),
         pytest.param({"n": {"a": [2.5]}, "m": [[None], [[-math.inf]]]}, id="deeper-than-none"),
+        pytest.param({"user": "u-1", "n": math.nan}, id="flat"),
     ],
 )
 def test_json_nan_never_passes_as_null(value: dict[str, Any]) -> None:

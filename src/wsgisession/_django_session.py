@@ -154,7 +154,8 @@ class DjangoSession(SessionView):
 
     def test_cookie_worked(self) -> bool:
         """Whether a test value set by an earlier request came back."""
-        return self.wsgi_session.get(self.TEST_COOKIE_NAME) == self.TEST_COOKIE_VALUE
+        worked: bool = self.wsgi_session.get(self.TEST_COOKIE_NAME) == self.TEST_COOKIE_VALUE
+        return worked
 
     def delete_test_cookie(self) -> None:
         """Remove the test value."""

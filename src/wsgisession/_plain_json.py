@@ -52,6 +52,8 @@ Walk: TypeAlias = list[list[Any]]
 # OrderedDict), datetimes and dataclasses are handed back to us by the options below,
 # as a TypeError; the tagged encoder takes those.
 _PLAIN_TYPES: Final = frozenset({dict, list, str, int, float, bool, type(None)})
+# The plain types that hold nothing and need no check of their value (floats do).
+_LEAVES: Final = frozenset({str, int, bool, type(None)})
 _OPTIONS: Final = (
     orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
@@ -69,6 +71,14 @@ def is_plain(obj: Any, text: bytes) -> bool:
     infinity as ``null``: a value with floats, but without ``None`` and without
     ``null`` in its text, has neither, and only otherwise are its floats checked.
     """
+    kind = type(obj)
+    if kind is dict:
+        # The common session, and a common value: one level of strings, integers,
+        # booleans and None, checked without the walk's sets and lists (half the time).
+        if _LEAVES.issuperset(map(type, obj.values())) and _LEAVES.issuperset(map(type, obj)):
+            return True
+    elif kind in _LEAVES:
+        return True
     found = [obj]
     with_floats: list[list[Any]] = []
     nones = False

@@ -145,6 +145,20 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._note_read(key, value)
         return value
 
+    def get(self, key: str, default: Any = None, /) -> Any:
+        """Return the value of *key*, or *default* if it is missing or has timed out."""
+        # Mapping's own get() goes through __getitem__ and, for a missing key, raises
+        # and catches a KeyError: several times the cost of the lookup itself.
+        if not self._loaded:
+            self._load()
+        data = self._data
+        if key not in data or (self._deadlines and not self._live(key)):
+            return default
+        value = data[key]
+        if type(value) not in _IMMUTABLE and key not in self._read:
+            self._note_read(key, value)
+        return value
+
     def __setitem__(self, key: str, value: Any) -> None:
         self.set(key, value)
 
