@@ -109,7 +109,7 @@ class Codec:
             else:
                 meta, header = encode_meta(remember, None, (), agent, address), b""
             payload, cuts = self._dumps(self._sealed_serializer, data, reuse, _APART_FROM)
-            apart = self._apart(session_id, key, base, reuse, cuts)
+            apart = self._apart(session_id, key, base, reuse, cuts) if cuts else ()
             blob = seal(session_id, key, version, user_id, meta, header, payload, apart)
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
