@@ -322,6 +322,31 @@ def test_changes_during_the_body_are_saved_when_the_response_closes() -> None:
     assert client.get("/").get_data(as_text=True) == "[('late', 'yes'), ('n', 1)]"
 
 
+def test_a_container_read_again_in_the_body_after_the_headers_save_is_compared_exactly() -> None:
+    # The save with the headers wrote "n"; the container read again during the body
+    # is compared, exactly (True for 1), when the response closes (docs/behaviour.rst,
+    # "Writes that compose").
+    def streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/seed":
+            session["cart"] = [1]
+        elif environ["PATH_INFO"] == "/change":
+            session["cart"]
+            session["n"] = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"one"
+        if environ["PATH_INFO"] == "/change":
+            session["cart"][0] = True
+        yield repr(sorted(session.items())).encode()
+
+    client = Client(
+        SessionMiddleware(streaming, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    )
+    client.get("/seed", buffered=True)
+    client.get("/change", buffered=True)
+    assert client.get("/").get_data(as_text=True) == "one[('cart', [True]), ('n', 1)]"
+
+
 def test_a_session_first_read_while_the_body_is_produced_is_still_refreshed(
     clock: FakeClock,
 ) -> None:

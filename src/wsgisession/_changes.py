@@ -11,7 +11,7 @@ id, so that taking them (:class:`Claim`) removes exactly the ones a request show
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
 
@@ -23,7 +23,6 @@ __all__ = [
     "Claim",
     "Step",
     "AppendItem",
-    "changed_in_place",
     "entry_ids",
     "flash_entry",
     "flash_pairs",
@@ -158,10 +157,3 @@ def entry_ids(entries: Any) -> set[str]:
     if not isinstance(entries, list | tuple):
         return set()
     return {e[0] for e in entries if is_entry(e)}
-
-
-def changed_in_place(
-    read: AbstractSet[str], data: Mapping[str, Any], loaded: Mapping[str, Any]
-) -> set[str]:
-    """The keys of *read* whose value in *data* no longer equals the *loaded* one."""
-    return {k for k in read if k in data and (k not in loaded or loaded[k] != data[k])}

@@ -199,6 +199,32 @@ class Codec:
             if k in data and (k not in parts or not same(data[k], parts[k], walks.get(k)))
         }
 
+    def stored_differently(
+        self, keys: Iterable[str], data: Mapping[str, Any], loaded: Mapping[str, Any]
+    ) -> set[str]:
+        """The *keys* whose value in *data* would not be stored as their *loaded* value
+        is: :meth:`changed_in_place` for records it can't take apart, with *loaded* a
+        fresh decode of the record.
+
+        Exact where ``==`` is not (``True`` for ``1``, ``-0.0`` for ``0.0``, a tuple for
+        an equal list, a dict's keys reordered), as it compares what the serializer
+        makes of each value. A value it can't encode is a change: the save says why.
+        """
+        found = set()
+        for k in keys:
+            if k not in data:
+                continue
+            if k not in loaded or not self._encode_alike(k, data[k], loaded[k]):
+                found.add(k)
+        return found
+
+    def _encode_alike(self, key: str, value: Any, loaded: Any) -> bool:
+        serializer = self._serializer
+        try:
+            return dumps_bytes(serializer, {key: value}) == dumps_bytes(serializer, {key: loaded})
+        except Exception:
+            return False
+
     def _dumps(
         self,
         serializer: Serializer,

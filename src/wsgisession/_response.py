@@ -232,10 +232,18 @@ class SessionState:
         if snapshot is None or self._force:
             return  # a new session is stored whole; a forced save compares every key
         stepped = {step.key for step in self._steps}
-        candidates = self._read.keys() - self._changed - self._deleted - stepped
+        read = self._read.keys() - self._changed - self._deleted
+        candidates = read - stepped
         if candidates:
             found = self._saver.changed_in_place(snapshot, candidates, self._data, self._read)
             self._changed |= found
+        if stepped & read:
+            # A value apply() made, or one it will make again, changed in place as well:
+            # the steps alone would store something else. Written whole, it wins over
+            # them, as an assignment after them would.
+            self._changed |= self._saver.changed_past_steps(
+                snapshot, stepped & read, self._data, self._steps, _clock.now()
+            )
 
     def _note_read(self, key: str, value: Any) -> None:
         """Note that the handler got *value*, a container, from *key*: it may change

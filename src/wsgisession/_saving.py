@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 from . import _clock
-from ._changes import Step, changed_in_place
+from ._changes import Step, replay
 from ._codec import Codec
 from ._expiry import Expiry, key_live
 from ._plain_json import Walk
@@ -353,7 +353,26 @@ class Saver:
             return found
         # A fresh decode is untouched by changes made in place.
         original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
-        return changed_in_place(keys, data, {} if original is None else original.data)
+        loaded = {} if original is None else original.data
+        return self._codec.stored_differently(keys, data, loaded)
+
+    def changed_past_steps(
+        self,
+        snapshot: Snapshot,
+        keys: AbstractSet[str],
+        data: Mapping[str, Any],
+        steps: Sequence[Step],
+        now: float,
+    ) -> set[str]:
+        """The *keys*, each changed by *steps* and also read, whose value in *data* is
+        not what the steps make of the value *snapshot* stores: the handler changed it
+        in place too, before or after them, and it is to be written whole."""
+        original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
+        loaded = {} if original is None else original.data
+        fresh = {k: loaded[k] for k in keys if k in loaded}
+        deadlines = {} if original is None else dict(original.deadlines)
+        replay(fresh, deadlines, [step for step in steps if step.key in keys], frozenset(), now)
+        return self._codec.stored_differently(keys, data, fresh)
 
     def _merged(
         self,
