@@ -253,6 +253,46 @@ def test_a_value_also_changed_in_place_beside_an_operation_is_saved_as_left(
     assert body(client.get("/"))["cart"] == expected
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["plain", "modified"])
+@pytest.mark.parametrize(
+    ("other_path", "kept"),
+    [
+        pytest.param("/add?item=fast", lambda d: d["cart"]["items"] == ["fast"], id="in-place"),
+        pytest.param("/put?k=other&v=2", lambda d: d["other"] == 2, id="new-key"),
+    ],
+)
+def test_a_pop_in_a_request_that_only_read_keeps_what_another_wrote_meanwhile(
+    store: Store, forced: bool, other_path: str, kept: Callable[[dict[str, Any]], bool]
+) -> None:
+    # pop_flashes() saves at once, onto what the other request stored; the response's
+    # save must still compare this request's values with what it loaded, not with that.
+    def pop(s: Session) -> Any:
+        popped = s.pop_flashes()
+        s.modified = forced
+        return popped
+
+    client, _ = _slow_client(store, lambda s: s["cart"], other_path, pop)
+    client.get("/cart")
+    client.get("/flash?m=hi")
+    assert body(client.get("/slow")) == [["message", "hi"]]
+    assert kept(body(client.get("/")))
+
+
+def test_a_request_that_pops_then_fails_keeps_only_the_pop(store: Store) -> None:
+    def fail(session: Session, request: Request) -> str:
+        session["cart"]["items"].append("never saved")
+        session.pop_flashes()
+        raise RuntimeError("after the pop")
+
+    client, _ = make_client({**ROUTES, "/fail": fail}, store=store)
+    client.get("/cart")
+    client.get("/flash?m=hi")
+    with pytest.raises(RuntimeError, match="after the pop"):
+        client.get("/fail")
+    assert body(client.get("/pop")) == []
+    assert body(client.get("/"))["cart"]["items"] == []
+
+
 def test_an_operation_made_before_the_other_request_still_composes(store: Store) -> None:
     client, _ = _slow_client(store, lambda s: s.incr("n", 10), "/incr", lambda s: s.get("n"))
     client.get("/slow")

@@ -88,6 +88,7 @@ class SessionState:
         "_loaded",
         "_moved",
         "_new",
+        "_origin",
         "_pending",
         "_read",
         "_remember",
@@ -112,6 +113,12 @@ class SessionState:
     _id: str | None
     _stored_id: str
     _snapshot: Snapshot | None
+    #: The snapshot ``_data`` was copied from: changes made in place, and those a
+    #: forced save writes, are found against it. ``_snapshot``, what the store last
+    #: held, is what saves merge onto; the two differ after ``pop_flashes()`` saved
+    #: ahead of the response, which must not take other requests' writes since for
+    #: this one's.
+    _origin: Snapshot | None
     _data: dict[str, Any]
     _deadlines: dict[str, float]
     _created_at: float
@@ -164,7 +171,7 @@ class SessionState:
     def _start_fresh(self, now: float, data: dict[str, Any]) -> None:
         self._new = True
         self._id = None
-        self._snapshot = None
+        self._snapshot = self._origin = None
         self._data = data
         self._deadlines = {}
         self._created_at = now
@@ -179,7 +186,7 @@ class SessionState:
         save the caller forgets them.
         """
         self._id = self._stored_id = session_id
-        self._snapshot = snapshot
+        self._snapshot = self._origin = snapshot
         # Copies: the snapshot stays what is stored, the base of every later merge.
         self._data = dict(snapshot.data)
         self._deadlines = dict(snapshot.deadlines) if snapshot.deadlines else {}
@@ -228,7 +235,7 @@ class SessionState:
         Only keys read that hold a container are compared, against a fresh decode of
         what was loaded, so requests that read nothing of the kind pay nothing.
         """
-        snapshot = self._snapshot
+        snapshot = self._origin
         if snapshot is None or self._force:
             return  # a new session is stored whole; a forced save compares every key
         stepped = {step.key for step in self._steps}
@@ -248,7 +255,7 @@ class SessionState:
     def _note_read(self, key: str, value: Any) -> None:
         """Note that the handler got *value*, a container, from *key*: it may change
         it in place. A value as loaded is walked, for the save to find it unchanged."""
-        snapshot = self._snapshot
+        snapshot = self._origin
         if snapshot is not None and snapshot.data.get(key) is value:
             self._read[key] = self._saver.walk(snapshot, value)
         else:
@@ -480,6 +487,7 @@ class SessionState:
             self._moving,
             self._stale_key,
             tuple(self._steps),
+            self._origin,
         )
         outcome = self._saver.save(change, now)
         if isinstance(outcome, Stored):
@@ -495,10 +503,11 @@ class SessionState:
         The rest of the request's changes wait for the response, merged onto what this
         save stored. An ended session is emptied: nothing of it is shown or saved again.
         """
-        snapshot = self._snapshot
-        assert snapshot is not None
+        assert self._snapshot is not None
+        # Merged onto values as stored, not the ones the request holds: those may have
+        # been changed in place, which belongs to the response's save.
         change = Change(
-            snapshot,
+            self._saver.untouched(self._snapshot),
             self._stored_id,
             {},
             {},
@@ -549,7 +558,7 @@ class SessionState:
         Its cookie is then expired, unless the session was regenerated ("moved"): the
         browser may already hold the new cookie, which an expiring one would delete.
         """
-        self._snapshot = None
+        self._snapshot = self._origin = None
         self._expired = True
         self._moved = absence == "moved"
 

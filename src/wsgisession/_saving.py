@@ -84,6 +84,10 @@ class Change(NamedTuple):
     stale_key: str | None = None
     #: ``apply()`` operations on keys not in ``changed`` or ``deleted``, in order.
     steps: Sequence[Step] = ()
+    #: The snapshot ``data`` was copied from, which a forced save compares it with,
+    #: when it is not *base*: ``pop_flashes()`` saved since, and *base* holds what
+    #: other requests wrote meanwhile too.
+    loaded: Snapshot | None = None
 
 
 #: The client of a request when neither ``bind_ip`` nor ``track_clients`` is on.
@@ -328,10 +332,17 @@ class Saver:
         # against a fresh decode of what was loaded. Keys with steps are replayed, not
         # written whole.
         data = change.data
+        loaded = base if change.loaded is None else change.loaded
         stepped = {step.key for step in change.steps}
-        changed = change.changed | self.changed_in_place(base, data.keys() - stepped, data)
+        changed = change.changed | self.changed_in_place(loaded, data.keys() - stepped, data)
         # The snapshot's own dict: the request changed a copy of it, never its keys.
-        return changed, change.deleted | (base.data.keys() - data.keys() - stepped)
+        return changed, change.deleted | (loaded.data.keys() - data.keys() - stepped)
+
+    def untouched(self, snapshot: Snapshot) -> Snapshot:
+        """*snapshot* decoded afresh from its record: the request shares the values of
+        the one it loaded, and may have changed them in place."""
+        fresh = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
+        return snapshot if fresh is None else fresh
 
     def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
         """What :meth:`changed_in_place` needs of *value*, just decoded from *snapshot*,
