@@ -26,7 +26,7 @@ from tests.helpers import (
     session_id_of,
     twin,
 )
-from wsgisession import ConfigError, Session, SessionMiddleware
+from wsgisession import ConfigError, Session, SessionError, SessionMiddleware
 from wsgisession._sealing import Opened, is_sealed, open_sealed
 from wsgisession._snapshot import PLAIN_META
 from wsgisession.config import Config
@@ -266,6 +266,46 @@ def test_changed_metadata_reads_as_corrupt(store: Store, tamper: Any) -> None:
     client.get("/login")
     _rewrite(store, key_of(client), tamper)
     assert _reads_as_corrupt(client, middleware)
+
+
+def test_an_anonymous_record_given_the_empty_user_reads_as_corrupt(store: Store) -> None:
+    # No user and "" bind alike in the seal; an empty user id is refused instead.
+    client, middleware = _client(store)
+    client.get("/put")
+    _rewrite(store, key_of(client), lambda r: replace(r, user_id=""))
+    assert _reads_as_corrupt(client, middleware)
+
+
+def _timed_keys(session: Session, request: Request) -> str:
+    for i in range(int(request.args["n"])):
+        session.set(f"a-key-with-a-timeout-and-a-long-name-{i:05d}", i, timeout=600)
+    return "ok"
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["sealed", "unsealed"])
+def test_key_timeouts_too_many_to_seal_their_names_are_a_clear_error(encrypt: bool) -> None:
+    # Their names are sealed in a header of at most 64 KB; unsealed, the meta has room.
+    client, _ = make_client({**ROUTES, "/timed": _timed_keys}, encrypt=encrypt)
+    assert client.get("/timed?n=100").status_code == 200
+    if encrypt:
+        with pytest.raises(SessionError, match=r"2500 keys with a timeout take \d+ bytes"):
+            client.get("/timed?n=2500")
+    else:
+        assert client.get("/timed?n=2500").status_code == 200
+    assert len(body(client.get("/peek"))["data"]) == (100 if encrypt else 2500)
+
+
+def _long_name(session: Session, request: Request) -> str:
+    session["N" * 70_000] = "v" * 20_000  # a value sealed apart, under a key too long to name
+    session["n"] = session.get("n", 0) + 1
+    return "ok"
+
+
+def test_a_big_value_under_a_key_too_long_to_name_apart_is_sealed_with_the_rest() -> None:
+    client, _ = make_client({**ROUTES, "/long": _long_name})
+    for _ in range(3):  # the later saves reuse the stored record, where values are cut
+        assert client.get("/long").status_code == 200
+    assert body(client.get("/peek"))["data"]["n"] == 3
 
 
 def _plant(store: Store, client: Client) -> None:

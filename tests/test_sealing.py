@@ -7,9 +7,11 @@ so these tests check that no batch is ever handed out twice, in one process or t
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import os
 import secrets
+import sys
 import threading
 from typing import Any
 
@@ -127,23 +129,31 @@ def test_a_forked_child_never_hands_out_its_parents_unused_nonces() -> None:
     assert not child & parent
 
 
-def test_a_forked_child_empties_its_pool_before_it_seals(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the at-fork hook does, in this process: the next nonce comes from a new draw
-    (a child that skipped it would repeat its parent's unused nonces)."""
+@pytest.mark.skipif(sys.platform != "linux", reason="forks through libc with ctypes")
+def test_a_child_forked_by_c_code_that_runs_no_hook_still_draws_its_own_nonces() -> None:
+    """A fork made without PyOS_AfterFork_Child() (uWSGI's, by default) runs no
+    at-fork hook: the child must still not hand out its parent's unused nonces."""
     _sealing._nonces.take()
-    drawn: list[int] = []
-    real = os.urandom
+    read, write = os.pipe()
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:  # pragma: no cover - the child's side, reported through the pipe
+        try:
+            os.write(write, _sealing._nonces.take())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, _NONCE)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == _NONCE
+    assert child not in {_sealing._nonces.take() for _ in range(_sealing._NONCES_PER_DRAW)}
 
-    def urandom(size: int) -> bytes:
-        drawn.append(size)
-        return real(size)
 
-    monkeypatch.setattr(os, "urandom", urandom)
-    _sealing._nonces.take()
-    assert drawn == []  # the pool still held unused nonces
-    _sealing._nonces.forget()  # as os.register_at_fork(after_in_child=...) calls it
-    _sealing._nonces.take()
-    assert drawn == [_NONCE * _sealing._NONCES_PER_DRAW]
+def test_a_record_claiming_the_empty_user_does_not_open() -> None:
+    # No user and "" would bind alike; a user id is never empty, so "" was set by hand.
+    blob = seal("s" * 43, "k" * 64, 1, None, b"{}", b"", b"{}")
+    with pytest.raises(ValueError, match="never empty"):
+        open_sealed("s" * 43, "k" * 64, 1, "", b"{}", blob)
 
 
 # -- values sealed apart --------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Any, Final, NoReturn
 
 from ._plain_json import Walk
 from ._sealing import (
+    MAX_HEADER,
+    MAX_NAME_APART,
     Apart,
     ApartValues,
     is_sealed,
@@ -106,9 +108,18 @@ class Codec:
                 times = [deadlines[name] for name in names]
                 meta = encode_meta(remember, None, times, agent, address)
                 header = seal_header(ip, names)
+                if len(header) > MAX_HEADER:
+                    raise SessionError(
+                        f"the names of the {len(names)} keys with a timeout take "
+                        f"{len(header)} bytes sealed, over {MAX_HEADER}; the session was "
+                        "not saved: use fewer or shorter keys with a timeout"
+                    )
             else:
                 meta, header = encode_meta(remember, None, (), agent, address), b""
             payload, cuts = self._dumps(self._sealed_serializer, data, reuse, _APART_FROM)
+            if any(len(name.encode()) > MAX_NAME_APART for name, _, _ in cuts):
+                # A key too long to name in the seal's index: nothing is sealed apart.
+                payload, cuts = self._dumps(self._sealed_serializer, data, reuse)
             apart = self._apart(session_id, key, base, reuse, cuts) if cuts else ()
             blob = seal(session_id, key, version, user_id, meta, header, payload, apart)
         else:

@@ -41,6 +41,8 @@ from ._snapshot import compact_json, read_json
 __all__ = [
     "APART_MAGIC",
     "MAGIC",
+    "MAX_HEADER",
+    "MAX_NAME_APART",
     "Apart",
     "ApartValues",
     "Opened",
@@ -63,6 +65,10 @@ _START: Final = len(MAGIC)
 _BODY: Final = _START + _NONCE
 _NO_HEADER: Final = b"\x00\x00"
 _SIZE: Final = struct.Struct(">H")
+#: The longest header :func:`seal` takes, in bytes: its length is two bytes.
+MAX_HEADER: Final = 0xFFFF
+#: The longest key, UTF-8 encoded, whose value can be sealed apart, for the same reason.
+MAX_NAME_APART: Final = 0xFFFF
 _MAIN: Final = struct.Struct(">I")
 # Where a value sealed apart goes in the data, and its seal's length.
 _PLACE: Final = struct.Struct(">II")
@@ -94,26 +100,27 @@ class _Nonces:
 
     GCM under one key must never see a nonce twice, and a forked child starts with a
     copy of its parent's memory, unused nonces included: handed out in both
-    processes, they would repeat under the same session's key. So the child empties
-    its pool, through an :func:`os.register_at_fork` hook, before any of its code
-    runs. Every fork that goes on running Python runs that hook: ``os.fork()``,
-    ``multiprocessing``, and C code, which must call ``PyOS_AfterFork_Child()``. (The
-    process id is not compared instead: ``os.getpid()`` is a system call too.)
+    processes, they would repeat under the same session's key. So the pool belongs to
+    the process that drew it, and any other draws its own. The process id is
+    compared on every nonce (a system call, 0.2 µs), not left to an
+    :func:`os.register_at_fork` hook: a fork made by C code that does not call
+    ``PyOS_AfterFork_Child()`` runs no hook (uWSGI's, unless told to), and a master
+    that sealed before forking would hand its workers the same nonces.
     """
 
-    __slots__ = ("_pool",)
+    __slots__ = ("_pid", "_pool")
 
     def __init__(self) -> None:
         self._pool: list[bytes] = []
-
-    def forget(self) -> None:
-        """Drop the nonces drawn so far: the next one comes from a new draw."""
-        self._pool = []
+        self._pid = os.getpid()
 
     def take(self) -> bytes:
         """Return a fresh 12-byte nonce, never handed out before in any process."""
+        pool = self._pool
+        if self._pid != os.getpid():
+            return self._draw()  # a child's first: its parent's pool is not its own
         try:
-            return self._pool.pop()
+            return pool.pop()
         except IndexError:
             return self._draw()
 
@@ -121,12 +128,13 @@ class _Nonces:
         drawn = os.urandom(_NONCE * _NONCES_PER_DRAW)
         fresh = [drawn[at : at + _NONCE] for at in range(0, len(drawn), _NONCE)]
         nonce = fresh.pop()
+        # The pool first: a thread that sees the new process id sees its pool too.
         self._pool = fresh
+        self._pid = os.getpid()
         return nonce
 
 
 _nonces: Final = _Nonces()
-os.register_at_fork(after_in_child=_nonces.forget)
 
 
 # A user's requests come one after another, and a write opens then seals: deriving the
@@ -157,6 +165,10 @@ def derive_key(session_id: str) -> bytes:
 
 def _bound(key: str, version: int, user_id: str | None, meta: bytes) -> bytes:
     # Domain separation is the key derivation's label; this binds the record's place.
+    # No user and the user "" would bind alike: a user id is never empty (users.py), so
+    # a record claiming "" was changed by hand, and fails to open.
+    if user_id == "":
+        raise ValueError("a record's user id is never empty")
     user = b"" if user_id is None else user_id.encode()
     return b"%b\x00%d\x00%b\x00%b" % (key.encode(), version, user, meta)
 
@@ -211,7 +223,7 @@ def seal(
     *apart* are values sealed apart under the same session and store key, with their
     offsets in *payload*, in order: the record binds each of their seals.
     """
-    if len(header) > 0xFFFF:
+    if len(header) > MAX_HEADER:
         raise ValueError("header too long to seal")
     nonce = _nonces.take()
     cipher = _cipher(session_id)
