@@ -244,12 +244,13 @@ class SessionState:
         if candidates:
             found = self._saver.changed_in_place(snapshot, candidates, self._data, self._read)
             self._changed |= found
-        if stepped & read:
+        past_steps = stepped & read
+        if past_steps:
             # A value apply() made, or one it will make again, changed in place as well:
             # the steps alone would store something else. Written whole, it wins over
             # them, as an assignment after them would.
             self._changed |= self._saver.changed_past_steps(
-                snapshot, stepped & read, self._data, self._steps, _clock.now()
+                snapshot, past_steps, self._data, self._steps, _clock.now()
             )
 
     def _note_read(self, key: str, value: Any) -> None:

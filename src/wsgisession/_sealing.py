@@ -116,11 +116,12 @@ class _Nonces:
 
     def take(self) -> bytes:
         """Return a fresh 12-byte nonce, never handed out before in any process."""
-        pool = self._pool
+        # The process id first, then the pool, the reverse of _draw's order: a thread
+        # that finds the new id finds the pool drawn for it.
         if self._pid != os.getpid():
             return self._draw()  # a child's first: its parent's pool is not its own
         try:
-            return pool.pop()
+            return self._pool.pop()
         except IndexError:
             return self._draw()
 
@@ -128,7 +129,6 @@ class _Nonces:
         drawn = os.urandom(_NONCE * _NONCES_PER_DRAW)
         fresh = [drawn[at : at + _NONCE] for at in range(0, len(drawn), _NONCE)]
         nonce = fresh.pop()
-        # The pool first: a thread that sees the new process id sees its pool too.
         self._pool = fresh
         self._pid = os.getpid()
         return nonce
