@@ -33,7 +33,7 @@ from tests.helpers import (
 )
 from wsgisession import Session, SessionMiddleware
 from wsgisession.config import Config
-from wsgisession.cookies import SessionCookie
+from wsgisession.cookies import MAX_CHECKED, SessionCookie
 from wsgisession.ids import new_session_id
 from wsgisession.stores.memory import MemoryStore
 
@@ -73,6 +73,20 @@ def test_tampered_signature_gets_a_fresh_session(caplog: pytest.LogCaptureFixtur
     assert store.calls.count("load") == 0
     assert "did not verify" in caplog.text
     assert good not in caplog.text
+
+
+def test_thousands_of_misshapen_cookies_write_a_bounded_number_of_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, _ = make_client({"/inc": counter})
+    client.get("/inc")
+    good = cookie_value(client)
+    header = "; ".join(["session_id=x"] * 10_000 + [f"session_id={good}"])
+    with caplog.at_level(logging.INFO, logger="wsgisession"):
+        response = get_with_cookie_header(client.application, "/inc", header)
+    assert body(response) == 2  # the one of our shape still found, after all of them
+    assert len(caplog.records) == MAX_CHECKED + 1
+    assert "ignored 9996 more session cookies" in caplog.text
 
 
 def test_cookie_signed_with_another_key_is_ignored() -> None:

@@ -26,7 +26,7 @@ from tests.helpers import (
     session_id_of,
     set_cookies,
 )
-from wsgisession import ConfigError, Session
+from wsgisession import ConfigError, Session, SessionMiddleware
 from wsgisession.config import Config
 from wsgisession.ids import store_key
 from wsgisession.stores import Store
@@ -355,3 +355,32 @@ def test_a_key_timeout_is_capped_by_the_anonymous_lifetime(clock: FakeClock) -> 
 def test_anonymous_timeout_longer_than_timeout_is_refused() -> None:
     with pytest.raises(ConfigError, match="'anonymous_timeout' \\(7200\\) must not exceed"):
         Config.from_options(secret_key=SECRET, timeout=3600, anonymous_timeout=7200)
+
+
+def test_a_session_that_expires_while_its_body_streams_is_not_written_back(
+    store: Store, clock: FakeClock
+) -> None:
+    # Every store reads the application's clock: the late save finds the session ended.
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/set":
+            session["a"] = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["PATH_INFO"] != "/stream":
+            return [repr(sorted(session.items())).encode()]
+
+        def body() -> Any:
+            dict(session)
+            yield b"."
+            clock.advance(150)
+            session["late"] = 1
+            yield b"."
+
+        return body()
+
+    client = Client(
+        SessionMiddleware(app, secret_key=SECRET, store=store, cleanup_interval=0, timeout=100)
+    )
+    client.get("/set")
+    client.get("/stream", buffered=True)
+    assert client.get("/").get_data(as_text=True) == "[]"

@@ -120,13 +120,18 @@ class SessionCookie:
         Browsers send one cookie per matching path, so several may share the name;
         only values of our cookie's exact shape are verified, and at most the first
         :data:`MAX_CHECKED` of them, so a request's cost is bounded whatever its size.
-        Rejected values are logged by their length and the reason, never their content.
+        Rejected values are logged by their length and the reason, never their content;
+        past the first :data:`MAX_CHECKED` not of our shape, one line counts the rest.
         """
         values = self._values(cookie_header)
-        checked = 0
+        checked = misshapen = 0
+        found = None
         for value in values:
             if not _SHAPE.fullmatch(value):
-                _rejected(value, "not of our shape")
+                misshapen += 1
+                # A line for each would let one header write thousands of them.
+                if misshapen <= MAX_CHECKED:
+                    _rejected(value, "not of our shape")
                 continue
             if checked == MAX_CHECKED:
                 _rejected(value, f"beyond the first {MAX_CHECKED} checked")
@@ -134,9 +139,14 @@ class SessionCookie:
             checked += 1
             found = self._verify(value)
             if found is not None:
-                return found
+                break
             _rejected(value, "signed with no key we hold")
-        return None
+        if misshapen > MAX_CHECKED:
+            log.info(
+                "ignored %d more session cookies that were not of our shape",
+                misshapen - MAX_CHECKED,
+            )
+        return found
 
     def _values(self, cookie_header: str) -> list[str]:
         # Only our cookie's values matter, so a plain split is enough; it also never

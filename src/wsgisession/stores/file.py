@@ -583,6 +583,9 @@ class _Errors(translate_errors):
         if isinstance(exc, Unsafe):
             return str(exc)
         if isinstance(exc, OSError):
-            exc.filename = _redacted(exc.filename)
-            exc.filename2 = _redacted(exc.filename2)
+            # Only names set: assigning None, even back, makes str() print "None -> None".
+            if exc.filename is not None:
+                exc.filename = _redacted(exc.filename)
+            if exc.filename2 is not None:
+                exc.filename2 = _redacted(exc.filename2)
         return super().describe(exc)

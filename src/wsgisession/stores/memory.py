@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace as _replace
 from typing import Any, Self
 
+from .. import _clock
 from ..errors import ConfigError
 from ._turns import Turns
 from .base import LockTimeout, Record, Store
@@ -49,7 +49,7 @@ class MemoryStore(Store):
 
     def _live(self, key: str) -> Record | None:
         record = self._records.get(key)
-        if record is None or record.expires_at <= time.time():
+        if record is None or record.expires_at <= _clock.now():
             return None
         return record
 
@@ -154,7 +154,7 @@ class MemoryStore(Store):
 
     def cleanup(self, *, limit: int | None = None) -> int:
         """Drop expired records, at most *limit*, and return how many."""
-        now = time.time()
+        now = _clock.now()
         with self._lock:
             expired = [k for k, r in self._records.items() if r.expires_at <= now]
             if limit is not None:
@@ -184,5 +184,5 @@ class MemoryStore(Store):
 
     def count(self) -> int:
         """Return the number of live records, tombstones aside."""
-        now = time.time()
+        now = _clock.now()
         return sum(1 for r in list(self._records.values()) if r.expires_at > now and r.version)
