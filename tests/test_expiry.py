@@ -119,6 +119,26 @@ def test_remember_makes_a_persistent_cookie_and_a_long_server_lifetime(
     assert "Max-Age=86400" in reissued
 
 
+def test_popping_messages_of_a_remembered_session_moves_its_cookie_too(clock: FakeClock) -> None:
+    # pop_flashes() saves at once, which restarts the session's lifetime: the cookie's
+    # Max-Age must say so, or the browser drops it before the session ends.
+    def login(session: Session, request: Request) -> str:
+        session.remember = True
+        session.flash("welcome")
+        return "ok"
+
+    def pop(session: Session, request: Request) -> Any:
+        return session.pop_flashes()
+
+    client, _ = make_client({"/login": login, "/pop": pop}, timeout=60, remember_me_timeout=1000)
+    client.get("/login")
+    clock.advance(100)
+    response = client.get("/pop")
+    assert body(response) == [["message", "welcome"]]
+    [header] = set_cookies(response)
+    assert "Max-Age=1000" in header
+
+
 def test_turning_remember_off_reissues_a_browser_cookie(clock: FakeClock) -> None:
     def remember(session: Session, request: Request) -> str:
         session.remember = request.args["on"] == "1"

@@ -16,7 +16,7 @@ from typing import Any
 from wsgiref.util import FileWrapper
 
 import pytest
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from tests.helpers import (
@@ -320,6 +320,41 @@ def test_changes_during_the_body_are_saved_when_the_response_closes() -> None:
     )
     client.get("/inc", buffered=True)
     assert client.get("/").get_data(as_text=True) == "[('late', 'yes'), ('n', 1)]"
+
+
+def test_changes_after_write_are_saved_even_with_a_list_body() -> None:
+    # write() sends the headers (and saves); the list returned after it runs no code,
+    # but what the application changed in between is the response's to save.
+    def legacy(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/write":
+            session["before"] = 1
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            write(b"streamed")
+            session["after"] = 2
+            return []
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr(sorted(session.items())).encode()]
+
+    middleware = SessionMiddleware(
+        legacy, secret_key=SECRET, store="memory://", cleanup_interval=0
+    )
+    written: list[bytes] = []
+    headers: list[tuple[str, str]] = []
+
+    def start_response(status: str, response_headers: Any, exc_info: Any = None) -> Any:
+        headers.extend(response_headers)
+        return written.append
+
+    # By hand, as a server does it: werkzeug's test client drops write()'s data when
+    # it buffers, and closes the body only when buffering.
+    body = middleware(EnvironBuilder("/write").get_environ(), start_response)
+    written.extend(body)
+    body.close()  # type: ignore[attr-defined]
+    assert written == [b"streamed"]
+    cookie = next(value for name, value in headers if name == "Set-Cookie").split(";")[0]
+    answer = Client(middleware, use_cookies=False).get("/", headers={"Cookie": cookie})
+    assert answer.get_data(as_text=True) == "[('after', 2), ('before', 1)]"
 
 
 def test_a_container_read_again_in_the_body_after_the_headers_save_is_compared_exactly() -> None:

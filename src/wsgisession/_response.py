@@ -376,6 +376,16 @@ class SessionState:
         finally:
             self.hand_over()
 
+    @property
+    def finished(self) -> bool:
+        """Whether the response is over for the session: nothing more will be saved.
+
+        A list body after the headers went out through ``write()`` leaves it
+        unfinished: what the application changed after that call is saved as the
+        response closes, as for any body after the headers.
+        """
+        return self._stage is FINISHED
+
     def hand_over(self) -> None:
         """Mark the response finished without a late save: its body runs no code.
 
@@ -433,6 +443,10 @@ class SessionState:
                         moving or remember_changed or expiry.persistent(self._remember)
                     )
                 elif self._refresh(now):
+                    issue = expiry.persistent(self._remember)
+                elif self._snapshot is not self._origin:
+                    # pop_flashes() saved ahead of the response, restarting the lifetime
+                    # a persistent cookie has to say.
                     issue = expiry.persistent(self._remember)
                 if self._snapshot is not None and self._cookie is not None:
                     issue = issue or self._cookie.stale_key

@@ -160,7 +160,7 @@ class SessionMiddleware:
                     self._answer_save_error, environ, start_response, session
                 )
             return _Response(iterable, session, answer)
-        if plain:
+        if plain and session.finished:
             return iterable  # the session was finished with its headers
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(iterable, wrapper):
