@@ -7,6 +7,7 @@ the command line's ``sessions`` and ``logout`` in ``test_cli.py``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +16,12 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
 from tests.helpers import (
+    PATIENCE,
     SECRET,
     USER_ROUTES,
     FakeClock,
     body,
+    cookie_value,
     dump,
     handle_of,
     key_of,
@@ -27,7 +30,9 @@ from tests.helpers import (
     user_app,
 )
 from wsgisession import Session, SessionMiddleware
+from wsgisession.events import SessionEvent
 from wsgisession.stores import Store
+from wsgisession.stores.memory import MemoryStore
 from wsgisession.users import check_user_id
 
 # -- user ids ------------------------------------------------------------------------
@@ -249,6 +254,46 @@ def test_cap_per_user_ends_the_oldest(store: Store, clock: FakeClock) -> None:
     assert body(clients[0].get("/"))["user"] is None
     assert body(clients[1].get("/"))["user"] == "ann"
     assert body(clients[2].get("/"))["user"] == "ann"
+
+
+def test_logins_racing_past_the_cap_end_each_others_sessions_only_once(store: Store) -> None:
+    # Both save before either checks the cap: ending each other's sessions, the two
+    # logins would log the user out everywhere.
+    both_saved = threading.Barrier(2)
+
+    def wait_for_the_other(event: SessionEvent) -> None:
+        if event.name == "created":
+            both_saved.wait(timeout=PATIENCE)
+
+    middleware = user_app(store, max_sessions_per_user=1, listeners=[wait_for_the_other])
+    logins = [threading.Thread(target=log_in, args=(middleware,)) for _ in range(2)]
+    for login in logins:
+        login.start()
+    for login in logins:
+        login.join(PATIENCE)
+    assert len(middleware.user_sessions("ann")) == 1
+
+
+def test_a_failed_request_that_links_a_user_ends_none_of_their_sessions(
+    clock: FakeClock,
+) -> None:
+    # Nothing of a failed request is saved, so the user it linked has no new session.
+    def switch_then_fail(session: Session, request: Request) -> str:
+        session.user_id = "bob"
+        raise RuntimeError("the switch failed")
+
+    store = MemoryStore()
+    before = []
+    for _ in range(3):  # before the cap was configured
+        before.append(log_in(user_app(store)))
+        clock.advance(1)
+    switching, capped = make_client(
+        {**USER_ROUTES, "/switch": switch_then_fail}, store=store, max_sessions_per_user=2
+    )
+    switching.set_cookie("session_id", cookie_value(before[2]))
+    with pytest.raises(RuntimeError, match="the switch failed"):
+        switching.get("/switch")
+    assert len(capped.user_sessions("ann")) == 3
 
 
 def test_max_sessions_per_user_holds_for_a_link_made_while_the_body_is_produced() -> None:

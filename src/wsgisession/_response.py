@@ -450,7 +450,7 @@ class SessionState:
                     issue = expiry.persistent(self._remember)
                 if self._snapshot is not None and self._cookie is not None:
                     issue = issue or self._cookie.stale_key
-        if linking and self._snapshot is not None:
+        if linking and not self._failed and self._snapshot is not None:
             self._enforce_cap(now)
         if issue and self._snapshot is not None and self._id is not None:
             max_age = expiry.cookie_max_age(self._expires_at, now, remember=self._remember)

@@ -512,9 +512,15 @@ class Saver:
         infos = self.timed(current, list_user_sessions, self.store, user_id, now)
         if len(infos) <= cap:
             return
-        # list_user_sessions is newest first, so the oldest are at the end.
+        mine = next((info for info in infos if info.handle == current), None)
+        if mine is None:
+            return  # ended meanwhile, by another login's cap or a logout
+        # list_user_sessions is newest first, so the oldest are at the end. A session
+        # saved after this one is spared: a login racing this one saved it, and its own
+        # check ends this one instead; ending each other, two logins would leave none.
         for info in [i for i in infos if i.handle != current][cap - 1 :]:
-            self.delete(info.handle)
+            if info.last_seen < mine.last_seen:
+                self.delete(info.handle)
 
     # -- reading records -----------------------------------------------------------------
 
