@@ -390,6 +390,18 @@ def test_old_id_within_the_grace_gets_an_empty_session_and_no_cookie(store: Stor
     assert body(client.get("/")) == {"n": 1, "user": "ann"}
 
 
+def test_ending_a_handle_listed_before_a_regenerate_leaves_its_tombstone(store: Store) -> None:
+    # The session moved; deleting its tombstone would end nothing and let a request
+    # still carrying the old cookie delete the browser's new one.
+    client, middleware = make_client(ROUTES, store=store)
+    client.get("/inc")
+    old, old_handle = cookie_value(client), key_of(client)
+    client.get("/login")
+    assert not middleware.end_session(old_handle)
+    assert set_cookies(with_cookie(client.application, old).get("/peek")) == []
+    assert body(client.get("/")) == {"n": 1, "user": "ann"}
+
+
 def test_old_id_after_the_grace_gets_its_cookie_expired(store: Store, clock: FakeClock) -> None:
     client, old = _logged_in(store)
     clock.advance(61)

@@ -504,6 +504,19 @@ class Saver:
             self.emit("invalidated", key)
         return ended
 
+    def end(self, key: str) -> bool:
+        """End the session a listing named *key* from outside it (an administrator, the
+        cap); ``True`` if it was live.
+
+        A tombstone is left alone: the session moved to a new id that the store can't
+        name, and a request still carrying the old cookie must find the tombstone, or
+        its response would delete the browser's new cookie.
+        """
+        record = self._read(key)
+        if record is None or record.version == 0:
+            return False
+        return self.delete(key)
+
     def enforce_cap(self, user_id: str, current: str, now: float) -> None:
         """End *user_id*'s oldest sessions beyond ``max_sessions_per_user``."""
         cap = self._max_sessions_per_user
@@ -520,7 +533,7 @@ class Saver:
         # check ends this one instead; ending each other, two logins would leave none.
         for info in [i for i in infos if i.handle != current][cap - 1 :]:
             if info.last_seen < mine.last_seen:
-                self.delete(info.handle)
+                self.end(info.handle)
 
     # -- reading records -----------------------------------------------------------------
 

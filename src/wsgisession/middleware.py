@@ -202,13 +202,16 @@ class SessionMiddleware:
     def end_session(self, handle: str) -> bool:
         """End the session whose :attr:`SessionInfo.handle` is *handle*.
 
-        Return ``True`` if it was live. A string that is not a handle ends nothing.
+        Return ``True`` if it was live. A string that is not a handle ends nothing, nor
+        does the handle of a session regenerated since it was listed: the session lives
+        on under its new id, and the old one's tombstone stays for the requests still
+        carrying its cookie.
 
         :raises StoreError: The store failed.
         """
         if not is_handle(handle):
             return False
-        return self._saver.delete(handle)
+        return self._saver.end(handle)
 
     def end_user_sessions(self, user_id: str, *, keep: str | Session | None = None) -> int:
         """End every session of *user_id* except *keep*; return how many were ended.
@@ -225,7 +228,7 @@ class SessionMiddleware:
             spared = {keep}
         ended = 0
         for info in self.user_sessions(user_id):
-            if info.handle not in spared and self._saver.delete(info.handle):
+            if info.handle not in spared and self._saver.end(info.handle):
                 ended += 1
         return ended
 
