@@ -487,6 +487,32 @@ def test_a_record_with_bad_framing_is_counted_and_emitted_as_corrupt(
     assert path.name not in caplog.text and path.name[:8] in caplog.text
 
 
+def test_a_directory_where_a_record_was_is_a_missing_session_never_an_error(
+    file_store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Writing and logging out both remove what the cookie named: a directory there is
+    # left, and logged, instead of failing every request that carries the cookie.
+    def logout(session: Any, request: Any) -> str:
+        session.invalidate()
+        return "out"
+
+    client, middleware = make_client({"/": counter, "/logout": logout}, store=file_store)
+    client.get("/")
+    (path,) = [p for p in Path(file_store.directory).rglob("*") if len(p.name) == 64]
+    path.unlink()
+    path.mkdir()
+    old_cookie = client.get_cookie("session_id")
+    assert old_cookie is not None
+    caplog.set_level(logging.WARNING, logger="wsgisession")
+
+    assert client.get("/").get_data() == b"1"  # a fresh session, under a new cookie
+    client.set_cookie("session_id", old_cookie.value)
+    assert client.get("/logout").status_code == 200
+    assert path.is_dir() and f"{path.name[:8]}… should be" in caplog.text
+    assert file_store.count() == 1
+    assert middleware.metrics()["corrupt"] == 2
+
+
 # -- the application's clock, and the kernel's ---------------------------------------
 
 

@@ -353,13 +353,27 @@ class Tree:
         return True
 
     def unlink(self, path: str) -> None:
-        """Remove the file at *path* if it is there (a symbolic link, not its target)."""
+        """Remove the file at *path* if it is there (a symbolic link, not its target).
+
+        A directory there, which no file of the store is, is left where it is and
+        logged: removing it could take whatever someone put in it, and the file it
+        stands for reads as missing or corrupt anyway.
+        """
         if not self._enter(os.path.dirname(path), create=False):
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
-            if self.fsync:
-                self._sync_dir(os.path.dirname(path))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            # Linux says EISDIR, other systems EPERM.
+            if exc.errno not in (errno.EISDIR, errno.EPERM) or not os.path.isdir(path):
+                raise
+            name = os.path.basename(path)
+            log.warning("left a directory where the store's file %s… should be", name[:8])
+            return
+        if self.fsync:
+            self._sync_dir(os.path.dirname(path))
 
     # -- internals ----------------------------------------------------------------
 
