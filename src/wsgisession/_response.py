@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _clock
 from ._changes import Step
 from ._expiry import key_live
+from ._headers import with_session_headers
 from ._saving import Absence, Change, Saver, Stored
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ class SessionState:
         self._failed = True
         extra = self.respond(status)
         if extra is not None:
-            headers = _with_headers(headers, extra)
+            headers = with_session_headers(headers, extra)
         self._server_write = self._server_start_response(status, headers, exc_info)
         return self._server_write
 
@@ -307,7 +308,7 @@ class SessionState:
         if self._loaded:
             extra = self.respond(status)
             if extra is not None:
-                headers = _with_headers(headers, extra)
+                headers = with_session_headers(headers, extra)
             # Some start_response callables (web.py's test helper) take two arguments.
             self._server_write = self._server_start_response(status, headers)
             if last:
@@ -576,35 +577,3 @@ class SessionState:
         self._snapshot = self._origin = None
         self._expired = True
         self._moved = absence == "moved"
-
-
-def _with_headers(
-    headers: list[tuple[str, str]], extra: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Return *headers* plus *extra*, ``Vary: Cookie`` and, with a cookie, Cache-Control.
-
-    The application's headers are kept; an existing ``Vary`` is extended in place.
-    """
-    out = list(headers)
-    vary_index = None
-    has_cache_control = False
-    for index, (name, _) in enumerate(out):
-        # The length first: most names are neither, and len() costs less than lower().
-        size = len(name)
-        if size == 4 and vary_index is None and name.lower() == "vary":
-            vary_index = index
-        elif size == 13 and name.lower() == "cache-control":
-            has_cache_control = True
-    if vary_index is None:
-        out.append(("Vary", "Cookie"))
-    else:
-        name, value = out[vary_index]
-        tokens = {token.strip().lower() for token in value.split(",")}
-        if "cookie" not in tokens and "*" not in tokens:
-            out[vary_index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
-    if extra:
-        out.extend(extra)
-        if not has_cache_control:
-            # A shared cache must never hand one user's cookie to another.
-            out.append(("Cache-Control", 'no-cache="Set-Cookie"'))
-    return out

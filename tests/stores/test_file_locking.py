@@ -22,7 +22,11 @@ import pytest
 
 from tests.helpers import (
     CHILD_ENV,
+    PATIENCE,
+    counter,
     finish,
+    key_of,
+    make_client,
     merging_writer_code,
     python_child,
     temp_files,
@@ -368,6 +372,34 @@ def test_a_locked_save_waits_for_a_lock_another_process_holds(tmp_path: Path) ->
     assert len(outcome) == 1 and outcome[0] is not None
     loaded = store.load(key)
     assert loaded is not None and (loaded.data, loaded.version) == (b"mine", 2)
+
+
+def test_a_save_through_the_middleware_waits_for_a_stuck_lock_only_save_timeout(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "sessions"
+    client, middleware = make_client({"/": counter}, store=f"file://{directory}", save_timeout=1)
+    client.get("/")
+    key = key_of(client)
+    failures: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            client.get("/")
+        except StoreError as exc:
+            failures.append(exc)
+
+    proc = _holding(directory, key)  # a worker stopped while it held the lock
+    try:
+        saver = threading.Thread(target=save)
+        saver.start()
+        saver.join(PATIENCE)
+        assert not saver.is_alive(), "the save waited for the lock beyond save_timeout"
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert len(failures) == 1 and "save_timeout (1 s)" in str(failures[0])
+    assert middleware.store.load(key) is not None
 
 
 _PLAIN_SAVER_CHILD = """

@@ -47,6 +47,8 @@ _GROUP_BITS: Final = 0o060
 #: Seconds after which :meth:`FileStore.cleanup` takes a temp file for a crashed
 #: writer's leftover; no live write takes this long.
 _TEMP_MAX_AGE: Final = 3600.0
+#: How long a plain save waits for a shard lock before it returns ``False``.
+_PLAIN_SAVE_WAIT: Final = 2.0
 
 #: What is under a key, as read under its lock: the key, whether a file is there,
 #: and its record (``None`` if missing or unreadable), expired or not.
@@ -71,7 +73,9 @@ class FileStore(Store):
     creating one takes no lock and reads nothing.
 
     :meth:`save_locked` holds the same shard locks across its read, *build* and
-    write, so a plain save of the session waits for it. This process's threads
+    write, so a plain save of the session waits for it, for
+    :data:`_PLAIN_SAVE_WAIT` seconds at most: then it returns ``False``, and its
+    caller takes its turn in :meth:`save_locked`. This process's threads
     queue for a session's lock in the order they asked; between processes, the
     kernel's ``flock`` decides.
 
@@ -240,7 +244,12 @@ class FileStore(Store):
                 if self._tree.create(shard, key, encode_record(record)):
                     return True
         keys = (key,) if old is None else (key, old)
-        with self._errors, self._locked(*keys):
+        with self._errors, self._locked(*keys, timeout=_PLAIN_SAVE_WAIT) as taken:
+            if not taken:
+                # Held that long, by a process stopped while holding it, say: the caller
+                # turns to save_locked on False, which waits in turn and for a bounded
+                # time, where this save would have waited for ever.
+                return False
             now = _clock.now()
             found, before = self._read_any(key)
             live = before is not None and before.expires_at > now
@@ -583,7 +592,7 @@ class _Errors(translate_errors):
         if isinstance(exc, Unsafe):
             return str(exc)
         if isinstance(exc, OSError):
-            # Only names set: assigning None, even back, makes str() print "None -> None".
+            # Assigning None, even back, makes str() print "None -> None".
             if exc.filename is not None:
                 exc.filename = _redacted(exc.filename)
             if exc.filename2 is not None:
