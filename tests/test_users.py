@@ -226,6 +226,19 @@ def test_expired_session_is_not_listed_without_cleanup(store: Store, clock: Fake
     assert middleware.user_sessions("ann") == []
 
 
+def test_a_session_past_an_absolute_timeout_set_since_is_not_listed(
+    store: Store, clock: FakeClock
+) -> None:
+    # Its record, written before the option, expires later; the session is over all
+    # the same, and its cookie finds nothing.
+    before = log_in(user_app(store))
+    clock.advance(120)
+    middleware = user_app(store, absolute_timeout=60)
+    assert middleware.user_sessions("ann") == []
+    before.application = middleware
+    assert body(before.get("/"))["user"] is None
+
+
 def test_last_seen_moves_on_save_and_refresh(store: Store, clock: FakeClock) -> None:
     middleware = user_app(store, timeout=100)
     client = log_in(middleware)

@@ -127,6 +127,7 @@ class Saver:
         self._bind_ip = config.bind_ip
         self._track_clients = config.track_clients
         self._save_timeout = config.save_timeout
+        self._absolute_timeout = config.absolute_timeout
         self._regenerate_grace = config.regenerate_grace
         self._max_sessions_per_user = config.max_sessions_per_user
 
@@ -522,7 +523,9 @@ class Saver:
         cap = self._max_sessions_per_user
         if cap is None:
             return
-        infos = self.timed(current, list_user_sessions, self.store, user_id, now)
+        infos = self.timed(
+            current, list_user_sessions, self.store, user_id, now, self._absolute_timeout
+        )
         if len(infos) <= cap:
             return
         mine = next((info for info in infos if info.handle == current), None)

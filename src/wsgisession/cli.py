@@ -80,7 +80,7 @@ def _stats(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 def _sessions(config: Config, store: Store, args: argparse.Namespace) -> str:
     now = time.time()
-    infos = list_user_sessions(store, args.user, now)
+    infos = list_user_sessions(store, args.user, now, config.absolute_timeout)
     if args.json:
         return json.dumps({"user": args.user, "sessions": [_session_json(i) for i in infos]})
     if not infos:
@@ -102,7 +102,7 @@ def _session_json(info: SessionInfo) -> dict[str, object]:
 
 
 def _logout(config: Config, store: Store, args: argparse.Namespace) -> str:
-    infos = list_user_sessions(store, args.user, time.time())
+    infos = list_user_sessions(store, args.user, time.time(), config.absolute_timeout)
     total = len(infos)
     progress = Progress.on_terminal(
         lambda n: f"{n} of {total} sessions of user {args.user!r} ended so far..."

@@ -197,7 +197,14 @@ class SessionMiddleware:
 
         :raises StoreError: The store failed.
         """
-        return self._saver.timed(None, list_user_sessions, self.store, user_id, _clock.now())
+        return self._saver.timed(
+            None,
+            list_user_sessions,
+            self.store,
+            user_id,
+            _clock.now(),
+            self.config.absolute_timeout,
+        )
 
     def end_session(self, handle: str) -> bool:
         """End the session whose :attr:`SessionInfo.handle` is *handle*.

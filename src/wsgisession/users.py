@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -85,16 +86,22 @@ def session_info(handle: str, record: Record) -> SessionInfo:
     )
 
 
-def list_user_sessions(store: Store, user_id: str, now: float) -> list[SessionInfo]:
+def list_user_sessions(
+    store: Store, user_id: str, now: float, absolute_timeout: int | None = None
+) -> list[SessionInfo]:
     """Return *user_id*'s sessions live at *now*, newest ``created_at`` first.
+
+    *absolute_timeout* is the option's value: a session older than that is over even
+    if its record, written before the option was set or lowered, expires later.
 
     :raises ValueError: *user_id* can't be a user id (:func:`check_user_id`).
     """
     check_user_id(user_id)
+    born_after = -math.inf if absolute_timeout is None else now - absolute_timeout
     infos = [
         session_info(key, record)
         for key, record in store.user_records(user_id)
-        if record.expires_at > now and record.user_id == user_id
+        if record.expires_at > now and record.created_at > born_after and record.user_id == user_id
     ]
     infos.sort(key=lambda info: info.created_at, reverse=True)
     return infos
