@@ -524,8 +524,10 @@ def test_logout_counts_sessions_that_ended_meanwhile_apart(
     ini = _many_sessions(tmp_path, 3)
     listing = cli.list_user_sessions
 
-    def then_one_ends(store: Store, user_id: str, now: float) -> list[Any]:
-        infos = listing(store, user_id, now)
+    def then_one_ends(
+        store: Store, user_id: str, now: float, absolute_timeout: int | None
+    ) -> list[Any]:
+        infos = listing(store, user_id, now, absolute_timeout)
         assert store.delete(infos[0].handle)
         return infos
 
