@@ -569,9 +569,11 @@ class CountingStore(MemoryStore):
         self.calls.append("save")
         return super().save(key, record, **kwargs)
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         self.calls.append("refresh")
-        return super().refresh(key, expires_at, last_seen)
+        return super().refresh(key, expires_at, last_seen, version=version)
 
 
 # -- handlers ------------------------------------------------------------------------------

@@ -404,3 +404,39 @@ def test_a_session_that_expires_while_its_body_streams_is_not_written_back(
     client.get("/set")
     client.get("/stream", buffered=True)
     assert client.get("/").get_data(as_text=True) == "[]"
+
+
+def test_a_read_overlapping_a_save_that_forgets_remember_me_does_not_undo_it(
+    store: Store, clock: FakeClock
+) -> None:
+    # The read is due for a refresh by the remembered lifetime it loaded; the save
+    # since set the shorter one, which that refresh must leave alone.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session, path = environ["session"], environ["PATH_INFO"]
+        if path == "/login":
+            session["user"] = "ann"
+            session.remember = True
+        elif path == "/forget":
+            session.remember = False
+        elif path == "/slow":
+            dict(session)  # loaded, remembered, past half its lifetime
+            Client(middleware, use_cookies=False).get(
+                "/forget", headers={"Cookie": environ["HTTP_COOKIE"]}
+            )
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [repr(sorted(session.items())).encode()]
+
+    middleware = SessionMiddleware(
+        app,
+        secret_key=SECRET,
+        store=store,
+        cleanup_interval=0,
+        timeout=100,
+        remember_me_timeout=1000,
+    )
+    client = Client(middleware)
+    client.get("/login")
+    clock.advance(600)
+    assert set_cookies(client.get("/slow")) == []  # no persistent cookie re-sent
+    clock.advance(150)
+    assert client.get("/").get_data(as_text=True) == "[]"  # ended 100 s after /forget

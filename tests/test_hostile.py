@@ -99,9 +99,11 @@ class RecordingStore(Store):
             key, build, timeout=timeout, moves_to=moves_to, tombstone=tombstone
         )
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         self.calls.append(("refresh", key, {}))
-        return self.inner.refresh(key, expires_at, last_seen)
+        return self.inner.refresh(key, expires_at, last_seen, version=version)
 
     def delete(self, key: str) -> bool:
         self.calls.append(("delete", key, {}))

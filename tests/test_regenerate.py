@@ -224,8 +224,10 @@ class _Window(Store):
     ) -> Record | None:
         return self.inner.save_locked(key, build, **kwargs)
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
-        return self.inner.refresh(key, expires_at, last_seen)
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
+        return self.inner.refresh(key, expires_at, last_seen, version=version)
 
     def delete(self, key: str) -> bool:
         return self.inner.delete(key)

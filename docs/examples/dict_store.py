@@ -110,10 +110,14 @@ class DictStore(Store):
             else:
                 self._records[replaces] = tombstone
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         with self._lock:
             current = self._live(key)
             if current is None or current.version == 0:  # nothing, or a tombstone
+                return False
+            if version is not None and current.version != version:  # saved since
                 return False
             self._records[key] = dataclasses.replace(
                 current,

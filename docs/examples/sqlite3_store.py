@@ -227,14 +227,17 @@ class SQLite3Store(Store):
         finally:
             self._lock.release()
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         # One statement is atomic by itself: no transaction needed.
         with self._connection() as db:
             cursor = db.execute(
                 "UPDATE sessions SET expires_at = max(expires_at, ?),"
                 " last_seen = max(last_seen, ?)"
-                " WHERE key = ? AND expires_at > ? AND version != 0",  # version 0: a tombstone
-                (expires_at, last_seen, key, time.time()),
+                " WHERE key = ? AND expires_at > ? AND version != 0"  # version 0: a tombstone
+                " AND (? IS NULL OR version = ?)",  # saved since, with a version
+                (expires_at, last_seen, key, time.time(), version, version),
             )
             return cursor.rowcount == 1
 

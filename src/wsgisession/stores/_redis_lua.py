@@ -265,14 +265,17 @@ return old or 1
 )
 
 #: KEYS: the key. ARGV: now, expires_at, last_seen, the TTL in ms for expires_at,
-#: and the index prefix ('' to leave the index alone).
+#: the index prefix ('' to leave the index alone), and optionally a version (from
+#: version_arg()), which the record must have.
 #: Returns 0 when the record was not live, and for a tombstone, which no refresh
-#: keeps alive; otherwise 1, or, when the index was left alone (Redis Cluster), the
-#: expiry moved and the record has a user, that user's id, for the caller to link.
+#: keeps alive, or one of another version; otherwise 1, or, when the index was left
+#: alone (Redis Cluster), the expiry moved and the record has a user, that user's id,
+#: for the caller to link.
 REFRESH: Final = _script(
     """
 local version, expires, seen, uid = stored(KEYS[1])
 if not version or expires <= tonumber(ARGV[1]) or version == TOMBSTONE then return 0 end
+if ARGV[6] and ARGV[6] ~= '' and version ~= ARGV[6] then return 0 end
 local want, saw = tonumber(ARGV[2]), tonumber(ARGV[3])
 local moved = want > expires
 if moved then

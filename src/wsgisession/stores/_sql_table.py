@@ -186,6 +186,8 @@ class Statements(NamedTuple):
     #: Move ``expires_at`` and ``last_seen`` of a live row, not a tombstone, forward,
     #: never back.
     refresh: sa.Update
+    #: :attr:`refresh`, of a row whose version is ``expected`` only.
+    refresh_if_version: sa.Update
     #: Insert, or overwrite an expired row, in one statement, so that it writes
     #: nothing only where a live row is; ``None`` on dialects without ``ON
     #: CONFLICT``, which use :attr:`insert` then :attr:`overwrite_expired`.
@@ -212,6 +214,11 @@ def build_statements(table: sa.Table, dialect: str) -> Statements:
     seen: sa.BindParameter[float] = sa.bindparam("seen", type_=sa.Double())
     new = {name: sa.bindparam(f"new_{name}", type_=c[name].type) for name in _VALUE_COLUMNS}
     expected = sa.bindparam("expected", type_=c.version.type)
+    # A refresh moves each time forward, never back.
+    times = {
+        "expires_at": sa.case((c.expires_at < expires, expires), else_=c.expires_at),
+        "last_seen": sa.case((c.last_seen < seen, seen), else_=c.last_seen),
+    }
     insert_unless_live: sa.Insert | None = None
     if dialect in ("postgresql", "sqlite"):
         upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
@@ -238,12 +245,10 @@ def build_statements(table: sa.Table, dialect: str) -> Statements:
         update_if_version=sa.update(table)
         .where(c.id_hash == key, c.version == expected, live)
         .values(new),
-        refresh=sa.update(table)
-        .where(c.id_hash == key, live, c.version > 0)
-        .values(
-            expires_at=sa.case((c.expires_at < expires, expires), else_=c.expires_at),
-            last_seen=sa.case((c.last_seen < seen, seen), else_=c.last_seen),
-        ),
+        refresh=sa.update(table).where(c.id_hash == key, live, c.version > 0).values(times),
+        refresh_if_version=sa.update(table)
+        .where(c.id_hash == key, live, c.version > 0, c.version == expected)
+        .values(times),
         insert_unless_live=insert_unless_live,
         insert=sa.insert(table).values(id_hash=key, **new),
         overwrite_expired=sa.update(table).where(c.id_hash == key, dead).values(new),

@@ -172,12 +172,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Extend a live record's expiry without rewriting its data or its version.
 
         Each of ``expires_at`` and ``last_seen`` becomes the later of the stored value
         and the given one, so a refresh never shortens an expiry that another request
-        set. Return ``False`` if no live record is under *key*, or only a tombstone.
+        set. Return ``False`` if no live record is under *key*, or only a tombstone,
+        or, with *version*, a record of another version: a save since then set the
+        expiry its own request chose (a shorter one, if it turned remember-me off),
+        which a refresh computed from the older record must not undo.
         """
 
     @abc.abstractmethod

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import tempfile
 import time
 import urllib.parse
@@ -21,6 +20,7 @@ from typing import Any, Final, Self
 
 from .. import _clock
 from ..errors import ConfigError
+from ._file_errors import FileErrors
 from ._file_format import (
     HEAD_SIZE,
     UNREADABLE,
@@ -32,10 +32,10 @@ from ._file_format import (
     spare_slot,
 )
 from ._file_locks import ShardLocks, claim_purge_lease
-from ._file_tree import KEY, TEMP_PREFIX, Tree, Unsafe
+from ._file_tree import KEY, TEMP_PREFIX, Tree
 from ._file_users import UserIndex
 from ._turns import Turns
-from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
+from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
 
 __all__ = ["FileStore"]
 
@@ -152,7 +152,7 @@ class FileStore(Store):
         self._users = UserIndex(self._tree, self._locks, self._record)
         self._what = f"file store {self.directory}"
         # One for every call: it keeps no state between a block's entry and exit.
-        self._errors: Final = _Errors(self._what)
+        self._errors: Final = FileErrors(self._what)
         # Locked saves of this process queue here per key before taking the flock,
         # which would serve them in no particular order.
         self._turns = Turns()
@@ -313,7 +313,9 @@ class FileStore(Store):
                     written = self._commit(target, record, (key, found, current), tombstone)
             return record if written else None
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Move the expiry and ``last_seen`` of a live record forward, never back.
 
         The new times go into a slot of the record file, written in place; the
@@ -324,7 +326,7 @@ class FileStore(Store):
             if not self._tree.ready(create=False):
                 return False
             with self._locked(key):
-                return self._refresh(shard, key, expires_at, last_seen)
+                return self._refresh(shard, key, expires_at, last_seen, version)
 
     def delete(self, key: str) -> bool:
         """Remove the record file under *key*; ``True`` if it held a live record.
@@ -486,7 +488,9 @@ class FileStore(Store):
                 return False
             return before.expires_at > _clock.now()
 
-    def _refresh(self, shard: str, key: str, expires_at: float, last_seen: float) -> bool:
+    def _refresh(
+        self, shard: str, key: str, expires_at: float, last_seen: float, version: int | None
+    ) -> bool:
         """Write the times of :meth:`refresh` into a slot of the record; hold its lock."""
         try:
             opened = self._tree.read_for_update(shard, key)
@@ -499,6 +503,8 @@ class FileStore(Store):
         try:
             current = self._decoded(key, blob)
             if current is None or current.version == 0 or current.expires_at <= _clock.now():
+                return False
+            if version is not None and current.version != version:
                 return False
             if expires_at > current.expires_at or last_seen > current.last_seen:
                 times = slot(
@@ -564,37 +570,3 @@ class FileStore(Store):
         return LockTimeout(
             f"{mask_url(self._what)}: session {key[:8]}… stayed locked for {timeout:g} s"
         )
-
-
-#: A store key inside a file name or message, of which no more than 8 digits are shown.
-_KEY_IN_TEXT: Final = re.compile(r"([0-9a-f]{8})[0-9a-f]{56}")
-
-
-def _redacted(name: object) -> object:
-    return _KEY_IN_TEXT.sub(r"\1…", name) if isinstance(name, str) else name
-
-
-class _Errors(translate_errors):
-    """:class:`~wsgisession.stores.base.translate_errors` for :exc:`OSError`, hiding keys.
-
-    A file name in the message (and in the chained error, which a logged traceback
-    shows) keeps only the first 8 digits of a key, and a refusal (:exc:`Unsafe`) says
-    just what it refused.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what, OSError)
-
-    def describe(self, exc: BaseException) -> str:
-        """The refusal as it is; any other error with its file names redacted."""
-        if isinstance(exc, Unsafe):
-            return str(exc)
-        if isinstance(exc, OSError):
-            # Assigning None, even back, makes str() print "None -> None".
-            if exc.filename is not None:
-                exc.filename = _redacted(exc.filename)
-            if exc.filename2 is not None:
-                exc.filename2 = _redacted(exc.filename2)
-        return super().describe(exc)

@@ -222,7 +222,9 @@ class MemcachedStore(Store):
                 return written
             log.warning("session %s: a save lock's lease ran out before its write", key[:8])
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back.
 
         Memcached changes a value only whole, and the record holds its times, so a
@@ -238,6 +240,8 @@ class MemcachedStore(Store):
                 slot = self._reader.slots([key])[key]
             stored = slot.stored
             if stored is None or not slot.live(now) or stored.record.version == 0:
+                return False
+            if version is not None and stored.record.version != version:
                 return False
             current = stored.record
             later = max(current.expires_at, expires_at)

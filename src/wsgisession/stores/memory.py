@@ -127,11 +127,15 @@ class MemoryStore(Store):
             else:
                 self._records[old] = tombstone
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Move the expiry and ``last_seen`` of a live record forward, never back."""
         with self._lock:
             current = self._live(key)
             if current is None or current.version == 0:
+                return False
+            if version is not None and current.version != version:
                 return False
             if expires_at > current.expires_at or last_seen > current.last_seen:
                 self._records[key] = _replace(

@@ -302,7 +302,9 @@ class RedisStore(Store):
                 return written
             log.warning("session %s: a save lock's lease ran out before its write", key[:8])
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Move a live record's expiry and ``last_seen`` forward, never back."""
         now = _clock.now()
         args: list[str | bytes | int] = [
@@ -311,6 +313,7 @@ class RedisStore(Store):
             repr(float(last_seen)),
             scripts.ttl_ms(expires_at, now),
             "" if self._cluster() else self._keys.index,
+            scripts.version_arg(version),
         ]
         result: object = self._run(lua.REFRESH, [self.key_prefix + key], args)
         if isinstance(result, bytes):  # on Redis Cluster: the expiry moved, so link it

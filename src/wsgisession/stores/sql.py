@@ -323,13 +323,19 @@ class SQLStore(Store):
                 raise
         raise failures[0]
 
-    def refresh(self, key: str, expires_at: float, last_seen: float) -> bool:
+    def refresh(
+        self, key: str, expires_at: float, last_seen: float, *, version: int | None = None
+    ) -> bool:
         """Move a live row's expiry and ``last_seen`` forward, never back, in one UPDATE."""
         params = {"key": key, "now": _clock.now(), "expires": expires_at, "seen": last_seen}
+        statement = self._sql.refresh
+        if version is not None:
+            statement = self._sql.refresh_if_version
+            params["expected"] = version
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn, single=True):
-                return conn.execute(self._sql.refresh, params).rowcount == 1
+                return conn.execute(statement, params).rowcount == 1
 
         return self._run(run, single=True, writes=True)
 

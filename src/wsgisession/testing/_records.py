@@ -122,6 +122,31 @@ class RecordTests:
             "the version"
         )
 
+    def test_refresh_of_a_version_saved_over_since_changes_nothing(self, store: Store) -> None:
+        """A refresh computed from an older record must not undo what a save since chose."""
+        key = new_key()
+        create(store, key, make_record(b"v1", ttl=60))
+        assert store.save(key, make_record(b"v2", version=2, ttl=60), expected_version=1), (
+            "save(expected_version=1) over a live record of version 1 returned False"
+        )
+        saved = loads(store, key, "a record just saved")
+        assert not store.refresh(key, saved.expires_at + 3600, saved.last_seen + 5, version=1), (
+            "refresh(version=1) of a record now at version 2 returned True"
+        )
+        loaded = loads(store, key, "a record after a refresh of an older version")
+        assert (loaded.data, loaded.expires_at, loaded.last_seen) == (
+            b"v2",
+            saved.expires_at,
+            saved.last_seen,
+        ), "refresh() of an older version changed the record"
+        assert store.refresh(key, saved.expires_at + 3600, saved.last_seen, version=2), (
+            "refresh(version=2) of a live record of version 2 returned False"
+        )
+        moved = loads(store, key, "a record refreshed at its own version")
+        assert abs(moved.expires_at - (saved.expires_at + 3600)) < 0.01, (
+            f"refresh(version=2) left expires_at at {moved.expires_at}"
+        )
+
     def test_refresh_never_shortens_an_expiry(self, store: Store) -> None:
         key = new_key()
         record = make_record(b"long", ttl=7200)
