@@ -548,6 +548,9 @@ def test_user_commands_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["sessions", "--user", "ann", "--config", str(down)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("wsgisession: store error") and err.count("\n") == 1
+    # Redis expires sessions itself, so cleanup removes nothing, but down is down.
+    assert main(["cleanup", "--config", str(down)]) == 1
+    assert capsys.readouterr().err.startswith("wsgisession: store error")
 
 
 def test_a_user_id_from_undecodable_argv_exits_2_with_one_line(

@@ -485,6 +485,11 @@ def test_unknown_option_without_a_close_name_says_so_without_listing_all() -> No
     assert "cookie_partitioned" not in str(caught.value)
 
 
+def test_an_option_name_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(ConfigError, match="option names are strings, got int"):
+        SessionMiddleware(_app, {1: 2, "secret_key": KEY})  # type: ignore[dict-item]
+
+
 def test_options_that_are_not_a_mapping_are_refused() -> None:
     with pytest.raises(ConfigError, match="mapping"):
         SessionMiddleware(_app, [("secret_key", KEY)])  # type: ignore[arg-type]

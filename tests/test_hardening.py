@@ -197,6 +197,17 @@ def test_secret_lists_in_the_environment_are_one_per_line() -> None:
     [
         pytest.param({"secret_key": "change-me"}, "placeholder", id="spec-example"),
         pytest.param({"secret_key": "a long random string"}, "placeholder", id="readme"),
+        pytest.param(
+            {"secret_key": "(a key of 32 random bytes, as above)"}, "placeholder", id="our-readme"
+        ),
+        pytest.param(
+            {
+                "secret_key": '(32 random bytes: python -c "import secrets; '
+                'print(secrets.token_urlsafe(32))")'
+            },
+            "placeholder",
+            id="our-configuration-page",
+        ),
         pytest.param({"secret_key": "short-but-not-empty"}, "shorter than 32", id="short"),
         pytest.param({"secret_key": b"\x01" * 16}, "shorter than 32", id="short-bytes"),
         pytest.param({"secret_key": "ab" * 20}, "repeats", id="repetitive"),

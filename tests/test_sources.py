@@ -287,6 +287,33 @@ def test_missing_secret_key_names_the_variable_to_set() -> None:
         Config.from_env(environ={"WSGISESSION_TIMEOUT": "60"})
 
 
+def test_an_anonymous_timeout_over_timeout_names_both_variables() -> None:
+    environ = {
+        "WSGISESSION_SECRET_KEY": KEY,
+        "WSGISESSION_TIMEOUT": "100",
+        "WSGISESSION_ANONYMOUS_TIMEOUT": "200",
+    }
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ=environ)
+    assert str(caught.value).startswith(
+        "environment variables WSGISESSION_ANONYMOUS_TIMEOUT, WSGISESSION_TIMEOUT: "
+        "option 'anonymous_timeout' (200) must not exceed 'timeout' (100)"
+    )
+
+
+def test_a_bad_url_parameter_is_blamed_on_the_url_not_an_option_of_its_name() -> None:
+    environ = {
+        "WSGISESSION_SECRET_KEY": KEY,
+        "WSGISESSION_STORE": "redis://127.0.0.1/0?password=x",
+        "WSGISESSION_STORE_PASSWORD": "y",
+    }
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ=environ).open_store()
+    message = str(caught.value)
+    assert message.startswith("environment variable WSGISESSION_STORE: ")
+    assert "unknown URL parameter 'password'" in message
+
+
 def test_contradicting_variables_are_refused() -> None:
     environ = {
         "WSGISESSION_SECRET_KEY": KEY,

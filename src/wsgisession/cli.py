@@ -58,6 +58,8 @@ def _check(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 
 def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
+    if store.native_expiry:
+        store.ping()  # nothing to remove, but an unreachable store is still a failure
     progress = Progress.on_terminal(lambda n: f"{n} expired sessions removed so far...")
     try:
         removed = purge_expired(store, progress=progress)

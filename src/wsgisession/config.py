@@ -58,6 +58,8 @@ _PLACEHOLDER_KEYS: Final = frozenset(
         "...",
     }
 )
+# How ours look, in the docs' examples: a description in parentheses, not a key.
+_PLACEHOLDER_SHAPE: Final = re.compile(r"^\(.*\)$|random bytes", re.IGNORECASE)
 # Store option names whose values are never shown (passwords, tokens, credentials).
 _SECRET_NAME: Final = re.compile(r"pass|secret|token|credential|auth", re.IGNORECASE)
 
@@ -113,6 +115,9 @@ class Config:
                 f"options must be a mapping of option names, got {type(options).__name__}"
             )
         merged = {**(options or {}), **kwargs}
+        for name in merged:
+            if not isinstance(name, str):
+                raise ConfigError(f"option names are strings, got {type(name).__name__}")
         for name in sorted(merged):
             if name not in BY_NAME:
                 raise unknown_option(name)
@@ -227,7 +232,8 @@ class Config:
         keys += [("secret_key_fallbacks", key) for key in self.secret_key_fallbacks]
         for name, key in keys:
             text = key.decode("latin-1") if isinstance(key, bytes) else key
-            if text.strip().lower() in _PLACEHOLDER_KEYS:
+            bare = text.strip()
+            if bare.lower() in _PLACEHOLDER_KEYS or _PLACEHOLDER_SHAPE.search(bare):
                 reason = "is a placeholder from documentation"
             elif len(key) < MIN_KEY_LENGTH:
                 reason = f"is shorter than {MIN_KEY_LENGTH} characters"
@@ -288,9 +294,10 @@ class Config:
                     ("cookie_secure", "cookie_partitioned"),
                 )
         if self.anonymous_timeout is not None and self.anonymous_timeout > self.timeout:
-            raise ConfigError(
+            return (
                 f"option 'anonymous_timeout' ({self.anonymous_timeout}) must not exceed "
-                f"'timeout' ({self.timeout}): it shortens the lives of anonymous sessions"
+                f"'timeout' ({self.timeout}): it shortens the lives of anonymous sessions",
+                ("anonymous_timeout", "timeout"),
             )
         if isinstance(self.store, Store) and self.store_options:
             return (
@@ -334,6 +341,9 @@ class Config:
         names); an error that names none is about the URL, else about them all.
         """
         names = list(self.store_options)
+        if "URL parameter" in message:
+            # About the URL, whichever store option shares the parameter's name.
+            return self._where("store") or self._where(*[f"store.{n}" for n in names])
         blamed = [name for name in names if repr(name) in message] or [
             name for name in names if re.search(rf"\b{re.escape(name)}\b", message)
         ]
