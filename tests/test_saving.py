@@ -91,7 +91,7 @@ def test_in_place_changes_are_saved_with_or_without_modified() -> None:
     assert body(client.get("/")) == {"cart": ["quiet", "apple"]}
 
 
-def test_initializer_items_are_deep_copied_and_not_a_change() -> None:
+def test_initializer_items_are_deep_copied_and_a_change_only_when_changed() -> None:
     store = MemoryStore()
     defaults = {"cart": [], "count": 0}
 
@@ -101,11 +101,13 @@ def test_initializer_items_are_deep_copied_and_not_a_change() -> None:
 
     client, _ = make_client({"/": add, "/inc": counter}, store=store, initializer=defaults)
     assert body(client.get("/")) == {"cart": [], "count": 0}
-    assert store.count() == 0
+    assert store.count() == 0  # read, even a container, and unchanged: nothing stored
+    # Changed in place, like any value read (web.py's initializer pattern), it is saved.
     client.get("/?mutate=1")
     assert defaults == {"cart": [], "count": 0}
+    assert store.count() == 1
     client.get("/inc")
-    assert body(client.get("/")) == {"cart": [], "count": 0, "n": 1}
+    assert body(client.get("/")) == {"cart": ["x"], "count": 0, "n": 1}
 
 
 def test_callable_initializer() -> None:

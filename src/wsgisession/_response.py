@@ -8,6 +8,7 @@ what the response does with it.
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -91,6 +92,7 @@ class SessionState:
         "_new",
         "_origin",
         "_pending",
+        "_pristine",
         "_read",
         "_remember",
         "_remember_changed",
@@ -121,6 +123,9 @@ class SessionState:
     #: this one's.
     _origin: Snapshot | None
     _data: dict[str, Any]
+    #: A new session's initializer items as they were made, to find the ones changed
+    #: in place (``None`` without any).
+    _pristine: dict[str, Any] | None
     _deadlines: dict[str, float]
     _created_at: float
     _expires_at: float
@@ -174,6 +179,8 @@ class SessionState:
         self._id = None
         self._snapshot = self._origin = None
         self._data = data
+        # A copy only with initializer items: the values a handler may change in place.
+        self._pristine = copy.deepcopy(data) if data else None
         self._deadlines = {}
         self._created_at = now
         self._remember = False
@@ -420,6 +427,11 @@ class SessionState:
         expiry = self._saver.expiry
         if not self._failed:
             if self._snapshot is None:
+                if self._read and self._pristine:
+                    # Initializer items alone are not a change, but changed in place are.
+                    self._changed |= self._saver.stored_differently(
+                        self._read.keys(), self._data, self._pristine
+                    )
                 # Initializer items alone are not a change, so they store nothing.
                 worth_storing = self._has_changes() and (
                     self._user_id is not None or any(self._live(k) for k in self._data)

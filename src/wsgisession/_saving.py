@@ -368,6 +368,12 @@ class Saver:
         loaded = {} if original is None else original.data
         return self._codec.stored_differently(keys, data, loaded)
 
+    def stored_differently(
+        self, keys: AbstractSet[str], data: Mapping[str, Any], loaded: Mapping[str, Any]
+    ) -> set[str]:
+        """The *keys* whose value in *data* would not be stored as in *loaded*, exactly."""
+        return self._codec.stored_differently(keys, data, loaded)
+
     def changed_past_steps(
         self,
         snapshot: Snapshot,

@@ -28,6 +28,7 @@ saves what changes while a streaming response is produced.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from http.cookies import Morsel
 from typing import TYPE_CHECKING, Any, Final
@@ -61,6 +62,20 @@ _NEEDS_SESSION: Final = (
 )
 # Where a request served by the Django middleware alone meets the WSGI middleware.
 _EXCHANGE: Final = "wsgisession.django.exchange"
+# Django's own session settings, which it would take and we don't, with our options
+# that do their work where there is one.
+_DJANGO_SESSION_SETTINGS: Final = {
+    "SESSION_COOKIE_NAME": "cookie_name",
+    "SESSION_COOKIE_AGE": "timeout",
+    "SESSION_COOKIE_DOMAIN": "cookie_domain",
+    "SESSION_COOKIE_SECURE": "cookie_secure",
+    "SESSION_COOKIE_HTTPONLY": "cookie_httponly",
+    "SESSION_COOKIE_PATH": "cookie_path",
+    "SESSION_COOKIE_SAMESITE": "cookie_samesite",
+    "SESSION_SAVE_EVERY_REQUEST": "save_every_request",
+    "SESSION_SERIALIZER": "serializer",
+    "SESSION_ENGINE": "store",
+}
 
 
 class DjangoSessionMiddleware:
@@ -242,7 +257,21 @@ def session_middleware() -> SessionMiddleware:
         except ConfigError as exc:
             raise ConfigError(f"settings.{SETTING}: {exc}") from exc
         _BUILT[id(options)] = (options, middleware)
+        _warn_ignored_settings()
         return middleware
+
+
+def _warn_ignored_settings() -> None:
+    """Warn about each of Django's session settings left set: silently ignored, a
+    ``SESSION_COOKIE_SECURE`` would leave the cookie without Secure behind TLS."""
+    for name, option in _DJANGO_SESSION_SETTINGS.items():
+        if settings.is_overridden(name):
+            warnings.warn(
+                f"settings.{name} is Django's own sessions' and has no effect on "
+                f"wsgisession: set {option!r} in settings.{SETTING} instead",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def get_wsgi_application() -> SessionMiddleware:

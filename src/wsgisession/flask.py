@@ -60,6 +60,11 @@ def init_app(
     """
     if EXTENSION_KEY in app.extensions:
         raise SessionError("init_app() was already called on this Flask app")
+    if isinstance(app.wsgi_app, SessionMiddleware):
+        raise SessionError(
+            "this Flask app's wsgi_app is a SessionMiddleware already: wrap it once, by "
+            "hand or with init_app()"
+        )
     middleware = SessionMiddleware(app.wsgi_app, options, **kwargs)
     app.wsgi_app = middleware  # type: ignore[method-assign]
     app.extensions[EXTENSION_KEY] = middleware
@@ -100,6 +105,7 @@ def get_flashed_messages(
     popped: list[tuple[str, Any]] | None = environ.get(_POPPED)
     if popped is None:
         popped = environ[_POPPED] = current_session().pop_flashes()
-    wanted = set(category_filter)
+    # A lone category, as Flask's own substring test happens to take it.
+    wanted = {category_filter} if isinstance(category_filter, str) else set(category_filter)
     pairs = [pair for pair in popped if not wanted or pair[0] in wanted]
     return pairs if with_categories else [message for _, message in pairs]

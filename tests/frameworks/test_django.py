@@ -249,6 +249,15 @@ def test_one_setting_one_store_for_every_client(options: dict[str, Any]) -> None
         assert DjangoSessionMiddleware(HttpResponse).wsgi_middleware is not first.wsgi_middleware
 
 
+def test_djangos_own_session_settings_left_set_are_flagged(options: dict[str, Any]) -> None:
+    # Ignored without a word, SESSION_COOKIE_SECURE would leave the cookie not Secure.
+    with (
+        django_settings(MIDDLEWARE=[OURS], WSGISESSION=options, SESSION_COOKIE_SECURE=True),
+        pytest.warns(UserWarning, match=r"SESSION_COOKIE_SECURE .* set 'cookie_secure'"),
+    ):
+        DjangoSessionMiddleware(HttpResponse)
+
+
 def test_a_config_object_is_a_setting_too(tmp_path: Path) -> None:
     config = Config.from_options(session_options(tmp_path, timeout=60))
     with project(config):

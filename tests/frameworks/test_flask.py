@@ -49,6 +49,35 @@ def test_init_app_twice_is_refused() -> None:
         init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
 
 
+def test_init_app_on_an_app_wrapped_by_hand_is_refused() -> None:
+    # Wrapped twice, the extension would hold the outer middleware, the sessions the inner.
+    app = _app()
+    app.wsgi_app = SessionMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, secret_key=SECRET, store="memory://", cleanup_interval=0
+    )
+    with pytest.raises(SessionError, match="wrap it once"):
+        init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+
+
+def test_a_lone_category_filters_as_flasks_own_does() -> None:
+    app = flask.Flask(__name__)
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+
+    @app.get("/add")
+    def add() -> str:
+        flash("saved")
+        flash("careful", "warning")
+        return "ok"
+
+    @app.get("/warnings")
+    def warnings() -> str:
+        return repr(get_flashed_messages(category_filter="warning"))
+
+    client = Client(app)
+    client.get("/add")
+    assert client.get("/warnings").get_data(as_text=True) == "['careful']"
+
+
 def test_current_session_without_the_middleware_names_it() -> None:
     app = _app()
     with app.test_request_context("/"), pytest.raises(SessionError, match="SessionMiddleware"):
