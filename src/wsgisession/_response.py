@@ -428,7 +428,7 @@ class SessionState:
         if not self._failed:
             if self._snapshot is None:
                 if self._read and self._pristine:
-                    # Initializer items alone are not a change, but changed in place are.
+                    # Initializer items read and changed in place, found against a copy.
                     self._changed |= self._saver.stored_differently(
                         self._read.keys(), self._data, self._pristine
                     )
