@@ -210,6 +210,19 @@ class Codec:
             if k in data and (k not in parts or not same(data[k], parts[k], walks.get(k)))
         }
 
+    @staticmethod
+    def same_write(stored: Record, written: Record) -> bool:
+        """Whether *stored* is *written* itself, which only its writer could have stored.
+
+        A sealed record holds a random nonce, so a copy of its bytes is that very
+        write; an unsealed one may equal another request's identical write.
+        """
+        return (
+            stored.version == written.version
+            and stored.data == written.data
+            and is_sealed(written.data)
+        )
+
     def stored_differently(
         self, keys: Iterable[str], data: Mapping[str, Any], loaded: Mapping[str, Any]
     ) -> set[str]:

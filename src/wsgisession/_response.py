@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _clock
 from ._changes import Step
 from ._expiry import key_live
+from ._handoff import Absence, Change, Stored
 from ._headers import with_session_headers
-from ._saving import Absence, Change, Saver, Stored
+from ._saving import Saver
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

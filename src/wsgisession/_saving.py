@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 from . import _clock
 from ._changes import Step, replay
 from ._codec import Codec
 from ._expiry import Expiry, key_live
+from ._handoff import Absence, Change, Client, Stored
 from ._plain_json import Walk
 from ._snapshot import PLAIN_META, Snapshot, merge
 from .config import Config
@@ -29,78 +30,16 @@ from .serializers import Serializer
 from .stores.base import CorruptRecord, LockTimeout, Record, Store
 from .users import list_user_sessions
 
-__all__ = ["Change", "Client", "Absence", "Saver", "Stored"]
+__all__ = ["Saver"]
 
 log = logging.getLogger("wsgisession")
 
 _T = TypeVar("_T")
 
-#: Why a validly signed cookie finds no session: it expired or was ended ("gone"),
-#: its record is undecodable ("corrupt"), ``bind_ip`` refused it ("foreign"), or it
-#: was regenerated less than ``regenerate_grace`` ago ("moved").
-Absence = Literal["gone", "corrupt", "foreign", "moved"]
-
-
-class Client(NamedTuple):
-    """What a record keeps about the client: the address ``bind_ip`` binds to, and the
-    user agent and address ``track_clients`` lists."""
-
-    bound_ip: str | None
-    user_agent: str | None
-    remote_addr: str | None
-
-
-class Change(NamedTuple):
-    """What one request did to its session, as a save applies it to the stored record.
-
-    ``data`` and ``deadlines`` are the request's view of the session (per-key
-    deadlines, Unix times), read during the save; only the keys in ``changed`` and
-    ``deleted`` are written over what the store holds. ``forced`` (``modified = True``)
-    adds every key whose value differs from what was loaded. ``steps`` are
-    ``apply()`` operations, replayed in order onto what the store holds at each attempt
-    of the save.
-    """
-
-    #: What the request loaded; ``None`` for a session this request started.
-    base: Snapshot | None
-    #: The id the session is to be stored under: the loaded one, or after
-    #: ``regenerate()`` a new one; ``None`` for a new session, which draws its own.
-    session_id: str | None
-    data: Mapping[str, Any]
-    deadlines: Mapping[str, float]
-    changed: AbstractSet[str]
-    deleted: AbstractSet[str]
-    forced: bool
-    #: The remember-me flag, if this request changed it.
-    remember: bool | None
-    #: The user, if this request changed it (``None`` then unlinks).
-    user_id: str | None
-    user_changed: bool
-    created_at: float
-    client: Client
-    #: Whether ``regenerate()`` gave a stored session a new id to move to.
-    moving: bool = False
-    #: A corrupt record the request's cookie named, deleted when a new session is stored.
-    stale_key: str | None = None
-    #: ``apply()`` operations on keys not in ``changed`` or ``deleted``, in order.
-    steps: Sequence[Step] = ()
-    #: The snapshot ``data`` was copied from, which a forced save compares it with,
-    #: when it is not *base*: ``pop_flashes()`` saved since, and *base* holds what
-    #: other requests wrote meanwhile too.
-    loaded: Snapshot | None = None
-
-
 #: The client of a request when neither ``bind_ip`` nor ``track_clients`` is on.
 _NOBODY: Final = Client(None, None, None)
 #: No walks: every value is compared by its encoding alone.
 _NO_WALKS: Final[Mapping[str, Walk | None]] = MappingProxyType({})
-
-
-class Stored(NamedTuple):
-    """What a save wrote: the id the session is stored under and its new snapshot."""
-
-    session_id: str
-    snapshot: Snapshot
 
 
 class Saver:
@@ -255,7 +194,8 @@ class Saver:
             return self._saved(change, snapshot)
         self.metrics.count("conflicts")
         self.emit("conflict", base.key)
-        return self._save_locked(change, base, target, (changed, deleted), now, tombstone)
+        attempt = None if moving else (record, snapshot)
+        return self._save_locked(change, base, target, (changed, deleted), now, tombstone, attempt)
 
     def _save_locked(
         self,
@@ -265,10 +205,14 @@ class Saver:
         keys: tuple[AbstractSet[str], AbstractSet[str]],
         now: float,
         tombstone: Record | None,
+        attempt: tuple[Record, Snapshot] | None = None,
     ) -> Stored | Absence:
         """Save under the lock of the session *loaded* was, after losing a race.
 
         The record is written under *target*: its key itself, or the new key of a move.
+        *attempt* is what the compare-and-set tried to write: found stored, it landed
+        after all (its answer was lost, or a driver sent it again), and is not merged a
+        second time, which would apply an ``incr()`` twice.
         """
         moving = change.moving
         session_id, key = loaded.session_id, loaded.key
@@ -279,6 +223,9 @@ class Saver:
         def build(current: Record) -> Record | None:
             built.clear()
             outcome.clear()
+            if attempt is not None and Codec.same_write(current, attempt[0]):
+                built.append(attempt[1])
+                return None
             if current.version == 0:
                 outcome.append("moved")
                 return None
@@ -318,6 +265,8 @@ class Saver:
             self.metrics.count("lock_wait_seconds", time.monotonic() - started)
         if failure:
             raise failure[0]
+        if attempt is not None and built and built[0] is attempt[1]:
+            return self._saved(change, built[0])  # the compare-and-set's write, stored
         if written is None or not built:
             log.info(
                 "session %s ended by another request; this request's changes dropped", key[:8]

@@ -25,7 +25,7 @@ from .ids import new_session_id, store_key
 from .users import check_user_id
 
 if TYPE_CHECKING:
-    from ._saving import Absence
+    from ._handoff import Absence
     from ._snapshot import Snapshot
 
 __all__ = ["Session"]

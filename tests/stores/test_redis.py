@@ -24,6 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import Sentinel, SentinelConnectionPool
+from werkzeug.test import Client
 
 from tests.helpers import (
     SECRET,
@@ -37,6 +38,8 @@ from tests.helpers import (
     unreachable,
 )
 from tests.redis_servers import RedisServer, running
+from tests.tcp_proxy import TCPProxy
+from wsgisession import SessionMiddleware
 from wsgisession.config import Config
 from wsgisession.errors import ConfigError, StoreError
 from wsgisession.stores import _redis_lua, _redis_scripts, _redis_url, open_store
@@ -961,3 +964,64 @@ def test_sentinel_save_and_load(redis_sentinel_url: str) -> None:
         loaded = store.load(key)
         assert loaded is not None and loaded.data == b"via sentinel"
         assert store.delete(key)
+
+
+class _LoseOneSaveReply(TCPProxy):
+    """Forwards everything but the answer to the next save script, whose connection it
+    ends instead: the script ran, and redis-py, seeing the connection drop, sends it
+    again (its retries)."""
+
+    armed = False
+    _sent = False
+
+    def forwards(self, data: bytes, from_target: bool) -> bool:
+        if not from_target and self.armed and _redis_lua.SAVE.sha.encode() in data:
+            self._sent = True
+        elif from_target and self._sent:
+            self.armed = self._sent = False
+            return False
+        return True
+
+
+@SERVER
+def test_a_save_whose_answer_was_lost_and_that_was_sent_again_counts_once() -> None:
+    # The second run loses its compare-and-set to the first; merged again under the
+    # lock, the increment would count twice.
+    url = server_url("redis")
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    proxy = _LoseOneSaveReply((host, int(port)))
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/incr":
+            session.incr("n")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(session.get("n")).encode()]
+
+    middleware = SessionMiddleware(
+        app,
+        secret_key=SECRET,
+        store=f"redis://127.0.0.1:{proxy.port}/0",
+        store_options={"key_prefix": prefix},
+        cleanup_interval=0,
+    )
+    try:
+        try:
+            middleware.store.ping()
+        except StoreError as exc:
+            unreachable(url, exc)
+        client = Client(middleware)
+        client.get("/incr")
+        client.get("/incr")
+        proxy.armed = True
+        assert client.get("/incr").get_data() == b"3"
+        assert not proxy.armed, "the proxy never lost a save's answer"
+        assert client.get("/").get_data() == b"3"
+    finally:
+        middleware.close()
+        proxy.close()
+        cleanup = redis.Redis.from_url(url)
+        for key in list(cleanup.scan_iter(match=prefix + "*")):
+            cleanup.delete(key)
+        cleanup.close()
