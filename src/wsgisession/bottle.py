@@ -50,11 +50,13 @@ class SessionPlugin:
     :param keyword: The name of the callback argument that receives the session.
     """
 
-    name: ClassVar[str] = "wsgisession"
     api: ClassVar[int] = 2
 
     def __init__(self, keyword: str = "session") -> None:
         self.keyword = keyword
+        #: Bottle applies one plugin of a name: each keyword's plugin has its own
+        #: (``skip=["wsgisession"]`` names the default one).
+        self.name = "wsgisession" if keyword == "session" else f"wsgisession.{keyword}"
 
     def setup(self, app: bottle.Bottle) -> None:
         """Refuse a second plugin that would fill the same argument."""

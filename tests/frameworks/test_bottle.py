@@ -81,6 +81,19 @@ def test_two_plugins_for_one_keyword_are_refused() -> None:
     app.install(SessionPlugin(keyword="other"))
 
 
+def test_two_plugins_for_two_keywords_both_fill_theirs() -> None:
+    # Bottle applies one plugin of a name; sharing one, the second would drop the first.
+    app = bottle.Bottle()
+    app.install(SessionPlugin())
+    app.install(SessionPlugin(keyword="other"))
+
+    @app.get("/")
+    def index(session: Session, other: Session) -> str:
+        return str(session is other)
+
+    assert _wrap(app).get("/").get_data(as_text=True) == "True"
+
+
 def test_example_runs_as_the_readme_says(tmp_path: Path) -> None:
     """``python examples/bottle_app.py`` serves the demo on the default file store."""
     with run_example("bottle_app", tmp_path) as running:
