@@ -122,15 +122,38 @@ class DjangoSession(SessionView):
             "remember sessions for that long"
         )
 
-    def get_expiry_age(self) -> int:
-        """Seconds until the session ends unless it is used again (0 once it has)."""
-        return max(0, math.floor(self.wsgi_session.expires_at - _clock.now()))
+    def get_expiry_age(
+        self, *, modification: datetime | None = None, expiry: int | datetime | None = None
+    ) -> int:
+        """Seconds until the session ends unless it is used again (0 once it has).
 
-    def get_expiry_date(self) -> datetime:
+        Given Django's keywords, the age they describe, as Django computes it: *expiry*
+        seconds, or from *modification* (default now) to the *expiry* date; without an
+        *expiry*, the lifetime a use gives the session.
+        """
+        if modification is None and expiry is None:
+            return max(0, math.floor(self.wsgi_session.expires_at - _clock.now()))
+        if not expiry:
+            return self.get_session_cookie_age()
+        if not isinstance(expiry, datetime):
+            return expiry
+        delta = expiry - (timezone.now() if modification is None else modification)
+        return delta.days * 86400 + delta.seconds
+
+    def get_expiry_date(
+        self, *, modification: datetime | None = None, expiry: int | datetime | None = None
+    ) -> datetime:
         """When the session ends unless it is used again.
 
-        Aware, in UTC, with ``USE_TZ``; naive local time without, as Django's.
+        Aware, in UTC, with ``USE_TZ``; naive local time without, as Django's. Given
+        Django's keywords, the date they describe: *expiry* itself if a date, else
+        *modification* (default now) plus the age :meth:`get_expiry_age` gives.
         """
+        if modification is not None or expiry is not None:
+            if isinstance(expiry, datetime):
+                return expiry
+            start = timezone.now() if modification is None else modification
+            return start + timedelta(seconds=expiry or self.get_session_cookie_age())
         expires_at = self.wsgi_session.expires_at
         if settings.USE_TZ:
             return datetime.fromtimestamp(expires_at, tz=UTC)

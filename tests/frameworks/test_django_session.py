@@ -219,6 +219,31 @@ def test_expiry_figures_follow_the_session(client: Client, clock: FakeClock) -> 
     assert value is None and TIMEOUT - 1 <= age <= TIMEOUT, "not a fresh session"
 
 
+def test_expiry_figures_take_djangos_keywords_as_django_does(client: Client) -> None:
+    # Django's own backends and some apps ask for the age or date of a given expiry.
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = start + timedelta(hours=2)
+
+    def figures(session: DjangoSession) -> list[Any]:
+        return [
+            session.get_expiry_age(expiry=300),
+            session.get_expiry_age(modification=start, expiry=end),
+            session.get_expiry_age(modification=start),
+            session.get_expiry_date(expiry=end),
+            session.get_expiry_date(modification=start, expiry=300),
+            session.get_expiry_date(modification=start),
+        ]
+
+    assert ask(client, figures) == [
+        300,
+        7200,
+        TIMEOUT,
+        end,
+        start + timedelta(seconds=300),
+        start + timedelta(seconds=TIMEOUT),
+    ]
+
+
 def test_expiry_date_is_naive_local_time_without_use_tz(client: Client) -> None:
     with django_settings(USE_TZ=False):
         date, expires_at = ask(client, lambda s: (s.get_expiry_date(), s.wsgi_session.expires_at))
