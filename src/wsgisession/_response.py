@@ -124,9 +124,9 @@ class SessionState:
     #: this one's.
     _origin: Snapshot | None
     _data: dict[str, Any]
-    #: A new session's initializer items as they were made, to find the ones changed
-    #: in place (``None`` without any).
-    _pristine: dict[str, Any] | None
+    #: A new session's containers as first read (initializer items): copies, to find
+    #: the ones changed in place.
+    _pristine: dict[str, Any]
     _deadlines: dict[str, float]
     _created_at: float
     _expires_at: float
@@ -180,8 +180,7 @@ class SessionState:
         self._id = None
         self._snapshot = self._origin = None
         self._data = data
-        # A copy only with initializer items: the values a handler may change in place.
-        self._pristine = copy.deepcopy(data) if data else None
+        self._pristine = {}
         self._deadlines = {}
         self._created_at = now
         self._remember = False
@@ -268,8 +267,11 @@ class SessionState:
         snapshot = self._origin
         if snapshot is not None and snapshot.data.get(key) is value:
             self._read[key] = self._saver.walk(snapshot, value)
-        else:
-            self._read[key] = None
+            return
+        self._read[key] = None
+        if snapshot is None and key not in self._changed:
+            # An initializer item of a new session, as it is now: no handler has had it.
+            self._pristine[key] = copy.deepcopy(value)
 
     # -- the response: called by the middleware, never by handlers ---------------------
 
@@ -428,10 +430,10 @@ class SessionState:
         expiry = self._saver.expiry
         if not self._failed:
             if self._snapshot is None:
-                if self._read and self._pristine:
+                if self._pristine:
                     # Initializer items read and changed in place, found against a copy.
                     self._changed |= self._saver.stored_differently(
-                        self._read.keys(), self._data, self._pristine
+                        self._pristine.keys(), self._data, self._pristine
                     )
                 # Initializer items alone are not a change, so they store nothing.
                 worth_storing = self._has_changes() and (
