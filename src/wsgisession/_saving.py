@@ -291,8 +291,13 @@ class Saver:
     def untouched(self, snapshot: Snapshot) -> Snapshot:
         """*snapshot* decoded afresh from its record: the request shares the values of
         the one it loaded, and may have changed them in place."""
-        fresh = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
+        fresh = self._decoded_again(snapshot)
         return snapshot if fresh is None else fresh
+
+    def _decoded_again(self, snapshot: Snapshot) -> Snapshot | None:
+        """*snapshot*'s record decoded anew, untouched by what the request changed in
+        place; ``None`` if it no longer decodes."""
+        return self._decode(snapshot.session_id, snapshot.key, snapshot.record)
 
     def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
         """What :meth:`changed_in_place` needs of *value*, just decoded from *snapshot*,
@@ -312,8 +317,7 @@ class Saver:
         found = self._codec.changed_in_place(snapshot, keys, data, walks)
         if found is not None:
             return found
-        # A fresh decode is untouched by changes made in place.
-        original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
+        original = self._decoded_again(snapshot)
         loaded = {} if original is None else original.data
         return self._codec.stored_differently(keys, data, loaded)
 
@@ -334,7 +338,7 @@ class Saver:
         """The *keys*, each changed by *steps* and also read, whose value in *data* is
         not what the steps make of the value *snapshot* stores: the handler changed it
         in place too, before or after them, and it is to be written whole."""
-        original = self._decode(snapshot.session_id, snapshot.key, snapshot.record)
+        original = self._decoded_again(snapshot)
         loaded = {} if original is None else original.data
         fresh = {k: loaded[k] for k in keys if k in loaded}
         deadlines = {} if original is None else dict(original.deadlines)
