@@ -287,20 +287,6 @@ def test_missing_secret_key_names_the_variable_to_set() -> None:
         Config.from_env(environ={"WSGISESSION_TIMEOUT": "60"})
 
 
-def test_an_anonymous_timeout_over_timeout_names_both_variables() -> None:
-    environ = {
-        "WSGISESSION_SECRET_KEY": KEY,
-        "WSGISESSION_TIMEOUT": "100",
-        "WSGISESSION_ANONYMOUS_TIMEOUT": "200",
-    }
-    with pytest.raises(ConfigError) as caught:
-        Config.from_env(environ=environ)
-    assert str(caught.value).startswith(
-        "environment variables WSGISESSION_ANONYMOUS_TIMEOUT, WSGISESSION_TIMEOUT: "
-        "option 'anonymous_timeout' (200) must not exceed 'timeout' (100)"
-    )
-
-
 def test_a_bad_url_parameter_is_blamed_on_the_url_not_an_option_of_its_name() -> None:
     environ = {
         "WSGISESSION_SECRET_KEY": KEY,
@@ -314,20 +300,30 @@ def test_a_bad_url_parameter_is_blamed_on_the_url_not_an_option_of_its_name() ->
     assert "unknown URL parameter 'password'" in message
 
 
-def test_contradicting_variables_are_refused() -> None:
-    environ = {
-        "WSGISESSION_SECRET_KEY": KEY,
-        "WSGISESSION_COOKIE_SECURE": "false",
-        "WSGISESSION_COOKIE_SAMESITE": "None",
-    }
-
+@pytest.mark.parametrize(
+    ("variables", "start"),
+    [
+        pytest.param(
+            {"WSGISESSION_COOKIE_SECURE": "false", "WSGISESSION_COOKIE_SAMESITE": "None"},
+            "environment variables WSGISESSION_COOKIE_SECURE, WSGISESSION_COOKIE_SAMESITE: "
+            "option 'cookie_samesite'",
+            id="samesite-none-without-secure",
+        ),
+        pytest.param(
+            {"WSGISESSION_TIMEOUT": "100", "WSGISESSION_ANONYMOUS_TIMEOUT": "200"},
+            "environment variables WSGISESSION_ANONYMOUS_TIMEOUT, WSGISESSION_TIMEOUT: "
+            "option 'anonymous_timeout' (200) must not exceed 'timeout' (100)",
+            id="anonymous-timeout-over-timeout",
+        ),
+    ],
+)
+def test_contradicting_variables_are_refused_naming_both(
+    variables: dict[str, str], start: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
-        Config.from_env(environ=environ)
+        Config.from_env(environ={"WSGISESSION_SECRET_KEY": KEY, **variables})
 
-    assert str(caught.value).startswith(
-        "environment variables WSGISESSION_COOKIE_SECURE, WSGISESSION_COOKIE_SAMESITE: "
-        "option 'cookie_samesite'"
-    )
+    assert str(caught.value).startswith(start)
 
 
 def test_another_prefix_reads_only_its_own_variables() -> None:

@@ -59,15 +59,22 @@ def test_init_app_on_an_app_wrapped_by_hand_is_refused() -> None:
         init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
 
 
-def test_a_lone_category_filters_as_flasks_own_does() -> None:
+def _flashing_app() -> flask.Flask:
+    """An app whose ``/add`` flashes a message of the default category and a warning."""
     app = flask.Flask(__name__)
-    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
 
     @app.get("/add")
     def add() -> str:
         flash("saved")
         flash("careful", "warning")
         return "ok"
+
+    return app
+
+
+def test_a_lone_category_filters_as_flasks_own_does() -> None:
+    app = _flashing_app()
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
 
     @app.get("/warnings")
     def warnings() -> str:
@@ -90,13 +97,7 @@ def test_current_session_outside_a_request_is_flasks_error() -> None:
 
 
 def test_flash_and_get_flashed_messages_go_through_the_session() -> None:
-    app = flask.Flask(__name__)
-
-    @app.get("/add")
-    def add() -> str:
-        flash("saved")
-        flash("careful", "warning")
-        return "ok"
+    app = _flashing_app()
 
     @app.get("/show")
     def show() -> str:
