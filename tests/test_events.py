@@ -224,6 +224,21 @@ def test_prometheus_exposes_counters_and_the_latency_histogram() -> None:
     assert "wsgisession_store_latency_seconds_count 3.0" in text
 
 
+def test_prometheus_refuses_the_same_names_twice_on_one_registry() -> None:
+    # A registry built without auto_describe took both, and every series came twice.
+    _, middleware = make_client(USER_ROUTES)
+    _, other = make_client(USER_ROUTES)
+    registry = CollectorRegistry()
+    register(middleware, registry)
+    for again in (middleware, other):
+        with pytest.raises(ValueError, match=r"named wsgisession_\* already"):
+            register(again, registry)
+    register(other, registry, namespace="admin_sessions")
+    text = generate_latest(registry).decode()
+    assert text.count("# TYPE wsgisession_saves_total counter") == 1
+    assert "admin_sessions_saves_total 0.0" in text
+
+
 # -- logs ----------------------------------------------------------------------------------
 
 

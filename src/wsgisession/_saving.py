@@ -192,6 +192,8 @@ class Saver:
             tombstone=tombstone,
         ):
             return self._saved(change, snapshot)
+        if moving and self._landed(target, record):
+            return self._saved(change, snapshot)
         self.metrics.count("conflicts")
         self.emit("conflict", base.key)
         attempt = None if moving else (record, snapshot)
@@ -509,6 +511,21 @@ class Saver:
     def _read(self, key: str) -> Record | None:
         self.metrics.count("loads")
         return self.timed(key, self.store.load, key)
+
+    def _landed(self, key: str, record: Record) -> bool:
+        """Whether *record*, written under a new *key* that a failed save named, is stored.
+
+        Only the request that drew a new id knows its key, so finding its very write
+        there means the save ran and its answer was lost (a driver sent it again, and
+        the second run found the key taken and the old one a tombstone).
+        """
+        try:
+            stored = self._read(key)
+        except CorruptRecord:
+            return False
+        return (
+            stored is not None and stored.version == record.version and stored.data == record.data
+        )
 
     def _reload(self, session_id: str, key: str) -> Snapshot | Absence:
         absence: Absence = "corrupt"

@@ -47,6 +47,17 @@ class SessionCollector(Collector):
         self._middleware = middleware
         self._namespace = namespace
 
+    def describe(self) -> Iterator[Metric]:
+        """Yield the metrics' names and kinds with no samples.
+
+        A registry reads them when the collector is registered, and so refuses a
+        second collector under the same names, which would repeat every series in a
+        scrape.
+        """
+        for name in COUNTERS:
+            yield CounterMetricFamily(f"{self._namespace}_{name}", _HELP[name])
+        yield self._histogram()
+
     def collect(self) -> Iterator[Metric]:
         """Yield the counters and the latency histogram as they are now."""
         snapshot = self._middleware.metrics()
@@ -55,12 +66,15 @@ class SessionCollector(Collector):
             family.add_metric([], snapshot[name])
             yield family
         buckets, total, _ = self._middleware.store_latency_histogram()
-        histogram = HistogramMetricFamily(
+        histogram = self._histogram()
+        histogram.add_metric([], [(_bound(le), count) for le, count in buckets], sum_value=total)
+        yield histogram
+
+    def _histogram(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
             f"{self._namespace}_store_latency_seconds",
             "Time taken by session store operations.",
         )
-        histogram.add_metric([], [(_bound(le), count) for le, count in buckets], sum_value=total)
-        yield histogram
 
 
 def _bound(value: float) -> str:
@@ -68,9 +82,26 @@ def _bound(value: float) -> str:
 
 
 def register(
-    middleware: SessionMiddleware, registry: CollectorRegistry | None = None
+    middleware: SessionMiddleware,
+    registry: CollectorRegistry | None = None,
+    *,
+    namespace: str = "wsgisession",
 ) -> SessionCollector:
-    """Register *middleware*'s metrics with *registry* (the default one if ``None``)."""
-    collector = SessionCollector(middleware)
-    (REGISTRY if registry is None else registry).register(collector)
+    """Register *middleware*'s metrics with *registry* (the default one if ``None``).
+
+    Each middleware of a process that has its own metrics needs its own *namespace*,
+    the metrics' name prefix.
+
+    :raises ValueError: *registry* has metrics under *namespace* already (this
+        middleware's or another's).
+    """
+    collector = SessionCollector(middleware, namespace)
+    try:
+        (REGISTRY if registry is None else registry).register(collector)
+    except ValueError as exc:
+        raise ValueError(
+            f"the registry has metrics named {namespace}_* already: register each "
+            "middleware once, and another middleware under a namespace of its own "
+            f"(register(middleware, namespace=...)); {exc}"
+        ) from exc
     return collector

@@ -596,6 +596,31 @@ def test_a_key_of_another_type_is_corrupt_to_load_never_a_store_error(
 
 
 @SERVER
+def test_a_user_index_name_of_another_type_fails_no_save(shared: RedisStore) -> None:
+    """Something else's key where a user's set would be: the sessions are saved,
+    moved and deleted all the same (an error inside the script, after the session's
+    write, reported a save that had been stored as failed), and listing that user is
+    the call that fails."""
+    index = redis_user_key(shared, "ann")
+    shared.client.set(index, "not a set")
+    key, new = new_key(), new_key()
+    assert shared.save(key, make_record(b"v1", user_id="ann"), expected_version=None)
+    assert shared.save(
+        new,
+        make_record(b"v2", user_id="ann"),
+        expected_version=None,
+        replaces=key,
+        replaces_version=1,
+    )
+    loaded = shared.load(new)
+    assert loaded is not None and loaded.data == b"v2" and shared.load(key) is None
+    assert shared.delete(new)
+    assert shared.client.get(index) == b"not a set"
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        shared.user_records("ann")
+
+
+@SERVER
 def test_count_escapes_glob_characters_in_the_prefix(shared: RedisStore) -> None:
     other = RedisStore(shared.client, key_prefix=shared.key_prefix + "*b:")
     starry = RedisStore(shared.client, key_prefix=shared.key_prefix + "*:")
@@ -983,14 +1008,50 @@ class _LoseOneSaveReply(TCPProxy):
         return True
 
 
-@SERVER
-def test_a_save_whose_answer_was_lost_and_that_was_sent_again_counts_once() -> None:
-    # The second run loses its compare-and-set to the first; merged again under the
-    # lock, the increment would count twice.
+@pytest.fixture
+def lossy_redis() -> Iterator[tuple[_LoseOneSaveReply, Callable[[Any], SessionMiddleware]]]:
+    """A proxy in front of the shared Redis that loses one save's answer when armed,
+    and a factory of middleware whose store talks through it."""
     url = server_url("redis")
     host, port = url.split("//")[1].split("/")[0].split(":")
     proxy = _LoseOneSaveReply((host, int(port)))
     prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    built: list[SessionMiddleware] = []
+
+    def wrap(app: Any) -> SessionMiddleware:
+        middleware = SessionMiddleware(
+            app,
+            secret_key=SECRET,
+            store=f"redis://127.0.0.1:{proxy.port}/0",
+            store_options={"key_prefix": prefix},
+            cleanup_interval=0,
+        )
+        built.append(middleware)
+        try:
+            middleware.store.ping()
+        except StoreError as exc:
+            unreachable(url, exc)
+        return middleware
+
+    try:
+        yield proxy, wrap
+    finally:
+        for middleware in built:
+            middleware.close()
+        proxy.close()
+        cleanup = redis.Redis.from_url(url)
+        for key in list(cleanup.scan_iter(match=prefix + "*")):
+            cleanup.delete(key)
+        cleanup.close()
+
+
+@SERVER
+def test_a_save_whose_answer_was_lost_and_that_was_sent_again_counts_once(
+    lossy_redis: tuple[_LoseOneSaveReply, Callable[[Any], SessionMiddleware]],
+) -> None:
+    # The second run loses its compare-and-set to the first; merged again under the
+    # lock, the increment would count twice.
+    proxy, wrap = lossy_redis
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         session = environ["session"]
@@ -999,29 +1060,39 @@ def test_a_save_whose_answer_was_lost_and_that_was_sent_again_counts_once() -> N
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(session.get("n")).encode()]
 
-    middleware = SessionMiddleware(
-        app,
-        secret_key=SECRET,
-        store=f"redis://127.0.0.1:{proxy.port}/0",
-        store_options={"key_prefix": prefix},
-        cleanup_interval=0,
-    )
-    try:
-        try:
-            middleware.store.ping()
-        except StoreError as exc:
-            unreachable(url, exc)
-        client = Client(middleware)
-        client.get("/incr")
-        client.get("/incr")
-        proxy.armed = True
-        assert client.get("/incr").get_data() == b"3"
-        assert not proxy.armed, "the proxy never lost a save's answer"
-        assert client.get("/").get_data() == b"3"
-    finally:
-        middleware.close()
-        proxy.close()
-        cleanup = redis.Redis.from_url(url)
-        for key in list(cleanup.scan_iter(match=prefix + "*")):
-            cleanup.delete(key)
-        cleanup.close()
+    client = Client(wrap(app))
+    client.get("/incr")
+    client.get("/incr")
+    proxy.armed = True
+    assert client.get("/incr").get_data() == b"3"
+    assert not proxy.armed, "the proxy never lost a save's answer"
+    assert client.get("/").get_data() == b"3"
+
+
+@SERVER
+def test_a_regenerate_whose_answer_was_lost_keeps_the_user_logged_in(
+    lossy_redis: tuple[_LoseOneSaveReply, Callable[[Any], SessionMiddleware]],
+) -> None:
+    # Sent again, the script finds the new key taken and the old one a tombstone: read
+    # as a concurrent regenerate, the login answered without a cookie and its user was
+    # logged out.
+    proxy, wrap = lossy_redis
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session = environ["session"]
+        if environ["PATH_INFO"] == "/login":
+            session.regenerate()
+            session.user_id = "ada"
+        else:
+            session["seen"] = True
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(session.user_id).encode()]
+
+    client = Client(wrap(app))
+    client.get("/")
+    proxy.armed = True
+    response = client.get("/login")
+    assert not proxy.armed, "the proxy never lost a save's answer"
+    assert response.get_data() == b"ada"
+    assert "Set-Cookie" in response.headers
+    assert client.get("/").get_data() == b"ada"

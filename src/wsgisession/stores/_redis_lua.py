@@ -127,6 +127,9 @@ end
 # Scores and times go to Redis as the strings they came in as, or with %.17g: a Lua
 # number turned into a command argument by Redis keeps fewer digits. A set's TTL is
 # capped at MAX_TTL, like a session's, for a member whose expiry is ever so far.
+# A set name holding another type (written by something else under our prefix) is
+# left alone, through pcall: an error would end the script after the session's own
+# write, and the save would report a failure that had in fact been stored.
 _INDEX_FUNCTIONS: Final = """
 local function member(key, idx)
   return string.sub(key, #idx - 1)
@@ -146,13 +149,11 @@ local function tidy(name, now)
 end
 local function link(idx, uid, member, score, now)
   local name = user_key(idx, uid)
-  redis.call('ZADD', name, score, member)
-  tidy(name, now)
+  if type(redis.pcall('ZADD', name, score, member)) == 'number' then tidy(name, now) end
 end
 local function unlink(idx, uid, member, now)
   local name = user_key(idx, uid)
-  redis.call('ZREM', name, member)
-  tidy(name, now)
+  if type(redis.pcall('ZREM', name, member)) == 'number' then tidy(name, now) end
 end
 """
 
