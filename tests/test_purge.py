@@ -115,6 +115,20 @@ def test_purge_expired_deletes_in_batches_until_done(
     assert store.count() == 1
 
 
+def test_purge_expired_stops_when_told_enough() -> None:
+    store = _CountingMemoryStore()
+    _fill(store, expired=5)
+    asked: list[int] = []
+
+    def enough() -> bool:
+        asked.append(store.removed)
+        return True
+
+    assert purge_expired(store, 2, enough=enough) == 2
+    assert store.cleanups == [(2, 2)] and asked == [2]
+    assert purge_expired(store, 2) == 3
+
+
 def test_purge_expired_uses_the_default_batch() -> None:
     store = _CountingMemoryStore()
 
@@ -163,6 +177,44 @@ def test_purger_keeps_purging_what_expires_later(purgers: list[Purger]) -> None:
     wait_until("the purge thread's progress", lambda: store.removed == 2, timeout=10)
     _fill(store, expired=3)
     wait_until("the purge thread's progress", lambda: store.removed == 5, timeout=10)
+
+
+def test_a_purge_stops_before_its_turn_ends(
+    purgers: list[Purger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim lasts one interval; a purge going on past it would run beside the next
+    worker's. The rest of the expired records waits for the next turn."""
+    monkeypatch.setattr(purge_module, "random", _NoJitter())
+    monkeypatch.setattr(purge_module, "_TURN", 0.0)  # every turn is up at once
+    store = _CountingMemoryStore()
+    _fill(store, expired=2 * BATCH + 5, live=1)
+    purger = Purger(store, 3600)
+    purgers.append(purger)
+    purger.start()
+    wait_until("the first batch", lambda: bool(store.cleanups), timeout=10)
+    purger.stop()
+    assert store.cleanups == [(BATCH, BATCH)]
+    assert store.removed == BATCH
+
+
+def test_a_stopped_purger_stops_after_the_batch_under_way(
+    purgers: list[Purger], monkeypatch: pytest.MonkeyPatch, purge_threads: ThreadsStarted
+) -> None:
+    monkeypatch.setattr(purge_module, "random", _NoJitter())
+    holder: list[Purger] = []
+
+    class StoppingStore(_CountingMemoryStore):
+        def cleanup(self, *, limit: int | None = None) -> int:
+            holder[0].stop()  # in the purge thread: it only tells the loop
+            return super().cleanup(limit=limit)
+
+    store = StoppingStore()
+    _fill(store, expired=2 * BATCH + 5)
+    holder.append(Purger(store, 3600))
+    purgers.append(holder[0])
+    holder[0].start()
+    wait_until("the thread's end", lambda: not purge_threads(), timeout=10)
+    assert store.cleanups == [(BATCH, BATCH)]
 
 
 def test_purger_stop_ends_its_thread(purgers: list[Purger], purge_threads: ThreadsStarted) -> None:

@@ -6,8 +6,10 @@ import logging
 import os
 import random
 import threading
+import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from .errors import StoreError
@@ -19,15 +21,24 @@ log = logging.getLogger("wsgisession")
 
 #: Records deleted per cleanup() call, so no purge holds a lock for long.
 BATCH: Final = 1000
+#: The share of its claimed interval a background purge may take. Past it, another
+#: worker's claim may soon succeed: stopping leaves room for the batch under way.
+_TURN: Final = 0.75
 
 
 def purge_expired(
-    store: Store, batch: int = BATCH, progress: Callable[[int], None] | None = None
+    store: Store,
+    batch: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+    *,
+    enough: Callable[[], bool] | None = None,
 ) -> int:
     """Delete every expired record of *store*, *batch* at a time; return how many.
 
     *progress*, when given, is called with the running total after each full batch,
     that is only while more may remain, so a purge of less than a batch never calls it.
+    *enough*, when given, is asked after each full batch too, and a true answer stops
+    the purge there: what is left waits for the next one.
     """
     total = 0
     while True:
@@ -37,6 +48,8 @@ def purge_expired(
             return total
         if progress is not None:
             progress(total)
+        if enough is not None and enough():
+            return total
 
 
 class Purger:
@@ -44,7 +57,9 @@ class Purger:
 
     The thread starts with the first request, so each forked worker runs its own and
     a pre-forking parent none. Workers sharing the store take turns through
-    :meth:`Store.claim_purge`, so only one purges per interval.
+    :meth:`Store.claim_purge`, so only one purges per interval; a purge that would
+    outlast its turn stops before the turn ends (as it does when the purger is
+    stopped), and the next turn, in whichever worker, goes on with it.
     """
 
     def __init__(self, store: Store, interval: float) -> None:
@@ -93,7 +108,8 @@ class Purger:
         while not self._stop.wait(delay):
             try:
                 if self._store.claim_purge(self._interval):
-                    removed = purge_expired(self._store)
+                    ends = time.monotonic() + self._interval * _TURN
+                    removed = purge_expired(self._store, enough=partial(self._enough, ends))
                     log.info("purged %d expired session record(s)", removed)
             except StoreError as exc:
                 log.warning("background purge failed, will retry: %s", exc)
@@ -101,6 +117,9 @@ class Purger:
             except Exception:
                 log.exception("background purge failed unexpectedly, will retry")
             delay = self._interval * random.uniform(0.9, 1.1)
+
+    def _enough(self, ends: float) -> bool:
+        return self._stop.is_set() or time.monotonic() >= ends
 
 
 def _forget_thread(ref: weakref.ref[Purger]) -> None:
