@@ -182,6 +182,33 @@ def test_json_subclasses_come_back_as_their_base_type() -> None:
     assert same(round_trip(data), {"o": {"a": 1}, "c": 1, "p": (1, 2)})
 
 
+def test_json_keeps_html_marked_safe() -> None:
+    from markupsafe import Markup
+
+    data = {"m": Markup("<b>saved</b>"), "flashes": [["message", Markup("<i>a</i> &amp;")]]}
+    back = round_trip(data)
+    assert same(back, data)
+    assert type(back["m"]) is Markup and type(back["flashes"][0][1]) is Markup
+    # Anything else with __html__ (Django's SafeString) is written as its HTML.
+
+    class Safe(str):
+        def __html__(self) -> str:
+            return "<u>" + self + "</u>"
+
+    assert round_trip({"s": Safe("x")}) == {"s": Markup("<u>x</u>")}
+
+
+def test_json_reads_html_marked_safe_as_text_without_markupsafe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from markupsafe import Markup
+
+    record = JSONSerializer().dumps({"m": Markup("<b>x</b>")})
+    monkeypatch.setitem(sys.modules, "markupsafe", None)  # its import fails
+    back = JSONSerializer().loads(record)
+    assert back == {"m": "<b>x</b>"} and type(back["m"]) is str  # a template escapes it
+
+
 @pytest.mark.parametrize(
     "value",
     [

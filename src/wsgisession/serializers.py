@@ -115,9 +115,13 @@ _PREPS: Final[dict[type, Callable[[Any], Any]]] = {
 def _prep(value: Any) -> Any:
     """Return *value* with every tuple, set, bytes, ... in it replaced by its tag,
     copying only the containers that change. A subclass (OrderedDict, IntEnum, a
-    namedtuple) is encoded as its base type."""
+    namedtuple) is encoded as its base type, but for HTML marked safe."""
     prep = _PREPS.get(type(value))
     if prep is None:
+        if hasattr(value, "__html__"):
+            # markupsafe's Markup (Flask's flash(Markup(...))), Django's SafeString: a
+            # str subclass that would come back as text, and be escaped once more.
+            return _tagged("markup", str(value.__html__()))
         prep = next((p for base, p in _PREPS.items() if isinstance(value, base)), None)
         if prep is None:
             raise TypeError(f"{type(value).__name__!r} is not encodable")
@@ -195,7 +199,18 @@ _UNTAGS: Final[dict[str, Callable[[Any], Any]]] = {
     "uuid": lambda p: uuid.UUID(_of(str, p)),
     "decimal": lambda p: decimal.Decimal(_of(str, p)),
     "dict": lambda p: {_MARK: p},
+    "markup": lambda p: _markup(_of(str, p)),
 }
+
+
+def _markup(text: str) -> str:
+    """*text* marked safe as markupsafe does it, or left plain text (which a template
+    escapes) where markupsafe is not installed."""
+    try:
+        from markupsafe import Markup
+    except ImportError:
+        return text
+    return Markup(text)
 
 
 def _object_hook(obj: dict[str, Any]) -> Any:
@@ -231,8 +246,10 @@ class JSONSerializer:
     """The default serializer: compact UTF-8 JSON that keeps more types.
 
     ``tuple``, ``set``, ``frozenset``, ``bytes``, ``datetime`` (naive, or aware
-    with its UTC offset), ``date``, ``time``, ``uuid.UUID`` and ``decimal.Decimal``
-    come back as they went in, as tagged values ``{"\\u0000": [tag, payload]}``. A
+    with its UTC offset), ``date``, ``time``, ``uuid.UUID``, ``decimal.Decimal``
+    and HTML marked safe (anything with ``__html__``, which comes back as
+    ``markupsafe.Markup``) come back as they went in, as tagged values
+    ``{"\\u0000": [tag, payload]}``. A
     dict of the user's whose one key is ``"\\u0000"`` is tagged as well, so it
     can't pass for one. Dict keys must be ``str``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flask
 import pytest
+from markupsafe import Markup
 from werkzeug.test import Client
 
 from tests.frameworks.flows import ExampleFlows
@@ -83,6 +84,27 @@ def test_a_lone_category_filters_as_flasks_own_does() -> None:
     client = Client(app)
     client.get("/add")
     assert client.get("/warnings").get_data(as_text=True) == "['careful']"
+
+
+def test_a_markup_flash_renders_as_html_as_in_flask() -> None:
+    # It came back as a plain string, and the template escaped it.
+    app = flask.Flask(__name__)
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+
+    @app.get("/add")
+    def add() -> str:
+        flash(Markup("<b>saved</b>"))
+        return "ok"
+
+    @app.get("/show")
+    def show() -> str:
+        return flask.render_template_string(
+            "{% for m in get_flashed_messages() %}{{ m }}{% endfor %}"
+        )
+
+    client = Client(app)
+    client.get("/add")
+    assert client.get("/show").get_data(as_text=True) == "<b>saved</b>"
 
 
 def test_current_session_without_the_middleware_names_it() -> None:
