@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.helpers import (
     SECRET,
     STORE_KINDS,
     TEST_VARIABLES,
+    free_ports,
     isolation_options,
     login,
     make_client,
@@ -34,7 +36,7 @@ from tests.helpers import (
     store_url,
 )
 from wsgisession import cli
-from wsgisession._cli_output import relative_time
+from wsgisession._cli_output import iso_time, relative_time
 from wsgisession.cli import main
 from wsgisession.config import OPTIONS, Config
 from wsgisession.purge import BATCH
@@ -280,6 +282,21 @@ def test_stats_json_on_a_store_failure_prints_nothing_on_stdout(
     assert err.startswith("wsgisession: store error:")
 
 
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_stats_on_an_unreachable_store_that_cant_count_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    # Memcached can't count, so nothing asked it: a down server read as "unknown", exit 0.
+    (port,) = free_ports(1)
+    ini = _ini(tmp_path, store=f"memcached://127.0.0.1:{port}")
+
+    code = main(["stats", *(["--json"] if as_json else []), "--config", str(ini)])
+
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.startswith("wsgisession: store error:")
+
+
 def test_json_is_only_an_option_of_stats(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["check", "--json", "--config", "app.ini"])
@@ -361,6 +378,22 @@ def _columns(line: str) -> list[str]:
 )
 def test_session_times_show_in_their_largest_whole_unit(offset: float, shown: str) -> None:
     assert relative_time(1_000_000 + offset, 1_000_000) == shown
+
+
+def test_a_time_no_date_holds_shows_without_failing_the_listing(
+    ini: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A record changed by hand: the listing raised OverflowError with a traceback.
+    with Config.from_ini(ini).open_store() as store:
+        key = new_key()
+        assert store.save(key, make_record(user_id="ann", ttl=math.inf), expected_version=None)
+    code, out, err = _run(capsys, "sessions", "--user", "ann", "--config", str(ini))
+    assert (code, err) == (0, [])
+    assert _columns(out[2])[-1] == "never"
+    code = main(["sessions", "--user", "ann", "--json", "--config", str(ini)])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["sessions"][0]["expires_at"] is None
+    assert iso_time(1e20) is None and relative_time(math.nan, 0) == "never"
 
 
 def test_sessions_json_gives_every_field_for_scripts(

@@ -148,6 +148,9 @@ def test_append_to_something_other_than_a_list_raises_type_error() -> None:
         session["t"] = "text"
         with pytest.raises(TypeError, match="needs a list under its key, found str"):
             session.append("t", 1)
+        session["t"] = (1, 2)  # made a list, silently, where the docs say it raises
+        with pytest.raises(TypeError, match="needs a list under its key, found tuple"):
+            session.append("t", 3)
         return "ok"
 
     client, _ = make_client({"/": append_to_text})
@@ -232,10 +235,19 @@ def test_an_append_whose_list_is_then_read_still_composes(store: Store) -> None:
             [2, 0, 1],
             id="apply-then-get",
         ),
+        # The value an operation returns is the session's: changed in place, it was
+        # lost, unless read again through the session.
+        pytest.param(lambda s: s.append("cart", 1).append(2), [0, 1, 2], id="append-returned"),
+        pytest.param(
+            lambda s: s.apply("cart", lambda c: [*c, 1]).insert(0, 2),
+            [2, 0, 1],
+            id="apply-returned",
+        ),
     ],
 )
+@pytest.mark.parametrize("forced", [False, True], ids=["plain", "modified"])
 def test_a_value_also_changed_in_place_beside_an_operation_is_saved_as_left(
-    store: Store, alter: Callable[[Session], object], expected: list[int]
+    store: Store, alter: Callable[[Session], object], expected: list[int], forced: bool
 ) -> None:
     # The operation alone, replayed on the stored value, would drop the change made in
     # place; the value is written whole instead, as an assignment would be.
@@ -245,6 +257,7 @@ def test_a_value_also_changed_in_place_beside_an_operation_is_saved_as_left(
 
     def change(session: Session, request: Request) -> str:
         alter(session)
+        session.modified = forced
         return "ok"
 
     client, _ = make_client({**ROUTES, "/seed": seed, "/change": change}, store=store)

@@ -434,6 +434,12 @@ def test_wrong_value_raises_config_error_naming_the_option(name: str, value: Any
     assert f"'{name}'" in str(caught.value)
 
 
+def test_a_wrong_value_that_is_no_scalar_is_named_by_its_type_alone() -> None:
+    # A one-item list was "a list too long to show".
+    with pytest.raises(ConfigError, match=r"must be a mapping .*got a list$"):
+        SessionMiddleware(_app, secret_key=KEY, store="memory://", store_options=[1])
+
+
 def test_serializer_class_with_dumps_and_loads_is_refused_by_config_too(
     helper: ModuleType,
 ) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pymemcache
 import pytest
 import redis
 import sqlalchemy
@@ -52,3 +54,33 @@ def test_redis_client_becomes_a_redis_store() -> None:
 def test_other_objects_are_refused_at_construction(value: object) -> None:
     with pytest.raises(ConfigError, match="option 'store'"):
         make_client({}, store=value)
+
+
+@pytest.mark.parametrize(
+    ("build", "option", "takes"),
+    [
+        pytest.param(
+            lambda: sqlalchemy.create_engine("sqlite://"),
+            {"pool_size": 3},
+            "table_name, cleanup_batch",
+            id="engine",
+        ),
+        pytest.param(lambda: redis.Redis(), {"socket_timeout": 1}, "key_prefix", id="redis"),
+        pytest.param(
+            lambda: pymemcache.Client(("127.0.0.1", 11211)),
+            {"timeout": 1},
+            "key_prefix, name",
+            id="pymemcache",
+        ),
+    ],
+)
+def test_a_connection_option_beside_a_ready_client_is_a_config_error(
+    build: Any, option: dict[str, Any], takes: str
+) -> None:
+    # Passed on to the store's constructor, it raised a bare TypeError.
+    client = build()
+    (name,) = option
+    with pytest.raises(
+        ConfigError, match=rf"store option '{name}' can't apply to a ready .*{takes}$"
+    ):
+        make_client({}, store=client, store_options=option)

@@ -244,6 +244,7 @@ def test_a_key_timeout_is_capped_by_the_session_lifetime(clock: FakeClock) -> No
         pytest.param(0, id="zero"),
         pytest.param(-1, id="negative"),
         pytest.param(315_360_001, id="over-ten-years"),
+        pytest.param(10**400, id="int-beyond-float"),
         pytest.param("10", id="string"),
         pytest.param(True, id="bool"),
     ],

@@ -110,6 +110,64 @@ def test_initializer_items_are_deep_copied_and_a_change_only_when_changed() -> N
     assert body(client.get("/")) == {"cart": ["x"], "count": 0, "n": 1}
 
 
+def test_initializer_items_are_not_what_makes_a_new_session_worth_storing() -> None:
+    # They counted as its data: "remember" alone, a forced save or a user set and unset
+    # stored a visitor who had only the defaults, and sent a cookie.
+    def remember(session: Session, request: Request) -> Any:
+        session.remember = True
+        return "ok"
+
+    def forced(session: Session, request: Request) -> Any:
+        session.modified = True
+        return "ok"
+
+    def toggle(session: Session, request: Request) -> Any:
+        session.user_id = "ann"
+        session.user_id = None
+        return "ok"
+
+    def incr(session: Session, request: Request) -> Any:
+        session.incr("n")
+        return "ok"
+
+    store = MemoryStore()
+    routes = {
+        "/remember": remember,
+        "/forced": forced,
+        "/toggle": toggle,
+        "/incr": incr,
+        "/": dump,
+    }
+    client, _ = make_client(routes, store=store, initializer={"theme": "light"})
+    for path in ("/remember", "/forced", "/toggle"):
+        response = client.get(path)
+        assert store.count() == 0 and "Set-Cookie" not in response.headers, path
+    client.get("/incr")
+    assert body(client.get("/")) == {"theme": "light", "n": 1}
+
+
+def test_a_session_written_after_invalidate_is_stored_with_the_initializer_items() -> None:
+    # Stored without them, it was the next request's session all the same: web.py's
+    # kill() then a notice left session.cart missing until the session expired.
+    def add(session: Session, request: Request) -> Any:
+        session["cart"].append("book")
+        return "ok"
+
+    def logout(session: Session, request: Request) -> Any:
+        session.invalidate()
+        session["notice"] = "logged out"
+        return dict(session)
+
+    client, _ = make_client(
+        {"/add": add, "/logout": logout, "/": dump}, initializer={"cart": [], "theme": "light"}
+    )
+    client.get("/add")
+    assert body(client.get("/logout")) == {"notice": "logged out"}  # as documented
+    assert body(client.get("/")) == {"cart": [], "theme": "light", "notice": "logged out"}
+    client.get("/add")
+    assert body(client.get("/"))["cart"] == ["book"]
+
+
 def test_callable_initializer() -> None:
     client, _ = make_client({"/": dump}, initializer=lambda: {"theme": "light"})
     assert body(client.get("/")) == {"theme": "light"}
@@ -497,6 +555,7 @@ def _late_writer(body: str) -> tuple[Any, list[Session]]:
         pytest.param(lambda s: s.__delitem__("n"), id="delete"),
         pytest.param(lambda s: setattr(s, "modified", True), id="modified"),
         pytest.param(lambda s: setattr(s, "user_id", "ann"), id="user_id"),
+        pytest.param(lambda s: s.invalidate(), id="invalidate"),
     ],
 )
 def test_a_change_once_the_response_is_finished_raises_and_stores_nothing(

@@ -105,7 +105,7 @@ class AppendItem:
         self.item = item
 
     def __call__(self, value: Any) -> list[Any]:
-        if not isinstance(value, list | tuple):
+        if not isinstance(value, list):
             raise TypeError(f"append() needs a list under its key, found {type(value).__name__}")
         return [*value, self.item]
 

@@ -6,6 +6,7 @@ What it writes for scripts (``--json``) is built next to each command in
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -55,7 +56,13 @@ def session_table(infos: Sequence[SessionInfo], now: float) -> str:
 
 
 def relative_time(timestamp: float, now: float) -> str:
-    """*timestamp* as a terminal shows it, in its largest whole unit: ``5m ago``, ``in 29d``."""
+    """*timestamp* as a terminal shows it, in its largest whole unit: ``5m ago``, ``in 29d``.
+
+    A time a record should never hold (infinity, NaN: changed by hand) is shown as
+    ``never``, rather than failing the listing.
+    """
+    if not math.isfinite(timestamp):
+        return "never"
     seconds = round(timestamp - now)
     if abs(seconds) < 1:
         return "now"
@@ -67,9 +74,16 @@ def relative_time(timestamp: float, now: float) -> str:
     return f"in {text}" if seconds > 0 else f"{text} ago"
 
 
-def iso_time(timestamp: float) -> str:
-    """*timestamp* in ISO 8601, UTC, to the second: ``2025-01-31T12:00:00Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_time(timestamp: float) -> str | None:
+    """*timestamp* in ISO 8601, UTC, to the second: ``2025-01-31T12:00:00Z``.
+
+    ``None`` for a time no date holds (past the year 9999, infinity: a record changed
+    by hand), rather than failing the listing.
+    """
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def printable(text: str) -> str:

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import _clock
+from ._expiry import Expiry
 from ._view import SessionView
 from .config import Config
 from .errors import SessionError
@@ -115,12 +116,18 @@ class DjangoSession(SessionView):
             return
         raise SessionError(
             f"set_expiry({value!r}): a session can't have a lifetime of its own; it "
-            f"lasts 'timeout' ({self.config.timeout} s) from its last use or, remembered, "
+            f"lasts {self._lifetime_named()} from its last use or, remembered, "
             f"'remember_me_timeout' ({longest} s). Use set_expiry(0) for a session that "
             f"ends with the browser, set_expiry({longest}) or remember = True for a "
             f"remembered one, or set the option remember_me_timeout to {math.ceil(seconds)} to "
             "remember sessions for that long"
         )
+
+    def _lifetime_named(self) -> str:
+        config = self.config
+        if self.wsgi_session.user_id is None and config.anonymous_timeout is not None:
+            return f"'anonymous_timeout' ({config.anonymous_timeout} s) without a user"
+        return f"'timeout' ({config.timeout} s)"
 
     def get_expiry_age(
         self, *, modification: datetime | None = None, expiry: int | datetime | None = None
@@ -161,9 +168,10 @@ class DjangoSession(SessionView):
 
     def get_session_cookie_age(self) -> int:
         """The lifetime each use gives this session: ``remember_me_timeout`` when it is
-        remembered, ``timeout`` otherwise (Django's ``SESSION_COOKIE_AGE``)."""
-        config = self.config
-        return config.remember_me_timeout if self.wsgi_session.remember else config.timeout
+        remembered, ``anonymous_timeout`` (if set) while it has no user, ``timeout``
+        otherwise (Django's ``SESSION_COOKIE_AGE``)."""
+        session = self.wsgi_session
+        return Expiry.of(self.config).lifetime(session.remember, session.user_id is None)
 
     def get_expire_at_browser_close(self) -> bool:
         """Whether the session's cookie goes when the browser closes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from ._option_kinds import MAX_SECONDS
 
@@ -14,16 +15,34 @@ def check_key_timeout(key: str, timeout: object) -> None:
 
     :raises ValueError: It is not a finite number in that range.
     """
+    # The range alone refuses NaN and infinity; math.isfinite() would turn a huge int
+    # into a float first, and raise OverflowError.
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
         or not 0 < timeout <= MAX_SECONDS
     ):
         raise ValueError(
             f"timeout for session key {key!r} must be positive seconds, at most "
             f"{MAX_SECONDS} (ten years)"
         )
+
+
+class _Lifetimes(Protocol):
+    """The options of a :class:`~wsgisession.config.Config` that make its policy."""
+
+    @property
+    def timeout(self) -> int: ...
+    @property
+    def remember_me_timeout(self) -> int: ...
+    @property
+    def absolute_timeout(self) -> int | None: ...
+    @property
+    def cookie_max_age(self) -> int | None: ...
+    @property
+    def save_every_request(self) -> bool: ...
+    @property
+    def anonymous_timeout(self) -> int | None: ...
 
 
 def key_live(deadline: float | None, now: float) -> bool:
@@ -65,6 +84,18 @@ class Expiry:
         self._absolute_timeout = absolute_timeout
         self._cookie_max_age = cookie_max_age
         self._save_every_request = save_every_request
+
+    @classmethod
+    def of(cls, config: _Lifetimes) -> Expiry:
+        """The policy the options of *config* (a :class:`~wsgisession.config.Config`) set."""
+        return cls(
+            timeout=config.timeout,
+            remember_me_timeout=config.remember_me_timeout,
+            absolute_timeout=config.absolute_timeout,
+            cookie_max_age=config.cookie_max_age,
+            save_every_request=config.save_every_request,
+            anonymous_timeout=config.anonymous_timeout,
+        )
 
     def lifetime(self, remember: bool, anonymous: bool) -> int:
         """The idle lifetime of a session in seconds: remembered, else without a user

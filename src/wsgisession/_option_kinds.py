@@ -90,9 +90,10 @@ def _type_error(name: str, expected: str, value: object) -> ConfigError:
 
 def _shown(value: object) -> str:
     """*value* as an error message may quote it: short, and never a long secret."""
-    if isinstance(value, str | bytes | int | float | type(None)) and len(repr(value)) <= 40:
+    scalar = isinstance(value, str | bytes | int | float | type(None))
+    if scalar and len(repr(value)) <= 40:
         return repr(value)
-    return f"a {type(value).__name__} too long to show"
+    return f"a {type(value).__name__} too long to show" if scalar else f"a {type(value).__name__}"
 
 
 def _check_secret(name: str, value: object) -> str | bytes:

@@ -8,7 +8,6 @@ what the response does with it.
 
 from __future__ import annotations
 
-import copy
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from ._expiry import key_live
 from ._handoff import Absence, Change, Stored
 from ._headers import with_session_headers
 from ._saving import Saver
+from .errors import SessionError
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -187,6 +187,21 @@ class SessionState:
         self._user_id = None
         self._expires_at = self._saver.expiry.expires_at(now, now, remember=False, anonymous=True)
 
+    def _initial_items(self) -> dict[str, Any]:
+        if self._initial is None:
+            return {}
+        try:
+            return self._initial()
+        except AttributeError as exc:
+            # The session is half-made while its initializer runs: using it fails on
+            # state not there yet, which would say nothing useful.
+            if exc.obj is not self:
+                raise
+            raise SessionError(
+                "option 'initializer' used the session it is starting: return the new "
+                "session's items as a mapping instead"
+            ) from None
+
     def _use_snapshot(self, session_id: str, snapshot: Snapshot) -> None:
         """Make *snapshot*, just loaded or saved under *session_id*, the session's base.
 
@@ -244,11 +259,12 @@ class SessionState:
         what was loaded, so requests that read nothing of the kind pay nothing.
         """
         snapshot = self._origin
-        if snapshot is None or self._force:
-            return  # a new session is stored whole; a forced save compares every key
+        if snapshot is None:
+            return  # a new session is stored whole
         stepped = {step.key for step in self._steps}
         read = self._read.keys() - self._changed - self._deleted
-        candidates = read - stepped
+        # A forced save compares every key without steps itself.
+        candidates = set() if self._force else read - stepped
         if candidates:
             found = self._saver.changed_in_place(snapshot, candidates, self._data, self._read)
             self._changed |= found
@@ -260,18 +276,6 @@ class SessionState:
             self._changed |= self._saver.changed_past_steps(
                 snapshot, past_steps, self._data, self._steps, _clock.now()
             )
-
-    def _note_read(self, key: str, value: Any) -> None:
-        """Note that the handler got *value*, a container, from *key*: it may change
-        it in place. A value as loaded is walked, for the save to find it unchanged."""
-        snapshot = self._origin
-        if snapshot is not None and snapshot.data.get(key) is value:
-            self._read[key] = self._saver.walk(snapshot, value)
-            return
-        self._read[key] = None
-        if snapshot is None and key not in self._changed:
-            # An initializer item of a new session, as it is now: no handler has had it.
-            self._pristine[key] = copy.deepcopy(value)
 
     # -- the response: called by the middleware, never by handlers ---------------------
 
@@ -435,9 +439,11 @@ class SessionState:
                     self._changed |= self._saver.stored_differently(
                         self._pristine.keys(), self._data, self._pristine
                     )
-                # Initializer items alone are not a change, so they store nothing.
+                # Initializer items are not a change, nor what they hold data: a visitor
+                # with only those stores nothing, whatever else (remember) changed.
+                written = self._changed.union(step.key for step in self._steps)
                 worth_storing = self._has_changes() and (
-                    self._user_id is not None or any(self._live(k) for k in self._data)
+                    self._user_id is not None or any(self._live(k) for k in written)
                 )
                 if worth_storing and self._moved:
                     # Its cookie would replace the one the regenerate just gave the browser.
@@ -446,6 +452,9 @@ class SessionState:
                     )
                     self._saver.emit("conflict", None)
                 elif worth_storing:
+                    if self._invalidated:
+                        # Stored, it is the next request's session: with its defaults.
+                        self._data = {**self._initial_items(), **self._data}
                     self._store(now)
                     issue = True
             else:
@@ -526,42 +535,6 @@ class SessionState:
             self._forget_changes()
             return True
         self._ended(outcome)
-        return False
-
-    def _save_now(self, step: Step) -> bool:
-        """Save *step* alone at once, ahead of the response; ``False`` if the session ended.
-
-        The rest of the request's changes wait for the response, merged onto what this
-        save stored. An ended session is emptied: nothing of it is shown or saved again.
-        """
-        assert self._snapshot is not None
-        # Merged onto values as stored, not the ones the request holds: those may have
-        # been changed in place, which belongs to the response's save.
-        change = Change(
-            self._saver.untouched(self._snapshot),
-            self._stored_id,
-            {},
-            {},
-            frozenset(),
-            frozenset(),
-            False,
-            None,
-            None,
-            False,
-            self._created_at,
-            self._saver.client(self._environ),
-            False,
-            None,
-            (step,),
-        )
-        outcome = self._saver.save(change, _clock.now())
-        if isinstance(outcome, Stored):
-            self._snapshot = outcome.snapshot
-            self._expires_at = outcome.snapshot.record.expires_at
-            return True
-        self._ended(outcome)
-        self._start_fresh(_clock.now(), {})
-        self._forget_changes()
         return False
 
     def _refresh(self, now: float) -> bool:

@@ -52,14 +52,7 @@ class Saver:
 
     def __init__(self, config: Config, store: Store, serializer: Serializer) -> None:
         self.store = store
-        self.expiry = Expiry(
-            timeout=config.timeout,
-            remember_me_timeout=config.remember_me_timeout,
-            absolute_timeout=config.absolute_timeout,
-            cookie_max_age=config.cookie_max_age,
-            save_every_request=config.save_every_request,
-            anonymous_timeout=config.anonymous_timeout,
-        )
+        self.expiry = Expiry.of(config)
         self.metrics = Metrics()
         self._codec = Codec(serializer, config.encrypt, config.max_size)
         self._listeners = config.listeners

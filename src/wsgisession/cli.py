@@ -73,6 +73,8 @@ def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 def _stats(config: Config, store: Store, args: argparse.Namespace) -> str:
     count = store.count()
+    if count is None:
+        store.ping()  # no count asked the store anything: down is still a failure
     if args.json:
         return json.dumps({"live_sessions": count, "store": _describe(config)})
     if count is None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpResponse
 from django.utils.module_loading import import_string
 
 from ._django_session import DjangoSession
@@ -131,20 +132,31 @@ class DjangoSessionMiddleware:
         exchange = _Exchange(request, self.get_response, self.wsgi_middleware.config)
         environ[_EXCHANGE] = exchange
         captured: list[tuple[str, str]] = []
+        statuses: list[str] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], *_: object) -> Any:
-            captured.extend(headers)
+            statuses.append(status)
+            captured[:] = headers
             return _ignore_body
 
         try:
             body = self.wsgi_middleware(environ, start_response)
-            # Our own empty body: the session is saved and finished by now.
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
+            try:
+                # Our own empty body, the session saved and finished by now; or the page
+                # on_save_error answered with.
+                content = b"".join(body)
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
         finally:
             del environ[_EXCHANGE]
         response = exchange.response
+        if not statuses or statuses[-1] is not exchange.status:
+            # The save failed, and this is on_save_error's page: the view's response
+            # would tell the user that what was not saved was.
+            status = statuses[-1] if statuses else "500 Internal Server Error"
+            response = HttpResponse(content, status=int(status[:3]), reason=status[4:] or None)
         for name, value in captured:
             if name.lower() == "set-cookie":
                 _set_cookie(response, value)
@@ -160,19 +172,23 @@ def _ignore_body(data: bytes) -> None:
 class _Exchange:
     """One request on its way through the WSGI middleware and back out to Django."""
 
-    __slots__ = ("config", "get_response", "request", "response")
+    __slots__ = ("config", "get_response", "request", "response", "status")
 
     def __init__(self, request: Any, get_response: Callable[[Any], Any], config: Config):
         self.request = request
         self.get_response = get_response
         self.config = config
         self.response: Any = None
+        #: The status line given for the response, which the middleware passes on as
+        #: it is: this very string, and not another page's, says the save succeeded.
+        self.status: str | None = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         request = self.request
         request.session = DjangoSession(get_session(environ), self.config)
         response = self.response = self.get_response(request)
-        start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+        self.status = f"{response.status_code} {response.reason_phrase}"
+        start_response(self.status, list(response.items()))
         # A list body: the WSGI middleware finishes the session at once, and the
         # body itself stays Django's to send.
         return []

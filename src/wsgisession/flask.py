@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import flask
+from flask.globals import app_ctx
+from flask.signals import message_flashed
 
 from .errors import SessionError
 from .middleware import SessionMiddleware, get_session
@@ -85,9 +87,13 @@ def current_session() -> Session:
 def flash(message: Any, category: str = "message") -> None:
     """Queue *message* for a later request, like :func:`flask.flash`, in our session.
 
+    It sends Flask's ``message_flashed`` signal too, as :func:`flask.flash` does.
+
     :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
     """
     current_session().flash(message, category)
+    app = app_ctx.app
+    message_flashed.send(app, _async_wrapper=app.ensure_sync, message=message, category=category)
 
 
 def get_flashed_messages(
@@ -96,15 +102,20 @@ def get_flashed_messages(
     """The queued flash messages, like :func:`flask.get_flashed_messages`.
 
     The first call in a request takes every queued message from the session; later
-    calls in the same request see the same ones. With *category_filter*, only those
-    categories are returned; with *with_categories*, ``(category, message)`` pairs.
+    calls in the same request see the same ones. Messages that other code queued with
+    :func:`flask.flash`, in Flask's own session (Flask-Login's ``login_required``),
+    come first. With *category_filter*, only those categories are returned; with
+    *with_categories*, ``(category, message)`` pairs.
 
     :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
     """
     environ = flask.request.environ
     popped: list[tuple[str, Any]] | None = environ.get(_POPPED)
     if popped is None:
-        popped = environ[_POPPED] = current_session().pop_flashes()
+        # Flask's own queue is taken as Flask takes it; without app.secret_key it is
+        # always empty.
+        theirs = flask.get_flashed_messages(with_categories=True)
+        popped = environ[_POPPED] = [*theirs, *current_session().pop_flashes()]
     # A lone category, as Flask's own substring test happens to take it.
     wanted = {category_filter} if isinstance(category_filter, str) else set(category_filter)
     pairs = [pair for pair in popped if not wanted or pair[0] in wanted]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock
+from ._headers import with_session_headers
 from ._option_sources import DEFAULT_ENV_PREFIX
 from ._saving import Saver
 from .config import Config
@@ -22,6 +23,8 @@ from .users import SessionInfo, is_handle, list_user_sessions
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from _typeshed import OptExcInfo
 
     from ._response import Kit
 
@@ -187,7 +190,14 @@ class SessionMiddleware:
         session.fail()
         session.hand_over()
         answer: WSGIApplication = self._on_save_error(environ, error)
-        return answer(environ, start_response)
+
+        def start_varied(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            # The page may show the session it could not save.
+            return start_response(status, with_session_headers(headers, []), exc_info)
+
+        return answer(environ, start_varied)
 
     def user_sessions(self, user_id: str) -> list[SessionInfo]:
         """Return *user_id*'s live sessions, newest ``created_at`` first.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
@@ -19,6 +20,7 @@ from ._changes import (
     is_entry,
 )
 from ._expiry import check_key_timeout
+from ._handoff import Change, Stored
 from ._response import FINISHED, OPEN, SessionState
 from .errors import SessionError
 from .ids import new_session_id, store_key
@@ -114,20 +116,53 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._use_snapshot(self._cookie.session_id, loaded)
             self._new = False
 
-    def _initial_items(self) -> dict[str, Any]:
-        if self._initial is None:
-            return {}
-        try:
-            return self._initial()
-        except AttributeError as exc:
-            # The session is half-made while its initializer runs: using it fails on
-            # state not there yet, which would say nothing useful.
-            if exc.obj is not self:
-                raise
-            raise SessionError(
-                "option 'initializer' used the session it is starting: return the new "
-                "session's items as a mapping instead"
-            ) from None
+    def _note_read(self, key: str, value: Any) -> None:
+        """Note that the handler got *value*, a container, from *key*: it may change
+        it in place. A value as loaded is walked, for the save to find it unchanged."""
+        snapshot = self._origin
+        if snapshot is not None and snapshot.data.get(key) is value:
+            self._read[key] = self._saver.walk(snapshot, value)
+            return
+        self._read[key] = None
+        if snapshot is None and key not in self._changed:
+            # An initializer item of a new session, as it is now: no handler has had it.
+            self._pristine[key] = copy.deepcopy(value)
+
+    def _save_now(self, step: Step) -> bool:
+        """Save *step* alone at once, ahead of the response; ``False`` if the session ended.
+
+        The rest of the request's changes wait for the response, merged onto what this
+        save stored. An ended session is emptied: nothing of it is shown or saved again.
+        """
+        assert self._snapshot is not None
+        # Merged onto values as stored, not the ones the request holds: those may have
+        # been changed in place, which belongs to the response's save.
+        change = Change(
+            self._saver.untouched(self._snapshot),
+            self._stored_id,
+            {},
+            {},
+            frozenset(),
+            frozenset(),
+            False,
+            None,
+            None,
+            False,
+            self._created_at,
+            self._saver.client(self._environ),
+            False,
+            None,
+            (step,),
+        )
+        outcome = self._saver.save(change, _clock.now())
+        if isinstance(outcome, Stored):
+            self._snapshot = outcome.snapshot
+            self._expires_at = outcome.snapshot.record.expires_at
+            return True
+        self._ended(outcome)
+        self._start_fresh(_clock.now(), {})
+        self._forget_changes()
+        return False
 
     def _ensure(self) -> None:
         if not self._loaded:
@@ -231,6 +266,9 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._deleted.discard(key)
         else:
             self._steps.append(Step(key, fn, default))
+            if type(value) not in _IMMUTABLE:
+                # Handed to the handler, it may be changed in place after the step too.
+                self._read[key] = None
         return value
 
     def incr(self, key: str, n: Any = 1) -> Any:
@@ -485,8 +523,10 @@ class Session(SessionState, MutableMapping[str, Any]):
         Writing to the session afterwards starts a fresh one with a new id.
 
         :raises StoreError: The store could not delete the record.
+        :raises SessionError: The response is finished.
         """
         self._ensure()
+        self._check_open()
         if self._snapshot is not None:
             self._saver.delete(self._snapshot.key)
         if self._stale_key is not None:

@@ -25,6 +25,7 @@ whose reloader imports the module again and builds a second ``WebpySession``: no
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
@@ -33,7 +34,8 @@ import web
 from web.session import SessionExpired
 
 from ._view import SessionView
-from .errors import SessionError
+from .config import Config
+from .errors import ConfigError, SessionError
 from .middleware import SessionMiddleware, get_session
 from .session import Session
 
@@ -70,25 +72,35 @@ class WebpySession(SessionView):
     #: The middleware serving the application.
     middleware: SessionMiddleware
 
-    def __init__(self, app: Any, options: Mapping[str, Any] | None = None, /, **kwargs: Any):
+    def __init__(
+        self, app: Any, options: Mapping[str, Any] | Config | None = None, /, **kwargs: Any
+    ):
         if isinstance(app.wsgifunc, _WrappedWsgiFunc):
             raise SessionError("this web.application already has a WebpySession")
-        merged = {**(options or {}), **kwargs}
-        initializer = merged.get("initializer")
+        if isinstance(options, Config):
+            if kwargs:
+                raise ConfigError("pass options either as a Config or as keyword arguments")
+            config = options
+        else:
+            config = Config.from_options(options, **kwargs)
+        initializer = config.initializer
         if callable(initializer) and not isinstance(initializer, Mapping):
-            merged["initializer"] = _filling(initializer)
-        middleware = SessionMiddleware(app.wsgifunc(), merged)
+            config = dataclasses.replace(config, initializer=_filling(initializer))
+        middleware = SessionMiddleware(app.wsgifunc(), config)
         object.__setattr__(self, "middleware", middleware)
         app.wsgifunc = _WrappedWsgiFunc(middleware)
         app.add_processor(self._processor)
 
     def _processor(self, handler: Callable[[], Any]) -> Any:
         web.ctx.session = self
-        result = handler()
-        if web.ctx.env.get(_SEND_COOKIE) is False:
-            # web.py's send_cookie = False: this request neither saves nor sends a cookie.
-            self._current().fail()
-        return result
+        try:
+            return handler()
+        finally:
+            # Raised responses too (web.seeother): web.py checks in a finally as well.
+            if web.ctx.env.get(_SEND_COOKIE) is False:
+                # web.py's send_cookie = False: this request neither saves nor sends a
+                # cookie.
+                self._current().fail()
 
     def _session(self) -> Session:
         return self._current()

@@ -12,7 +12,8 @@ bodies and errors, and the settings refused at startup. Django's session API is
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from http.cookies import Morsel
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.test import Client
 from werkzeug.test import Client as WsgiClient
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 import wsgisession.django
 from tests.frameworks.django_env import (
@@ -236,6 +238,47 @@ def test_a_server_error_saves_nothing(client: Client) -> None:
 
     assert visit(client, fail).status_code == 503
     assert not client.cookies
+
+
+def _store_down(environ: dict[str, Any], error: Exception) -> Any:
+    return WerkzeugResponse(
+        "Please try again in a moment.", status=503, headers={"Retry-After": "5"}
+    )
+
+
+def _add_breaking(directory: Path) -> Callable[[HttpRequest], HttpResponse]:
+    """A view that changes the session, then leaves a file where its store's directory is."""
+
+    def add(request: HttpRequest) -> HttpResponse:
+        request.session["cart"] = ["book"]
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.write_text("a file where the store's directory was")
+        return HttpResponse("Added to your cart")
+
+    return add
+
+
+def test_alone_a_failed_save_answers_with_on_save_errors_page(tmp_path: Path) -> None:
+    # The view's own response went out instead, with the page's Content-Length: "Added
+    # to your cart" for a cart that was not saved, and a body shorter than it said.
+    directory = tmp_path / "sessions"
+    options = session_options(tmp_path, on_save_error=_store_down)
+
+    with project(options):
+        client = Client()
+        response = visit(client, _add_breaking(directory))
+    assert (response.status_code, response.content) == (503, b"Please try again in a moment.")
+    assert response["Retry-After"] == "5" and response["Content-Length"] == "29"
+    assert response["Vary"] == "Cookie" and not client.cookies
+
+
+def test_alone_a_failed_save_without_a_page_goes_through_handler500(tmp_path: Path) -> None:
+    directory = tmp_path / "sessions"
+
+    with project(session_options(tmp_path)):
+        client = Client(raise_request_exception=False)
+        response = visit(client, _add_breaking(directory))
+    assert response.status_code == 500 and b"cart" not in response.content
 
 
 def test_one_setting_one_store_for_every_client(options: dict[str, Any]) -> None:

@@ -219,6 +219,25 @@ def test_expiry_figures_follow_the_session(client: Client, clock: FakeClock) -> 
     assert value is None and TIMEOUT - 1 <= age <= TIMEOUT, "not a fresh session"
 
 
+def test_without_a_user_the_figures_and_messages_name_anonymous_timeout(
+    tmp_path: Path,
+) -> None:
+    # get_session_cookie_age() gave 'timeout' to a session that lasted anonymous_timeout,
+    # where Django's equals get_expiry_age() just after a use.
+    def figures(session: DjangoSession) -> tuple[int, int]:
+        session["a"] = 1
+        return session.get_expiry_age(), session.get_session_cookie_age()
+
+    with project(session_options(tmp_path, anonymous_timeout=600)):
+        client = Client()
+        age, cookie_age = ask(client, figures)
+        assert 599 <= age <= 600 and cookie_age == 600
+        with pytest.raises(SessionError, match=r"lasts 'anonymous_timeout' \(600 s\) without a"):
+            ask(client, lambda s: s.set_expiry(86400))
+        ask(client, lambda s: setattr(s.wsgi_session, "user_id", "ann"))
+        assert ask(client, lambda s: s.get_session_cookie_age()) == TIMEOUT
+
+
 def test_expiry_figures_take_djangos_keywords_as_django_does(client: Client) -> None:
     # Django's own backends and some apps ask for the age or date of a given expiry.
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flask
 import pytest
 from markupsafe import Markup
@@ -105,6 +107,43 @@ def test_a_markup_flash_renders_as_html_as_in_flask() -> None:
     client = Client(app)
     client.get("/add")
     assert client.get("/show").get_data(as_text=True) == "<b>saved</b>"
+
+
+def test_flash_sends_flasks_signal_and_templates_show_flasks_own_queue_too() -> None:
+    # Extensions flash with flask.flash (Flask-Login's login_required), into Flask's own
+    # session: with init_app's template global those were never shown.
+    app = _flashing_app()
+    app.secret_key = "flask-own-cookie-session-key"
+    init_app(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+
+    @app.get("/theirs")
+    def theirs() -> str:
+        flask.flash("Please log in.", "info")
+        return "ok"
+
+    @app.get("/show")
+    def show() -> str:
+        return flask.render_template_string(
+            "{{ get_flashed_messages(with_categories=True)|safe }}"
+            "|{{ get_flashed_messages(category_filter=['info'])|safe }}"
+        )
+
+    seen: list[tuple[str, Any]] = []
+
+    def note(sender: flask.Flask, message: Any, category: str) -> None:
+        assert sender is app
+        seen.append((category, message))
+
+    client = Client(app)
+    with flask.message_flashed.connected_to(note, app):
+        client.get("/add")
+        client.get("/theirs")
+    assert seen == [("message", "saved"), ("warning", "careful"), ("info", "Please log in.")]
+    assert client.get("/show").get_data(as_text=True) == (
+        "[('info', 'Please log in.'), ('message', 'saved'), ('warning', 'careful')]"
+        "|['Please log in.']"
+    )
+    assert client.get("/show").get_data(as_text=True) == "[]|[]"
 
 
 def test_current_session_without_the_middleware_names_it() -> None:

@@ -35,7 +35,8 @@ from tests.frameworks.servers import (
     run_server,
     serve_module,
 )
-from wsgisession import SessionError, SessionMiddleware
+from wsgisession import ConfigError, SessionError, SessionMiddleware
+from wsgisession.config import Config
 from wsgisession.webpy import WebpySession
 
 # The counter of web.py's sessions cookbook, as web.py's own sessions run it.
@@ -220,6 +221,8 @@ class _Quiet:
         session.send_cookie = False
         if web.input().get("again"):
             session.send_cookie = True
+        if web.input().get("redirect"):
+            raise web.seeother("/show")  # web.py's usual way out of a handler
         return str(session.send_cookie)
 
 
@@ -284,8 +287,31 @@ def test_send_cookie_false_saves_nothing_and_sends_no_cookie() -> None:
     assert response.get_data(as_text=True) == "False"
     assert "Set-Cookie" not in response.headers
     assert session.middleware.store.count() == 0
+    # Raised responses too: the flag was read only after a handler that returned.
+    response = client.get("/quiet?redirect=1")
+    assert response.status_code == 303 and "Set-Cookie" not in response.headers
+    assert session.middleware.store.count() == 0
     assert client.get("/quiet?again=1").get_data(as_text=True) == "True"
     assert client.get("/show").get_data(as_text=True).startswith("99|")
+
+
+def test_options_may_be_a_config() -> None:
+    # As for SessionMiddleware: Config.from_ini() and from_env() users built one.
+    app = web.application(_URLS, globals(), autoreload=False)
+    config = Config.from_options(
+        secret_key=SECRET, store="memory://", cleanup_interval=0, initializer=_fill_n
+    )
+    WebpySession(app, config)
+    client = Client(app.wsgifunc())
+    assert client.get("/bump").get_data(as_text=True) == "1"
+    assert client.get("/show").get_data(as_text=True) == "1|True|2|False"
+    with pytest.raises(ConfigError, match="either as a Config or as keyword arguments"):
+        WebpySession(web.application(_URLS, globals(), autoreload=False), config, timeout=5)
+
+
+def _fill_n() -> None:
+    """A web.py-style initializer: it fills the new session itself."""
+    web.ctx.session.n = 0
 
 
 def test_send_cookie_takes_only_a_bool() -> None:

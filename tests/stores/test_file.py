@@ -88,11 +88,21 @@ def test_absolute_url_names_its_directory(template: str, relative: str, tmp_path
         pytest.param("file:", id="empty"),
         pytest.param("file://", id="no-path"),
         pytest.param("file://example.com/sessions", id="remote-host"),
+        # A NUL failed on the first operation with a bare ValueError; a query or a
+        # fragment made a directory named after it.
+        pytest.param("file:///tmp/a%00b", id="nul"),
+        pytest.param("file:./a\0b", id="nul-in-a-plain-path"),
+        pytest.param("file:///tmp/sessions?mode=1", id="query"),
+        pytest.param("file:///tmp/sessions#top", id="fragment"),
     ],
 )
 def test_url_without_a_local_directory_is_a_config_error(url: str) -> None:
-    with pytest.raises(ConfigError, match="directory"):
+    with pytest.raises(ConfigError, match="directory|file URL"):
         FileStore.from_url(url)
+
+
+def test_an_escaped_question_mark_is_part_of_the_directory(tmp_path: Path) -> None:
+    assert FileStore.from_url(f"file://{tmp_path}/what%3F").directory == f"{tmp_path}/what?"
 
 
 def test_a_url_error_masks_the_password() -> None:

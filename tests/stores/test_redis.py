@@ -152,6 +152,11 @@ def test_malformed_url_raises_config_error(url: str) -> None:
         RedisStore.from_url(url)
 
 
+def test_a_negative_database_is_refused_as_what_it_is() -> None:
+    with pytest.raises(ConfigError, match="the database must be a whole number, 0 or more"):
+        RedisStore.from_url("redis://localhost/-1")
+
+
 def test_config_error_masks_the_password() -> None:
     with pytest.raises(ConfigError) as info:
         open_store("redis://:secretpw@localhost:abc/0")

@@ -36,6 +36,7 @@ from tests.helpers import (
 from wsgisession.errors import StoreError
 from wsgisession.ids import store_key
 from wsgisession.stores import CorruptRecord
+from wsgisession.stores._sql_table import session_table
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
 from wsgisession.testing._helpers import run_threads
@@ -80,6 +81,47 @@ def test_a_second_store_uses_the_existing_table(open_sql: OpenSQL) -> None:
     second.ping()
     loaded = second.load(key)
     assert loaded is not None and loaded.data == b"kept"
+
+
+@pytest.mark.parametrize(
+    ("columns", "problem"),
+    [
+        pytest.param(
+            lambda: [
+                sa.Column("id_hash", sa.String(64), primary_key=True),
+                sa.Column("note", sa.Text),
+            ],
+            "no column data, meta, version",
+            id="another-tables-columns",
+        ),
+        pytest.param(
+            lambda: [
+                sa.Column(c.name, c.type, nullable=c.nullable) for c in _made_table().columns
+            ],
+            "no primary key on id_hash",
+            id="no-primary-key",
+        ),
+    ],
+)
+def test_a_table_of_the_name_made_for_something_else_is_refused(
+    open_sql: OpenSQL, columns: Any, problem: str
+) -> None:
+    # Used as found, every operation failed on a database error (and `check` said ok);
+    # without the primary key MariaDB stored two live rows under one key.
+    store = open_sql()
+    sa.Table(store.table.name, sa.MetaData(), *columns()).create(store.engine)
+    for attempt in (
+        store.ping,
+        lambda: store.save(new_key(), make_record(), expected_version=None),
+    ):
+        with pytest.raises(
+            StoreError, match=rf"exists but was not made by this store \({problem}"
+        ):
+            attempt()
+
+
+def _made_table() -> sa.Table:
+    return session_table("any", sa.MetaData())
 
 
 def test_stores_racing_to_create_the_table_all_succeed(open_sql: OpenSQL) -> None:

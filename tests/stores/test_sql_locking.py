@@ -32,6 +32,7 @@ from tests.helpers import (
     unique_table_name,
     wait_until,
 )
+from wsgisession.errors import StoreError
 from wsgisession.stores import LockTimeout, Record
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
@@ -113,6 +114,47 @@ def test_sqlite_survives_a_writer_killed_mid_save(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "shared.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+_HOLDS_THE_WRITE_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sqlite_locked_by_another_process_still_reads_and_says_why_a_write_waits(
+    tmp_path: Path,
+) -> None:
+    # A store's first operation took the write lock to create the table, found there;
+    # failing, it left a transaction begun, and its retry said only "InvalidRequestError".
+    with _sqlite_store(tmp_path) as first:
+        key = new_key()
+        assert first.save(key, make_record(b"kept"), expected_version=None)
+        url = str(first.engine.url)
+    with python_child(_HOLDS_THE_WRITE_LOCK, tmp_path / "shared.db") as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            with SQLStore.from_url(url, connect_args={"timeout": 0.2}) as fresh:
+                loaded = fresh.load(key)
+                assert loaded is not None and loaded.data == b"kept"
+                with pytest.raises(StoreError, match="database is locked"):
+                    fresh.save(new_key(), make_record(), expected_version=None)
+        finally:
+            holder.kill()
+
+
+@pytest.mark.parametrize("timeout", [3_000_000.0, 315_360_000.0], ids=["35-days", "ten-years"])
+def test_a_locked_save_takes_any_save_timeout_the_options_allow(
+    open_sql: OpenSQL, timeout: float
+) -> None:
+    # PostgreSQL's lock_timeout stops at 24.8 days: past it, every locked save failed.
+    store = open_sql()
+    key = new_key()
+    assert store.save(key, make_record(b"{}"), expected_version=None)
+    assert store.save_locked(key, _bump("waited"), timeout=timeout) is not None
 
 
 # -- the locked save -------------------------------------------------------------------

@@ -123,10 +123,20 @@ def test_an_asyncio_driver_is_refused() -> None:
         SQLStore.from_url("postgresql+psycopg_async://u@127.0.0.1/db")
 
 
-def test_postgres_scheme_is_read_as_postgresql() -> None:
-    with open_store("postgres://u@127.0.0.1:1/db") as store:
+@pytest.mark.parametrize(
+    ("url", "dialect"),
+    [
+        pytest.param("postgres://u@127.0.0.1:1/db", "postgresql", id="heroku-style"),
+        # Schemes are case-insensitive, as for the other stores; SQLAlchemy said to
+        # install a driver that was there.
+        pytest.param("SQLITE:///sessions.db", "sqlite", id="upper-case"),
+        pytest.param("PostgreSQL+psycopg://u@127.0.0.1:1/db", "postgresql", id="mixed-case"),
+    ],
+)
+def test_a_scheme_is_read_as_sqlalchemy_spells_it(url: str, dialect: str) -> None:
+    with open_store(url) as store:
         assert isinstance(store, SQLStore)
-        assert store.engine.dialect.name == "postgresql"
+        assert store.engine.dialect.name == dialect
 
 
 def test_passwords_never_appear_in_errors() -> None:

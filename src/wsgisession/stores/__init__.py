@@ -126,7 +126,7 @@ def wrap_client(client: object, **options: Any) -> Store | None:
         from .sql import SQLStore
 
         if isinstance(client, sqlalchemy.Engine):
-            return SQLStore(client, **options)
+            return _around(SQLStore, client, options)
     elif module == "redis":
         import redis
         from redis.cluster import RedisCluster
@@ -134,7 +134,7 @@ def wrap_client(client: object, **options: Any) -> Store | None:
         from .redis import RedisStore
 
         if isinstance(client, redis.Redis | RedisCluster):
-            return RedisStore(client, **options)
+            return _around(RedisStore, client, options)
     elif module == "pymemcache":
         from pymemcache.client.base import Client, PooledClient
         from pymemcache.client.hash import HashClient
@@ -142,8 +142,24 @@ def wrap_client(client: object, **options: Any) -> Store | None:
         from .memcached import MemcachedStore
 
         if isinstance(client, Client | PooledClient | HashClient):
-            return MemcachedStore(client, **options)
+            return _around(MemcachedStore, client, options)
     return None
+
+
+def _around(store_class: type[Store], client: object, options: dict[str, Any]) -> Store:
+    """A *store_class* around the ready *client*, with *options* it must take."""
+    parameters = list(inspect.signature(store_class).parameters.values())[1:]
+    takes = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        # Connection options (a pool's size, a timeout) belong to the client, which is
+        # built already.
+        raise ConfigError(
+            f"store option {', '.join(map(repr, unknown))} can't apply to a ready "
+            f"{type(client).__name__}: set it on that object; a store around one takes "
+            f"{', '.join(takes) or 'no option'}"
+        )
+    return store_class(client, **options)  # type: ignore[call-arg]
 
 
 def _check_signature(

@@ -352,7 +352,9 @@ def _check_standalone(scheme: str, parts: SplitResult, shown: str) -> None:
 
 def _database(text: str, shown: str) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise ConfigError(f"store {shown!r}: the database must be a number, got {text!r}")
+        raise ConfigError(
+            f"store {shown!r}: the database must be a whole number, 0 or more, got {text!r}"
+        )
     return int(text)
 
 

@@ -109,6 +109,8 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         option is unknown or of the wrong type.
     """
     _check_types(options)
+    scheme, colon, rest = url.partition(":")
+    url = scheme.lower() + colon + rest  # URL schemes are case-insensitive; SQLAlchemy's not
     if url.startswith(("postgres:", "postgres+")):
         # Heroku-style URLs; SQLAlchemy knows only "postgresql".
         url = "postgresql" + url[len("postgres") :]

@@ -158,8 +158,12 @@ class Runner:
             conn.execution_options(isolation_level=conn.default_isolation_level)
         transaction = conn.begin()
         if not single and self._begin is not None:
-            # Should this fail, closing the connection rolls the transaction back.
-            conn.exec_driver_sql(self._begin)
+            try:
+                conn.exec_driver_sql(self._begin)
+            except BaseException:
+                # Left begun, the connection refuses the next begin() of a retry.
+                transaction.rollback()
+                raise
         return transaction
 
     @contextmanager
@@ -215,8 +219,10 @@ class Runner:
         if mysql:
             conn.exec_driver_sql(_MYSQL_SHORT_WAIT.format(seconds=max(1, math.ceil(timeout))))
         elif self._dialect == "postgresql":
-            # In milliseconds; 0 would mean no limit at all.
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, math.ceil(timeout * 1000))}")
+            # In milliseconds, up to PostgreSQL's largest (24.8 days); 0 would mean no
+            # limit at all.
+            wait = min(max(1, math.ceil(timeout * 1000)), _PG_LONGEST_WAIT)
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait}")
         try:
             row = conn.execute(query, params).first()
         except sa.exc.DBAPIError as exc:
@@ -291,6 +297,16 @@ class Runner:
             if self._table_ready:
                 return
             with self._connect() as conn:
+                # Looked for first, which takes no write lock: on SQLite another
+                # process's long write would hold up (or fail) every first use.
+                found = sa.inspect(conn)
+                exists = found.has_table(self.table.name, self.table.schema)
+                if exists:
+                    self._check_table(found)
+                conn.rollback()  # what SQLAlchemy began for the look, before ours
+                if exists:
+                    self._table_ready = True
+                    return
                 attempt = 1
                 while True:
                     try:
@@ -309,6 +325,28 @@ class Runner:
                             raise
                     attempt += 1
             self._table_ready = True
+
+    def _check_table(self, found: sa.Inspector) -> None:
+        """Refuse a table of the store's name that was made for something else.
+
+        Without its columns every operation fails on a database error; without
+        ``id_hash`` as its primary key, MySQL's insert-unless-live and the purge lease
+        would write a second row where there must be one.
+        """
+        table = self.table
+        columns = {column["name"] for column in found.get_columns(table.name, table.schema)}
+        missing = [column.name for column in table.columns if column.name not in columns]
+        key = found.get_pk_constraint(table.name, table.schema).get("constrained_columns")
+        if missing or key != ["id_hash"]:
+            what = f"no column {', '.join(missing)}" if missing else "no primary key on id_hash"
+            raise StoreError(
+                f"{self._shown}: table {table.name!r} exists but was not made by this store "
+                f"({what}): give the store a table of its own (store option 'table_name')"
+            )
+
+
+#: PostgreSQL's longest lock_timeout, in milliseconds.
+_PG_LONGEST_WAIT: Final = 2_147_483_647
 
 
 def _describe(exc: BaseException) -> str:

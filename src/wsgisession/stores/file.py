@@ -141,7 +141,10 @@ class FileStore(Store):
                 f"for the owner, at most read and write for the group, nothing for others; "
                 f"got {shown}"
             )
-        self.directory: Final = os.path.abspath(os.fspath(directory))
+        path = os.fspath(directory)
+        if "\0" in path:
+            raise ConfigError(f"the file store's directory {path!r} holds a NUL character")
+        self.directory: Final = os.path.abspath(path)
         self.shard_depth: Final = shard_depth
         self.fsync: Final = fsync
         self.file_mode: Final = file_mode
@@ -171,6 +174,11 @@ class FileStore(Store):
         scheme, _, path = url.partition(":")
         if path.startswith("//"):
             host, slash, rest = path[2:].partition("/")
+            if "?" in rest or "#" in rest:
+                raise ConfigError(
+                    f"store {mask_url(url)!r}: a file URL has no query or fragment; write "
+                    "a '?' or '#' of the directory's name as %3F or %23"
+                )
             if host not in ("", "localhost") or not slash:
                 raise ConfigError(
                     f"store {mask_url(url)!r} must name a local directory, "
