@@ -426,6 +426,43 @@ def test_a_message_flashed_during_a_pop_waits_for_the_next(store: Store) -> None
     assert body(client.get("/pop")) == [["message", "late"]]
 
 
+@pytest.mark.parametrize("forced", [False, True], ids=["plain", "modified"])
+def test_a_message_flashed_after_a_pop_waits_for_the_next_whatever_the_popper_saves(
+    store: Store, forced: bool
+) -> None:
+    # With modified = True, the popping request's save compared the queue with what it
+    # loaded before the pop, and deleted the message flashed since.
+    def keep_going(session: Session) -> str:
+        session.modified = forced
+        return "ok"
+
+    client, _ = _slow_client(store, Session.pop_flashes, "/flash?m=late", keep_going)
+    client.get("/flash?m=early")
+    client.get("/slow")
+    assert body(client.get("/pop")) == [["message", "late"]]
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["plain", "modified"])
+def test_a_message_another_request_popped_after_a_pop_stays_popped(
+    store: Store, forced: bool
+) -> None:
+    # With modified = True, the queue as this request last saw it was written back whole,
+    # and the message the other tab had shown came back, to be shown twice.
+    def pop_mine(session: Session) -> None:
+        session.pop_flashes("mine")
+
+    def keep_going(session: Session) -> str:
+        session.modified = forced
+        return "ok"
+
+    client, other = _slow_client(store, pop_mine, "/pop?c=theirs", keep_going)
+    client.get("/flash?m=a&c=mine")
+    client.get("/flash?m=b&c=theirs")
+    client.get("/slow")
+    assert other == [[["theirs", "b"]]]
+    assert body(client.get("/pop")) == []
+
+
 def test_pop_on_a_session_logged_out_meanwhile_shows_nothing_and_expires_the_cookie(
     store: Store,
 ) -> None:

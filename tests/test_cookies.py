@@ -232,6 +232,35 @@ def test_app_headers_are_kept_and_vary_is_extended() -> None:
     assert any(c.startswith("theme=dark") for c in cookies)
 
 
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        # A shared cache kept "public" pages' Set-Cookie, for the next visitor.
+        ("public, max-age=600", 'public, max-age=600, no-cache="Set-Cookie"'),
+        ("max-age=60", 'max-age=60, no-cache="Set-Cookie"'),
+        ("private", "private"),
+        ("no-store", "no-store"),
+        ("No-Cache", "No-Cache"),
+        ('public, no-cache="set-cookie"', 'public, no-cache="set-cookie"'),
+        (
+            'public, no-cache="Authorization"',
+            'public, no-cache="Authorization", no-cache="Set-Cookie"',
+        ),
+    ],
+)
+def test_a_cookie_on_a_response_a_shared_cache_may_keep_is_kept_out_of_it(
+    given: str, sent: str
+) -> None:
+    def handler(session: Session, request: Request) -> Response:
+        session["x"] = 1
+        return Response("ok", headers={"Cache-Control": given})
+
+    client, _ = make_client({"/": handler})
+    response = client.get("/")
+    assert "Set-Cookie" in response.headers
+    assert response.headers.getlist("Cache-Control") == [sent]
+
+
 def test_vary_already_naming_cookie_is_left_alone() -> None:
     def handler(session: Session, request: Request) -> Response:
         session.get("x")

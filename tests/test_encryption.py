@@ -11,7 +11,7 @@ import logging
 import pickle
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from werkzeug.test import Client
@@ -27,7 +27,7 @@ from tests.helpers import (
     twin,
 )
 from wsgisession import ConfigError, Session, SessionError, SessionMiddleware
-from wsgisession._sealing import Opened, is_sealed, open_sealed
+from wsgisession._sealing import Opened, Sealer, is_sealed
 from wsgisession._snapshot import PLAIN_META
 from wsgisession.config import Config
 from wsgisession.stores import Record, Store
@@ -161,6 +161,13 @@ def _grow(session: Session, request: Request) -> str:
 def _big_client(store: Store) -> tuple[Client, SessionMiddleware]:
     routes = {**ROUTES, "/big": _put_big, "/count": _count, "/grow": _grow}
     return make_client(routes, store=store)
+
+
+def open_sealed(
+    session_id: str, key: str, version: int, user_id: str | None, meta: bytes, blob: bytes
+) -> Opened:
+    """What *blob* holds, opened as the middleware of these tests opens it."""
+    return Sealer(SECRET).open(session_id, key, version, user_id, meta, blob)[0]
 
 
 def _opened(client: Client, store: Store) -> Opened:
@@ -318,6 +325,78 @@ def test_a_plaintext_record_planted_in_the_store_is_refused(store: Store) -> Non
     client.get("/put")
     _plant(store, client)
     assert _reads_as_corrupt(client, middleware)
+
+
+class _Evil:
+    """Runs code when unpickled: what a planted pickle record would do."""
+
+    ran: ClassVar[list[bool]] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Evil.ran.append, (True,))
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_visitor_with_store_access_cant_seal_a_record_for_their_own_session(
+    store: Store, serializer: str
+) -> None:
+    # Sealed under a key from the raw id alone, which the visitor's own cookie holds,
+    # a record they sealed themselves opened: any user id they chose, and with pickle,
+    # their code run. The key takes secret_key too, which they don't have.
+    client, middleware = _client(store, serializer=serializer)
+    client.get("/put")
+    payload = (
+        pickle.dumps({"user": "admin", "evil": _Evil()})
+        if serializer == "pickle"
+        else b'{"user": "admin"}'
+    )
+
+    def forge(record: Record) -> Record:
+        sealed = Sealer("a guess at the application's secret key, wrong").seal(
+            session_id_of(client),
+            key_of(client),
+            record.version,
+            "admin",
+            record.meta,
+            b"",
+            payload,
+        )
+        return replace(record, data=sealed, user_id="admin")
+
+    _Evil.ran.clear()
+    _rewrite(store, key_of(client), forge)
+    assert _reads_as_corrupt(client, middleware)
+    assert _Evil.ran == []
+
+
+def test_records_sealed_under_a_fallback_key_open_and_are_sealed_again(store: Store) -> None:
+    # Rotating secret_key with the old one as a fallback logs nobody out; the first
+    # use seals the record again, read-only or not, so the fallback can go after.
+    old, _ = _client(store, secret_key="an-old-secret-key-for-the-rotation-test")
+    old.get("/put")
+    rotated = _same_store_other_options(
+        old,
+        store,
+        secret_key=SECRET,
+        secret_key_fallbacks=["an-old-secret-key-for-the-rotation-test"],
+    )
+    assert body(rotated.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
+    record = store.load(key_of(rotated))
+    assert record is not None
+    assert _opened(rotated, store)[1]  # opens under SECRET alone now
+    after = _same_store_other_options(rotated, store, secret_key=SECRET)
+    assert body(after.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
+
+
+def test_records_sealed_under_a_key_no_longer_listed_read_as_corrupt(store: Store) -> None:
+    old, _ = _client(store, secret_key="an-old-secret-key-for-the-rotation-test")
+    old.get("/put")
+    record = store.load(key_of(old))
+    assert record is not None
+    with pytest.raises(ValueError, match="does not authenticate"):
+        Sealer(SECRET).open(
+            session_id_of(old), key_of(old), record.version, None, record.meta, record.data
+        )
 
 
 @pytest.mark.parametrize("encrypt", ["migrate", False])

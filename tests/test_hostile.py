@@ -35,7 +35,7 @@ from tests.helpers import (
     set_cookies,
 )
 from wsgisession import Session, SessionError, SessionMiddleware
-from wsgisession._sealing import seal
+from wsgisession._sealing import Sealer
 from wsgisession.cookies import MAX_CHECKED
 from wsgisession.ids import store_key
 from wsgisession.serializers import JSONSerializer
@@ -580,7 +580,7 @@ LIMIT = 1000
 #: The size of an untimed, unremembered session's meta, and what the seal adds to its
 #: data, both of which max_size counts too.
 META_SIZE = len(META)
-SEAL_SIZE = len(seal("id", "key", 1, None, META, b"", b""))
+SEAL_SIZE = len(Sealer(SECRET).seal("id", "key", 1, None, META, b"", b""))
 
 
 def big(session: Session, request: Request) -> str:

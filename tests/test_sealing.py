@@ -16,20 +16,33 @@ import threading
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wsgisession import _sealing
 from wsgisession._sealing import (
     APART_MAGIC,
     Apart,
+    Opened,
+    Sealer,
+    binding_of,
     derive_key,
     open_header,
-    open_sealed,
-    seal,
-    seal_apart,
     seal_header,
 )
 
 _NONCE = 12
+_SECRET = "the-application-s-secret-key-for-these-tests"
+_SEALER = Sealer(_SECRET)
+seal = _SEALER.seal
+seal_apart = _SEALER.seal_apart
+
+
+def open_sealed(
+    session_id: str, key: str, version: int, user_id: str | None, meta: bytes, blob: bytes
+) -> Opened:
+    """What *blob* holds, opened by the sealer of these tests."""
+    return _SEALER.open(session_id, key, version, user_id, meta, blob)[0]
 
 
 @pytest.mark.parametrize(
@@ -42,11 +55,17 @@ _NONCE = 12
         pytest.param("é" * 40, id="not-ascii"),
     ],
 )
-def test_the_record_key_is_hmac_sha256_of_the_id_under_the_label(session_id: str) -> None:
-    """The KDF computes HMAC by hand, for speed; it must be HMAC exactly, so that
-    records sealed before stay readable."""
-    expected = hmac.digest(session_id.encode(), b"wsgisession record key v1\x01", "sha256")
-    assert derive_key(session_id) == expected
+def test_the_record_key_is_hkdf_sha256_of_the_id_salted_by_the_secret_key(
+    session_id: str,
+) -> None:
+    """The KDF computes HMAC by hand, for speed; it must be HKDF exactly (RFC 5869, as
+    cryptography implements it), so that records sealed before stay readable."""
+    binding = binding_of(_SECRET)
+    assert binding == hmac.digest(_SECRET.encode(), b"wsgisession record key binding v1", "sha256")
+    expected = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=binding, info=b"wsgisession record key v2"
+    ).derive(session_id.encode())
+    assert derive_key(session_id, binding) == expected
 
 
 def _nonce_of(blob: bytes) -> bytes:

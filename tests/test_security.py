@@ -40,6 +40,7 @@ from tests.helpers import (
     raw_dump,
     with_cookie,
 )
+from wsgisession import Session
 from wsgisession.ids import store_key
 from wsgisession.serializers import PickleSerializer
 from wsgisession.stores import Store
@@ -255,6 +256,21 @@ def test_logs_never_hold_a_secret_a_full_id_or_a_store_key(
         session_id = id_of(value)
         for leak in (session_id, store_key(session_id), value.rsplit(".", 1)[1]):
             assert leak not in text
+
+
+def test_a_sessions_repr_shows_no_key_name() -> None:
+    # Key names are data, sealed in the store; error trackers record reprs of locals.
+    seen: list[str] = []
+
+    def handler(session: Session, request: Any) -> str:
+        session["oauth_refresh_token_of_ann"] = "tok"
+        seen.append(repr(session))
+        return "ok"
+
+    client, _ = make_client({"/": handler})
+    client.get("/")
+    client.get("/")
+    assert seen == ["<Session new, 1 key>", "<Session stored, 1 key>"]
 
 
 # -- signatures -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from tests.helpers import (
 )
 from wsgisession import Session, SessionMiddleware
 from wsgisession.events import SessionEvent
-from wsgisession.stores import Store
+from wsgisession.stores import Record, Store
 from wsgisession.stores.memory import MemoryStore
 from wsgisession.users import check_user_id
 
@@ -285,6 +285,40 @@ def test_logins_racing_past_the_cap_end_each_others_sessions_only_once(store: St
     for login in logins:
         login.join(PATIENCE)
     assert len(middleware.user_sessions("ann")) == 1
+
+
+def test_any_number_of_logins_racing_past_the_cap_leave_at_most_one_over_it(
+    clock: FakeClock,
+) -> None:
+    # Logins save in the reverse order of their clocks, each checking the cap at once:
+    # each spared every session saved after its own, and three logins left three
+    # sessions under a cap of one.
+    arrived: dict[str, threading.Event] = {}
+    gates: dict[str, threading.Event] = {}
+
+    class GatedStore(MemoryStore):
+        """A real memory store whose saves for a logging-in thread wait their turn."""
+
+        def save(self, key: str, record: Record, **kwargs: Any) -> bool:
+            name = threading.current_thread().name
+            if name in gates and record.user_id == "ann":
+                arrived[name].set()
+                assert gates[name].wait(PATIENCE)
+            return super().save(key, record, **kwargs)
+
+    middleware = user_app(GatedStore(), max_sessions_per_user=1)
+    logins = []
+    for name in ("first", "second", "third"):
+        arrived[name], gates[name] = threading.Event(), threading.Event()
+        login = threading.Thread(target=log_in, args=(middleware,), name=name)
+        login.start()
+        logins.append(login)
+        assert arrived[name].wait(PATIENCE)
+        clock.advance(1)
+    for login in reversed(logins):
+        gates[login.name].set()
+        login.join(PATIENCE)
+    assert 1 <= len(middleware.user_sessions("ann")) <= 2
 
 
 def test_a_failed_request_that_links_a_user_ends_none_of_their_sessions(

@@ -18,11 +18,9 @@ from ._sealing import (
     MAX_NAME_APART,
     Apart,
     ApartValues,
+    Sealer,
     is_sealed,
     open_header,
-    open_sealed,
-    seal,
-    seal_apart,
     seal_header,
 )
 from ._snapshot import RecordText, Snapshot, decode_meta, encode_meta
@@ -47,6 +45,7 @@ class Codec:
     :param serializer: Turns a session's data into bytes and back.
     :param encrypt: The ``encrypt`` option: ``True``, ``"migrate"`` or ``False``.
     :param max_size: The largest record stored, in bytes, everything counted.
+    :param sealer: Seals and opens records, under the middleware's secret keys.
     """
 
     __slots__ = (
@@ -55,10 +54,14 @@ class Codec:
         "_plain_readable",
         "_seal",
         "_sealed_serializer",
+        "_sealer",
         "_serializer",
     )
 
-    def __init__(self, serializer: Serializer, encrypt: bool | str, max_size: int) -> None:
+    def __init__(
+        self, serializer: Serializer, encrypt: bool | str, max_size: int, sealer: Sealer
+    ) -> None:
+        self._sealer = sealer
         self._serializer = serializer
         self._sealed_serializer = for_sealed_records(serializer)
         self._seal = encrypt is not False
@@ -121,7 +124,9 @@ class Codec:
                 # A key too long to name in the seal's index: nothing is sealed apart.
                 payload, cuts = self._dumps(self._sealed_serializer, data, reuse)
             apart = self._apart(session_id, key, base, reuse, cuts) if cuts else ()
-            blob = seal(session_id, key, version, user_id, meta, header, payload, apart)
+            blob = self._sealer.seal(
+                session_id, key, version, user_id, meta, header, payload, apart
+            )
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
             blob, _ = self._dumps(self._serializer, data, reuse)
@@ -150,9 +155,10 @@ class Codec:
         timed, remember, ip = decode_meta(record.meta)
         blob = record.data
         apart = None
+        stale = False
         if is_sealed(blob):
             try:
-                header, blob, apart = open_sealed(
+                (header, blob, apart), stale = self._sealer.open(
                     session_id, key, record.version, record.user_id, record.meta, blob
                 )
             except ValueError as exc:
@@ -173,8 +179,10 @@ class Codec:
         elif apart is None:
             text = RecordText(blob, self._json.parts)
         else:
-            text = RecordText(blob, _split_around(self._json, apart), apart.seals)
-        return Snapshot(session_id, key, record, data, deadlines, remember, ip, text)
+            # Under a fallback key, the values' seals are not copied: sealed again.
+            seals = None if stale else apart.seals
+            text = RecordText(blob, _split_around(self._json, apart), seals)
+        return Snapshot(session_id, key, record, data, deadlines, remember, ip, text, stale)
 
     def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
         """The objects *value*, as decoded from *snapshot*, is made of, for
@@ -263,8 +271,8 @@ class Codec:
             return self._json.dumps_cut(data, reuse, cut_from)
         return dumps_bytes(serializer, data), []
 
-    @staticmethod
     def _apart(
+        self,
         session_id: str,
         key: str,
         base: Snapshot | None,
@@ -282,7 +290,7 @@ class Codec:
         for name, at, part in cuts:
             kept = sealed.get(name) if name in reuse else None
             if kept is None:
-                kept = seal_apart(session_id, key, part)
+                kept = self._sealer.seal_apart(session_id, key, part)
             found.append(Apart(name, at, kept))
         return found
 

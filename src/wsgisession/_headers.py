@@ -14,14 +14,14 @@ def with_session_headers(
     """
     out = list(headers)
     vary_index = None
-    has_cache_control = False
+    cache_index = None
     for index, (name, _) in enumerate(out):
         # The length first: most names are neither, and len() costs less than lower().
         size = len(name)
         if size == 4 and vary_index is None and name.lower() == "vary":
             vary_index = index
-        elif size == 13 and name.lower() == "cache-control":
-            has_cache_control = True
+        elif size == 13 and cache_index is None and name.lower() == "cache-control":
+            cache_index = index
     if vary_index is None:
         out.append(("Vary", "Cookie"))
     else:
@@ -31,7 +31,29 @@ def with_session_headers(
             out[vary_index] = (name, f"{value}, Cookie" if value.strip() else "Cookie")
     if extra:
         out.extend(extra)
-        if not has_cache_control:
-            # A shared cache must never hand one user's cookie to another.
-            out.append(("Cache-Control", 'no-cache="Set-Cookie"'))
+        # A shared cache must never hand one user's cookie to another, the application's
+        # "public, max-age=600" notwithstanding.
+        if cache_index is None:
+            out.append(("Cache-Control", _NO_CACHED_COOKIE))
+        else:
+            name, value = out[cache_index]
+            if not _keeps_out_shared_caches(value):
+                out[cache_index] = (name, f"{value}, {_NO_CACHED_COOKIE}")
     return out
+
+
+_NO_CACHED_COOKIE = 'no-cache="Set-Cookie"'
+
+
+def _keeps_out_shared_caches(value: str) -> bool:
+    """Whether a ``Cache-Control`` *value* keeps shared caches from reusing the
+    response's ``Set-Cookie``: ``private``, ``no-store``, or ``no-cache`` unqualified or
+    naming it."""
+    for directive in value.split(","):
+        token, _, argument = directive.strip().partition("=")
+        token = token.strip().lower()
+        if token in ("private", "no-store"):
+            return True
+        if token == "no-cache" and (not argument or "set-cookie" in argument.lower()):
+            return True
+    return False

@@ -16,11 +16,12 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from . import _clock
-from ._changes import Step, replay
+from ._changes import FLASHES_KEY, Step, replay
 from ._codec import Codec
 from ._expiry import Expiry, key_live
 from ._handoff import Absence, Change, Client, Stored
 from ._plain_json import Walk
+from ._sealing import Sealer
 from ._snapshot import PLAIN_META, Snapshot, merge
 from .config import Config
 from .errors import StoreError
@@ -54,7 +55,8 @@ class Saver:
         self.store = store
         self.expiry = Expiry.of(config)
         self.metrics = Metrics()
-        self._codec = Codec(serializer, config.encrypt, config.max_size)
+        sealer = Sealer(config.secret_key, config.secret_key_fallbacks)
+        self._codec = Codec(serializer, config.encrypt, config.max_size, sealer)
         self._listeners = config.listeners
         self._bind_ip = config.bind_ip
         self._track_clients = config.track_clients
@@ -279,6 +281,10 @@ class Saver:
         data = change.data
         loaded = base if change.loaded is None else change.loaded
         stepped = {step.key for step in change.steps}
+        if change.loaded is not None and change.loaded is not change.base:
+            # pop_flashes() saved the queue ahead: what it holds now is the store's,
+            # which others may have flashed to or popped from since, not this request's.
+            stepped.add(FLASHES_KEY)
         changed = change.changed | self.changed_in_place(loaded, data.keys() - stepped, data)
         # The snapshot's own dict: the request changed a copy of it, never its keys.
         return changed, change.deleted | (loaded.data.keys() - data.keys() - stepped)
@@ -492,11 +498,18 @@ class Saver:
         mine = next((info for info in infos if info.handle == current), None)
         if mine is None:
             return  # ended meanwhile, by another login's cap or a logout
-        # list_user_sessions is newest first, so the oldest are at the end. A session
-        # saved after this one is spared: a login racing this one saved it, and its own
-        # check ends this one instead; ending each other, two logins would leave none.
-        for info in [i for i in infos if i.handle != current][cap - 1 :]:
-            if info.last_seen < mine.last_seen:
+        # list_user_sessions is newest first: the cap keeps the newest others. Of the
+        # sessions saved after this one, by logins racing it, the latest is spared too:
+        # its own check ends this one instead (ending each other, two logins would leave
+        # none). Sparing only that one, each check leaves at most one over the cap, and
+        # the last check to list sees every login that raced.
+        others = [info for info in infos if info.handle != current]
+        spared = {info.handle for info in others[: cap - 1]}
+        later = [info for info in others if info.last_seen >= mine.last_seen]
+        if later:
+            spared.add(max(later, key=lambda info: (info.last_seen, info.handle)).handle)
+        for info in others:
+            if info.handle not in spared:
                 self.end(info.handle)
 
     # -- reading records -----------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 The store sees a session's id only as its SHA-256 (the store key); the raw id travels
 only in the signed cookie. Each record's data is sealed with AES-256-GCM under a key
-derived from that raw id, so the store alone, or the store and ``secret_key`` together,
-read nothing. The authenticated data binds the ciphertext to the store key, the
+derived from that raw id and from ``secret_key``: the store alone, or the store and
+``secret_key`` together, read nothing, and the store and a cookie together (a
+visitor who can write to the store knows the raw id of their own session) can't seal a
+record the middleware would open. The authenticated data binds the ciphertext to the store key, the
 record's version, its user id and its meta blob (NUL-separated: neither store keys,
 user ids nor meta hold NUL, so no two records' bindings read the same): a record
 copied under another key, older data under a newer version, changed metadata or a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -46,12 +49,11 @@ __all__ = [
     "Apart",
     "ApartValues",
     "Opened",
+    "Sealer",
+    "binding_of",
     "derive_key",
     "is_sealed",
     "open_header",
-    "open_sealed",
-    "seal",
-    "seal_apart",
     "seal_header",
 ]
 
@@ -73,7 +75,9 @@ _MAIN: Final = struct.Struct(">I")
 # Where a value sealed apart goes in the data, and its seal's length.
 _PLACE: Final = struct.Struct(">II")
 # The KDF's label, versioned so a new scheme can't open an old record by mistake.
-_LABEL: Final = b"wsgisession record key v1"
+_LABEL: Final = b"wsgisession record key v2"
+# What a secret key is turned into before it takes part in record keys.
+_BINDING_LABEL: Final = b"wsgisession record key binding v1"
 # What a value sealed apart authenticates besides itself, before the store key.
 _APART_LABEL: Final = b"wsgisession value apart v1\x00"
 # What the main seal of a record with values apart binds after the record's place,
@@ -138,28 +142,41 @@ _nonces: Final = _Nonces()
 
 
 # A user's requests come one after another, and a write opens then seals: deriving the
-# key (an HMAC and a cipher set-up) costs more than the sealing itself, so the ciphers
-# of the latest sessions are kept. They live in this process only, as the ids do while
-# their requests run.
+# key (four SHA-256 calls and a cipher set-up) costs more than the sealing itself, so
+# the ciphers of the latest sessions are kept. They live in this process only, as the
+# ids do while their requests run.
 @functools.lru_cache(maxsize=1024)
-def _cipher(session_id: str) -> AESGCM:
-    return AESGCM(derive_key(session_id))
+def _cipher(session_id: str, binding: bytes) -> AESGCM:
+    return AESGCM(derive_key(session_id, binding))
 
 
-def derive_key(session_id: str) -> bytes:
-    """The AES-256 key of the session *session_id*'s records.
+def binding_of(secret: str | bytes) -> bytes:
+    """What *secret* (``secret_key``, or one of its fallbacks) adds to record keys:
+    ``hmac.digest(secret, label, "sha256")``, so the key itself is never used twice."""
+    return hmac.digest(
+        secret.encode() if isinstance(secret, str) else secret, _BINDING_LABEL, "sha256"
+    )
 
-    The id is 256 random bits, already a uniform key: HKDF's extract step would add
-    nothing, so this is its expand step, one HMAC-SHA256 block under a fixed label:
-    ``hmac.digest(id, label + b"\\x01", "sha256")``. It is computed with two SHA-256
-    calls, as RFC 2104 defines HMAC, since ``hmac.digest`` sets up an OpenSSL HMAC
-    context that costs more than both.
+
+def derive_key(session_id: str, binding: bytes) -> bytes:
+    """The AES-256 key of the session *session_id*'s records, under *binding*.
+
+    HKDF-SHA256 (RFC 5869): extract with *binding* (from :func:`binding_of`) as the
+    salt and the raw id as the input, then expand one block under a fixed label. Both
+    are needed: the id, which only the session's cookie holds, and the secret key,
+    which only the application holds. Each HMAC is computed with two SHA-256 calls,
+    as RFC 2104 defines it, since ``hmac.digest`` sets up an OpenSSL HMAC context that
+    costs more than both.
     """
-    key = session_id.encode()
+    prk = _hmac(binding, session_id.encode())
+    return _hmac(prk, _LABEL + b"\x01")
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
     key = key.ljust(_BLOCK, b"\0")
-    inner = hashlib.sha256(key.translate(_IPAD) + _LABEL + b"\x01").digest()
+    inner = hashlib.sha256(key.translate(_IPAD) + message).digest()
     return hashlib.sha256(key.translate(_OPAD) + inner).digest()
 
 
@@ -208,70 +225,106 @@ class ApartValues(NamedTuple):
 Opened: TypeAlias = tuple[bytes, bytes, ApartValues | None]
 
 
-def seal(
-    session_id: str,
-    key: str,
-    version: int,
-    user_id: str | None,
-    meta: bytes,
-    header: bytes,
-    payload: bytes,
-    apart: Sequence[Apart] = (),
-) -> bytes:
-    """Seal *header* and *payload* (the serializer's bytes) for the record under *key*.
+class _NotAuthentic(ValueError):
+    """A blob that fails to authenticate under one key: another may open it."""
 
-    *apart* are values sealed apart under the same session and store key, with their
-    offsets in *payload*, in order: the record binds each of their seals.
+
+class Sealer:
+    """Seals and opens the records of one middleware.
+
+    :param secret_key: The key every record is sealed under (with its session id).
+    :param fallbacks: Earlier secret keys: records sealed under them still open.
     """
-    if len(header) > MAX_HEADER:
-        raise ValueError("header too long to seal")
-    nonce = _nonces.take()
-    cipher = _cipher(session_id)
-    bound = _bound(key, version, user_id, meta)
-    if not apart:
-        head = _SIZE.pack(len(header)) + header if header else _NO_HEADER
-        return MAGIC + nonce + cipher.encrypt(nonce, head + payload, bound)
-    index: list[bytes | memoryview] = [_SIZE.pack(len(header)), header, _SIZE.pack(len(apart))]
-    for value in apart:
-        name = value.name.encode()
-        sealed = value.sealed
-        index += (
-            _SIZE.pack(len(name)),
-            name,
-            _PLACE.pack(value.at, len(sealed)),
-            sealed[:_NONCE],
-            sealed[-_TAG:],
-        )
-    main = cipher.encrypt(nonce, b"".join(index) + payload, bound + _APART_LAYOUT)
-    seals = [value.sealed for value in apart]
-    return b"".join([APART_MAGIC, nonce, _MAIN.pack(len(main)), main, *seals])
+
+    __slots__ = ("_bindings",)
+
+    def __init__(self, secret_key: str | bytes, fallbacks: Sequence[str | bytes] = ()) -> None:
+        self._bindings = tuple(binding_of(secret) for secret in (secret_key, *fallbacks))
+
+    def seal(
+        self,
+        session_id: str,
+        key: str,
+        version: int,
+        user_id: str | None,
+        meta: bytes,
+        header: bytes,
+        payload: bytes,
+        apart: Sequence[Apart] = (),
+    ) -> bytes:
+        """Seal *header* and *payload* (the serializer's bytes) for the record under *key*.
+
+        *apart* are values sealed apart under the same session and store key, with
+        their offsets in *payload*, in order: the record binds each of their seals.
+        """
+        if len(header) > MAX_HEADER:
+            raise ValueError("header too long to seal")
+        nonce = _nonces.take()
+        cipher = _cipher(session_id, self._bindings[0])
+        bound = _bound(key, version, user_id, meta)
+        if not apart:
+            head = _SIZE.pack(len(header)) + header if header else _NO_HEADER
+            return MAGIC + nonce + cipher.encrypt(nonce, head + payload, bound)
+        index: list[bytes | memoryview] = [
+            _SIZE.pack(len(header)),
+            header,
+            _SIZE.pack(len(apart)),
+        ]
+        for value in apart:
+            name = value.name.encode()
+            sealed = value.sealed
+            index += (
+                _SIZE.pack(len(name)),
+                name,
+                _PLACE.pack(value.at, len(sealed)),
+                sealed[:_NONCE],
+                sealed[-_TAG:],
+            )
+        main = cipher.encrypt(nonce, b"".join(index) + payload, bound + _APART_LAYOUT)
+        seals = [value.sealed for value in apart]
+        return b"".join([APART_MAGIC, nonce, _MAIN.pack(len(main)), main, *seals])
+
+    def seal_apart(self, session_id: str, key: str, text: bytes | memoryview) -> bytes:
+        """Seal the text of one value, to go in the record under *key* with :meth:`seal`."""
+        nonce = _nonces.take()
+        cipher = _cipher(session_id, self._bindings[0])
+        return nonce + cipher.encrypt(nonce, text, _APART_LABEL + key.encode())
+
+    def open(
+        self,
+        session_id: str,
+        key: str,
+        version: int,
+        user_id: str | None,
+        meta: bytes,
+        blob: bytes,
+    ) -> tuple[Opened, bool]:
+        """Return what *blob*, sealed for the record under *key*, holds, and whether
+        only a fallback key opened it (a save should seal it again).
+
+        The caller has found *blob* sealed (:func:`is_sealed`); a blob that is not
+        fails to authenticate all the same.
+
+        :raises ValueError: *blob* fails to open: another session's, an older
+            version's, sealed under no key of this middleware, tampered with,
+            truncated, or not sealed at all.
+        """
+        bound = _bound(key, version, user_id, meta)
+        for n, binding in enumerate(self._bindings):
+            try:
+                return _open(_cipher(session_id, binding), key, bound, blob), n > 0
+            except _NotAuthentic:
+                continue
+        raise ValueError("encrypted record does not authenticate")
 
 
-def seal_apart(session_id: str, key: str, text: bytes | memoryview) -> bytes:
-    """Seal the text of one value, to go in the record under *key* with :func:`seal`."""
-    nonce = _nonces.take()
-    return nonce + _cipher(session_id).encrypt(nonce, text, _APART_LABEL + key.encode())
-
-
-def open_sealed(
-    session_id: str, key: str, version: int, user_id: str | None, meta: bytes, blob: bytes
-) -> Opened:
-    """Return what *blob*, sealed for the record under *key*, holds.
-
-    The caller has found *blob* sealed (:func:`is_sealed`); a blob that is not fails to
-    authenticate all the same.
-
-    :raises ValueError: *blob* fails to open: another session's, an older version's,
-        tampered with, truncated, or not sealed at all.
-    """
-    cipher = _cipher(session_id)
-    bound = _bound(key, version, user_id, meta)
+def _open(cipher: AESGCM, key: str, bound: bytes, blob: bytes) -> Opened:
+    if blob[:_START] == APART_MAGIC:
+        return _open_apart(cipher, key, bound + _APART_LAYOUT, memoryview(blob))
     try:
-        if blob[:_START] == APART_MAGIC:
-            return _open_apart(cipher, key, bound + _APART_LAYOUT, memoryview(blob))
         plain = cipher.decrypt(blob[_START:_BODY], blob[_BODY:], bound)
     except InvalidTag:
-        raise ValueError("encrypted record does not authenticate") from None
+        raise _NotAuthentic from None
     if plain[:2] == _NO_HEADER:
         return b"", plain[2:], None
     size = int.from_bytes(plain[:2], "big")
@@ -282,7 +335,11 @@ def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Ope
     try:
         (size,) = _MAIN.unpack_from(blob, _BODY)
         start = _BODY + _MAIN.size
-        plain = memoryview(cipher.decrypt(blob[_START:_BODY], blob[start : start + size], bound))
+        try:
+            opened = cipher.decrypt(blob[_START:_BODY], blob[start : start + size], bound)
+        except InvalidTag:
+            raise _NotAuthentic from None
+        plain = memoryview(opened)
         at = start + size  # where the values' seals start
         (header_size,) = _SIZE.unpack_from(plain)
         header = bytes(plain[2 : 2 + header_size])
@@ -319,7 +376,11 @@ def _open_apart(cipher: AESGCM, key: str, bound: bytes, blob: memoryview) -> Ope
     for name, offset, sealed in places:
         if not done <= offset <= len(rest):
             raise ValueError("malformed encrypted record")
-        text = cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label)
+        try:
+            text = cipher.decrypt(sealed[:_NONCE], sealed[_NONCE:], label)
+        except InvalidTag:
+            # The record's own seal opened: this value is corrupt, not another key's.
+            raise ValueError("a value sealed apart does not authenticate") from None
         around.append(rest[done:offset])
         pieces += (around[-1], text)
         texts[name] = text

@@ -115,6 +115,9 @@ class Session(SessionState, MutableMapping[str, Any]):
             assert self._cookie is not None
             self._use_snapshot(self._cookie.session_id, loaded)
             self._new = False
+            # Sealed under a fallback key: saved, it is sealed again under secret_key,
+            # before the fallback goes.
+            self._force = loaded.stale_seal
 
     def _note_read(self, key: str, value: Any) -> None:
         """Note that the handler got *value*, a container, from *key*: it may change
@@ -371,7 +374,12 @@ class Session(SessionState, MutableMapping[str, Any]):
     def __repr__(self) -> str:
         if not self._loaded:
             return "<Session (not loaded)>"
-        return f"<Session {'new' if self._new else 'stored'} keys={sorted(self)!r}>"
+        # Key names are session data (sealed in the store): a count, as error trackers
+        # that record local variables show a repr.
+        count = len(self)
+        return (
+            f"<Session {'new' if self._new else 'stored'}, {count} key{'' if count == 1 else 's'}>"
+        )
 
     def _check_open(self) -> None:
         if self._stage is FINISHED:
