@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidTag
@@ -141,18 +141,9 @@ class _Nonces:
 _nonces: Final = _Nonces()
 
 
-# A user's requests come one after another, and a write opens then seals: deriving the
-# key (four SHA-256 calls and a cipher set-up) costs more than the sealing itself, so
-# the ciphers of the latest sessions are kept. They live in this process only, as the
-# ids do while their requests run.
-@functools.lru_cache(maxsize=1024)
-def _cipher(session_id: str, binding: bytes) -> AESGCM:
-    return AESGCM(derive_key(session_id, binding))
-
-
 def binding_of(secret: str | bytes) -> bytes:
-    """What *secret* (``secret_key``, or one of its fallbacks) adds to record keys:
-    ``hmac.digest(secret, label, "sha256")``, so the key itself is never used twice."""
+    """What *secret* (``secret_key``, or one of its fallbacks) keys record keys with:
+    ``hmac.digest(secret, label, "sha256")``, so the secret itself is never used twice."""
     return hmac.digest(
         secret.encode() if isinstance(secret, str) else secret, _BINDING_LABEL, "sha256"
     )
@@ -161,23 +152,45 @@ def binding_of(secret: str | bytes) -> bytes:
 def derive_key(session_id: str, binding: bytes) -> bytes:
     """The AES-256 key of the session *session_id*'s records, under *binding*.
 
-    HKDF-SHA256 (RFC 5869): extract with *binding* (from :func:`binding_of`) as the
-    salt and the raw id as the input, then expand one block under a fixed label. Both
-    are needed: the id, which only the session's cookie holds, and the secret key,
-    which only the application holds. Each HMAC is computed with two SHA-256 calls,
-    as RFC 2104 defines it, since ``hmac.digest`` sets up an OpenSSL HMAC context that
-    costs more than both.
+    HMAC-SHA256 used as the KDF (one block of NIST SP 800-108's counter mode), keyed
+    by *binding* (from :func:`binding_of`), over a fixed, versioned label and the raw
+    id: ``hmac.digest(binding, label + b"\\0" + id, "sha256")``. Both are needed: the
+    id, which only the session's cookie holds, and the secret key, which only the
+    application holds.
     """
-    prk = _hmac(binding, session_id.encode())
-    return _hmac(prk, _LABEL + b"\x01")
+    return _Keys(binding).derive(session_id)
 
 
-def _hmac(key: bytes, message: bytes) -> bytes:
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    inner = hashlib.sha256(key.translate(_IPAD) + message).digest()
-    return hashlib.sha256(key.translate(_OPAD) + inner).digest()
+class _Keys:
+    """Derives record keys under one binding, and keeps the ciphers of recent sessions.
+
+    A user's requests come one after another, and a write opens then seals: deriving
+    the key and setting up its cipher cost more than the sealing itself, so the
+    ciphers of the latest sessions are kept. They live in this process only, as the
+    ids do while their requests run. The HMAC's two SHA-256 states after its padded
+    key (RFC 2104) are computed once and copied for each key: ``hmac.digest`` would
+    set up an OpenSSL HMAC context each time, which costs more.
+    """
+
+    __slots__ = ("_inner", "_outer", "cipher")
+
+    def __init__(self, binding: bytes) -> None:
+        key = binding.ljust(_BLOCK, b"\0")  # 32 bytes: never longer than a block
+        self._inner = hashlib.sha256(key.translate(_IPAD) + _LABEL + b"\0")
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+        #: The cipher of a session's records, by its raw id.
+        self.cipher: Callable[[str], AESGCM] = functools.lru_cache(maxsize=1024)(self._cipher)
+
+    def derive(self, session_id: str) -> bytes:
+        """The key of *session_id*'s records."""
+        inner = self._inner.copy()
+        inner.update(session_id.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def _cipher(self, session_id: str) -> AESGCM:
+        return AESGCM(self.derive(session_id))
 
 
 def _bound(key: str, version: int, user_id: str | None, meta: bytes) -> bytes:
@@ -236,10 +249,12 @@ class Sealer:
     :param fallbacks: Earlier secret keys: records sealed under them still open.
     """
 
-    __slots__ = ("_bindings",)
+    __slots__ = ("_current", "_keys")
 
     def __init__(self, secret_key: str | bytes, fallbacks: Sequence[str | bytes] = ()) -> None:
-        self._bindings = tuple(binding_of(secret) for secret in (secret_key, *fallbacks))
+        self._keys = tuple(_Keys(binding_of(secret)) for secret in (secret_key, *fallbacks))
+        # The current key's cipher cache, looked up on every seal.
+        self._current = self._keys[0].cipher
 
     def seal(
         self,
@@ -260,7 +275,7 @@ class Sealer:
         if len(header) > MAX_HEADER:
             raise ValueError("header too long to seal")
         nonce = _nonces.take()
-        cipher = _cipher(session_id, self._bindings[0])
+        cipher = self._current(session_id)
         bound = _bound(key, version, user_id, meta)
         if not apart:
             head = _SIZE.pack(len(header)) + header if header else _NO_HEADER
@@ -287,8 +302,7 @@ class Sealer:
     def seal_apart(self, session_id: str, key: str, text: bytes | memoryview) -> bytes:
         """Seal the text of one value, to go in the record under *key* with :meth:`seal`."""
         nonce = _nonces.take()
-        cipher = _cipher(session_id, self._bindings[0])
-        return nonce + cipher.encrypt(nonce, text, _APART_LABEL + key.encode())
+        return nonce + self._current(session_id).encrypt(nonce, text, _APART_LABEL + key.encode())
 
     def open(
         self,
@@ -310,9 +324,13 @@ class Sealer:
             truncated, or not sealed at all.
         """
         bound = _bound(key, version, user_id, meta)
-        for n, binding in enumerate(self._bindings):
+        try:
+            return _open(self._current(session_id), key, bound, blob), False
+        except _NotAuthentic:
+            pass
+        for keys in self._keys[1:]:
             try:
-                return _open(_cipher(session_id, binding), key, bound, blob), n > 0
+                return _open(keys.cipher(session_id), key, bound, blob), True
             except _NotAuthentic:
                 continue
         raise ValueError("encrypted record does not authenticate")
