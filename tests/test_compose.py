@@ -463,6 +463,32 @@ def test_a_message_another_request_popped_after_a_pop_stays_popped(
     assert body(client.get("/pop")) == []
 
 
+@pytest.mark.parametrize(
+    ("other_path", "left"),
+    [
+        pytest.param("/flash?m=theirs&c=info", ["mine", "theirs", "own"], id="flashed-meanwhile"),
+        pytest.param("/pop?c=info", ["own"], id="popped-meanwhile"),
+    ],
+)
+def test_a_request_that_flashes_then_pops_a_category_keeps_the_others_queue(
+    store: Store, other_path: str, left: list[str]
+) -> None:
+    # flash() went through append(), which marked the queue as handed out: the save
+    # compared it with the queue before the pop, and wrote it whole, losing the
+    # message flashed meanwhile, or bringing back the one popped meanwhile.
+    def flash_own(session: Session) -> None:
+        session.flash("own", "info")
+
+    def pop_errors(session: Session) -> Any:
+        return session.pop_flashes("error")
+
+    client, _ = _slow_client(store, flash_own, other_path, pop_errors)
+    client.get("/flash?m=mine&c=info")
+    client.get("/flash?m=failed&c=error")
+    assert body(client.get("/slow")) == [["error", "failed"]]
+    assert [message for _, message in body(client.get("/pop"))] == left
+
+
 def test_pop_on_a_session_logged_out_meanwhile_shows_nothing_and_expires_the_cookie(
     store: Store,
 ) -> None:

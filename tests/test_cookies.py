@@ -246,6 +246,14 @@ def test_app_headers_are_kept_and_vary_is_extended() -> None:
             'public, no-cache="Authorization"',
             'public, no-cache="Authorization", no-cache="Set-Cookie"',
         ),
+        # Naming other fields, they let a shared cache keep the rest, cookie included.
+        ('public, private="X-Debug"', 'public, private="X-Debug", no-cache="Set-Cookie"'),
+        ('no-cache="X-Set-Cookie-Hint"', 'no-cache="X-Set-Cookie-Hint", no-cache="Set-Cookie"'),
+        (
+            'max-age=60, no-cache="Authorization, Set-Cookie"',
+            'max-age=60, no-cache="Authorization, Set-Cookie"',
+        ),
+        ('private="Set-Cookie"', 'private="Set-Cookie"'),
     ],
 )
 def test_a_cookie_on_a_response_a_shared_cache_may_keep_is_kept_out_of_it(

@@ -388,6 +388,23 @@ def test_records_sealed_under_a_fallback_key_open_and_are_sealed_again(store: St
     assert body(after.get("/peek"))["data"][SECRET_NAME] == SECRET_VALUE
 
 
+def test_a_record_over_a_lowered_max_size_is_still_read_after_a_rotation(
+    store: Store,
+) -> None:
+    # Sealing it again was forced on its first read, and the save, over max_size now,
+    # failed every request, read-only ones included.
+    old = "an-old-secret-key-for-the-rotation-test"
+    client, _ = make_client({**ROUTES, "/big": _put_big}, store=store, secret_key=old)
+    client.get("/put")
+    client.get("/big")
+    rotated = _same_store_other_options(
+        client, store, secret_key=SECRET, secret_key_fallbacks=[old], max_size=4096
+    )
+    response = rotated.get("/peek")
+    assert response.status_code == 200
+    assert body(response)["data"][SECRET_NAME] == SECRET_VALUE
+
+
 def test_records_sealed_under_a_key_no_longer_listed_read_as_corrupt(store: Store) -> None:
     old, _ = _client(store, secret_key="an-old-secret-key-for-the-rotation-test")
     old.get("/put")

@@ -130,10 +130,19 @@ class Codec:
         else:
             meta = encode_meta(remember, ip, deadlines, agent, address)
             blob, _ = self._dumps(self._serializer, data, reuse)
-        size = len(blob) + len(meta) + (0 if user_id is None else len(user_id.encode()))
+        record = Record(blob, version, created_at, expires_at, last_seen, user_id, meta)
+        size = self._size(record)
         if size > self._max_size:
             self._too_big(size)
-        return Record(blob, version, created_at, expires_at, last_seen, user_id, meta)
+        return record
+
+    @staticmethod
+    def _size(record: Record) -> int:
+        """What counts against ``max_size``: the data, the meta and the user id."""
+        user_id = record.user_id
+        return (
+            len(record.data) + len(record.meta) + (0 if user_id is None else len(user_id.encode()))
+        )
 
     def _too_big(self, size: int) -> NoReturn:
         raise SessionError(
@@ -182,7 +191,8 @@ class Codec:
             # Under a fallback key, the values' seals are not copied: sealed again.
             seals = None if stale else apart.seals
             text = RecordText(blob, _split_around(self._json, apart), seals)
-        return Snapshot(session_id, key, record, data, deadlines, remember, ip, text, stale)
+        reseal = stale and self._size(record) <= self._max_size
+        return Snapshot(session_id, key, record, data, deadlines, remember, ip, text, reseal)
 
     def walk(self, snapshot: Snapshot, value: Any) -> Walk | None:
         """The objects *value*, as decoded from *snapshot*, is made of, for

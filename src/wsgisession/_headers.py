@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 __all__ = ["with_session_headers"]
 
 
@@ -47,13 +50,20 @@ _NO_CACHED_COOKIE = 'no-cache="Set-Cookie"'
 
 def _keeps_out_shared_caches(value: str) -> bool:
     """Whether a ``Cache-Control`` *value* keeps shared caches from reusing the
-    response's ``Set-Cookie``: ``private``, ``no-store``, or ``no-cache`` unqualified or
-    naming it."""
-    for directive in value.split(","):
-        token, _, argument = directive.strip().partition("=")
-        token = token.strip().lower()
-        if token in ("private", "no-store"):
+    response's ``Set-Cookie``: ``private`` or ``no-cache``, alone or naming it, or
+    ``no-store``. (Naming other fields, they let a shared cache keep the rest.)"""
+    for match in _DIRECTIVE.finditer(value):
+        token, argument = match.group(1).lower(), match.group(2)
+        if token == "no-store":
             return True
-        if token == "no-cache" and (not argument or "set-cookie" in argument.lower()):
-            return True
+        if token in ("private", "no-cache"):
+            if argument is None:
+                return True
+            fields = {field.strip().lower() for field in argument.strip('"').split(",")}
+            if "set-cookie" in fields:
+                return True
     return False
+
+
+# A directive and its argument, a token or a quoted string (RFC 9110 section 5.6).
+_DIRECTIVE: Final = re.compile(r'([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*("[^"]*"|[^,\s]*))?')

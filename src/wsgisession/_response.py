@@ -20,7 +20,7 @@ from ._expiry import key_live
 from ._handoff import Absence, Change, Stored
 from ._headers import with_session_headers
 from ._saving import Saver
-from .errors import SessionError
+from .errors import SessionError, StoreError
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -553,8 +553,14 @@ class SessionState:
     def _enforce_cap(self, now: float) -> None:
         assert self._snapshot is not None
         user_id = self._snapshot.record.user_id
-        if user_id is not None:
+        if user_id is None:
+            return
+        try:
             self._saver.enforce_cap(user_id, self._snapshot.key, now)
+        except StoreError as exc:
+            # The session is saved: failing the request now would drop its cookie. The
+            # cap holds again at the user's next login.
+            log.warning("max_sessions_per_user not applied to this login: %s", exc)
 
     def _ended(self, absence: Absence) -> None:
         """Another request ended the session: it is not written again.

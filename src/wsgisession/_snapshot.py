@@ -60,9 +60,9 @@ class Snapshot(NamedTuple):
     #: The serializer's bytes *data* was decoded from, opened, when a later save can
     #: use them (see ``Codec``); ``None`` for a snapshot made by a save.
     text: RecordText | None = None
-    #: Whether only a ``secret_key_fallbacks`` key opened the record's seal: the next
-    #: save seals it again under ``secret_key``.
-    stale_seal: bool = False
+    #: Whether a save should seal the record again now: only a ``secret_key_fallbacks``
+    #: key opened it, and it is within ``max_size`` (lowered since, a save would fail).
+    reseal: bool = False
 
 
 class RecordText:

@@ -117,7 +117,7 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._new = False
             # Sealed under a fallback key: saved, it is sealed again under secret_key,
             # before the fallback goes.
-            self._force = loaded.stale_seal
+            self._force = loaded.reseal
 
     def _note_read(self, key: str, value: Any) -> None:
         """Note that the handler got *value*, a container, from *key*: it may change
@@ -254,6 +254,14 @@ class Session(SessionState, MutableMapping[str, Any]):
 
         :raises SessionError: The session is new and the response headers are gone.
         """
+        value = self._step(key, fn, default)
+        if type(value) not in _IMMUTABLE and key not in self._changed:
+            # Handed to the handler, it may be changed in place after the step too.
+            self._read[key] = None
+        return value
+
+    def _step(self, key: str, fn: Callable[[Any], Any], default: Any) -> Any:
+        """:meth:`apply`, for a value the caller keeps to itself."""
         if not isinstance(key, str):
             raise TypeError(f"session keys must be str, got {type(key).__name__}")
         self._ensure()
@@ -269,9 +277,6 @@ class Session(SessionState, MutableMapping[str, Any]):
             self._deleted.discard(key)
         else:
             self._steps.append(Step(key, fn, default))
-            if type(value) not in _IMMUTABLE:
-                # Handed to the handler, it may be changed in place after the step too.
-                self._read[key] = None
         return value
 
     def incr(self, key: str, n: Any = 1) -> Any:
@@ -295,7 +300,9 @@ class Session(SessionState, MutableMapping[str, Any]):
         """Queue *message* for a later request to show with :meth:`pop_flashes`."""
         if not isinstance(category, str):
             raise TypeError(f"a flash category must be str, got {type(category).__name__}")
-        self.append(FLASHES_KEY, flash_entry(message, category))
+        # The queue is never handed out, so no in-place change of it is looked for: the
+        # comparison would be against the queue as loaded, which pop_flashes() changes.
+        self._step(FLASHES_KEY, AppendItem(flash_entry(message, category)), [])
 
     def peek_flashes(self, category: str | None = None) -> list[tuple[str, Any]]:
         """The queued flash messages as ``(category, message)``, oldest first, left queued.

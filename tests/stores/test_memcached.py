@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client, PooledClient
 from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheUnexpectedCloseError
 
 from tests.helpers import SECRET, SERVER, memcached_keys, wait_until
 from tests.memcached_servers import MemcachedServer, started
@@ -153,6 +154,33 @@ def _ttl(server_url: str, name: str) -> int | None:
 
 def _stat(store: MemcachedStore, name: str) -> int:
     return int(store.client.stats()[name.encode()])
+
+
+@SERVER
+def test_a_locked_save_that_cant_let_go_of_its_lock_still_reports_its_write(
+    mc: MemcachedStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The release's error replaced the return: a save that landed was reported failed
+    # (an app retrying it applied an incr() twice; a regenerate lost its cookie).
+    key = new_key()
+    assert mc.save(key, make_record(b"v1"), expected_version=None)
+    real = mc.client.cas
+
+    def cas(name: str, value: bytes, token: bytes, *args: Any, **kwargs: Any) -> Any:
+        if value == b"":  # letting go of the lock: the connection drops
+            raise MemcacheUnexpectedCloseError()
+        return real(name, value, token, *args, **kwargs)
+
+    monkeypatch.setattr(mc.client, "cas", cas)
+
+    def build(current: Record) -> Record:
+        return make_record(b"v2", version=current.version + 1)
+
+    written = mc.save_locked(key, build, timeout=5)
+    assert written is not None and written.data == b"v2"
+    loaded = mc.load(key)
+    assert loaded is not None and loaded.data == b"v2"
+    assert "could not let go of a session's save lock" in caplog.text
 
 
 @SERVER

@@ -29,8 +29,11 @@ from werkzeug.test import Client
 from tests.helpers import (
     SECRET,
     SERVER,
+    USER_ROUTES,
+    body,
     fail_script,
     free_ports,
+    make_client,
     other_slot,
     redis_lock_keys,
     redis_user_key,
@@ -623,6 +626,21 @@ def test_a_user_index_name_of_another_type_fails_no_save(shared: RedisStore) -> 
     assert shared.client.get(index) == b"not a set"
     with pytest.raises(StoreError, match="WRONGTYPE"):
         shared.user_records("ann")
+
+
+@SERVER
+def test_a_login_with_a_foreign_user_index_and_a_cap_keeps_its_cookie(
+    shared: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The save went through, then the cap's listing raised: the response failed, and
+    # the session it had stored went without a cookie.
+    shared.client.set(redis_user_key(shared, "ann"), "not a set")
+    client, _ = make_client(USER_ROUTES, store=shared, max_sessions_per_user=3)
+    with caplog.at_level(logging.WARNING, logger="wsgisession"):
+        response = client.get("/login?user=ann")
+    assert response.status_code == 200 and "Set-Cookie" in response.headers
+    assert body(client.get("/"))["user"] == "ann"
+    assert "max_sessions_per_user not applied to this login" in caplog.text
 
 
 @SERVER

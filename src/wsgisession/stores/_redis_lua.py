@@ -324,10 +324,13 @@ return {0, uid or false}
 #: KEYS: the set. ARGV: now, then 'link' (add or raise each member's score: ZADD GT),
 #: 'unlink' (remove each member) or 'prune' (remove each member whose score is still
 #: the given one, so an entry a concurrent save just renewed stays), then member and
-#: score pairs (the score is ignored by 'unlink'). Returns 1.
+#: score pairs (the score is ignored by 'unlink'). Returns 1. A set name holding
+#: another type is left alone, as the writing scripts leave it.
 INDEX: Final = _script(
     """
 local name, now, op = KEYS[1], ARGV[1], ARGV[2]
+local kind = redis.call('TYPE', name)['ok']
+if kind ~= 'zset' and kind ~= 'none' then return 1 end
 for i = 3, #ARGV, 2 do
   local member, score = ARGV[i], ARGV[i + 1]
   if op == 'link' then

@@ -353,15 +353,12 @@ class MemcachedStore(Store):
                     return True, None
                 if moved:
                     return True, record
-        except BaseException:
-            if held:
-                held = False
-                # What failed (build's exception, say) goes out unchanged.
-                lock.release(lock_cas, quiet=True)
-            raise
         finally:
             if held:
-                lock.release(lock_cas)
+                # Quietly: what failed (build's exception, say) goes out unchanged, and a
+                # write that landed must not be reported as failed. A lock left behind
+                # runs out with its lease.
+                lock.release(lock_cas, quiet=True)
 
     def _usable(self, key: str, version: int | None, now: float) -> Slot | None:
         """The slot a load kept for *key*, if it shows *version* live and unlocked."""

@@ -496,12 +496,24 @@ class SQLStore(Store):
         """Write a locked save's *record* under *target*, in place of *current* under *key*.
 
         The row under *key* is locked, so the version checks only guard against a
-        bug; a fresh *target* is a new row, and the old one goes or is buried.
+        bug; a fresh *target* is a new row, written over an expired one as a create
+        is, and the old one goes or is buried. A live row at *target* is left alone,
+        and nothing is written (``False``), as on the other stores.
         """
         if target == key:
             params = {"key": key, "expected": current.version, "now": now, **record_params(record)}
             return conn.execute(self._sql.update_if_version, params).rowcount == 1
-        conn.execute(self._sql.insert, {"key": target, **record_params(record)})
+        params = {"key": target, "now": now, **record_params(record)}
+        if self._sql.insert_unless_live is not None:
+            if conn.execute(self._sql.insert_unless_live, params).rowcount != 1:
+                return False
+        elif conn.execute(self._sql.overwrite_expired, params).rowcount != 1:
+            # MySQL: no expired row to overwrite, so a new one, unless a live one is
+            # there (the duplicate key rolls back this statement alone).
+            try:
+                conn.execute(self._sql.insert, params)
+            except sa.exc.IntegrityError:
+                return False
         return self._delete_replaced(conn, _Replaced(key, current.version, now, tombstone))
 
     def _delete_counted(self, statement: sa.Delete, conn: sa.Connection) -> int:

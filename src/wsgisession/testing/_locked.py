@@ -153,6 +153,22 @@ class LockedSaveTests:
         listed = [k for k, _ in store.user_records("ann")]
         assert listed == [new], f"after a locked move the user index lists {listed}"
 
+    def test_locked_move_writes_over_an_expired_record_at_the_new_key(self, store: Store) -> None:
+        old, new = new_key(), new_key()
+        create(store, old, make_record(b'{"a": 1}'))
+        store.save(new, make_record(b'{"stale": 1}', ttl=-5), expected_version=None)
+
+        def build(current: Record) -> Record:
+            return make_record(current.data, version=1)
+
+        written = store.save_locked(old, build, timeout=_PATIENCE, moves_to=new)
+        assert written is not None, (
+            "save_locked(moves_to=) onto a key whose record expired returned None: a create "
+            "writes over an expired record"
+        )
+        loaded = loads(store, new, "the record save_locked(moves_to=) wrote over an expired one")
+        assert json.loads(loaded.data) == {"a": 1}, f"the moved record holds {loaded.data!r}"
+
     def test_locked_move_leaves_the_tombstone(self, store: Store) -> None:
         old, new = new_key(), new_key()
         create(store, old, make_record(b"{}", user_id="ann"))
