@@ -1,21 +1,21 @@
-"""Encryption at rest: a record's data sealed under a key only the client's cookie yields.
+"""Encryption at rest: a record's data sealed under a key only its cookie and the secret key yield.
 
 The store sees a session's id only as its SHA-256 (the store key); the raw id travels
 only in the signed cookie. Each record's data is sealed with AES-256-GCM under a key
 derived from that raw id and from ``secret_key``: the store alone, or the store and
-``secret_key`` together, read nothing, and the store and a cookie together (a
-visitor who can write to the store knows the raw id of their own session) can't seal a
-record the middleware would open. The authenticated data binds the ciphertext to the store key, the
-record's version, its user id and its meta blob (NUL-separated: neither store keys,
-user ids nor meta hold NUL, so no two records' bindings read the same): a record
-copied under another key, older data under a newer version, changed metadata or a
-flipped bit fail to open and read as corrupt.
+``secret_key`` together, read nothing, and the store and a cookie together (a visitor
+who can write to the store knows the raw id of their own session) can't seal a record
+the middleware would open. The authenticated data binds the ciphertext to the store
+key, the record's version, its user id and its meta blob (NUL-separated: neither
+store keys, user ids nor meta hold NUL, so no two records' bindings read the same): a
+record copied under another key, older data under a newer version, changed metadata
+or a flipped bit fail to open and read as corrupt.
 
 A sealed blob is :data:`MAGIC`, a 12-byte random nonce, then the ciphertext and its
 16-byte tag. Inside, before the serializer's bytes, is a header the caller defines (two
 bytes of length, then the header), for what must be sealed but is not data.
 
-Big values can be sealed apart (:func:`seal_apart`), so that a save which leaves them
+Big values can be sealed apart (:meth:`Sealer.seal_apart`), so that a save which leaves them
 unchanged copies their sealed bytes instead of encrypting them again. Such a record is
 :data:`APART_MAGIC`, the nonce, four bytes of the main seal's length, the main seal,
 then each value's own seal (its nonce, ciphertext and tag). The main seal holds the
