@@ -26,7 +26,8 @@ from pyramid.interfaces import ISession
 from zope.interface import classImplements
 
 from ._view import SessionView
-from .middleware import get_session
+from .errors import SessionError
+from .middleware import ENVIRON_KEY, get_session
 from .session import Session
 
 __all__ = ["PyramidSession", "includeme", "session_factory"]
@@ -107,9 +108,18 @@ classImplements(PyramidSession, ISession)
 def session_factory(request: Any) -> PyramidSession:
     """Pyramid session factory: the session the middleware put in *request*'s environ.
 
-    :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`.
+    :raises SessionError: The app is not wrapped in :class:`SessionMiddleware`, or
+        *request* is a subrequest whose environ was made apart from its parent's.
     """
-    return PyramidSession(get_session(request.environ))
+    try:
+        return PyramidSession(get_session(request.environ))
+    except SessionError as exc:
+        # The app may well be wrapped: Request.blank() makes an environ of its own.
+        raise SessionError(
+            f"{exc}; a subrequest made with Request.blank() has an environ apart from its "
+            f"parent's: make it with request.copy(), or copy the {ENVIRON_KEY!r} key of "
+            "the parent's environ into it"
+        ) from None
 
 
 def includeme(config: Any) -> None:

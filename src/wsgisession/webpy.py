@@ -26,7 +26,7 @@ whose reloader imports the module again and builds a second ``WebpySession``: no
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
@@ -131,6 +131,14 @@ class WebpySession(SessionView):
             self._data()[name] = value
 
     def __delattr__(self, name: str) -> None:
+        if name == "user_id":
+            try:
+                del self._data()["user_id"]
+            except KeyError:
+                raise AttributeError(name) from None
+            if _FILLING.get() is None:
+                self._current().user_id = None
+            return
         if hasattr(type(self), name):
             object.__delattr__(self, name)
             return
@@ -151,6 +159,12 @@ class WebpySession(SessionView):
     def __contains__(self, key: object) -> bool:
         return key in self._data()
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
     def _data(self) -> MutableMapping[str, Any]:
         """The session's keys; while a web.py-style initializer runs, what it fills."""
         filling = _FILLING.get()
@@ -164,12 +178,30 @@ class WebpySession(SessionView):
     @property
     def id(self) -> str | None:
         """The session id, or ``None`` for a new session that has not been saved."""
+        if _FILLING.get() is not None:
+            return None  # a web.py-style initializer fills a session not saved yet
         return self._current().id
 
     @property
     def session_id(self) -> str | None:
         """web.py's name for :attr:`id`."""
-        return self._current().id
+        return self.id
+
+    @property
+    def user_id(self) -> Any:
+        """The key ``user_id``, as web.py apps use it, which also links the session to
+        that user (:attr:`Session.user_id`), as the string of an int id.
+
+        ``session.user_id = 42`` stores 42, and lists the session under user ``"42"``;
+        ``None``, or a value neither a string nor an int, unlinks it.
+        """
+        return self._data().get("user_id")
+
+    @user_id.setter
+    def user_id(self, value: Any) -> None:
+        self._data()["user_id"] = value
+        if _FILLING.get() is None:
+            self._current().user_id = _user_of(value)
 
     @property
     def expired(self) -> _Expired:
@@ -203,6 +235,13 @@ class WebpySession(SessionView):
     def kill(self) -> None:
         """web.py's name for :meth:`invalidate`."""
         self._current().invalidate()
+
+
+def _user_of(value: Any) -> str | None:
+    """The user a web.py app's ``session.user_id = value`` links the session to."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None
 
 
 class _Expired:

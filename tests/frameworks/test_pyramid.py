@@ -19,7 +19,7 @@ from tests.frameworks.servers import (
     check_example_counts,
     run_example,
 )
-from wsgisession import Session, SessionMiddleware
+from wsgisession import Session, SessionError, SessionMiddleware
 from wsgisession.pyramid import PyramidSession
 
 
@@ -140,6 +140,29 @@ def test_invalidate_ends_the_session() -> None:
     assert client.get("/who").get_data(as_text=True) == "ann:False"
     client.get("/logout")
     assert client.get("/who").get_data(as_text=True) == "None:True"
+
+
+def test_a_subrequest_without_the_parents_environ_says_how_to_give_it_one() -> None:
+    # The message said to wrap an application that was wrapped.
+    errors: list[str] = []
+
+    def inner(request: Request) -> Response:
+        try:
+            request.session.get("n")
+        except SessionError as exc:
+            errors.append(str(exc))
+        return Response("inner")
+
+    def outer(request: Request) -> Response:
+        request.invoke_subrequest(Request.blank("/inner"))
+        copied = request.copy()
+        copied.path_info = "/inner"
+        request.invoke_subrequest(copied)
+        return Response("outer")
+
+    assert _client(inner=inner, outer=outer).get("/outer").get_data(as_text=True) == "outer"
+    assert len(errors) == 1
+    assert "make it with request.copy()" in errors[0]
 
 
 def test_mapping_methods_reach_the_session() -> None:

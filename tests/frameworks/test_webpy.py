@@ -226,6 +226,11 @@ class _Quiet:
         return str(session.send_cookie)
 
 
+class _Seen:
+    def GET(self) -> str:
+        return repr(web.ctx.session.seen)
+
+
 class _Ip:
     def GET(self) -> str:
         return str(web.ctx.session.ip)
@@ -244,7 +249,7 @@ class _Expire:
 _URLS = (
     "/show", "_Show", "/bump", "_Bump", "/missing", "_Missing",
     "/login", "_Login", "/kill", "_Kill", "/ids", "_Ids",
-    "/quiet", "_Quiet", "/ip", "_Ip", "/expire", "_Expire",
+    "/quiet", "_Quiet", "/ip", "_Ip", "/expire", "_Expire", "/seen", "_Seen",
 )  # fmt: skip
 
 
@@ -293,6 +298,52 @@ def test_send_cookie_false_saves_nothing_and_sends_no_cookie() -> None:
     assert session.middleware.store.count() == 0
     assert client.get("/quiet?again=1").get_data(as_text=True) == "True"
     assert client.get("/show").get_data(as_text=True).startswith("99|")
+
+
+class _UserId:
+    """web.py apps keep their user's id under ``user_id``, often an int."""
+
+    def GET(self) -> str:
+        session = web.ctx.session
+        if web.input().get("set"):
+            session.user_id = int(web.input()["set"])
+        if web.input().get("drop"):
+            del session.user_id
+        return f"{session.get('user_id')}|{'user_id' in session}|{session.user_id}"
+
+
+def test_user_id_is_a_key_as_in_webpy_and_links_the_user() -> None:
+    # It was only the user link: an int raised TypeError, and a str was no key.
+    app = web.application(("/uid", "_UserId"), globals(), autoreload=False)
+    session = WebpySession(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
+    client = Client(app.wsgifunc())
+    assert client.get("/uid?set=42").get_data(as_text=True) == "42|True|42"
+    assert client.get("/uid").get_data(as_text=True) == "42|True|42"
+    assert len(session.middleware.user_sessions("42")) == 1
+    assert client.get("/uid?drop=1").get_data(as_text=True) == "None|False|None"
+    assert session.middleware.user_sessions("42") == []
+
+
+def _fill_with_the_mapping_api() -> None:
+    """A web.py-style initializer using more of the session than get and set."""
+    session = web.ctx.session
+    session.visits = 0
+    session["seen"] = [len(session), sorted(session.keys()), session.session_id]
+
+
+def test_a_webpy_initializer_may_use_the_mapping_it_fills() -> None:
+    # len(), keys(), items() and session_id reached the session being started, and the
+    # error blamed the initializer style the docs recommend.
+    app = web.application(_URLS, globals(), autoreload=False)
+    WebpySession(
+        app,
+        secret_key=SECRET,
+        store="memory://",
+        cleanup_interval=0,
+        initializer=_fill_with_the_mapping_api,
+    )
+    client = Client(app.wsgifunc())
+    assert client.get("/seen").get_data(as_text=True) == "[1, ['visits'], None]"
 
 
 def test_options_may_be_a_config() -> None:
