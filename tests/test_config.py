@@ -434,6 +434,18 @@ def test_wrong_value_raises_config_error_naming_the_option(name: str, value: Any
     assert f"'{name}'" in str(caught.value)
 
 
+def test_an_optional_flag_names_none_among_its_values() -> None:
+    with pytest.raises(
+        ConfigError, match=r"'cookie_secure' must be True, False or None, got 'true'"
+    ):
+        SessionMiddleware(_app, secret_key=KEY, store="memory://", cookie_secure="true")
+
+
+def test_a_missing_secret_key_says_how_to_make_one() -> None:
+    with pytest.raises(ConfigError, match=r"is required: a long random string; make one with"):
+        SessionMiddleware(_app, store="memory://")
+
+
 def test_a_wrong_value_that_is_no_scalar_is_named_by_its_type_alone() -> None:
     # A one-item list was "a list too long to show".
     with pytest.raises(ConfigError, match=r"must be a mapping .*got a list$"):

@@ -148,7 +148,9 @@ def _check_encrypt(name: str, value: object) -> bool | str:
 
 
 def _check_optional_bool(name: str, value: object) -> bool | None:
-    return None if value is None else _check_bool(name, value)
+    if value is None or isinstance(value, bool):
+        return value
+    raise _type_error(name, "True, False or None", value)
 
 
 def _check_str(name: str, value: object) -> str:

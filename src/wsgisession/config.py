@@ -374,7 +374,10 @@ def _build(
         except ConfigError as exc:
             raise located(exc, sources.get(name)) from exc
     if "secret_key" not in checked:
-        raise located(ConfigError("option 'secret_key' is required: a long random string"), where)
+        raise located(
+            ConfigError(f"option 'secret_key' is required: a long random string; {KEY_ADVICE}"),
+            where,
+        )
     config = cls(**checked, sources=sources)
     config._check_consistency()
     config._warn_weak_keys()

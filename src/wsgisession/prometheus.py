@@ -1,6 +1,6 @@
 """Expose a middleware's counters and store latency to Prometheus.
 
-Needs the ``prometheus`` extra (``pip install 'wsgisession[prometheus]'``)::
+Needs the ``prometheus`` extra (``pip install -e '.[prometheus]'`` in a clone)::
 
     from wsgisession.prometheus import register
     register(middleware)          # prometheus_client's default registry

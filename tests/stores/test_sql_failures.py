@@ -481,6 +481,7 @@ def test_a_locked_move_onto_a_live_key_writes_nothing(sql_url: str, table_name: 
             loaded = store.load(name)
             assert loaded is not None and loaded.data == data
     finally:
+        store.table.drop(store.engine, checkfirst=True)
         store.close()
 
 

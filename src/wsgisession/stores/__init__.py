@@ -15,6 +15,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
 from ..errors import ConfigError
+from ._extras import install_hint
 from .base import CorruptRecord, LockTimeout, Record, Store, mask_url
 
 __all__ = [
@@ -196,7 +197,7 @@ def _import_builtin(scheme: str) -> StoreFactory:
     try:
         store_class: type[Store] = EntryPoint(scheme, target, _GROUP).load()
     except ImportError as exc:
-        hint = f": pip install 'wsgisession[{extra}]'" if extra else ""
+        hint = f": {install_hint(extra)}" if extra else ""
         raise ConfigError(
             f"store scheme {scheme!r} needs a driver that is not installed"
             f" ({exc.name or exc}){hint}"

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ..errors import ConfigError
+from ._extras import install_hint
 from .base import mask_url
 
 __all__ = [
@@ -166,10 +167,10 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
-        hint = _EXTRAS.get(backend, "sql")
+        hint = install_hint(_EXTRAS.get(backend, "sql"))
         raise ConfigError(
             f"store {shown!r}: SQLAlchemy has no such dialect, or its driver is not"
-            f" installed ({exc}): pip install 'wsgisession[{hint}]'"
+            f" installed ({exc}): {hint}"
         ) from exc
     except (TypeError, sa.exc.ArgumentError) as exc:
         raise ConfigError(f"store {shown!r}: {exc}") from exc
