@@ -45,7 +45,7 @@ def with_session_headers(
     return out
 
 
-_NO_CACHED_COOKIE = 'no-cache="Set-Cookie"'
+_NO_CACHED_COOKIE: Final = 'no-cache="Set-Cookie"'
 
 
 def _keeps_out_shared_caches(value: str) -> bool:

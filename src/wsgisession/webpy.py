@@ -199,9 +199,10 @@ class WebpySession(SessionView):
 
     @user_id.setter
     def user_id(self, value: Any) -> None:
-        self._data()["user_id"] = value
         if _FILLING.get() is None:
+            # The link first: a user id it refuses (too long) leaves the key as it was.
             self._current().user_id = _user_of(value)
+        self._data()["user_id"] = value
 
     @property
     def expired(self) -> _Expired:
