@@ -64,7 +64,7 @@ class login:
         form = web.input(username="", remember=None)
         session.regenerate()  # a new id on login defeats session fixation
         session.user = form.username
-        session.user_id = form.username or None  # an empty name is no user
+        session.wsgi_session.user_id = form.username or None  # an empty name is no user
         session.remember = form.remember == "on"
         session.set("flash", f"Welcome, {form.username}!", timeout=FLASH_SECONDS)
         raise web.seeother("/")

@@ -462,6 +462,26 @@ def test_end_ends_one_session_then_finds_it_gone(
     assert err == [f"wsgisession: no live session has handle {ended}"]
 
 
+def test_end_and_logout_leave_a_regenerated_sessions_tombstone(
+    shared: tuple[Store, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They deleted it, as end_session() does not: a late request with the old cookie
+    # then got a new session, whose cookie replaced the browser's new one.
+    store, ini = shared
+    old = _save(store, "ann")
+    stone = make_record(b"", version=0, ttl=60)
+    moved = make_record(user_id="ann")
+    assert store.save(
+        new_key(), moved, expected_version=None, replaces=old, replaces_version=1, tombstone=stone
+    )
+    assert _run(capsys, "end", old, "--config", str(ini))[0] == cli.EXIT_NOT_FOUND
+    code = main(["logout", "--user", "ann", "--config", str(ini)])
+    capsys.readouterr()
+    assert code == 0
+    kept = store.load(old)
+    assert kept is not None and kept.version == 0
+
+
 @pytest.mark.parametrize(
     "handle",
     [

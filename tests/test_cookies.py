@@ -254,6 +254,9 @@ def test_app_headers_are_kept_and_vary_is_extended() -> None:
             'max-age=60, no-cache="Authorization, Set-Cookie"',
         ),
         ('private="Set-Cookie"', 'private="Set-Cookie"'),
+        ("", 'no-cache="Set-Cookie"'),
+        # A quoted string with an escaped quote holds no directive of its own.
+        ('public, ext="a\\", no-store"', 'public, ext="a\\", no-store", no-cache="Set-Cookie"'),
     ],
 )
 def test_a_cookie_on_a_response_a_shared_cache_may_keep_is_kept_out_of_it(

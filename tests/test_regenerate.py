@@ -380,16 +380,19 @@ def _logged_in(store: Store, **options: Any) -> tuple[Client, str]:
 
 
 def test_old_id_within_the_grace_gets_an_empty_session_and_no_cookie(store: Store) -> None:
-    client, old = _logged_in(store)
+    events: list[SessionEvent] = []
+    client, old = _logged_in(store, listeners=[events.append])
     stale = with_cookie(client.application, old)
     response = stale.get("/peek")
     assert body(response) == GONE and set_cookies(response) == []
     # A write on it is dropped rather than stored under a cookie that would replace
-    # the browser's new one.
+    # the browser's new one, and announced with the session it held (it named none).
     response = stale.get("/put?key=late&value=1")
     assert response.status_code == 200 and set_cookies(response) == []
     assert live_sessions(store) == 1
     assert body(client.get("/")) == {"n": 1, "user": "ann"}
+    conflicts = [event.handle for event in events if event.name == "conflict"]
+    assert conflicts == [store_key(id_of(old))]
 
 
 def test_ending_a_handle_listed_before_a_regenerate_leaves_its_tombstone(store: Store) -> None:

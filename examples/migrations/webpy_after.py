@@ -32,7 +32,7 @@ class login:
     def POST(self) -> None:
         session.regenerate()  # against session fixation; web.session had no way
         session.user = web.input(username="").username
-        session.user_id = session.user or None  # lists and ends a user's sessions
+        session.wsgi_session.user_id = session.user or None  # lists and ends a user's sessions
         raise web.seeother("/")
 
 

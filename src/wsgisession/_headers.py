@@ -40,7 +40,9 @@ def with_session_headers(
             out.append(("Cache-Control", _NO_CACHED_COOKIE))
         else:
             name, value = out[cache_index]
-            if not _keeps_out_shared_caches(value):
+            if not value.strip():
+                out[cache_index] = (name, _NO_CACHED_COOKIE)
+            elif not _keeps_out_shared_caches(value):
                 out[cache_index] = (name, f"{value}, {_NO_CACHED_COOKIE}")
     return out
 
@@ -66,4 +68,6 @@ def _keeps_out_shared_caches(value: str) -> bool:
 
 
 # A directive and its argument, a token or a quoted string (RFC 9110 section 5.6).
-_DIRECTIVE: Final = re.compile(r'([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*("[^"]*"|[^,\s]*))?')
+_DIRECTIVE: Final = re.compile(
+    r'([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?'
+)

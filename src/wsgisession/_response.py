@@ -21,6 +21,7 @@ from ._handoff import Absence, Change, Stored
 from ._headers import with_session_headers
 from ._saving import Saver
 from .errors import SessionError, StoreError
+from .ids import store_key
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -450,7 +451,10 @@ class SessionState:
                     log.info(
                         "request with a just-regenerated session id; its changes were dropped"
                     )
-                    self._saver.emit("conflict", None)
+                    cookie = self._cookie
+                    # The regenerated session's: its old id, the one this request holds.
+                    moved = None if cookie is None else store_key(cookie.session_id)
+                    self._saver.emit("conflict", moved)
                 elif worth_storing:
                     if self._invalidated:
                         # Stored, it is the next request's session: with its defaults.

@@ -22,7 +22,7 @@ from .config import Config
 from .errors import ConfigError, StoreError
 from .purge import purge_expired
 from .stores.base import Store, mask_url
-from .users import SessionInfo, check_user_id, is_handle, list_user_sessions
+from .users import SessionInfo, check_user_id, end_listed, is_handle, list_user_sessions
 
 __all__ = ["main"]
 
@@ -114,7 +114,7 @@ def _logout(config: Config, store: Store, args: argparse.Namespace) -> str:
     ended = 0
     try:
         for done, info in enumerate(infos, 1):
-            if store.delete(info.handle):
+            if end_listed(store, info.handle):
                 ended += 1
             if progress is not None and done % LOGOUT_STEP == 0 and done < total:
                 progress(done)
@@ -129,7 +129,7 @@ def _logout(config: Config, store: Store, args: argparse.Namespace) -> str:
 
 
 def _end(config: Config, store: Store, args: argparse.Namespace) -> str:
-    if not store.delete(args.handle):
+    if not end_listed(store, args.handle):
         raise _NotFound(f"no live session has handle {args.handle}")
     return f"session {args.handle} ended"
 

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._snapshot import client_details
-from .stores.base import Record, Store
+from .stores.base import CorruptRecord, Record, Store
 
-__all__ = ["MAX_USER_ID", "SessionInfo", "check_user_id", "is_handle", "list_user_sessions"]
+__all__ = [
+    "MAX_USER_ID",
+    "SessionInfo",
+    "check_user_id",
+    "end_listed",
+    "is_handle",
+    "list_user_sessions",
+]
 
 _HANDLE: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -105,3 +112,20 @@ def list_user_sessions(
     ]
     infos.sort(key=lambda info: info.created_at, reverse=True)
     return infos
+
+
+def end_listed(store: Store, handle: str) -> bool:
+    """End the session *handle* names, from outside it (the command line); ``True`` if
+    it was live.
+
+    A tombstone is left alone: its session moved to a new id the store can't name, and
+    a request still carrying the old cookie must find it, or its response would replace
+    the browser's new cookie (as :meth:`SessionMiddleware.end_session` leaves it).
+    """
+    try:
+        record = store.load(handle)
+    except CorruptRecord:
+        return store.delete(handle)  # no tombstone, and nothing of it to keep
+    if record is None or record.version == 0:
+        return False
+    return store.delete(handle)

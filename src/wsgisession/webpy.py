@@ -103,6 +103,14 @@ class WebpySession(SessionView):
                 self._current().fail()
 
     def _session(self) -> Session:
+        if _FILLING.get() is not None:
+            # The members beyond the mapping (set, incr, append, remember...) need the
+            # session being started, which is only made of what the initializer gives.
+            raise SessionError(
+                "a web.py-style initializer fills the new session through attribute and "
+                "mapping access (session.count = 0, len, keys); set(), incr(), append(), "
+                "remember and the rest wait for a handler"
+            )
         return self._current()
 
     @staticmethod
@@ -131,14 +139,6 @@ class WebpySession(SessionView):
             self._data()[name] = value
 
     def __delattr__(self, name: str) -> None:
-        if name == "user_id":
-            try:
-                del self._data()["user_id"]
-            except KeyError:
-                raise AttributeError(name) from None
-            if _FILLING.get() is None:
-                self._current().user_id = None
-            return
         if hasattr(type(self), name):
             object.__delattr__(self, name)
             return
@@ -189,20 +189,32 @@ class WebpySession(SessionView):
 
     @property
     def user_id(self) -> Any:
-        """The key ``user_id``, as web.py apps use it, which also links the session to
-        that user (:attr:`Session.user_id`), as the string of an int id.
+        """The key ``user_id``, as web.py apps keep it (any value).
 
-        ``session.user_id = 42`` stores 42, and lists the session under user ``"42"``;
-        ``None``, or a value neither a string nor an int, unlinks it.
+        It links no user: :attr:`wsgi_session`'s ``user_id`` does that, for
+        :meth:`~wsgisession.SessionMiddleware.user_sessions` and the rest.
         """
-        return self._data().get("user_id")
+        try:
+            return self._data()["user_id"]
+        except KeyError:
+            raise AttributeError("user_id") from None
 
     @user_id.setter
     def user_id(self, value: Any) -> None:
-        if _FILLING.get() is None:
-            # The link first: a user id it refuses (too long) leaves the key as it was.
-            self._current().user_id = _user_of(value)
         self._data()["user_id"] = value
+
+    @user_id.deleter
+    def user_id(self) -> None:
+        try:
+            del self._data()["user_id"]
+        except KeyError:
+            raise AttributeError("user_id") from None
+
+    @property
+    def wsgi_session(self) -> Session:
+        """The wsgisession :class:`~wsgisession.Session` of the request, behind this one:
+        ``session.wsgi_session.user_id = name`` links it to a user."""
+        return self._current()
 
     @property
     def expired(self) -> _Expired:
@@ -236,13 +248,6 @@ class WebpySession(SessionView):
     def kill(self) -> None:
         """web.py's name for :meth:`invalidate`."""
         self._current().invalidate()
-
-
-def _user_of(value: Any) -> str | None:
-    """The user a web.py app's ``session.user_id = value`` links the session to."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value if isinstance(value, str) and value else None
 
 
 class _Expired:

@@ -307,21 +307,22 @@ class _UserId:
         session = web.ctx.session
         if web.input().get("set"):
             session.user_id = int(web.input()["set"])
+        if web.input().get("link"):
+            session.wsgi_session.user_id = web.input()["link"]
         if web.input().get("drop"):
             del session.user_id
-        return f"{session.get('user_id')}|{'user_id' in session}|{session.user_id}"
+        return f"{session.get('user_id')}|{'user_id' in session}|{session.wsgi_session.user_id}"
 
 
-def test_user_id_is_a_key_as_in_webpy_and_links_the_user() -> None:
-    # It was only the user link: an int raised TypeError, and a str was no key.
+def test_user_id_is_a_key_as_in_webpy_and_the_link_is_the_wsgi_sessions() -> None:
+    # It was the user link: an int raised TypeError, and a string was no key.
     app = web.application(("/uid", "_UserId"), globals(), autoreload=False)
     session = WebpySession(app, secret_key=SECRET, store="memory://", cleanup_interval=0)
     client = Client(app.wsgifunc())
-    assert client.get("/uid?set=42").get_data(as_text=True) == "42|True|42"
-    assert client.get("/uid").get_data(as_text=True) == "42|True|42"
-    assert len(session.middleware.user_sessions("42")) == 1
-    assert client.get("/uid?drop=1").get_data(as_text=True) == "None|False|None"
-    assert session.middleware.user_sessions("42") == []
+    assert client.get("/uid?set=42").get_data(as_text=True) == "42|True|None"
+    assert client.get("/uid?link=ann").get_data(as_text=True) == "42|True|ann"
+    assert len(session.middleware.user_sessions("ann")) == 1
+    assert client.get("/uid?drop=1").get_data(as_text=True) == "None|False|ann"
 
 
 def _fill_with_the_mapping_api() -> None:
@@ -344,6 +345,32 @@ def test_a_webpy_initializer_may_use_the_mapping_it_fills() -> None:
     )
     client = Client(app.wsgifunc())
     assert client.get("/seen").get_data(as_text=True) == "[1, ['visits'], None]"
+
+
+def _fill_with_an_operation() -> None:
+    web.ctx.session.incr("visits")
+
+
+def test_a_webpy_initializer_using_an_operation_is_told_what_it_may_use() -> None:
+    # The error said to return a mapping, blaming the very style the docs recommend.
+    class Touch:
+        def GET(self) -> str:
+            try:
+                web.ctx.session.get("visits")
+            except SessionError as exc:
+                return str(exc)
+            return "no error"
+
+    app = web.application(("/touch", "Touch"), {"Touch": Touch}, autoreload=False)
+    WebpySession(
+        app,
+        secret_key=SECRET,
+        store="memory://",
+        cleanup_interval=0,
+        initializer=_fill_with_an_operation,
+    )
+    answer = Client(app.wsgifunc()).get("/touch").get_data(as_text=True)
+    assert "set(), incr(), append(), remember and the rest wait for a handler" in answer
 
 
 def test_options_may_be_a_config() -> None:
