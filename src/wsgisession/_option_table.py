@@ -105,7 +105,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "encrypt",
         True,
         "encrypt",
-        "seal session data in the store under a key only the cookie yields; "
+        "seal session data in the store under a key only the cookie and the secret key yield; "
         '`"migrate"` also reads records written unsealed; `False` writes them unsealed',
     ),
     Option("max_size", 1048576, "size", "largest serialized session saved, in bytes"),

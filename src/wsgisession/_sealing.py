@@ -15,8 +15,8 @@ A sealed blob is :data:`MAGIC`, a 12-byte random nonce, then the ciphertext and 
 16-byte tag. Inside, before the serializer's bytes, is a header the caller defines (two
 bytes of length, then the header), for what must be sealed but is not data.
 
-Big values can be sealed apart (:meth:`Sealer.seal_apart`), so that a save which leaves them
-unchanged copies their sealed bytes instead of encrypting them again. Such a record is
+Big values can be sealed apart (:meth:`Sealer.seal_apart`), so that a save which leaves
+them unchanged copies their sealed bytes instead of encrypting them again. Such a record is
 :data:`APART_MAGIC`, the nonce, four bytes of the main seal's length, the main seal,
 then each value's own seal (its nonce, ciphertext and tag). The main seal holds the
 header, then for each value its key, where its text goes in the data, and its seal's
@@ -216,12 +216,12 @@ class Apart(NamedTuple):
     name: str
     #: Its offset in the data without the values sealed apart.
     at: int
-    #: Its seal, from :func:`seal_apart`: nonce, ciphertext and tag.
+    #: Its seal, from :meth:`Sealer.seal_apart`: nonce, ciphertext and tag.
     sealed: bytes | memoryview
 
 
 class ApartValues(NamedTuple):
-    """The values a record sealed apart, as :func:`open_sealed` found them."""
+    """The values a record sealed apart, as :meth:`Sealer.open` found them."""
 
     #: Each value's seal, by key, for a save that leaves the value unchanged to copy.
     seals: Mapping[str, bytes | memoryview]
@@ -232,7 +232,7 @@ class ApartValues(NamedTuple):
     around: list[bytes | memoryview]
 
 
-#: What :func:`open_sealed` finds in a sealed blob: the header; the serializer's bytes,
+#: What :meth:`Sealer.open` finds in a sealed blob: the header; the serializer's bytes,
 #: any values sealed apart back in their places; and those values, or ``None``. (A
 #: plain tuple: a named one costs a Python call to build, on every read.)
 Opened: TypeAlias = tuple[bytes, bytes, ApartValues | None]

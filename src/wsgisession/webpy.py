@@ -214,7 +214,7 @@ class WebpySession(SessionView):
     def wsgi_session(self) -> Session:
         """The wsgisession :class:`~wsgisession.Session` of the request, behind this one:
         ``session.wsgi_session.user_id = name`` links it to a user."""
-        return self._current()
+        return self._session()
 
     @property
     def expired(self) -> _Expired:
@@ -223,7 +223,7 @@ class WebpySession(SessionView):
         It reads as a bool; called, as web.py's ``session.expired()`` was, it ends the
         session and answers web.py's ``SessionExpired`` with its ``expired_message``.
         """
-        return _Expired(self._current())
+        return _Expired(self._session())
 
     @property
     def ip(self) -> str | None:
@@ -247,7 +247,7 @@ class WebpySession(SessionView):
 
     def kill(self) -> None:
         """web.py's name for :meth:`invalidate`."""
-        self._current().invalidate()
+        self._session().invalidate()
 
 
 class _Expired:

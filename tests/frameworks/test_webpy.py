@@ -348,7 +348,8 @@ def test_a_webpy_initializer_may_use_the_mapping_it_fills() -> None:
 
 
 def _fill_with_an_operation() -> None:
-    web.ctx.session.incr("visits")
+    web.ctx.session.count = 0
+    web.ctx.session.wsgi_session["x"] = 1
 
 
 def test_a_webpy_initializer_using_an_operation_is_told_what_it_may_use() -> None:
