@@ -49,7 +49,8 @@ MAX_USER_AGENT: Final = 200
 class Snapshot(NamedTuple):
     """A stored record, decoded: the base a request's changes are merged onto."""
 
-    #: The raw id the record is stored under, which opens its sealed data.
+    #: The raw id the record is stored under, which (with the secret key) opens its
+    #: sealed data.
     session_id: str
     key: str
     record: Record
