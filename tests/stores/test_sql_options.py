@@ -94,6 +94,14 @@ def test_a_missing_dialect_or_driver_names_the_packages_to_install(url: str, hin
         SQLStore.from_url(url)
 
 
+def test_a_url_without_a_driver_whose_default_is_missing_names_ours() -> None:
+    # mysql:// means MySQLdb to SQLAlchemy, which installing PyMySQL would not bring.
+    with pytest.raises(
+        ConfigError, match=re.escape("name its driver in the URL, mysql+pymysql://")
+    ):
+        SQLStore.from_url("mysql://u@h/db")
+
+
 @pytest.mark.parametrize(
     ("url", "secret"),
     [

@@ -56,6 +56,8 @@ _OPTIONS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
 }
 
 _EXTRAS: Final = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+# The driver each of those extras installs.
+_DRIVERS: Final = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 
 # The MySQL protocol's CLIENT_FOUND_ROWS flag, the same value in every driver.
 _CLIENT_FOUND_ROWS: Final = 2
@@ -168,6 +170,11 @@ def build_engine(url: str, options: dict[str, Any]) -> sa.Engine:
         engine = sa.create_engine(parsed, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         hint = install_hint(_EXTRAS.get(backend, "sql"))
+        driver = _DRIVERS.get(backend)
+        if driver is not None and "+" not in parsed.drivername:
+            # SQLAlchemy's own default driver is missing (MySQLdb for mysql://), which
+            # the extra does not install: name the one it does.
+            hint = f"name its driver in the URL, {backend}+{driver}://…, and {hint}"
         raise ConfigError(
             f"store {shown!r}: SQLAlchemy has no such dialect, or its driver is not"
             f" installed ({exc}): {hint}"
