@@ -50,7 +50,10 @@ def _write_ini(path: Path, *lines: str, section: str = "session") -> Path:
     return path
 
 
-def _ini(tmp_path: Path, store: str = "memory://") -> Path:
+def _ini(tmp_path: Path, store: str | None = None) -> Path:
+    """An ini file on *store*, a file store under *tmp_path* unless given: a memory store
+    lives in each application process, so the command line refuses it."""
+    store = f"file:{tmp_path / 'sessions'}" if store is None else store
     return _write_ini(tmp_path / "app.ini", f"secret_key = {SECRET}", f"store = {store}")
 
 
@@ -244,7 +247,7 @@ def test_stats_json_counts_live_sessions(
 
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"live_sessions": 2, "store": "memory://"}
+    assert json.loads(out) == {"live_sessions": 2, "store": f"file:{tmp_path / 'sessions'}"}
     assert out.count("\n") == 1
 
 
@@ -295,6 +298,30 @@ def test_stats_on_an_unreachable_store_that_cant_count_fails(
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")
     assert err.startswith("wsgisession: store error:")
+
+
+@pytest.mark.parametrize("command", ["cleanup", "stats", "sessions", "logout", "end"])
+def test_a_memory_store_is_out_of_the_command_lines_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # The command line's own memory store is empty: "0 removed", "0 live" said nothing.
+    ini = _ini(tmp_path, store="memory://")
+    extra = {"sessions": ["--user", "ann"], "logout": ["--user", "ann"], "end": ["a" * 64]}
+    code, out, err = _run(capsys, command, *extra.get(command, []), "--config", str(ini))
+    assert (code, out) == (cli.EXIT_CONFIG, [])
+    assert err == [
+        "wsgisession: configuration error: store 'memory://' lives in each application "
+        "process: the command line, a process of its own, can't reach its sessions; give "
+        "the application a file, SQL, Redis or memcached store to manage them from here"
+    ]
+
+
+def test_check_of_a_memory_store_says_what_it_can_and_cant_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "check", "--config", str(_ini(tmp_path, store="memory://")))
+    assert code == 0
+    assert out[-1].startswith("ok: configuration valid, store memory:// lives in each")
 
 
 def test_json_is_only_an_option_of_stats(capsys: pytest.CaptureFixture[str]) -> None:
@@ -629,7 +656,7 @@ def test_a_user_id_from_undecodable_argv_exits_2_with_one_line(
             [f"secret_key = {SECRET}", "store = mongo://x"], "mongo", id="unknown-scheme"
         ),
         pytest.param(
-            [f"secret_key = {SECRET}", "store = memory://", "store.colour = red"],
+            [f"secret_key = {SECRET}", "store = file:./sessions", "store.colour = red"],
             "colour",
             id="bad-store-option",
         ),

@@ -51,10 +51,24 @@ def _plural(count: int, noun: str) -> str:
 def _check(config: Config, store: Store, args: argparse.Namespace) -> str:
     store.ping()
     rows = [(name, printable(value), source) for name, value, source in config.resolved()]
-    return (
-        table(("OPTION", "VALUE", "SOURCE"), rows)
-        + f"\nok: configuration valid, store {_describe(config)} reachable"
-    )
+    if _in_process(config):
+        found = f"store {_describe(config)} lives in each application process: {_IN_PROCESS}"
+    else:
+        found = f"store {_describe(config)} reachable"
+    return table(("OPTION", "VALUE", "SOURCE"), rows) + f"\nok: configuration valid, {found}"
+
+
+# What the command line can't do with a memory store, and what to use instead.
+_IN_PROCESS: Final = (
+    "the command line, a process of its own, can't reach its sessions; give the "
+    "application a file, SQL, Redis or memcached store to manage them from here"
+)
+
+
+def _in_process(config: Config) -> bool:
+    """Whether *config*'s store lives in each application process (``memory://``)."""
+    store = config.store
+    return isinstance(store, str) and store.partition(":")[0].lower() == "memory"
 
 
 def _cleanup(config: Config, store: Store, args: argparse.Namespace) -> str:
@@ -248,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         config = _load(args)
+        if args.command != "check" and _in_process(config):
+            raise ConfigError(
+                f"store {_describe(config)!r} lives in each application process: {_IN_PROCESS}"
+            )
         store = config.open_store()
     except ConfigError as exc:
         print(f"wsgisession: configuration error: {exc}", file=sys.stderr)
