@@ -442,9 +442,10 @@ class SessionState:
                     )
                 # Initializer items are not a change, nor what they hold data: a visitor
                 # with only those stores nothing, whatever else (remember) changed.
-                written = self._changed.union(step.key for step in self._steps)
                 worth_storing = self._has_changes() and (
-                    self._user_id is not None or any(self._live(k) for k in written)
+                    self._user_id is not None
+                    or any(self._live(k) for k in self._changed)
+                    or any(self._live(step.key) for step in self._steps)
                 )
                 if worth_storing and self._moved:
                     # Its cookie would replace the one the regenerate just gave the browser.

@@ -324,6 +324,7 @@ class Sealer:
             truncated, or not sealed at all.
         """
         bound = _bound(key, version, user_id, meta)
+        # The current key on its own: every open but those after a rotation ends here.
         try:
             return _open(self._current(session_id), key, bound, blob), False
         except _NotAuthentic:
