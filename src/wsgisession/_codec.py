@@ -120,7 +120,7 @@ class Codec:
             else:
                 meta, header = encode_meta(remember, None, (), agent, address), b""
             payload, cuts = self._dumps(self._sealed_serializer, data, reuse, _APART_FROM)
-            if any(len(name.encode()) > MAX_NAME_APART for name, _, _ in cuts):
+            if cuts and any(len(name.encode()) > MAX_NAME_APART for name, _, _ in cuts):
                 # A key too long to name in the seal's index: nothing is sealed apart.
                 payload, cuts = self._dumps(self._sealed_serializer, data, reuse)
             apart = self._apart(session_id, key, base, reuse, cuts) if cuts else ()
