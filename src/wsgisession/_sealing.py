@@ -277,8 +277,8 @@ class Sealer:
         bound = _bound(key, version, user_id, meta)
         if not apart and not header:
             # The commonest record: no address bound, no key timeouts, nothing apart.
-            sealed = self._current(session_id).encrypt(nonce, _NO_HEADER + payload, bound)
-            return b"".join((MAGIC, nonce, sealed))
+            ciphertext = self._current(session_id).encrypt(nonce, _NO_HEADER + payload, bound)
+            return b"".join((MAGIC, nonce, ciphertext))
         if len(header) > MAX_HEADER:
             raise ValueError("header too long to seal")
         cipher = self._current(session_id)
