@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from .. import _clock
 from ..errors import ConfigError, StoreError
+from ._sql_direct import Direct
 from ._sql_engine import build_engine, check_engine, shown_url
 from ._sql_runner import Runner
 from ._sql_table import (
@@ -113,9 +114,13 @@ class SQLStore(Store):
         self._owns_engine = False
         self._sql = build_statements(self.table, engine.dialect.name)
         self._runner = Runner(engine, self.table)
+        self._direct = Direct(engine)
         # Bound once, as the request path calls them in every operation.
         self._run = self._runner.run
         self._transaction = self._runner.transaction
+        # The request path's statements, sent past SQLAlchemy's execution layer.
+        self._first = self._direct.first
+        self._rowcount = self._direct.rowcount
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -173,7 +178,7 @@ class SQLStore(Store):
         params = {"key": key, "now": _clock.now()}
 
         def run(conn: sa.Connection) -> Record | None:
-            row = conn.execute(self._sql.load, params).first()
+            row = self._first(conn, self._sql.load, params)
             return None if row is None else row_record(row)
 
         return self._run(run, single=True)
@@ -232,7 +237,7 @@ class SQLStore(Store):
             with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
-                if conn.execute(self._sql.update_if_version, params).rowcount != 1:
+                if self._rowcount(conn, self._sql.update_if_version, params) != 1:
                     transaction.rollback()
                     return False
             return True
@@ -335,7 +340,7 @@ class SQLStore(Store):
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn, single=True):
-                return conn.execute(statement, params).rowcount == 1
+                return self._rowcount(conn, statement, params) == 1
 
         return self._run(run, single=True, writes=True)
 
@@ -345,9 +350,9 @@ class SQLStore(Store):
 
         def run(conn: sa.Connection) -> bool:
             with self._transaction(conn):
-                live = conn.execute(self._sql.delete_live_session, params).rowcount
+                live = self._rowcount(conn, self._sql.delete_live_session, params)
                 if not live:
-                    conn.execute(self._sql.delete_any, params)
+                    self._rowcount(conn, self._sql.delete_any, params)
             return live == 1
 
         return self._run(run, writes=True)
@@ -432,7 +437,7 @@ class SQLStore(Store):
             with self._transaction(conn, single=old is None) as transaction:
                 if not self._delete_replaced(conn, old):
                     return False
-                if conn.execute(self._sql.insert_unless_live, params).rowcount != 1:
+                if self._rowcount(conn, self._sql.insert_unless_live, params) != 1:
                     transaction.rollback()
                     return False
             return True
@@ -440,7 +445,7 @@ class SQLStore(Store):
             with self._transaction(conn, single=old is None):
                 if not self._delete_replaced(conn, old):
                     return False
-                conn.execute(self._sql.insert, params)
+                self._rowcount(conn, self._sql.insert, params)
             return True
         except sa.exc.IntegrityError:
             pass  # rolled back, the replaced row with it
@@ -450,14 +455,14 @@ class SQLStore(Store):
         with self._transaction(conn, single=old is None) as transaction:
             if not self._delete_replaced(conn, old):
                 return False
-            if conn.execute(self._sql.overwrite_expired, params).rowcount != 1:
+            if self._rowcount(conn, self._sql.overwrite_expired, params) != 1:
                 transaction.rollback()
                 return False
         return True
 
     def _live_row_is(self, conn: sa.Connection, key: str, record: Record) -> bool:
         """Whether the live row under *key* is *record*, field for field."""
-        row = conn.execute(self._sql.load, {"key": key, "now": _clock.now()}).first()
+        row = self._first(conn, self._sql.load, {"key": key, "now": _clock.now()})
         return row is not None and _readable(row) == record
 
     def _delete_replaced(self, conn: sa.Connection, old: _Replaced | None) -> bool:
@@ -473,15 +478,17 @@ class SQLStore(Store):
         if old is None:
             return True
         if old.version is None:
-            conn.execute(self._sql.delete_any, {"key": old.key})
+            self._rowcount(conn, self._sql.delete_any, {"key": old.key})
             if old.tombstone is not None:
-                conn.execute(self._sql.insert, {"key": old.key, **record_params(old.tombstone)})
+                self._rowcount(
+                    conn, self._sql.insert, {"key": old.key, **record_params(old.tombstone)}
+                )
             return True
         params = {"key": old.key, "expected": old.version, "now": old.now}
         if old.tombstone is None:
-            return conn.execute(self._sql.delete_if_version, params).rowcount == 1
+            return self._rowcount(conn, self._sql.delete_if_version, params) == 1
         buried = {**params, **record_params(old.tombstone)}
-        return conn.execute(self._sql.update_if_version, buried).rowcount == 1
+        return self._rowcount(conn, self._sql.update_if_version, buried) == 1
 
     def _write_locked(
         self,
@@ -502,16 +509,16 @@ class SQLStore(Store):
         """
         if target == key:
             params = {"key": key, "expected": current.version, "now": now, **record_params(record)}
-            return conn.execute(self._sql.update_if_version, params).rowcount == 1
+            return self._rowcount(conn, self._sql.update_if_version, params) == 1
         params = {"key": target, "now": now, **record_params(record)}
         if self._sql.insert_unless_live is not None:
-            if conn.execute(self._sql.insert_unless_live, params).rowcount != 1:
+            if self._rowcount(conn, self._sql.insert_unless_live, params) != 1:
                 return False
-        elif conn.execute(self._sql.overwrite_expired, params).rowcount != 1:
+        elif self._rowcount(conn, self._sql.overwrite_expired, params) != 1:
             # MySQL: no expired row to overwrite, so a new one, unless a live one is
             # there (the duplicate key rolls back this statement alone).
             try:
-                conn.execute(self._sql.insert, params)
+                self._rowcount(conn, self._sql.insert, params)
             except sa.exc.IntegrityError:
                 return False
         return self._delete_replaced(conn, _Replaced(key, current.version, now, tombstone))
