@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import OpenSQL
+from tests.helpers import PATIENCE, OpenSQL, reachable_sql_url
+from tests.tcp_proxy import TCPProxy
 from wsgisession.stores._sql_direct import Direct
 from wsgisession.stores.sql import SQLStore
 from wsgisession.testing import make_record, new_key
@@ -163,3 +167,195 @@ def test_a_statement_on_a_closed_connection_raises_and_is_dropped(open_sql: Open
         assert raised.value.connection_invalidated
         assert conn.invalidated
     assert store.load(new_key()) is None  # a fresh connection from the pool
+
+
+# -- what the review of the direct path found -------------------------------------------
+
+
+@pytest.fixture
+def server_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+def _server_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return reachable_sql_url(kind, request, tmp_path)
+
+
+@pytest.mark.parametrize("server_kind", ["postgresql"], indirect=True)
+def test_a_schema_translate_map_puts_rows_where_it_says(
+    server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = _server_url(server_kind, request, tmp_path)
+    schema, table = f"tenant_{uuid.uuid4().hex[:8]}", f"direct_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    # Another store's table of the same name in the default schema, where a statement
+    # that forgets the map would go.
+    untranslated = SQLStore.from_url(url, table_name=table)
+    untranslated.ping()
+    engine = sa.create_engine(url).execution_options(schema_translate_map={None: schema})
+    try:
+        store = SQLStore(engine, table_name=table)
+        with engine.begin() as conn:
+            store.table.create(conn)
+        key = new_key()
+        assert store.save(key, make_record(b"tenant's"), expected_version=None)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"tenant's"
+        with admin.connect() as conn:
+            for where, rows in ((f"{schema}.{table}", 1), (table, 0)):
+                assert conn.exec_driver_sql(f"SELECT count(*) FROM {where}").scalar() == rows
+    finally:
+        engine.dispose()
+        untranslated.table.drop(untranslated.engine, checkfirst=True)
+        untranslated.close()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def test_a_read_ends_its_transaction_whatever_the_pool_does(sql_url: str) -> None:
+    """A REPEATABLE READ snapshot kept open by a read would show the next request
+    what the session held before other requests saved it."""
+    table = f"direct_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(sql_url, pool_size=1, max_overflow=0, pool_reset_on_return=None)
+    writer = SQLStore.from_url(sql_url, table_name=table)
+    try:
+        reader = SQLStore(engine, table_name=table)
+        key = new_key()
+        assert writer.save(key, make_record(b"v1"), expected_version=None)
+        assert (first := reader.load(key)) is not None and first.data == b"v1"
+        assert writer.save(key, make_record(b"v2", version=2), expected_version=1)
+        assert (second := reader.load(key)) is not None and second.data == b"v2"
+    finally:
+        engine.dispose()  # first: a transaction left open would hold up the DROP
+        writer.table.drop(writer.engine, checkfirst=True)
+        writer.close()
+
+
+def test_logging_and_other_ways_of_watching_see_every_statement(
+    sqlite_store: SQLStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqlite_store.ping()
+    watchers: list[tuple[Any, str, Callable[..., Any]]] = []
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql.split()[0])
+
+    def do_execute(cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql.split()[0])
+
+    try:
+        for target, event, listener in (
+            (sa.engine.Connection, "before_cursor_execute", statement),
+            (sqlite_store.engine, "do_execute", do_execute),
+        ):
+            sa.event.listen(target, event, listener)
+            watchers.append((target, event, listener))
+            seen.clear()
+            _request_path(sqlite_store)
+            assert seen.count("SELECT") == 2, event
+            sa.event.remove(target, event, listener)
+            watchers.pop()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+            _request_path(sqlite_store)
+        logged = [r.getMessage().split()[0] for r in caplog.records]
+        assert logged.count("SELECT") == 2
+    finally:
+        for target, event, listener in watchers:
+            sa.event.remove(target, event, listener)
+
+
+class _Interrupted(BaseException):
+    """Raised into the thread from outside, as gevent's Timeout is."""
+
+
+@pytest.mark.parametrize("server_kind", ["postgresql", "mariadb"], indirect=True)
+def test_an_interrupted_statement_drops_its_connection(
+    server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = _server_url(server_kind, request, tmp_path)
+    table = f"direct_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url, pool_size=1, max_overflow=0)
+    store = SQLStore(engine, table_name=table)
+    locker_engine = sa.create_engine(url)
+    key = new_key()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        # In a thread of its own, so that a save that never gives up can't keep the
+        # lock held for ever: the lock goes after a few seconds whatever happens.
+        with locker_engine.connect() as locker:
+            query = store.table.select().where(store.table.c.id_hash == key)
+            locker.execute(query.with_for_update()).all()
+            locked.set()
+            release.wait(PATIENCE)
+            locker.rollback()
+
+    try:
+        assert store.save(key, make_record(b"v1"), expected_version=None)
+        holder = threading.Thread(target=hold_the_row)
+        holder.start()
+        assert locked.wait(PATIENCE)
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise _Interrupted
+
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            with pytest.raises(_Interrupted):
+                store.save(key, make_record(b"v2", version=2), expected_version=1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            release.set()
+            holder.join()
+        # A fresh connection: the interrupted one, its reply still owed, was dropped.
+        # (PostgreSQL may still run the UPDATE it was sent, once the lock is free.)
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data in (b"v1", b"v2")
+        after = make_record(b"v3", version=loaded.version + 1)
+        assert store.save(key, after, expected_version=loaded.version)
+    finally:
+        store.table.drop(locker_engine, checkfirst=True)
+        locker_engine.dispose()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("server_kind", ["postgresql", "mariadb"], indirect=True)
+def test_a_dropped_connection_takes_the_pools_older_ones_with_it(
+    server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """After a restart every pooled connection is dead: the retry must get a new one."""
+    url = sa.make_url(_server_url(server_kind, request, tmp_path))
+    with TCPProxy((url.host or "127.0.0.1", url.port or 0)) as proxy:
+        proxied = url.set(host="127.0.0.1", port=proxy.port)
+        engine = sa.create_engine(proxied, pool_size=3, max_overflow=0, pool_timeout=0.5)
+        store = SQLStore(engine, table_name=f"direct_{uuid.uuid4().hex[:12]}")
+        key = new_key()
+        try:
+            assert store.save(key, make_record(b"kept"), expected_version=None)
+            held = [engine.connect() for _ in range(3)]  # three pooled connections
+            for conn in held[1:]:
+                conn.close()
+            proxy.cut()
+            proxy.restore()
+            # Each of the two idle ones is dead: the retry after the first must not
+            # get the second.
+            loaded = store.load(key)
+            assert loaded is not None and loaded.data == b"kept"
+            assert store.save(key, make_record(b"again", version=2), expected_version=1)
+            # And the pool still holds to its size, with one connection checked out
+            # through the drop.
+            more = [engine.connect() for _ in range(2)]
+            with pytest.raises(sa.exc.TimeoutError):
+                engine.connect()
+            for conn in [*more, held[0]]:
+                conn.close()
+        finally:
+            store.table.drop(engine, checkfirst=True)
+            engine.dispose()

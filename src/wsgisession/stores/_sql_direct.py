@@ -8,21 +8,26 @@ dialect and sends it on the cursor of the connection's DBAPI connection, with th
 parameters SQLAlchemy would send: the same names or order, its bind processors
 applied, the statement's own literals filled in.
 
-Everything around the statement stays SQLAlchemy's: the pool, the transaction the
-store begins and commits, the isolation level it sets. A driver error is raised as
+Everything around the statement stays SQLAlchemy's: the pool, the transactions (a
+statement outside one begins one, as SQLAlchemy's own execute would, so closing the
+connection ends it), the isolation level the store sets. A driver error is raised as
 the exception SQLAlchemy would raise (:exc:`sqlalchemy.exc.IntegrityError` for a
-duplicate key, and so on, with the driver's as ``orig``), and a dropped connection
-is invalidated, with the rest of the pool's idle ones, as SQLAlchemy does, so the
-runner retries and translates errors as before. A statement the dialect can't send
-that way, and every statement of an engine that logs (``echo``) or has execution
-event listeners (the application's tracing), go through
-:meth:`sqlalchemy.engine.Connection.execute` instead, so nothing watching
-SQLAlchemy misses one.
+duplicate key, and so on, with the driver's as ``orig``); a dropped connection is
+invalidated, and the pool's older ones on the next checkout, through the pool's own
+:exc:`~sqlalchemy.exc.InvalidatePoolError`, as SQLAlchemy does, so the runner retries
+and translates errors as before; a statement interrupted by an exception that is no
+error (a timeout raised into the thread) drops its connection. A statement the
+dialect can't send that way, every statement of an engine with execution options
+other than the isolation level (``schema_translate_map``), and every statement while
+something watches SQLAlchemy (its log, execution or ``do_execute`` listeners, as
+tracing tools add) go through :meth:`sqlalchemy.engine.Connection.execute` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -57,24 +62,42 @@ class Direct:
     :param engine: The store's engine.
     """
 
-    __slots__ = ("_compiled", "_dialect_dispatch", "_dispatch", "_engine", "_error")
+    __slots__ = (
+        "_compiled",
+        "_dialect_dispatch",
+        "_drop_pool",
+        "_engine",
+        "_error",
+        "_listening",
+        "_lock",
+        "_logger",
+        "_plain",
+    )
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._dispatch = engine.dispatch
-        # handle_error listeners live with the dialect's events, not the engine's.
+        # handle_error and do_execute listeners live with the dialect's events.
         self._dialect_dispatch = engine.dialect.dispatch
+        self._logger = engine.logger
         self._error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Execution options other than the isolation level change what a statement
+        # becomes (schema_translate_map) or how its rows come: SQLAlchemy's to apply.
+        self._plain = set(engine.get_execution_options()) <= {"isolation_level"}
         #: Each statement's compiled form, by the statement; ``None`` for one that
         #: must go through SQLAlchemy.
         self._compiled: dict[Statement, _Compiled | None] = {}
+        # A dropped connection drops the pool's older ones on the next checkout (see
+        # _checkout), through a listener added on the first drop.
+        self._drop_pool = False
+        self._listening = False
+        self._lock = threading.Lock()
 
     def first(
         self, conn: sa.Connection, statement: Statement, params: Mapping[str, Any]
     ) -> Sequence[Any] | None:
         """Run the query *statement* on *conn* and return its first row, or ``None``."""
         compiled = self._plan(statement)
-        if compiled is None or self._watched():
+        if compiled is None or self._watched(conn):
             return conn.execute(statement, params).first()
         cursor = self._run(conn, compiled, params)
         try:
@@ -88,7 +111,7 @@ class Direct:
     ) -> int:
         """Run *statement* on *conn* and return how many rows it matched."""
         compiled = self._plan(statement)
-        if compiled is None or self._watched():
+        if compiled is None or self._watched(conn):
             return conn.execute(statement, params).rowcount
         cursor = self._run(conn, compiled, params)
         try:
@@ -97,16 +120,20 @@ class Direct:
             cursor.close()
         return count
 
-    def _watched(self) -> bool:
-        # Asked on every statement: listeners may be added to the engine at any time.
-        dispatch = self._dispatch
+    def _watched(self, conn: sa.Connection) -> bool:
+        # Asked on every statement: listeners may come and go at any time. The
+        # connection's events join the engine's and those of both classes.
+        events = conn.dispatch
+        dialect = self._dialect_dispatch
         return bool(
-            dispatch.before_cursor_execute
-            or dispatch.after_cursor_execute
-            or dispatch.before_execute
-            or dispatch.after_execute
-            or self._dialect_dispatch.handle_error
-            or self._engine.echo
+            events.before_cursor_execute
+            or events.after_cursor_execute
+            or events.before_execute
+            or events.after_execute
+            or dialect.handle_error
+            or dialect.do_execute
+            or dialect.do_execute_no_params
+            or self._logger.isEnabledFor(logging.INFO)  # echo, or logging configured
         )
 
     def _run(self, conn: sa.Connection, compiled: _Compiled, params: Mapping[str, Any]) -> Any:
@@ -116,33 +143,42 @@ class Direct:
         arguments: Any = values
         if compiled.order is not None:
             arguments = tuple([values[name] for name in compiled.order])
+        if not conn.in_transaction():
+            # As SQLAlchemy's own execute would: closing the connection then ends
+            # the driver's transaction, whatever the pool does on return.
+            conn.begin()
         fairy = conn.connection
         cursor = None
         try:
             cursor = fairy.cursor()
             cursor.execute(compiled.sql, arguments)
-        except self._error as exc:
+        except Exception as exc:
             _close_quietly(cursor)
             raise self._translated(conn, fairy, compiled.sql, exc) from exc
-        except BaseException:
+        except BaseException as exc:
+            # Interrupted (a timeout raised into the thread, Ctrl-C): the connection's
+            # state is unknown, so it goes, as SQLAlchemy has it.
             _close_quietly(cursor)
+            conn.invalidate(exc)
             raise
         return cursor
 
     def _translated(
         self, conn: sa.Connection, fairy: Any, sql: str, error: Exception
     ) -> sa.exc.StatementError:
-        """The exception SQLAlchemy would raise for *error*, the connection dropped if
-        it is gone, with the idle ones of the pool, which a restart took as well."""
+        """The exception SQLAlchemy would raise for *error*; a dropped connection is
+        invalidated, and the pool's older ones with it, which a restart took as well."""
         dialect = self._engine.dialect
-        driver_error: Any = error
-        try:
-            dropped = bool(dialect.is_disconnect(driver_error, fairy.dbapi_connection, None))
-        except Exception:
-            dropped = False
+        dropped = False
+        if isinstance(error, self._error):
+            driver_error: Any = error
+            try:
+                dropped = bool(dialect.is_disconnect(driver_error, fairy.dbapi_connection, None))
+            except Exception:
+                dropped = False
         if dropped:
             conn.invalidate(error)
-            self._engine.pool.dispose()
+            self._drop_older()
         return sa.exc.DBAPIError.instance(
             sql,
             None,
@@ -153,7 +189,24 @@ class Direct:
             connection_invalidated=dropped,
         )
 
+    def _drop_older(self) -> None:
+        """Have the next checkout invalidate every connection of the pool made before it."""
+        with self._lock:
+            self._drop_pool = True
+            if not self._listening:
+                sa.event.listen(self._engine.pool, "checkout", self._checkout)
+                self._listening = True
+
+    def _checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if self._drop_pool:
+            self._drop_pool = False
+            # The pool's own way to drop every connection older than now, as
+            # SQLAlchemy does on a disconnect; this one is made afresh.
+            raise sa.exc.InvalidatePoolError("a connection of the pool was dropped")
+
     def _plan(self, statement: Statement) -> _Compiled | None:
+        if not self._plain:
+            return None
         try:
             return self._compiled[statement]
         except KeyError:
