@@ -359,3 +359,16 @@ def test_a_dropped_connection_takes_the_pools_older_ones_with_it(
         finally:
             store.table.drop(engine, checkfirst=True)
             engine.dispose()
+
+
+def test_the_request_path_of_a_store_built_from_a_url_skips_sqlalchemys_execute(
+    open_sql: OpenSQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_sql()
+    store.ping()  # the table, created through SQLAlchemy
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a request-path statement went through Connection.execute")
+
+    monkeypatch.setattr(sa.engine.Connection, "execute", refuse)
+    _request_path(store)

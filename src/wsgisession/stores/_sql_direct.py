@@ -44,6 +44,12 @@ Statement: TypeAlias = sa.Select[Any] | sa.Insert | sa.Update | sa.Delete
 _PLAIN_BINDS: Final = frozenset({BindTyping.NONE, BindTyping.RENDER_CASTS})
 
 
+# Execution options that leave statements and rows as they are: the isolation level,
+# which the connection carries, a name for SQLAlchemy's log, and the store's own notes.
+_HARMLESS_OPTIONS: Final = frozenset({"isolation_level", "logging_token"})
+_STORE_OPTIONS: Final = "wsgisession_"
+
+
 class _Compiled(NamedTuple):
     """A statement as the driver takes it, and how to make its parameters."""
 
@@ -80,9 +86,12 @@ class Direct:
         self._dialect_dispatch = engine.dialect.dispatch
         self._logger = engine.logger
         self._error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        # Execution options other than the isolation level change what a statement
-        # becomes (schema_translate_map) or how its rows come: SQLAlchemy's to apply.
-        self._plain = set(engine.get_execution_options()) <= {"isolation_level"}
+        # Execution options other than these change what a statement becomes
+        # (schema_translate_map) or how its rows come: SQLAlchemy's to apply.
+        self._plain = all(
+            name in _HARMLESS_OPTIONS or name.startswith(_STORE_OPTIONS)
+            for name in engine.get_execution_options()
+        )
         #: Each statement's compiled form, by the statement; ``None`` for one that
         #: must go through SQLAlchemy.
         self._compiled: dict[Statement, _Compiled | None] = {}
