@@ -18,9 +18,10 @@ invalidated, and the pool's older ones on the next checkout, through the pool's 
 and translates errors as before; a statement interrupted by an exception that is no
 error (a timeout raised into the thread) drops its connection. A statement the
 dialect can't send that way, every statement of an engine with execution options
-other than the isolation level (``schema_translate_map``), and every statement while
-something watches SQLAlchemy (its log, execution or ``do_execute`` listeners, as
-tracing tools add) go through :meth:`sqlalchemy.engine.Connection.execute` instead.
+other than the isolation level, a log name and the store's own notes (such as
+``schema_translate_map``), and every statement while something watches SQLAlchemy
+(its log, execution or ``do_execute`` listeners, as tracing tools add) go through
+:meth:`sqlalchemy.engine.Connection.execute` instead.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ class Direct:
             # Interrupted (a timeout raised into the thread, Ctrl-C): the connection's
             # state is unknown, so it goes, as SQLAlchemy has it.
             _close_quietly(cursor)
-            conn.invalidate(exc)
+            with contextlib.suppress(Exception):
+                conn.invalidate(exc)
             raise
         return cursor
 
