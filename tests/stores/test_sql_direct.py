@@ -192,14 +192,12 @@ def test_a_schema_translate_map_puts_rows_where_it_says(
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     # Another store's table of the same name in the default schema, where a statement
-    # that forgets the map would go.
+    # that forgets the map would go, and which the store must not take for its own.
     untranslated = SQLStore.from_url(url, table_name=table)
     untranslated.ping()
     engine = sa.create_engine(url).execution_options(schema_translate_map={None: schema})
     try:
         store = SQLStore(engine, table_name=table)
-        with engine.begin() as conn:
-            store.table.create(conn)
         key = new_key()
         assert store.save(key, make_record(b"tenant's"), expected_version=None)
         loaded = store.load(key)

@@ -300,9 +300,13 @@ class Runner:
                 # Looked for first, which takes no write lock: on SQLite another
                 # process's long write would hold up (or fail) every first use.
                 found = sa.inspect(conn)
-                exists = found.has_table(self.table.name, self.table.schema)
+                # The inspector doesn't apply the engine's schema_translate_map, which
+                # the CREATE and every statement do: looked for where they will go.
+                translate = conn.get_execution_options().get("schema_translate_map") or {}
+                schema = translate.get(self.table.schema, self.table.schema)
+                exists = found.has_table(self.table.name, schema)
                 if exists:
-                    self._check_table(found)
+                    self._check_table(found, schema)
                 conn.rollback()  # what SQLAlchemy began for the look, before ours
                 if exists:
                     self._table_ready = True
@@ -326,7 +330,7 @@ class Runner:
                     attempt += 1
             self._table_ready = True
 
-    def _check_table(self, found: sa.Inspector) -> None:
+    def _check_table(self, found: sa.Inspector, schema: str | None) -> None:
         """Refuse a table of the store's name that was made for something else.
 
         Without its columns every operation fails on a database error; without
@@ -334,9 +338,9 @@ class Runner:
         would write a second row where there must be one.
         """
         table = self.table
-        columns = {column["name"] for column in found.get_columns(table.name, table.schema)}
+        columns = {column["name"] for column in found.get_columns(table.name, schema)}
         missing = [column.name for column in table.columns if column.name not in columns]
-        key = found.get_pk_constraint(table.name, table.schema).get("constrained_columns")
+        key = found.get_pk_constraint(table.name, schema).get("constrained_columns")
         if missing or key != ["id_hash"]:
             what = f"no column {', '.join(missing)}" if missing else "no primary key on id_hash"
             raise StoreError(
