@@ -273,18 +273,14 @@ class Sealer:
         *apart* are values sealed apart under the same session and store key, with
         their offsets in *payload*, in order: the record binds each of their seals.
         """
-        nonce = _nonces.take()
-        bound = _bound(key, version, user_id, meta)
-        if not apart and not header:
-            # The commonest record: no address bound, no key timeouts, nothing apart.
-            ciphertext = self._current(session_id).encrypt(nonce, _NO_HEADER + payload, bound)
-            return b"".join((MAGIC, nonce, ciphertext))
         if len(header) > MAX_HEADER:
             raise ValueError("header too long to seal")
+        nonce = _nonces.take()
         cipher = self._current(session_id)
+        bound = _bound(key, version, user_id, meta)
         if not apart:
-            plain = b"".join((_SIZE.pack(len(header)), header, payload))
-            return b"".join((MAGIC, nonce, cipher.encrypt(nonce, plain, bound)))
+            head = _SIZE.pack(len(header)) + header if header else _NO_HEADER
+            return MAGIC + nonce + cipher.encrypt(nonce, head + payload, bound)
         index: list[bytes | memoryview] = [
             _SIZE.pack(len(header)),
             header,
@@ -329,23 +325,11 @@ class Sealer:
             truncated, or not sealed at all.
         """
         bound = _bound(key, version, user_id, meta)
-        cipher = self._current(session_id)
-        if blob[:_START] == MAGIC:
-            # The commonest record, opened under the current key without a call more:
-            # every open but those after a rotation ends here.
-            try:
-                plain = cipher.decrypt(blob[_START:_BODY], blob[_BODY:], bound)
-            except InvalidTag:
-                pass
-            else:
-                if plain[:2] == _NO_HEADER:
-                    return (b"", plain[2:], None), False
-                return _unpacked(plain), False
-        else:
-            try:
-                return _open(cipher, key, bound, blob), False
-            except _NotAuthentic:
-                pass
+        # The current key on its own: every open but those after a rotation ends here.
+        try:
+            return _open(self._current(session_id), key, bound, blob), False
+        except _NotAuthentic:
+            pass
         for keys in self._keys[1:]:
             try:
                 return _open(keys.cipher(session_id), key, bound, blob), True
@@ -361,11 +345,6 @@ def _open(cipher: AESGCM, key: str, bound: bytes, blob: bytes) -> Opened:
         plain = cipher.decrypt(blob[_START:_BODY], blob[_BODY:], bound)
     except InvalidTag:
         raise _NotAuthentic from None
-    return _unpacked(plain)
-
-
-def _unpacked(plain: bytes) -> Opened:
-    """What a plain seal holds: its header, then the serializer's bytes."""
     if plain[:2] == _NO_HEADER:
         return b"", plain[2:], None
     size = int.from_bytes(plain[:2], "big")
