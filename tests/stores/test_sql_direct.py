@@ -178,15 +178,11 @@ def server_kind(request: pytest.FixtureRequest) -> str:
     return kind
 
 
-def _server_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return reachable_sql_url(kind, request, tmp_path)
-
-
 @pytest.mark.parametrize("server_kind", ["postgresql"], indirect=True)
 def test_a_schema_translate_map_puts_rows_where_it_says(
     server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = _server_url(server_kind, request, tmp_path)
+    url = reachable_sql_url(server_kind, request, tmp_path)
     schema, table = f"tenant_{uuid.uuid4().hex[:8]}", f"direct_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(url)
     with admin.begin() as conn:
@@ -275,7 +271,7 @@ class _Interrupted(BaseException):
 def test_an_interrupted_statement_drops_its_connection(
     server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = _server_url(server_kind, request, tmp_path)
+    url = reachable_sql_url(server_kind, request, tmp_path)
     table = f"direct_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(url, pool_size=1, max_overflow=0)
     store = SQLStore(engine, table_name=table)
@@ -329,7 +325,7 @@ def test_a_dropped_connection_takes_the_pools_older_ones_with_it(
     server_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """After a restart every pooled connection is dead: the retry must get a new one."""
-    url = sa.make_url(_server_url(server_kind, request, tmp_path))
+    url = sa.make_url(reachable_sql_url(server_kind, request, tmp_path))
     with TCPProxy((url.host or "127.0.0.1", url.port or 0)) as proxy:
         proxied = url.set(host="127.0.0.1", port=proxy.port)
         engine = sa.create_engine(proxied, pool_size=3, max_overflow=0, pool_timeout=0.5)
