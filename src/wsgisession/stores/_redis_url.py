@@ -97,6 +97,9 @@ class ClientPlan:
     lazy: bool = False
     #: Called after the client is closed (the Sentinel connections).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Whether the store may keep a connection of the pool for the request path: the
+    #: pool is the store's own, and no ``max_connections`` was asked of it.
+    hold_connection: bool = False
 
 
 def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
@@ -125,7 +128,9 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
             client = redis.Redis.from_url(url, **kwargs)
         except ValueError as exc:
             raise ConfigError(f"store {shown!r}: {exc}") from exc
-        return ClientPlan(opts.key_prefix, lambda: client)
+        return ClientPlan(
+            opts.key_prefix, lambda: client, hold_connection=opts.max_connections is None
+        )
     if parts.query or parts.fragment:
         raise ConfigError(f"store {shown!r} takes no query string; use store options")
     if scheme == "redis+sentinel":
@@ -141,7 +146,12 @@ def plan_client(url: str, options: Mapping[str, object]) -> ClientPlan:
         # redis-py annotates Sentinel and ClusterNode only from 8.2 on.
         sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         master: redis.Redis = sentinel.master_for(service, db=db)  # type: ignore[no-untyped-call,unused-ignore]
-        return ClientPlan(opts.key_prefix, lambda: master, closers=[sentinel.close])
+        return ClientPlan(
+            opts.key_prefix,
+            lambda: master,
+            closers=[sentinel.close],
+            hold_connection=opts.max_connections is None,
+        )
     if scheme == "redis+cluster":
         hosts = parse_hosts(parts.netloc.rpartition("@")[2], 6379, shown)
         nodes = [ClusterNode(host, port) for host, port in hosts]  # type: ignore[no-untyped-call,unused-ignore]

@@ -8,8 +8,9 @@ arguments are in :mod:`~wsgisession.stores._redis_scripts`, the scripts in
 where no script may span the slots of a session, the key it replaces and its
 user's set, in :mod:`~wsgisession.stores._redis_cluster`; waiting for a session's
 save lock in :mod:`~wsgisession.stores._redis_lock`; reading many sessions at once
-(a user's, or all of them to count) in :mod:`~wsgisession.stores._redis_reads`; and
-reading a store URL in :mod:`~wsgisession.stores._redis_url`.
+(a user's, or all of them to count) in :mod:`~wsgisession.stores._redis_reads`;
+reading a store URL in :mod:`~wsgisession.stores._redis_url`; and the connection the
+store keeps for its request path in :mod:`~wsgisession.stores._redis_direct`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from . import _redis_lua as lua
 from . import _redis_reads as reads
 from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
+from ._redis_direct import Held
 from ._redis_lock import SaveLock, poll_interval
 from ._redis_url import Client, ClientPlan, check_cluster_prefix, describe, plan_client
 from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
@@ -101,6 +103,10 @@ class RedisStore(Store):
         self, client: Client | Callable[[], Client], *, key_prefix: str = "session:"
     ) -> None:
         self.key_prefix = key_prefix
+        # Whether to keep a connection of the client's pool for the request path; only
+        # from_url says so, for a pool the store made itself.
+        self._hold_connection = False
+        self._held: Held | None = None
         self._keys = scripts.Keys(key_prefix)
         self._lock = threading.Lock()
         self._client: Client | None = None
@@ -139,6 +145,8 @@ class RedisStore(Store):
         """
         plan: ClientPlan = plan_client(url, options)
         store = cls(plan.connect if plan.lazy else plan.connect(), key_prefix=plan.key_prefix)
+        if plan.hold_connection:
+            store._keep_connection()
         # Masked once here, as the name goes into repr() and every message.
         store._name = mask_url(url)
         store._closers = plan.closers
@@ -172,7 +180,7 @@ class RedisStore(Store):
         """
         with self._errors():
             try:
-                value: Any = self.client.get(self.key_prefix + key)
+                value: Any = self._command("GET", self.key_prefix + key)
             except ResponseError as exc:
                 if not reads.wrong_type(exc):
                     raise
@@ -258,9 +266,10 @@ class RedisStore(Store):
         anything: the script then decides, since an expired record is overwritten.
         """
         with self._errors():
-            created = self.client.set(
-                self.key_prefix + key, scripts.encode(record), nx=True, px=ttl
+            created = self._command(
+                "SET", self.key_prefix + key, scripts.encode(record), "NX", "PX", ttl
             )
+        # OK (as bytes on a held connection, True through the client), or nothing.
         return bool(created)
 
     def save_locked(
@@ -371,9 +380,11 @@ class RedisStore(Store):
     def close(self) -> None:
         """Close the client's connections (and the Sentinels'); safe to repeat."""
         with self._lock, self._errors():
-            client = self._client
+            client, held = self._client, self._held
             if self._build is not None:
-                self._client = None
+                self._client = self._held = None
+            if held is not None:
+                held.release()
             if client is not None:
                 client.close()
             for closer in self._closers:
@@ -500,6 +511,16 @@ class RedisStore(Store):
         self._poll = poll_interval(client.get_connection_kwargs().get("socket_timeout"))
         self._on_cluster = cluster
         self._client = client
+        if self._hold_connection:
+            self._keep_connection()
+
+    def _keep_connection(self) -> None:
+        """Keep one connection of the client's pool for the request path's commands,
+        if the client suits (see :mod:`~wsgisession.stores._redis_direct`)."""
+        self._hold_connection = True
+        client = self._client
+        if isinstance(client, redis.Redis) and Held.suits(client):
+            self._held = Held(client)
 
     def _run(
         self,
@@ -508,14 +529,20 @@ class RedisStore(Store):
         args: Sequence[str | bytes | int],
     ) -> Any:
         """Run *script* by its SHA1, loading it first if the server does not know it."""
-        client = self.client
         with self._translator:
             try:
-                return client.evalsha(script.sha, len(keys), *keys, *args)
+                return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 # A server that restarted, failed over or was never sent it.
-                client.script_load(script.source)
-                return client.evalsha(script.sha, len(keys), *keys, *args)
+                self._command("SCRIPT LOAD", script.source)
+                return self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _command(self, *args: Any) -> Any:
+        """Send one command of the request path; return the server's reply as it came."""
+        held = self._held
+        if held is not None:
+            return held.execute(*args)
+        return self.client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
 
     def _run_staged(
         self, key: str, keys: list[str], args: list[str | bytes | int], value: bytes

@@ -1,0 +1,217 @@
+"""The Redis store's request path on a connection it holds (docs/stores/redis.rst).
+
+The store's GET, SET and EVALSHA skip redis-py's client layer for one connection of
+the pool it made: each reply must be its own command's, whatever happened to the one
+before (a timeout, a server that closed the connection, an error reply, a fork), and
+other threads, a capped pool or a client the application made go through the client.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests.helpers import SERVER, server_url, unreachable
+from tests.redis_servers import RedisServer
+from tests.tcp_proxy import TCPProxy
+from wsgisession.errors import StoreError
+from wsgisession.stores import _redis_direct
+from wsgisession.stores.base import CorruptRecord
+from wsgisession.stores.redis import RedisStore
+from wsgisession.testing import make_record, new_key
+from wsgisession.testing._helpers import run_threads
+
+pytestmark = SERVER
+
+
+@pytest.fixture
+def url() -> str:
+    url = server_url("redis")
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        unreachable(url, exc)
+    return url
+
+
+@pytest.fixture
+def prefix(url: str) -> Iterator[str]:
+    prefix = f"direct-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    with redis.Redis.from_url(url) as client:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+
+
+@pytest.fixture
+def through_client(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every command sent through redis-py's client layer from now on."""
+    names: list[str] = []
+    original = redis.Redis.execute_command
+
+    def execute_command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        names.append(str(args[0]))
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    return names
+
+
+def _every_kind_of_request(store: RedisStore) -> None:
+    key, user_key = new_key(), new_key()
+    assert store.save(key, make_record(b"one"), expected_version=None)  # SET NX
+    assert store.save(key, make_record(b"two", version=2), expected_version=1)  # EVALSHA
+    assert store.save(user_key, make_record(user_id="ann"), expected_version=None)
+    loaded = store.load(key)  # GET
+    assert loaded is not None and loaded.data == b"two"
+    assert store.refresh(key, time.time() + 7200, time.time())
+    assert store.delete(key)
+    assert store.load(key) is None
+
+
+def test_the_request_path_of_a_store_from_a_url_skips_the_client(
+    url: str, prefix: str, through_client: list[str]
+) -> None:
+    with RedisStore.from_url(url, key_prefix=prefix) as store:
+        _every_kind_of_request(store)
+    assert through_client == []
+
+
+@pytest.mark.parametrize("how", ["given a client", "capped pool", "observed"])
+def test_other_clients_go_through_the_client(
+    how: str,
+    url: str,
+    prefix: str,
+    through_client: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if how == "given a client":
+        # The application's client: its pool may be shared and capped by others.
+        store = RedisStore(redis.Redis.from_url(url), key_prefix=prefix)
+    elif how == "capped pool":
+        store = RedisStore.from_url(url, key_prefix=prefix, max_connections=4)
+    else:
+        # redis-py's own metrics would miss the commands.
+        monkeypatch.setattr(_redis_direct, "_observed", lambda: True)
+        store = RedisStore.from_url(url, key_prefix=prefix)
+    with store:
+        _every_kind_of_request(store)
+    assert {"GET", "SET", "EVALSHA"} <= set(through_client)
+
+
+def test_concurrent_threads_each_read_their_own_records(url: str, prefix: str) -> None:
+    """One thread at a time on the held connection, the others through the pool."""
+    with RedisStore.from_url(url, key_prefix=prefix) as store:
+        keys = [new_key() for _ in range(8)]
+        for n, key in enumerate(keys):
+            assert store.save(key, make_record(str(n).encode()), expected_version=None)
+        wrong: list[str] = []
+
+        def work(n: int) -> None:
+            key = keys[n]
+            for version in range(1, 41):
+                record = store.load(key)
+                if record is None or record.data != f"{n}".encode() * version:
+                    wrong.append(f"{n}: {record}")
+                    return
+                data = f"{n}".encode() * (version + 1)
+                assert store.save(
+                    key, make_record(data, version=version + 1), expected_version=version
+                )
+
+        run_threads(len(keys), work)
+        assert wrong == []
+
+
+class _SlowReplies(TCPProxy):
+    """Forwards everything, holding the server's replies back while :attr:`delay`."""
+
+    delay = 0.0
+
+    def forwards(self, data: bytes, from_target: bool) -> bool:
+        if from_target and self.delay:
+            time.sleep(self.delay)
+        return True
+
+
+def test_a_reply_that_comes_too_late_is_never_read_as_the_next_commands(
+    url: str, prefix: str
+) -> None:
+    target = redis.Redis.from_url(url).connection_pool.connection_kwargs
+    with _SlowReplies((target["host"], target["port"])) as proxy:
+        proxied = f"redis://127.0.0.1:{proxy.port}/{target.get('db', 0)}"
+        with RedisStore.from_url(proxied, key_prefix=prefix, socket_timeout=0.3) as store:
+            first, second = new_key(), new_key()
+            assert store.save(first, make_record(b"first"), expected_version=None)
+            assert store.save(second, make_record(b"second"), expected_version=None)
+            proxy.delay = 0.8
+            with pytest.raises(StoreError, match="[Tt]imeout"):
+                store.load(first)
+            proxy.delay = 0.0
+            time.sleep(1.0)  # the first GET's reply has reached the client's socket
+            loaded = store.load(second)
+            assert loaded is not None and loaded.data == b"second"
+
+
+def test_a_connection_the_server_closed_is_dialled_again(private_redis: RedisServer) -> None:
+    with RedisStore.from_url(private_redis.url) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"kept"), expected_version=None)
+        assert store.load(key) is not None
+        with private_redis.client() as admin:
+            # Every other client's connection: the store's held one among them.
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"kept"
+
+
+def test_an_error_reply_leaves_the_connection_as_it_is(
+    url: str, prefix: str, sent: list[str]
+) -> None:
+    with RedisStore.from_url(url, key_prefix=prefix) as store:
+        key = new_key()
+        assert store.load(key) is None  # the held connection, connected
+        with redis.Redis.from_url(url) as admin:
+            admin.hset(prefix + key, "field", "value")
+        sent.clear()
+        with pytest.raises(CorruptRecord):
+            store.load(key)
+        assert store.load(new_key()) is None
+        # No new connection's handshake (HELLO, CLIENT SETINFO) between the two.
+        assert sent == ["GET", "GET"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_forked_child_never_shares_its_parents_connection(url: str, prefix: str) -> None:
+    with RedisStore.from_url(url, key_prefix=prefix) as store:
+        mine, childs = new_key(), new_key()
+        assert store.save(mine, make_record(b"parent"), expected_version=None)
+        assert store.save(childs, make_record(b"child"), expected_version=None)
+        assert store.load(mine) is not None  # the parent's connection is held
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 0
+            try:
+                for _ in range(300):
+                    record = store.load(childs)
+                    if record is None or record.data != b"child":
+                        code = 1
+                        break
+            except BaseException:
+                code = 2
+            os._exit(code)
+        wrong = 0
+        for _ in range(300):
+            record = store.load(mine)
+            if record is None or record.data != b"parent":
+                wrong += 1
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert wrong == 0
