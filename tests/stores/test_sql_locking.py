@@ -226,9 +226,9 @@ def _lock_wait_setting(store: SQLStore) -> object:
 def test_locked_saves_take_the_lock_first_come_first_served(sql_store: SQLStore) -> None:
     """Each waits in the database's queue (this process's, on SQLite) in arrival order.
 
-    On PostgreSQL the first waiter holds the row's tuple lock and goes next; each save
-    then writes a new row version, and the later waiters, following the update chain,
-    may pass each other (docs/stores/sql.rst).
+    On PostgreSQL the holder's save writes a new row version, and every waiter, the
+    first included, follows the update chain to lock that one: they may pass each
+    other, and none is lost (docs/stores/sql.rst).
     """
     key = new_key()
     assert sql_store.save(key, make_record(b"{}"), expected_version=None)
@@ -258,8 +258,8 @@ def test_locked_saves_take_the_lock_first_come_first_served(sql_store: SQLStore)
             thread.join(PATIENCE)
     assert all(isinstance(outcome[0], Record) for _, outcome in started), started
     if sql_store.engine.dialect.name == "postgresql":
-        assert order[:2] == ["holder", "first"]
-        assert sorted(order[2:]) == ["second", "third"]
+        assert order[0] == "holder"
+        assert sorted(order[1:]) == ["first", "second", "third"]
     else:
         assert order == ["holder", "first", "second", "third"]
     loaded = sql_store.load(key)
