@@ -9,16 +9,19 @@ other threads, a capped pool or a client the application made go through the cli
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.helpers import SERVER, server_url, unreachable
-from tests.redis_servers import RedisServer
+from tests.helpers import PATIENCE, SERVER, free_ports, server_url, unreachable, wait_until
+from tests.redis_servers import RedisServer, running
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
 from wsgisession.stores import _redis_direct
@@ -215,3 +218,98 @@ def test_a_forked_child_never_shares_its_parents_connection(url: str, prefix: st
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert wrong == 0
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_retry(tmp_path: Path) -> None:
+    """With no retries at all, as through the client, whose pool checks a connection
+    it hands out."""
+    server = RedisServer(tmp_path / "idle", free_ports(1)[0], "--timeout", "1")
+    with running(server), RedisStore.from_url(server.url, retries=0) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"kept"), expected_version=None)
+        time.sleep(2.5)  # the server drops connections idle for a second
+        loaded = store.load(key)
+        assert loaded is not None and loaded.data == b"kept"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_child_forked_while_another_thread_sends_closes_and_works(url: str, prefix: str) -> None:
+    with RedisStore.from_url(url, key_prefix=prefix) as store:
+        key = new_key()
+        assert store.save(key, make_record(b"shared"), expected_version=None)
+        stop = threading.Event()
+
+        def busy() -> None:
+            while not stop.is_set():
+                store.load(key)
+
+        thread = threading.Thread(target=busy)
+        thread.start()
+        try:
+            for _ in range(10):
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child reports through its exit code
+                    signal.alarm(5)  # a child stuck on its parent's lock dies of it
+                    record = store.load(key)
+                    store.close()
+                    os._exit(0 if record is not None and record.data == b"shared" else 1)
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            stop.set()
+            thread.join()
+
+
+def test_after_a_sentinel_failover_saves_reach_the_new_master(tmp_path: Path) -> None:
+    master_port, replica_port, sentinel_port = free_ports(3)
+    (tmp_path / f"sentinel-{sentinel_port}.conf").write_text(
+        f"port {sentinel_port}\n"
+        "bind 127.0.0.1\n"
+        f"dir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\n"
+        "sentinel failover-timeout mymaster 5000\n"
+    )
+    master = RedisServer(tmp_path, master_port)
+    replica = RedisServer(tmp_path, replica_port, "--replicaof", "127.0.0.1", str(master_port))
+    sentinel = RedisServer(tmp_path, sentinel_port, sentinel=True)
+    url = f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"
+    with running(master), running(replica), running(sentinel):
+        watcher = redis.Redis(port=sentinel_port, socket_timeout=2)
+        wait_until(
+            "the sentinel to see the replica",
+            lambda: bool(watcher.sentinel_slaves("mymaster")),
+            PATIENCE,
+        )
+        with RedisStore.from_url(url) as store:
+            key = new_key()
+            assert store.save(key, make_record(b"v1"), expected_version=None)
+            assert store.load(key) is not None  # the held connection, on the master
+            wait_until(
+                "the replica to catch up",
+                lambda: replica.client().get(store.key_prefix + key) is not None,
+                PATIENCE,
+            )
+            watcher.execute_command("SENTINEL FAILOVER", "mymaster")
+            wait_until(
+                "the old master to serve as a replica",
+                lambda: master.client().role()[0] == b"slave",
+                PATIENCE,
+            )
+            version, failures = 1, 0
+            for _ in range(5):
+                try:
+                    saved = store.save(
+                        key, make_record(b"v2", version=version + 1), expected_version=version
+                    )
+                except StoreError:
+                    failures += 1  # a command in flight as the master changed
+                    continue
+                assert saved
+                break
+            # At most the command that found the old master demoted fails.
+            assert failures <= 1
+            loaded = store.load(key)
+            assert loaded is not None and loaded.data == b"v2"
+            assert replica.client().role()[0] == b"master"
+        watcher.close()

@@ -16,20 +16,28 @@ through the client, and so does every command while redis-py's observability is 
 ``max_connections`` while the store is open, which is why the store holds one only on
 a pool it made itself and no ``max_connections`` was asked of. A command
 interrupted by anything but an error reply (a timeout raised into the thread, a
-lost connection) disconnects the connection, so no reply can be read as another
-command's: the next command connects afresh. A forked child never touches its
-parent's connection; it checks out its own.
+lost connection) closes the connection and gives it back, so no reply can be read
+as another command's, and the next command checks one out through the pool, which
+connects it as the client would (to the master a Sentinel names now). What the pool
+checks on every connection it hands out (a socket the server or a proxy closed,
+stray bytes, pending maintenance notices) is checked once the connection has sat idle
+for a second, so a closed one costs no retry; a connection on a master other than the
+one a Sentinel last named is given back too. A forked child never touches its
+parent's connection or lock; it starts afresh.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
 
 try:
@@ -48,6 +56,9 @@ else:
 __all__ = ["Held"]
 
 _PLAIN_POOLS: Final = (redis.ConnectionPool, SentinelConnectionPool)
+# Seconds a connection may sit idle before a command checks it as the pool checks one it
+# hands out (a socket the server closed, stray bytes, pending maintenance notices).
+_IDLE: Final = 1.0
 
 
 class Held:
@@ -56,7 +67,7 @@ class Held:
     :param client: The store's standalone or Sentinel client.
     """
 
-    __slots__ = ("_client", "_connection", "_lock", "_pid", "_pool", "_reconnect")
+    __slots__ = ("_client", "_connection", "_lock", "_pid", "_pool", "_reconnect", "_used")
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -66,6 +77,7 @@ class Held:
         # Whether the server asked the connection to reconnect (a maintenance notice),
         # which the client checks after every command; redis-py 6 and later.
         self._reconnect: Callable[[], bool] | None = None
+        self._used = 0.0
         self._pid = os.getpid()
 
     @staticmethod
@@ -86,12 +98,12 @@ class Held:
 
         :raises redis.RedisError: As the client's ``execute_command`` would raise it.
         """
+        if self._pid != os.getpid():
+            self._forked()
         if _observed() or not self._lock.acquire(blocking=False):
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
         try:
-            connection = self._connection
-            if connection is None or self._pid != os.getpid():
-                connection = self._checkout()
+            connection = self._ready()
             try:
                 return connection.retry.call_with_retry(
                     lambda: _send(connection, args), lambda _error: connection.disconnect()
@@ -99,27 +111,92 @@ class Held:
             except ResponseError:
                 raise  # the reply was read whole: the connection is fine
             except BaseException:
-                connection.disconnect()
+                self._drop(connection)
                 raise
             finally:
-                if self._reconnect is not None and self._reconnect():
-                    connection.disconnect()  # the next command connects afresh
+                self._used = time.monotonic()
+                if (
+                    self._connection is connection
+                    and self._reconnect is not None
+                    and self._reconnect()
+                ):
+                    self._drop(connection)
         finally:
             self._lock.release()
 
+    def _ready(self) -> Any:
+        """The connection, checked as the pool checks one it hands out when it has sat
+        idle (the server or a proxy may have closed it), or when a Sentinel has named
+        another master since it connected."""
+        connection = self._connection
+        if connection is None:
+            return self._checkout()
+        if _moved(self._pool, connection):
+            self._drop(connection)
+            return self._checkout()
+        if time.monotonic() - self._used > _IDLE:
+            try:
+                _ensure(self._pool, connection)
+            except BaseException:
+                self._drop(connection)
+                raise
+        return connection
+
     def _checkout(self) -> Any:
-        # In a forked child, the parent's connection is the parent's: left alone.
         connection = self._connection = self._pool.get_connection()
         self._reconnect = getattr(connection, "should_reconnect", None)
-        self._pid = os.getpid()
         return connection
+
+    def _drop(self, connection: Any) -> None:
+        """Close *connection* and give it back: the next command checks one out through
+        the pool, which connects it as the client would (to the master a Sentinel
+        names now, say)."""
+        self._connection = None
+        connection.disconnect()
+        self._pool.release(connection)
+
+    def _forked(self) -> None:
+        """Start afresh in a forked child: the parent's connection and lock are the
+        parent's (another thread may have held the lock as the process forked)."""
+        self._lock = threading.Lock()
+        self._connection = None
+        self._pid = os.getpid()
 
     def release(self) -> None:
         """Give the connection back to the pool; the next command checks out another."""
+        if self._pid != os.getpid():
+            self._forked()
+            return
         with self._lock:
             connection, self._connection = self._connection, None
-            if connection is not None and self._pid == os.getpid():
+            if connection is not None:
                 self._pool.release(connection)
+
+
+def _ensure(pool: Any, connection: Any) -> None:
+    """Make *connection* ready as *pool* does a connection it hands out."""
+    ensure = getattr(pool, "ensure_connection", None)
+    if ensure is not None:
+        ensure(connection)
+        return
+    # redis-py before ensure_connection(): what its get_connection() did.
+    connection.connect()
+    try:
+        if connection.can_read():
+            raise RedisConnectionError("Connection has data")
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        connection.disconnect()
+        connection.connect()
+        if connection.can_read():
+            raise RedisConnectionError("Connection not ready") from None
+
+
+def _moved(pool: Any, connection: Any) -> bool:
+    """Whether a Sentinel has named a master other than the one *connection* is on."""
+    if type(pool) is not SentinelConnectionPool:
+        return False
+    master = pool.master_address
+    return master is not None and master != (connection.host, connection.port)
 
 
 def _send(connection: Any, args: tuple[Any, ...]) -> Any:
