@@ -392,9 +392,11 @@ def test_the_purge_lease_is_not_a_session(sql_store: SQLStore) -> None:
 # -- what the request path sends ---------------------------------------------------
 
 
-# The statement that opens a transaction of several statements, where the store sends
-# one itself (an engine in autocommit); MariaDB's driver opens its own.
-_OPENED_BY = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "BEGIN", "mariadb": None}
+# What the store sends to open a transaction of several statements, by dialect and
+# driver: SQLite's and psycopg 3's engines are in autocommit, so the store opens its
+# own; any other driver (psycopg2, PyMySQL) begins one before the first statement by
+# itself, unseen by SQLAlchemy's statement events.
+_OPENED_BY = {("sqlite", "pysqlite"): "BEGIN IMMEDIATE", ("postgresql", "psycopg"): "BEGIN"}
 
 
 class _Sent:
@@ -447,7 +449,8 @@ def test_a_save_that_replaces_a_key_opens_its_transaction(
     assert store.save(old, make_record(b"old"), expected_version=None)
     sent = _Sent(store.engine)
     assert store.save(new, make_record(b"new"), expected_version=None, replaces=old)
-    begin = _OPENED_BY[sql_kind]
+    dialect = store.engine.dialect
+    begin = _OPENED_BY.get((dialect.name, dialect.driver))
     if begin is not None:
         assert sent.statements[0] == begin
     assert not any(statement.startswith("BEGIN") for statement in sent.statements[1:])
