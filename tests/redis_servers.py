@@ -135,18 +135,11 @@ def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     directory = tmp_path_factory.mktemp("redis-sentinel")
     master_port, sentinel_port = free_ports(2)
     url = f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"
-    (directory / f"sentinel-{sentinel_port}.conf").write_text(
-        f"port {sentinel_port}\n"
-        "bind 127.0.0.1\n"
-        f"dir {directory}\n"
-        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-        "sentinel down-after-milliseconds mymaster 5000\n"
-    )
     with _servers() as started:
         try:
             for server in (
                 RedisServer(directory, master_port, "--appendonly", "no"),
-                RedisServer(directory, sentinel_port, sentinel=True),
+                sentinel_of(directory, sentinel_port, master_port, down_after_ms=5000),
             ):
                 started.append(server)
                 server.start()
@@ -154,6 +147,29 @@ def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         except ServerUnavailable as exc:
             unreachable(url, exc)
         yield url
+
+
+def sentinel_of(
+    directory: Path,
+    port: int,
+    master_port: int,
+    *,
+    down_after_ms: int,
+    failover_timeout_ms: int | None = None,
+) -> RedisServer:
+    """A Sentinel on *port* watching the master on *master_port* as ``mymaster``, its
+    configuration written into *directory* (not started)."""
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f"dir {directory}",
+        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1",
+        f"sentinel down-after-milliseconds mymaster {down_after_ms}",
+    ]
+    if failover_timeout_ms is not None:
+        lines.append(f"sentinel failover-timeout mymaster {failover_timeout_ms}")
+    (directory / f"sentinel-{port}.conf").write_text("\n".join(lines) + "\n")
+    return RedisServer(directory, port, sentinel=True)
 
 
 def _sentinel_sees_master(port: int) -> bool:

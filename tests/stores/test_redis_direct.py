@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from tests.helpers import PATIENCE, SERVER, free_ports, server_url, unreachable, wait_until
-from tests.redis_servers import RedisServer, running
+from tests.redis_servers import RedisServer, running, sentinel_of
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
 from wsgisession.stores import _redis_direct
@@ -262,17 +262,11 @@ def test_a_child_forked_while_another_thread_sends_closes_and_works(url: str, pr
 
 def test_after_a_sentinel_failover_saves_reach_the_new_master(tmp_path: Path) -> None:
     master_port, replica_port, sentinel_port = free_ports(3)
-    (tmp_path / f"sentinel-{sentinel_port}.conf").write_text(
-        f"port {sentinel_port}\n"
-        "bind 127.0.0.1\n"
-        f"dir {tmp_path}\n"
-        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-        "sentinel down-after-milliseconds mymaster 1000\n"
-        "sentinel failover-timeout mymaster 5000\n"
-    )
     master = RedisServer(tmp_path, master_port)
     replica = RedisServer(tmp_path, replica_port, "--replicaof", "127.0.0.1", str(master_port))
-    sentinel = RedisServer(tmp_path, sentinel_port, sentinel=True)
+    sentinel = sentinel_of(
+        tmp_path, sentinel_port, master_port, down_after_ms=1000, failover_timeout_ms=5000
+    )
     url = f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster/0"
     with running(master), running(replica), running(sentinel):
         watcher = redis.Redis(port=sentinel_port, socket_timeout=2)

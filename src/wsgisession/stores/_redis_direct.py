@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,11 +67,23 @@ class Held:
     :param client: The store's standalone or Sentinel client.
     """
 
-    __slots__ = ("_client", "_connection", "_lock", "_pid", "_pool", "_reconnect", "_used")
+    __slots__ = (
+        "_client",
+        "_connection",
+        "_lock",
+        "_pid",
+        "_pool",
+        "_reconnect",
+        "_sentinel",
+        "_used",
+    )
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._pool = client.connection_pool
+        # A Sentinel's pool, whose connection may be left on a demoted master.
+        pool = self._pool
+        self._sentinel = pool if isinstance(pool, SentinelConnectionPool) else None
         self._lock = threading.Lock()
         self._connection: Any = None
         # Whether the server asked the connection to reconnect (a maintenance notice),
@@ -81,7 +93,7 @@ class Held:
         self._pid = os.getpid()
 
     @staticmethod
-    def suits(client: object) -> bool:
+    def suits(client: object) -> TypeGuard[redis.Redis]:
         """Whether *client*'s commands can go on a held connection: a plain
         :class:`redis.Redis` (standalone or a Sentinel master's) on a plain pool, with
         no client-side cache and no single connection of its own."""
@@ -131,7 +143,7 @@ class Held:
         connection = self._connection
         if connection is None:
             return self._checkout()
-        if _moved(self._pool, connection):
+        if self._sentinel is not None and _moved(self._sentinel, connection):
             self._drop(connection)
             return self._checkout()
         if time.monotonic() - self._used > _IDLE:
@@ -191,10 +203,8 @@ def _ensure(pool: Any, connection: Any) -> None:
             raise RedisConnectionError("Connection not ready") from None
 
 
-def _moved(pool: Any, connection: Any) -> bool:
-    """Whether a Sentinel has named a master other than the one *connection* is on."""
-    if type(pool) is not SentinelConnectionPool:
-        return False
+def _moved(pool: SentinelConnectionPool, connection: Any) -> bool:
+    """Whether the Sentinel has named a master other than the one *connection* is on."""
     master = pool.master_address
     return master is not None and master != (connection.host, connection.port)
 

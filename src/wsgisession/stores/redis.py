@@ -519,7 +519,7 @@ class RedisStore(Store):
         if the client suits (see :mod:`~wsgisession.stores._redis_direct`)."""
         self._hold_connection = True
         client = self._client
-        if isinstance(client, redis.Redis) and Held.suits(client):
+        if Held.suits(client):
             self._held = Held(client)
 
     def _run(
