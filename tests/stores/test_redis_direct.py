@@ -24,7 +24,7 @@ from tests.helpers import PATIENCE, SERVER, free_ports, server_url, unreachable,
 from tests.redis_servers import RedisServer, running, sentinel_of
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
-from wsgisession.stores import _redis_direct
+from wsgisession.stores import _redis_direct, _redis_scripts
 from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
@@ -63,7 +63,13 @@ def through_client(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         names.append(str(args[0]))
         return original(self, *args, **options)
 
+    def execute(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        names.append("pipeline")
+        return pipeline_execute(self, raise_on_error)
+
+    pipeline_execute = redis.client.Pipeline.execute
     monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
     return names
 
 
@@ -72,8 +78,10 @@ def _every_kind_of_request(store: RedisStore) -> None:
     assert store.save(key, make_record(b"one"), expected_version=None)  # SET NX
     assert store.save(key, make_record(b"two", version=2), expected_version=1)  # EVALSHA
     assert store.save(user_key, make_record(user_id="ann"), expected_version=None)
+    big = make_record(b"x" * _redis_scripts.STAGE_AT, version=3)
+    assert store.save(key, big, expected_version=2)  # SET and EVALSHA, pipelined
     loaded = store.load(key)  # GET
-    assert loaded is not None and loaded.data == b"two"
+    assert loaded is not None and loaded.data == big.data
     assert store.refresh(key, time.time() + 7200, time.time())
     assert store.delete(key)
     assert store.load(key) is None
@@ -106,7 +114,7 @@ def test_other_clients_go_through_the_client(
         store = RedisStore.from_url(url, key_prefix=prefix)
     with store:
         _every_kind_of_request(store)
-    assert {"GET", "SET", "EVALSHA"} <= set(through_client)
+    assert {"GET", "SET", "EVALSHA", "pipeline"} <= set(through_client)
 
 
 def test_concurrent_threads_each_read_their_own_records(url: str, prefix: str) -> None:

@@ -6,9 +6,9 @@ socket: three system calls), the retry, observability hooks, argument parsing fo
 rarely used commands, and checking the connection back in. On the benchmark machine
 that came to about 45 µs a command, a third of a loopback ``GET``. :class:`Held`
 keeps one connection checked out of the client's own pool for the store's ``GET``,
-``SET`` and ``EVALSHA`` of the request path, and sends each command on it under the
-connection's own retry, as the client does: the same reconnection on a dropped
-connection, the same errors.
+``SET`` and ``EVALSHA`` of the request path (and the pipeline of a staged save), and
+sends each command on it under the connection's own retry, as the client does: the
+same reconnection on a dropped connection, the same errors.
 
 The connection is used by one thread at a time; a thread that finds it busy goes
 through the client, and so does every command while redis-py's observability is on
@@ -53,7 +53,7 @@ else:
         return get_observability_instance().is_enabled()
 
 
-__all__ = ["Held"]
+__all__ = ["Held", "pipelined"]
 
 _PLAIN_POOLS: Final = (redis.ConnectionPool, SentinelConnectionPool)
 # Seconds a connection may sit idle before a command checks it as the pool checks one it
@@ -110,15 +110,38 @@ class Held:
 
         :raises redis.RedisError: As the client's ``execute_command`` would raise it.
         """
+        client = self._client
+        return self._call(
+            lambda connection: _send(connection, args),
+            lambda: client.execute_command(*args),  # type: ignore[no-untyped-call,unused-ignore]
+        )
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send *commands* at once and return their replies, in order, as they came: an
+        error reply as its :exc:`~redis.ResponseError`, in its place, as a
+        non-transactional pipeline's ``execute(raise_on_error=False)`` gives it.
+
+        :raises redis.RedisError: Anything but an error reply, as the pipeline would.
+        """
+        client = self._client
+        replies: list[Any] = self._call(
+            lambda connection: _send_all(connection, commands),
+            lambda: pipelined(client, commands),
+        )
+        return replies
+
+    def _call(self, send: Callable[[Any], Any], through_client: Callable[[], Any]) -> Any:
+        """``send(connection)`` on the held connection, or *through_client* when another
+        thread holds it or redis-py's observability is on."""
         if self._pid != os.getpid():
             self._forked()
         if _observed() or not self._lock.acquire(blocking=False):
-            return self._client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
+            return through_client()
         try:
             connection = self._ready()
             try:
                 return connection.retry.call_with_retry(
-                    lambda: _send(connection, args), lambda _error: connection.disconnect()
+                    lambda: send(connection), lambda _error: connection.disconnect()
                 )
             except ResponseError:
                 raise  # the reply was read whole: the connection is fine
@@ -212,3 +235,26 @@ def _moved(pool: SentinelConnectionPool, connection: Any) -> bool:
 def _send(connection: Any, args: tuple[Any, ...]) -> Any:
     connection.send_command(*args)
     return connection.read_response()
+
+
+def pipelined(client: Any, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """Send *commands* through *client* in one non-transactional pipeline; return their
+    replies, an error reply as its exception, in its place."""
+    with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+
+def _send_all(connection: Any, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        # Every reply is read, an error reply's included, so none is left for the next
+        # command to take as its own.
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies

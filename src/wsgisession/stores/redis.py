@@ -33,7 +33,7 @@ from . import _redis_lua as lua
 from . import _redis_reads as reads
 from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
-from ._redis_direct import Held
+from ._redis_direct import Held, pipelined
 from ._redis_lock import SaveLock, poll_interval
 from ._redis_url import Client, ClientPlan, check_cluster_prefix, describe, plan_client
 from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
@@ -544,6 +544,14 @@ class RedisStore(Store):
             return held.execute(*args)
         return self.client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
 
+    def _pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send *commands* of the request path in one non-transactional pipeline; return
+        their replies, an error reply as its exception, in its place."""
+        held = self._held
+        if held is not None:
+            return held.pipeline(*commands)
+        return pipelined(self.client, commands)
+
     def _run_staged(
         self, key: str, keys: list[str], args: list[str | bytes | int], value: bytes
     ) -> Any:
@@ -557,11 +565,12 @@ class RedisStore(Store):
         if len(keys) == 2:  # no replaced key: its three arguments, as the stage's name follows
             args += [b"", *scripts.tombstone_args(None, 0.0)]
         args.append(stage)
-        client = self.client
-        with self._errors(), client.pipeline(transaction=False) as pipe:
-            pipe.set(stage, value, px=scripts.STAGE_TTL_MS)
-            pipe.evalsha(lua.SAVE.sha, len(keys), *keys, *args)
-            staged, answer = pipe.execute(raise_on_error=False)
+        commands = (
+            ("SET", stage, value, "PX", scripts.STAGE_TTL_MS),
+            ("EVALSHA", lua.SAVE.sha, len(keys), *keys, *args),
+        )
+        with self._errors():
+            staged, answer = self._pipeline(*commands)
             if isinstance(staged, Exception):
                 raise staged
             if isinstance(answer, NoScriptError):
