@@ -7,7 +7,8 @@ arguments are in :mod:`~wsgisession.stores._redis_scripts`, the scripts in
 :mod:`~wsgisession.stores._redis_lua`; the steps a write takes on Redis Cluster,
 where no script may span the slots of a session, the key it replaces and its
 user's set, in :mod:`~wsgisession.stores._redis_cluster`; waiting for a session's
-save lock in :mod:`~wsgisession.stores._redis_lock`; reading many sessions at once
+save lock in :mod:`~wsgisession.stores._redis_lock`, and writing as its holder in
+:mod:`~wsgisession.stores._redis_locked`; reading many sessions at once
 (a user's, or all of them to count) in :mod:`~wsgisession.stores._redis_reads`;
 reading a store URL in :mod:`~wsgisession.stores._redis_url`; and the connection the
 store keeps for its request path in :mod:`~wsgisession.stores._redis_direct`.
@@ -35,6 +36,7 @@ from . import _redis_scripts as scripts
 from ._redis_cluster import ClusterSteps
 from ._redis_direct import Held, pipelined
 from ._redis_lock import SaveLock, poll_interval
+from ._redis_locked import LockedWrite
 from ._redis_url import Client, ClientPlan, check_cluster_prefix, describe, plan_client
 from .base import CorruptRecord, LockTimeout, Record, Store, mask_url, translate_errors
 
@@ -300,13 +302,16 @@ class RedisStore(Store):
         lock = SaveLock(
             self._run, self._wait, self.key_prefix + key, self._keys.lock(key), poll=self._poll
         )
+        writes = LockedWrite(
+            self._run, self._keys, cluster=self._cluster(), may_write=self._may_write
+        )
         while True:
             taken, value = lock.take(deadline)
             if not taken:
                 raise LockTimeout(
                     f"{mask_url(self._name)}: session {key[:8]}… stayed locked for {timeout:g} s"
                 )
-            done, written = self._hold(lock, key, value, build, target, tombstone)
+            done, written = writes.hold(lock, key, value, build, target, tombstone)
             if done:
                 return written
             log.warning("session %s: a save lock's lease ran out before its write", key[:8])
@@ -392,94 +397,6 @@ class RedisStore(Store):
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._name}>"
-
-    def _hold(
-        self,
-        lock: SaveLock,
-        key: str,
-        value: bytes | None,
-        build: Callable[[Record], Record | None],
-        target: str | None,
-        tombstone: Record | None,
-    ) -> tuple[bool, Record | None]:
-        """Build and write as the lock's holder, and see that the lock is let go.
-
-        Return ``(True, what save_locked returns)``, or ``(False, None)`` if the
-        lease ran out first and the caller must start over.
-        """
-        held = True
-        try:
-            while True:
-                current = reads.decode_quietly(key, value)
-                if current is None or current.expires_at <= _clock.now():
-                    return True, None
-                record = build(current)
-                if record is None:
-                    return True, None
-                cluster = self._cluster()
-                if (
-                    target is not None
-                    and cluster
-                    and not self._may_write(target, None, _clock.now())
-                ):
-                    log.warning("session %s: the key a locked save moves to is taken", key[:8])
-                    return True, None
-                result = self._write_locked(lock, current, record, key, target, tombstone)
-                if result[0] == 2:  # a regenerate replaced it meanwhile: build on that
-                    value = result[1] or None
-                    continue
-                held = False  # the script handed the lock over, or it was not ours
-                if result[0] == -1:
-                    return False, None
-                if result[0] == 3:
-                    log.warning("session %s: the key a locked save moves to is taken", key[:8])
-                if result[0] != 1:
-                    return True, None
-                if cluster and target is not None:
-                    moved = self._steps.finish_move(
-                        key, target, record, scripts.user_of(result[1])
-                    )
-                    return True, moved
-                if cluster:
-                    self._steps.after_save(key, record, scripts.user_of(result[1]), None)
-                return True, record
-        except BaseException:
-            if held:
-                held = False
-                # What failed (build's exception, say) goes out unchanged.
-                lock.release(quiet=True)
-            raise
-        finally:
-            if held:
-                lock.release()
-
-    def _write_locked(
-        self,
-        lock: SaveLock,
-        current: Record,
-        record: Record,
-        key: str,
-        target: str | None,
-        tombstone: Record | None,
-    ) -> Any:
-        now = _clock.now()
-        cluster = self._cluster()
-        keys = lock.keys
-        if target is not None and not cluster:
-            keys = [*keys, self.key_prefix + target]
-        args: list[str | bytes | int] = [
-            lock.token,
-            lock.lease_ms,
-            scripts.version_arg(current.version),
-            repr(now),
-            scripts.ttl_ms(record.expires_at, now),
-            "" if cluster else self._keys.index,
-            key,
-            target or "",
-            *scripts.tombstone_args(tombstone, now),
-            scripts.encode(record),
-        ]
-        return self._run(lua.LOCKED, keys, args)
 
     @property
     def _steps(self) -> ClusterSteps:
