@@ -13,6 +13,7 @@ import sys
 import threading
 import types
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -302,6 +303,53 @@ def test_json_encodes_as_is_exact(stored: Any, now: Any, same_value: bool, walke
     # The walk of the value as decoded: *now* is made of other objects, equal or not.
     walk = s.walk(record, s.loads(record)["k"]) if walked else None
     assert s.encodes_as(now, parts["k"], walk) is same_value
+
+
+def _fill_empty(value: Any) -> None:
+    value[1]["tags"].append((1,))
+
+
+def _nan_for_none(value: Any) -> None:
+    value[1]["gift"] = math.nan
+
+
+def _tuple_for_list(value: Any) -> None:
+    value[1]["tags"] = ()
+
+
+def _rename(value: Any) -> None:
+    value[1]["label"] = value[1].pop("tags")
+
+
+def _enum_for_int(value: Any) -> None:
+    # Equal to the 1 it replaces, and written the same: only its type tells.
+    value[0] = Color.RED
+
+
+@pytest.mark.parametrize(
+    ("change", "same_value"),
+    [
+        pytest.param(lambda value: None, True, id="unchanged"),
+        pytest.param(_fill_empty, False, id="an-empty-list-filled"),
+        pytest.param(_nan_for_none, False, id="nan-for-none"),
+        pytest.param(_tuple_for_list, False, id="empty-tuple-for-empty-list"),
+        pytest.param(_rename, False, id="key-renamed"),
+        pytest.param(_enum_for_int, False, id="int-enum-for-its-int"),
+    ],
+)
+def test_json_encodes_as_finds_changes_in_place_of_the_walked_value(
+    change: Callable[[Any], None], same_value: bool
+) -> None:
+    # The value is the very one walked: what a handler changed in it, down to the
+    # objects of the last level (an empty list, None, an int), is found.
+    s = JSONSerializer()
+    record = s.dumps({"k": [1, {"gift": None, "tags": []}]})
+    parts = s.parts(record)
+    assert parts is not None
+    value = s.loads(record)["k"]
+    walk = s.walk(record, value)
+    change(value)
+    assert s.encodes_as(value, parts["k"], walk) is same_value
 
 
 class _Touchy(enum.Enum):
