@@ -221,6 +221,8 @@ class SQLite3Store(Store):
                     return None
                 if moves_to is None:
                     self._write(db, key, record)
+                elif self._live(db, moves_to) is not None:
+                    return None  # a move is a create: another session lives there
                 else:
                     self._write(db, moves_to, record, key, tombstone)
                 return record

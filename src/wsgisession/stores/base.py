@@ -165,10 +165,11 @@ class Store(abc.ABC):
         writes ``build(current)``: under *key* in place of *current*, or, with
         *moves_to*, as a new record under *moves_to* while the record under *key* is
         deleted (or overwritten by *tombstone*) in the same step, as :meth:`save`'s
-        *replaces* does. It returns the record written, or ``None`` if *build* returned
-        ``None``. *build* may run more than once, where the store has to start over
-        (a lease it lost, say); what it raises propagates unchanged, with the lock
-        released and nothing written.
+        *replaces* does: a live record already under *moves_to* is left alone, and
+        nothing is written. It returns the record written, or ``None`` if *build*
+        returned ``None`` or *moves_to* was taken. *build* may run more than once,
+        where the store has to start over (a lease it lost, say); what it raises
+        propagates unchanged, with the lock released and nothing written.
         """
 
     @abc.abstractmethod

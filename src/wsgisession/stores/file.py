@@ -318,6 +318,9 @@ class FileStore(Store):
                     written = self._commit((key, found, current), record, None, None)
                 else:
                     target = (new, *self._read_any(new))
+                    there = target[2]
+                    if there is not None and there.expires_at > _clock.now():
+                        return None  # a move is a create: another session lives there
                     written = self._commit(target, record, (key, found, current), tombstone)
             return record if written else None
 

@@ -107,6 +107,8 @@ class MemoryStore(Store):
                         return None
                     if moves_to is None or moves_to == key:
                         self._write(key, record, None, None)
+                    elif self._live(moves_to) is not None:
+                        return None  # a move is a create: another session lives there
                     else:
                         self._write(moves_to, record, key, tombstone)
                     return record

@@ -169,6 +169,30 @@ class LockedSaveTests:
         loaded = loads(store, new, "the record save_locked(moves_to=) wrote over an expired one")
         assert json.loads(loaded.data) == {"a": 1}, f"the moved record holds {loaded.data!r}"
 
+    def test_locked_move_leaves_a_live_record_at_the_new_key_alone(self, store: Store) -> None:
+        """A move is a create at the new key: another session living there is no
+        record to write over, so nothing is written, and both stay as they were."""
+        old, new = new_key(), new_key()
+        create(store, old, make_record(b'{"a": 1}', user_id="ann"))
+        create(store, new, make_record(b'{"b": 2}', user_id="bob"))
+
+        def build(current: Record) -> Record:
+            return make_record(current.data, version=1, user_id="ann")
+
+        written = store.save_locked(old, build, timeout=_PATIENCE, moves_to=new)
+        assert written is None, (
+            "save_locked(moves_to=) onto a key holding a live record returned a record: "
+            "it wrote over another session"
+        )
+        there = loads(store, new, "the live record at the key a locked move was refused")
+        assert json.loads(there.data) == {"b": 2}, f"the other session now holds {there.data!r}"
+        assert there.user_id == "bob", f"the other session now belongs to {there.user_id!r}"
+        kept = loads(store, old, "the record a refused locked move left")
+        assert json.loads(kept.data) == {"a": 1}, f"the record left now holds {kept.data!r}"
+        for user, key in (("ann", old), ("bob", new)):
+            listed = [k for k, _ in store.user_records(user)]
+            assert listed == [key], f"after a refused locked move {user}'s index lists {listed}"
+
     def test_locked_move_leaves_the_tombstone(self, store: Store) -> None:
         old, new = new_key(), new_key()
         create(store, old, make_record(b"{}", user_id="ann"))
