@@ -25,7 +25,7 @@ from tests.redis_servers import RedisServer, running, sentinel_of
 from tests.tcp_proxy import TCPProxy
 from wsgisession.errors import StoreError
 from wsgisession.stores import _redis_direct, _redis_scripts
-from wsgisession.stores.base import CorruptRecord
+from wsgisession.stores.base import CorruptRecord, Record
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
 from wsgisession.testing._helpers import run_threads
@@ -117,8 +117,10 @@ def test_other_clients_go_through_the_client(
     assert {"GET", "SET", "EVALSHA", "pipeline"} <= set(through_client)
 
 
-def test_concurrent_threads_each_read_their_own_records(url: str, prefix: str) -> None:
-    """One thread at a time on the held connection, the others through the pool."""
+def test_concurrent_threads_each_read_their_own_records(
+    url: str, prefix: str, through_client: list[str]
+) -> None:
+    """Each thread on a connection of its own: none goes through the client."""
     with RedisStore.from_url(url, key_prefix=prefix) as store:
         keys = [new_key() for _ in range(8)]
         for n, key in enumerate(keys):
@@ -139,6 +141,31 @@ def test_concurrent_threads_each_read_their_own_records(url: str, prefix: str) -
 
         run_threads(len(keys), work)
         assert wrong == []
+    assert through_client == []
+
+
+def _connected(client: redis.Redis) -> int:
+    clients: dict[str, Any] = client.info("clients")
+    return int(clients["connected_clients"])
+
+
+def test_a_thread_that_ends_gives_its_connection_back(private_redis: RedisServer) -> None:
+    """Threads that come and go (a server with a thread per request) reuse the
+    connections of those that ended: the pool doesn't grow with every thread."""
+    with (
+        RedisStore.from_url(private_redis.url) as store,
+        redis.Redis.from_url(private_redis.url) as watcher,
+    ):
+        key = new_key()
+        assert store.save(key, make_record(b"x"), expected_version=None)
+        before = _connected(watcher)
+        for _ in range(20):
+            thread = threading.Thread(target=store.load, args=(key,))
+            thread.start()
+            thread.join()
+        # One connection at most, handed from each thread to the next, and the main
+        # thread's own.
+        assert _connected(watcher) <= before + 1
 
 
 class _SlowReplies(TCPProxy):
@@ -150,6 +177,29 @@ class _SlowReplies(TCPProxy):
         if from_target and self.delay:
             time.sleep(self.delay)
         return True
+
+
+def test_close_waits_for_a_command_under_way_then_gives_each_connection_back(
+    private_redis: RedisServer,
+) -> None:
+    with (
+        _SlowReplies(("127.0.0.1", private_redis.port)) as proxy,
+        redis.Redis.from_url(private_redis.url) as watcher,
+    ):
+        store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+        key = new_key()
+        assert store.save(key, make_record(b"x"), expected_version=None)
+        loaded: list[object] = []
+        proxy.delay = 0.5
+        thread = threading.Thread(target=lambda: loaded.append(store.load(key)))
+        thread.start()
+        time.sleep(0.1)  # the load is waiting for its reply
+        store.close()
+        thread.join()
+        proxy.delay = 0.0
+        record = loaded[0]
+        assert isinstance(record, Record) and record.data == b"x"
+        wait_until("the store's connections closed", lambda: _connected(watcher) == 1)
 
 
 def test_a_reply_that_comes_too_late_is_never_read_as_the_next_commands(

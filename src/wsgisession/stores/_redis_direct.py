@@ -5,32 +5,36 @@ checking a connection out of the pool (which first looks for stray bytes on its
 socket: three system calls), the retry, observability hooks, argument parsing for
 rarely used commands, and checking the connection back in. On the benchmark machine
 that came to about 45 µs a command, a third of a loopback ``GET``. :class:`Held`
-keeps one connection checked out of the client's own pool for the store's ``GET``,
-``SET`` and ``EVALSHA`` of the request path (and the pipeline of a staged save), and
-sends each command on it under the connection's own retry, as the client does: the
-same reconnection on a dropped connection, the same errors.
+keeps a connection checked out of the client's own pool for each thread that sends
+the store's ``GET``, ``SET`` and ``EVALSHA`` of the request path (and the pipeline of a
+staged save), and sends each command on it under the connection's own retry, as the
+client does: the same reconnection on a dropped connection, the same errors.
 
-The connection is used by one thread at a time; a thread that finds it busy goes
+A thread's connection goes back to the pool when the thread ends, for the next thread
+to take, and when the store is closed, once the command under way on it is done. A
+command a thread sends while its own is under way (from a signal handler, say) goes
 through the client, and so does every command while redis-py's observability is on
-(its metrics would miss ours). The connection counts against the pool's
-``max_connections`` while the store is open, which is why the store holds one only on
-a pool it made itself and no ``max_connections`` was asked of. A command
+(its metrics would miss ours). The connections count against the pool's
+``max_connections`` while their threads live, which is why the store holds them only
+on a pool it made itself and no ``max_connections`` was asked of. A command
 interrupted by anything but an error reply (a timeout raised into the thread, a
 lost connection) closes the connection and gives it back, so no reply can be read
-as another command's, and the next command checks one out through the pool, which
-connects it as the client would (to the master a Sentinel names now). What the pool
-checks on every connection it hands out (a socket the server or a proxy closed,
+as another command's, and the thread's next command checks one out through the pool,
+which connects it as the client would (to the master a Sentinel names now). What the
+pool checks on every connection it hands out (a socket the server or a proxy closed,
 stray bytes, pending maintenance notices) is checked once the connection has sat idle
 for a second, so a closed one costs no retry; a connection on a master other than the
 one a Sentinel last named is given back too. A forked child never touches its
-parent's connection or lock; it starts afresh.
+parent's connections or locks; it starts afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, TypeGuard
 
@@ -61,36 +65,62 @@ _PLAIN_POOLS: Final = (redis.ConnectionPool, SentinelConnectionPool)
 _IDLE: Final = 1.0
 
 
+class _Slot:
+    """One thread's connection, kept out of the pool while the thread lives.
+
+    Given back when the thread ends (its thread-local storage goes, and this with it),
+    or by :meth:`Held.release`; never by a forked child, whose parent owns it.
+    """
+
+    __slots__ = ("__weakref__", "connection", "lock", "pid", "pool", "reconnect", "used")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.pid = os.getpid()
+        #: Taken by its thread around each command, without waiting: a command sent
+        #: while one is under way (from a signal handler, say) goes through the
+        #: client; and by :meth:`Held.release`, which waits for the command.
+        self.lock = threading.Lock()
+        self.connection: Any = None
+        # Whether the server asked the connection to reconnect (a maintenance notice),
+        # which the client checks after every command; redis-py 6 and later.
+        self.reconnect: Callable[[], bool] | None = None
+        self.used = 0.0
+
+    def give_back(self) -> None:
+        """Give the connection back to the pool, in the process that checked it out."""
+        connection, self.connection = self.connection, None
+        if connection is not None and self.pid == os.getpid():
+            self.pool.release(connection)
+
+    def __del__(self) -> None:
+        # The thread ended: its connection goes back to the pool, for the next thread.
+        with contextlib.suppress(Exception):
+            self.give_back()
+
+
 class Held:
-    """Sends commands on one connection kept out of *client*'s pool.
+    """Sends commands on connections kept out of *client*'s pool, one per thread.
 
     :param client: The store's standalone or Sentinel client.
     """
 
-    __slots__ = (
-        "_client",
-        "_connection",
-        "_lock",
-        "_pid",
-        "_pool",
-        "_reconnect",
-        "_sentinel",
-        "_used",
-    )
+    __slots__ = ("_client", "_guard", "_local", "_pid", "_pool", "_sentinel", "_slots")
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._pool = client.connection_pool
-        # A Sentinel's pool, whose connection may be left on a demoted master.
+        # A Sentinel's pool, whose connections may be left on a demoted master.
         pool = self._pool
         self._sentinel = pool if isinstance(pool, SentinelConnectionPool) else None
-        self._lock = threading.Lock()
-        self._connection: Any = None
-        # Whether the server asked the connection to reconnect (a maintenance notice),
-        # which the client checks after every command; redis-py 6 and later.
-        self._reconnect: Callable[[], bool] | None = None
-        self._used = 0.0
+        self._start()
+
+    def _start(self) -> None:
         self._pid = os.getpid()
+        self._local = threading.local()
+        # Every live thread's slot, for release(); a thread that ends drops its own.
+        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
+        self._guard = threading.Lock()
 
     @staticmethod
     def suits(client: object) -> TypeGuard[redis.Redis]:
@@ -131,14 +161,21 @@ class Held:
         return replies
 
     def _call(self, send: Callable[[Any], Any], through_client: Callable[[], Any]) -> Any:
-        """``send(connection)`` on the held connection, or *through_client* when another
-        thread holds it or redis-py's observability is on."""
+        """``send(connection)`` on this thread's connection, or *through_client* while
+        the thread is already sending one or redis-py's observability is on."""
         if self._pid != os.getpid():
-            self._forked()
-        if _observed() or not self._lock.acquire(blocking=False):
+            self._start()  # a forked child: the parent's connections stay the parent's
+        try:
+            slot: _Slot = self._local.slot
+        except AttributeError:
+            slot = self._local.slot = _Slot(self._pool)
+            with self._guard:
+                self._slots.add(slot)
+        lock = slot.lock
+        if _observed() or not lock.acquire(blocking=False):
             return through_client()
         try:
-            connection = self._ready()
+            connection = self._ready(slot)
             try:
                 return connection.retry.call_with_retry(
                     lambda: send(connection), lambda _error: connection.disconnect()
@@ -146,66 +183,57 @@ class Held:
             except ResponseError:
                 raise  # the reply was read whole: the connection is fine
             except BaseException:
-                self._drop(connection)
+                self._drop(slot, connection)
                 raise
             finally:
-                self._used = time.monotonic()
+                slot.used = time.monotonic()
                 if (
-                    self._connection is connection
-                    and self._reconnect is not None
-                    and self._reconnect()
+                    slot.connection is connection
+                    and slot.reconnect is not None
+                    and slot.reconnect()
                 ):
-                    self._drop(connection)
+                    self._drop(slot, connection)
         finally:
-            self._lock.release()
+            lock.release()
 
-    def _ready(self) -> Any:
-        """The connection, checked as the pool checks one it hands out when it has sat
-        idle (the server or a proxy may have closed it), or when a Sentinel has named
-        another master since it connected."""
-        connection = self._connection
+    def _ready(self, slot: _Slot) -> Any:
+        """The slot's connection, checked as the pool checks one it hands out when it
+        has sat idle (the server or a proxy may have closed it), or when a Sentinel has
+        named another master since it connected."""
+        connection = slot.connection
         if connection is None:
-            return self._checkout()
+            connection = slot.connection = self._pool.get_connection()
+            slot.reconnect = getattr(connection, "should_reconnect", None)
+            return connection
         if self._sentinel is not None and _moved(self._sentinel, connection):
-            self._drop(connection)
-            return self._checkout()
-        if time.monotonic() - self._used > _IDLE:
+            self._drop(slot, connection)
+            return self._ready(slot)
+        if time.monotonic() - slot.used > _IDLE:
             try:
                 _ensure(self._pool, connection)
             except BaseException:
-                self._drop(connection)
+                self._drop(slot, connection)
                 raise
         return connection
 
-    def _checkout(self) -> Any:
-        connection = self._connection = self._pool.get_connection()
-        self._reconnect = getattr(connection, "should_reconnect", None)
-        return connection
-
-    def _drop(self, connection: Any) -> None:
-        """Close *connection* and give it back: the next command checks one out through
-        the pool, which connects it as the client would (to the master a Sentinel
-        names now, say)."""
-        self._connection = None
+    def _drop(self, slot: _Slot, connection: Any) -> None:
+        """Close *connection* and give it back: the slot's next command checks one out
+        through the pool, which connects it as the client would (to the master a
+        Sentinel names now, say)."""
         connection.disconnect()
-        self._pool.release(connection)
-
-    def _forked(self) -> None:
-        """Start afresh in a forked child: the parent's connection and lock are the
-        parent's (another thread may have held the lock as the process forked)."""
-        self._lock = threading.Lock()
-        self._connection = None
-        self._pid = os.getpid()
+        slot.give_back()
 
     def release(self) -> None:
-        """Give the connection back to the pool; the next command checks out another."""
+        """Give every thread's connection back to the pool, each once its command is
+        done; a thread's next command checks out another."""
         if self._pid != os.getpid():
-            self._forked()
+            self._start()
             return
-        with self._lock:
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                self._pool.release(connection)
+        with self._guard:
+            slots = list(self._slots)
+        for slot in slots:
+            with slot.lock:
+                slot.give_back()
 
 
 def _ensure(pool: Any, connection: Any) -> None:
