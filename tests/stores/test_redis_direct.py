@@ -163,8 +163,7 @@ def test_a_thread_that_ends_gives_its_connection_back(private_redis: RedisServer
             thread = threading.Thread(target=store.load, args=(key,))
             thread.start()
             thread.join()
-        # One connection at most, handed from each thread to the next, and the main
-        # thread's own.
+        # One more at most, handed from each thread to the next.
         assert _connected(watcher) <= before + 1
 
 
@@ -173,8 +172,14 @@ class _SlowReplies(TCPProxy):
 
     delay = 0.0
 
+    def __init__(self, target: tuple[str, int]) -> None:
+        #: Set once a reply is being held back: its command reached the server.
+        self.holding = threading.Event()
+        super().__init__(target)
+
     def forwards(self, data: bytes, from_target: bool) -> bool:
         if from_target and self.delay:
+            self.holding.set()
             time.sleep(self.delay)
         return True
 
@@ -193,8 +198,8 @@ def test_close_waits_for_a_command_under_way_then_gives_each_connection_back(
         proxy.delay = 0.5
         thread = threading.Thread(target=lambda: loaded.append(store.load(key)))
         thread.start()
-        time.sleep(0.1)  # the load is waiting for its reply
-        store.close()
+        assert proxy.holding.wait(PATIENCE), "the load's GET never reached the server"
+        store.close()  # while the load waits for its reply
         thread.join()
         proxy.delay = 0.0
         record = loaded[0]
