@@ -1,9 +1,10 @@
-"""The Redis store's request path on a connection it holds (docs/stores/redis.rst).
+"""The Redis store's request path on connections it holds (docs/stores/redis.rst).
 
-The store's GET, SET and EVALSHA skip redis-py's client layer for one connection of
-the pool it made: each reply must be its own command's, whatever happened to the one
-before (a timeout, a server that closed the connection, an error reply, a fork), and
-other threads, a capped pool or a client the application made go through the client.
+The store's GET, SET and EVALSHA skip redis-py's client layer on a connection of the
+pool it made, one per thread: each reply must be its own command's, whatever happened
+to the one before (a timeout, a server that closed the connection, an error reply, a
+fork); a thread that ends gives its connection back; a capped pool or a client the
+application made go through the client.
 """
 
 from __future__ import annotations

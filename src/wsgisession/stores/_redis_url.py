@@ -97,7 +97,7 @@ class ClientPlan:
     lazy: bool = False
     #: Called after the client is closed (the Sentinel connections).
     closers: list[Callable[[], None]] = field(default_factory=list)
-    #: Whether the store may keep a connection of the pool for the request path: the
+    #: Whether the store may keep connections of the pool for the request path: the
     #: pool is the store's own, and no ``max_connections`` was asked of it.
     hold_connection: bool = False
 

@@ -105,8 +105,8 @@ class RedisStore(Store):
         self, client: Client | Callable[[], Client], *, key_prefix: str = "session:"
     ) -> None:
         self.key_prefix = key_prefix
-        # Whether to keep a connection of the client's pool for the request path; only
-        # from_url says so, for a pool the store made itself.
+        # Whether to keep connections of the client's pool for the request path, one
+        # per thread; only from_url says so, for a pool the store made itself.
         self._hold_connection = False
         self._held: Held | None = None
         self._keys = scripts.Keys(key_prefix)
@@ -432,8 +432,8 @@ class RedisStore(Store):
             self._keep_connection()
 
     def _keep_connection(self) -> None:
-        """Keep one connection of the client's pool for the request path's commands,
-        if the client suits (see :mod:`~wsgisession.stores._redis_direct`)."""
+        """Keep a connection of the client's pool for each thread's request-path
+        commands, if the client suits (see :mod:`~wsgisession.stores._redis_direct`)."""
         self._hold_connection = True
         client = self._client
         if Held.suits(client):
