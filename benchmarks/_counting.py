@@ -10,6 +10,8 @@
   PostgreSQL also the network round trips themselves, from libpq's protocol trace.
 * Memcached round trips: every command a pymemcache ``Client`` sends and waits on
   (``get``/``gets`` of several keys is one); pooled and hashed clients go through it.
+  The store's request path also sends on connections it holds, through two functions
+  of ``wsgisession.stores._memcached_direct``, counted the same way.
 * Files opened: calls of ``open`` and ``os.open`` (temp files and lock files included).
 * Bytes sent: what went to Redis, into SQL parameters, or through ``os.write`` and
   ``os.pwrite``; it tells an expiry update from a rewrite of the whole record.
@@ -34,6 +36,8 @@ import sqlalchemy as sa
 from pymemcache.client.base import Client as MemcacheClient
 from sqlalchemy import event
 from sqlalchemy.engine import default as sa_default
+
+from wsgisession.stores import _memcached_direct
 
 #: What the current pass has seen; reset by :func:`counting`.
 SEEN: Counter[str] = Counter()
@@ -79,6 +83,29 @@ def _memcached_hooks() -> list[tuple[str, Callable[..., Any]]]:
         return counted
 
     return [("_fetch_cmd", fetch), ("_store_cmd", store), ("_misc_cmd", misc)]
+
+
+def _held_memcached_hooks() -> list[tuple[str, Callable[..., Any]]]:
+    """Wrappers of the two functions through which the memcached store's held
+    connections send the request path's commands."""
+
+    def fetch(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(sock: Any, command: bytes) -> Any:
+            SEEN["memcached_round_trips"] += 1
+            SEEN["bytes_sent"] += len(command)
+            return real(sock, command)
+
+        return counted
+
+    def store(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(sock: Any, name: bytes, head: bytes, value: bytes, replies: Any) -> Any:
+            SEEN["memcached_round_trips"] += 1
+            SEEN["bytes_sent"] += len(head) + len(value)
+            return real(sock, name, head, value, replies)
+
+        return counted
+
+    return [("_fetch", fetch), ("_store", store)]
 
 
 def count_redis(client: Any) -> None:
@@ -204,6 +231,9 @@ def counting() -> Iterator[Counter[str]]:
     real_memcached = {name: getattr(MemcacheClient, name) for name, _ in _memcached_hooks()}
     for name, wrap in _memcached_hooks():
         setattr(MemcacheClient, name, wrap(real_memcached[name]))
+    real_held = {name: getattr(_memcached_direct, name) for name, _ in _held_memcached_hooks()}
+    for name, wrap in _held_memcached_hooks():
+        setattr(_memcached_direct, name, wrap(real_held[name]))
     _ON[0] = True
     try:
         yield SEEN
@@ -214,6 +244,8 @@ def counting() -> Iterator[Counter[str]]:
         sa_default.DefaultDialect._do_ping_w_event = real_ping  # type: ignore[method-assign]
         for name, real in real_memcached.items():
             setattr(MemcacheClient, name, real)
+        for name, real in real_held.items():
+            setattr(_memcached_direct, name, real)
         for target, name, fn in hooks:
             event.remove(target, name, fn)
         if trips := trace.round_trips():

@@ -45,9 +45,11 @@ from wsgisession.stores.file import FileStore
 from wsgisession.stores.memcached import MemcachedStore
 from wsgisession.stores.memory import MemoryStore
 from wsgisession.stores.redis import RedisStore
-from wsgisession.testing import new_key
+from wsgisession.testing import make_record, new_key
+from wsgisession.testing._helpers import run_threads
 
 if TYPE_CHECKING:
+    from tests.tcp_proxy import SlowReplies
     from wsgisession.stores.sql import SQLStore
 
 # -- test servers and stores ---------------------------------------------------------
@@ -942,3 +944,110 @@ def python_child(code: str, *args: object) -> subprocess.Popen[str]:
         text=True,
         env=CHILD_ENV,
     )
+
+
+def check_a_forked_child_reads_its_own(store: Store) -> None:
+    """Fork while *store* holds a connection: 300 loads each in the parent and the
+    child, of a session of each's own, must each read their own record, so no reply
+    went to the other process's command."""
+    mine, childs = new_key(), new_key()
+    assert store.save(mine, make_record(b"parent"), expected_version=None)
+    assert store.save(childs, make_record(b"child"), expected_version=None)
+    assert store.load(mine) is not None  # the parent's connection is held
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 0
+        try:
+            for _ in range(300):
+                record = store.load(childs)
+                if record is None or record.data != b"child":
+                    code = 1
+                    break
+        except BaseException:
+            code = 2
+        os._exit(code)
+    wrong = 0
+    for _ in range(300):
+        record = store.load(mine)
+        if record is None or record.data != b"parent":
+            wrong += 1
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert wrong == 0
+
+
+def check_threads_read_their_own(store: Store, threads: int = 8) -> None:
+    """*threads* threads each load and save a session of its own 40 times, on *store*
+    at once: each must read its own record every time, as its last save left it."""
+    keys = [new_key() for _ in range(threads)]
+    for n, key in enumerate(keys):
+        assert store.save(key, make_record(str(n).encode()), expected_version=None)
+    wrong: list[str] = []
+
+    def work(n: int) -> None:
+        key = keys[n]
+        for version in range(1, 41):
+            record = store.load(key)
+            if record is None or record.data != f"{n}".encode() * version:
+                wrong.append(f"{n}: {record}")
+                return
+            data = f"{n}".encode() * (version + 1)
+            assert store.save(
+                key, make_record(data, version=version + 1), expected_version=version
+            )
+
+    run_threads(threads, work)
+    assert wrong == []
+
+
+def check_threads_that_end_hand_on(store: Store, connections: Callable[[], int]) -> None:
+    """Threads that come and go (a server with a thread per request) must reuse the
+    connections of those that ended: *connections*, the server's count, grows by one
+    at most over 20 threads, each handing its connection to the next."""
+    key = new_key()
+    assert store.save(key, make_record(b"x"), expected_version=None)
+    before = connections()
+    for _ in range(20):
+        thread = threading.Thread(target=store.load, args=(key,))
+        thread.start()
+        thread.join()
+    assert connections() <= before + 1
+
+
+def check_close_waits_for_a_command(
+    store: Store, proxy: SlowReplies, connections: Callable[[], int], idle: int
+) -> None:
+    """Close *store* (whose server is behind *proxy*) while a load waits for its reply:
+    the load must still get its record, and the store's connections all close, down
+    to the server's count *idle*."""
+    key = new_key()
+    assert store.save(key, make_record(b"x"), expected_version=None)
+    loaded: list[object] = []
+    proxy.delay = 0.5
+    thread = threading.Thread(target=lambda: loaded.append(store.load(key)))
+    thread.start()
+    assert proxy.holding.wait(PATIENCE), "the load's command never reached the server"
+    store.close()  # while the load waits for its reply
+    thread.join()
+    proxy.delay = 0.0
+    record = loaded[0]
+    assert isinstance(record, Record) and record.data == b"x"
+    wait_until("the store's connections closed", lambda: connections() == idle)
+
+
+def check_a_late_reply_is_never_read(store: Store, proxy: SlowReplies) -> None:
+    """A load that timed out (the store's timeout is 0.3 s, its server behind *proxy*)
+    must leave nothing for the next command to read as its own reply."""
+    first, second = new_key(), new_key()
+    assert store.save(first, make_record(b"first"), expected_version=None)
+    assert store.save(second, make_record(b"second"), expected_version=None)
+    proxy.delay = 0.6
+    with pytest.raises(StoreError, match="[Tt]ime(d )?out"):
+        store.load(first)
+    proxy.delay = 0.0
+    # The first reply reaches the client's socket 0.3 s after the timeout; the next
+    # command goes before the connection has sat idle for a second, when the store
+    # would look at it first.
+    time.sleep(0.5)
+    loaded = store.load(second)
+    assert loaded is not None and loaded.data == b"second"

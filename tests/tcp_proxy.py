@@ -1,13 +1,15 @@
 """A loopback TCP proxy that tests can cut, to play a database going down and back.
 
 The shared database servers are never stopped: a test talks to them through a
-:class:`TCPProxy` and cuts the proxy instead.
+:class:`TCPProxy` and cuts the proxy instead; :class:`SlowReplies` holds the
+server's replies back, for a client's timeout or a command still under way.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from types import TracebackType
 from typing import Self
 
@@ -141,3 +143,20 @@ class TCPProxy:
         for pair in pairs:
             for sock in pair:
                 sock.close()
+
+
+class SlowReplies(TCPProxy):
+    """Forwards everything, holding the server's replies back while :attr:`delay`."""
+
+    delay = 0.0
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        #: Set once a reply is being held back: its command reached the server.
+        self.holding = threading.Event()
+        super().__init__(target)
+
+    def forwards(self, data: bytes, from_target: bool) -> bool:
+        if from_target and self.delay:
+            self.holding.set()
+            time.sleep(self.delay)
+        return True

@@ -21,15 +21,26 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers import PATIENCE, SERVER, free_ports, server_url, unreachable, wait_until
+from tests.helpers import (
+    PATIENCE,
+    SERVER,
+    check_a_forked_child_reads_its_own,
+    check_a_late_reply_is_never_read,
+    check_close_waits_for_a_command,
+    check_threads_read_their_own,
+    check_threads_that_end_hand_on,
+    free_ports,
+    server_url,
+    unreachable,
+    wait_until,
+)
 from tests.redis_servers import RedisServer, running, sentinel_of
-from tests.tcp_proxy import TCPProxy
+from tests.tcp_proxy import SlowReplies
 from wsgisession.errors import StoreError
 from wsgisession.stores import _redis_direct, _redis_scripts
-from wsgisession.stores.base import CorruptRecord, Record
+from wsgisession.stores.base import CorruptRecord
 from wsgisession.stores.redis import RedisStore
 from wsgisession.testing import make_record, new_key
-from wsgisession.testing._helpers import run_threads
 
 pytestmark = SERVER
 
@@ -123,25 +134,7 @@ def test_concurrent_threads_each_read_their_own_records(
 ) -> None:
     """Each thread on a connection of its own: none goes through the client."""
     with RedisStore.from_url(url, key_prefix=prefix) as store:
-        keys = [new_key() for _ in range(8)]
-        for n, key in enumerate(keys):
-            assert store.save(key, make_record(str(n).encode()), expected_version=None)
-        wrong: list[str] = []
-
-        def work(n: int) -> None:
-            key = keys[n]
-            for version in range(1, 41):
-                record = store.load(key)
-                if record is None or record.data != f"{n}".encode() * version:
-                    wrong.append(f"{n}: {record}")
-                    return
-                data = f"{n}".encode() * (version + 1)
-                assert store.save(
-                    key, make_record(data, version=version + 1), expected_version=version
-                )
-
-        run_threads(len(keys), work)
-        assert wrong == []
+        check_threads_read_their_own(store)
     assert through_client == []
 
 
@@ -151,80 +144,32 @@ def _connected(client: redis.Redis) -> int:
 
 
 def test_a_thread_that_ends_gives_its_connection_back(private_redis: RedisServer) -> None:
-    """Threads that come and go (a server with a thread per request) reuse the
-    connections of those that ended: the pool doesn't grow with every thread."""
     with (
         RedisStore.from_url(private_redis.url) as store,
         redis.Redis.from_url(private_redis.url) as watcher,
     ):
-        key = new_key()
-        assert store.save(key, make_record(b"x"), expected_version=None)
-        before = _connected(watcher)
-        for _ in range(20):
-            thread = threading.Thread(target=store.load, args=(key,))
-            thread.start()
-            thread.join()
-        # One more at most, handed from each thread to the next.
-        assert _connected(watcher) <= before + 1
-
-
-class _SlowReplies(TCPProxy):
-    """Forwards everything, holding the server's replies back while :attr:`delay`."""
-
-    delay = 0.0
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        #: Set once a reply is being held back: its command reached the server.
-        self.holding = threading.Event()
-        super().__init__(target)
-
-    def forwards(self, data: bytes, from_target: bool) -> bool:
-        if from_target and self.delay:
-            self.holding.set()
-            time.sleep(self.delay)
-        return True
+        check_threads_that_end_hand_on(store, lambda: _connected(watcher))
 
 
 def test_close_waits_for_a_command_under_way_then_gives_each_connection_back(
     private_redis: RedisServer,
 ) -> None:
     with (
-        _SlowReplies(("127.0.0.1", private_redis.port)) as proxy,
+        SlowReplies(("127.0.0.1", private_redis.port)) as proxy,
         redis.Redis.from_url(private_redis.url) as watcher,
     ):
         store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0")
-        key = new_key()
-        assert store.save(key, make_record(b"x"), expected_version=None)
-        loaded: list[object] = []
-        proxy.delay = 0.5
-        thread = threading.Thread(target=lambda: loaded.append(store.load(key)))
-        thread.start()
-        assert proxy.holding.wait(PATIENCE), "the load's GET never reached the server"
-        store.close()  # while the load waits for its reply
-        thread.join()
-        proxy.delay = 0.0
-        record = loaded[0]
-        assert isinstance(record, Record) and record.data == b"x"
-        wait_until("the store's connections closed", lambda: _connected(watcher) == 1)
+        check_close_waits_for_a_command(store, proxy, lambda: _connected(watcher), 1)
 
 
 def test_a_reply_that_comes_too_late_is_never_read_as_the_next_commands(
     url: str, prefix: str
 ) -> None:
     target = redis.Redis.from_url(url).connection_pool.connection_kwargs
-    with _SlowReplies((target["host"], target["port"])) as proxy:
+    with SlowReplies((target["host"], target["port"])) as proxy:
         proxied = f"redis://127.0.0.1:{proxy.port}/{target.get('db', 0)}"
         with RedisStore.from_url(proxied, key_prefix=prefix, socket_timeout=0.3) as store:
-            first, second = new_key(), new_key()
-            assert store.save(first, make_record(b"first"), expected_version=None)
-            assert store.save(second, make_record(b"second"), expected_version=None)
-            proxy.delay = 0.8
-            with pytest.raises(StoreError, match="[Tt]imeout"):
-                store.load(first)
-            proxy.delay = 0.0
-            time.sleep(1.0)  # the first GET's reply has reached the client's socket
-            loaded = store.load(second)
-            assert loaded is not None and loaded.data == b"second"
+            check_a_late_reply_is_never_read(store, proxy)
 
 
 def test_a_connection_the_server_closed_is_dialled_again(private_redis: RedisServer) -> None:
@@ -258,30 +203,7 @@ def test_an_error_reply_leaves_the_connection_as_it_is(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
 def test_a_forked_child_never_shares_its_parents_connection(url: str, prefix: str) -> None:
     with RedisStore.from_url(url, key_prefix=prefix) as store:
-        mine, childs = new_key(), new_key()
-        assert store.save(mine, make_record(b"parent"), expected_version=None)
-        assert store.save(childs, make_record(b"child"), expected_version=None)
-        assert store.load(mine) is not None  # the parent's connection is held
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 0
-            try:
-                for _ in range(300):
-                    record = store.load(childs)
-                    if record is None or record.data != b"child":
-                        code = 1
-                        break
-            except BaseException:
-                code = 2
-            os._exit(code)
-        wrong = 0
-        for _ in range(300):
-            record = store.load(mine)
-            if record is None or record.data != b"parent":
-                wrong += 1
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert wrong == 0
+        check_a_forked_child_reads_its_own(store)
 
 
 def test_a_connection_the_server_closed_while_idle_costs_no_retry(tmp_path: Path) -> None:

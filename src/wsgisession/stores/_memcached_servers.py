@@ -36,6 +36,7 @@ from pymemcache.exceptions import MemcacheError
 
 from ..errors import ConfigError
 from ._hosts import parse_hosts
+from ._memcached_direct import Held
 from .base import mask_url
 
 __all__ = ["MAX_RELATIVE", "Plan", "Servers", "check_prefix", "plan_servers"]
@@ -92,6 +93,9 @@ class Plan:
     key_prefix: str
     hosts: list[tuple[str, int]]
     connect: Callable[[], Any]
+    #: Whether the request path may keep a connection of each pool per thread: only
+    #: with no ``max_pool_size`` and no ``pool_idle_timeout`` asked of the pools.
+    hold: bool = False
 
 
 def plan_servers(url: str, options: Mapping[str, object]) -> Plan:
@@ -135,7 +139,8 @@ def plan_servers(url: str, options: Mapping[str, object]) -> Plan:
             return PooledClient(hosts[0], **kwargs)
         return HashClient(hosts, use_pooling=True, **kwargs)
 
-    return Plan(opts.key_prefix, hosts, connect)
+    hold = opts.max_pool_size is None and not opts.pool_idle_timeout
+    return Plan(opts.key_prefix, hosts, connect, hold)
 
 
 def check_prefix(prefix: str, shown: str) -> None:
@@ -163,7 +168,7 @@ class Servers:
         of several, whose hasher and clients are used.
     """
 
-    __slots__ = ("_clients", "_hasher", "_lock", "_offsets", "client")
+    __slots__ = ("_clients", "_hasher", "_held", "_lock", "_offsets", "client")
 
     def __init__(self, client: Any) -> None:
         #: The pymemcache client the store was given.
@@ -174,6 +179,8 @@ class Servers:
         else:
             self._hasher = None
             self._clients = {"": client}
+        # id(a server's client) -> the connections held for its request path
+        self._held: dict[int, Held] = {}
         self._lock = threading.Lock()
         # server -> (its clock minus ours, when that was read: time.monotonic())
         self._offsets: dict[str, tuple[float, float]] = {}
@@ -193,6 +200,19 @@ class Servers:
         if node is None:
             raise MemcacheError("the HashClient has no server left")
         return self._clients[node]
+
+    def hold(self) -> None:
+        """Keep a connection of each server's pool for each thread's ``gets``, ``add``
+        and ``cas`` (see :mod:`~wsgisession.stores._memcached_direct`)."""
+        for client in self._clients.values():
+            if type(client) is PooledClient:
+                self._held[id(client)] = Held(client)
+
+    def sender(self, client: Any) -> Any:
+        """What sends ``gets``, ``add`` and ``cas`` to *client*'s server: the
+        connections held for it, or *client* itself; either takes pymemcache's
+        arguments for them."""
+        return self._held.get(id(client), client)
 
     def group(self, tagged: Iterable[tuple[str, str]]) -> list[tuple[Any, list[str]]]:
         """Split ``(name, tag)`` pairs by server: each server's client and its names."""
@@ -241,7 +261,9 @@ class Servers:
             self._offsets.clear()
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, a held one once its command is done."""
+        for held in self._held.values():
+            held.release()
         for client in self.each():
             client.close()
 

@@ -133,7 +133,7 @@ class Reader:
         found: dict[str, tuple[bytes, bytes]] = {}
         with self._errors():
             for client, group in self._servers.group(names):
-                found.update(client.gets_many(group))
+                found.update(self._servers.sender(client).gets_many(group))
         return {
             k: slot_of(k, found.get(self.prefix + k), self.lock_name(k) in found) for k in keys
         }

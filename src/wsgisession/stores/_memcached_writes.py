@@ -161,10 +161,11 @@ class Writes:
         with self._errors():
             client = self._servers.for_key(key)
             expire = self._servers.exptime(client, expires_at, now)
+            sender = self._servers.sender(client)
             try:
                 if token is None:
-                    return bool(client.add(name, value, expire=expire, noreply=False))
-                return client.cas(name, value, token, expire=expire, noreply=False) is True
+                    return bool(sender.add(name, value, expire=expire, noreply=False))
+                return sender.cas(name, value, token, expire=expire, noreply=False) is True
             except MemcacheServerError as exc:
                 if "too large" not in str(exc):
                     raise

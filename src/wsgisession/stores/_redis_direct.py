@@ -30,11 +30,7 @@ parent's connections or locks; it starts afresh.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, Final, TypeGuard
 
@@ -43,6 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import SentinelConnectionPool
+
+from ._held import PerThread, Slot
 
 try:
     from redis.observability.providers import get_observability_instance
@@ -65,47 +63,13 @@ _PLAIN_POOLS: Final = (redis.ConnectionPool, SentinelConnectionPool)
 _IDLE: Final = 1.0
 
 
-class _Slot:
-    """One thread's connection, kept out of the pool while the thread lives.
-
-    Given back when the thread ends (its thread-local storage goes, and this with it),
-    or by :meth:`Held.release`; never by a forked child, whose parent owns it.
-    """
-
-    __slots__ = ("__weakref__", "connection", "lock", "pid", "pool", "reconnect", "used")
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.pid = os.getpid()
-        #: Taken by its thread around each command, without waiting: a command sent
-        #: while one is under way (from a signal handler, say) goes through the
-        #: client; and by :meth:`Held.release`, which waits for the command.
-        self.lock = threading.Lock()
-        self.connection: Any = None
-        # Whether the server asked the connection to reconnect (a maintenance notice),
-        # which the client checks after every command; redis-py 6 and later.
-        self.reconnect: Callable[[], bool] | None = None
-        self.used = 0.0
-
-    def give_back(self) -> None:
-        """Give the connection back to the pool, in the process that checked it out."""
-        connection, self.connection = self.connection, None
-        if connection is not None and self.pid == os.getpid():
-            self.pool.release(connection)
-
-    def __del__(self) -> None:
-        # The thread ended: its connection goes back to the pool, for the next thread.
-        with contextlib.suppress(Exception):
-            self.give_back()
-
-
 class Held:
     """Sends commands on connections kept out of *client*'s pool, one per thread.
 
     :param client: The store's standalone or Sentinel client.
     """
 
-    __slots__ = ("_client", "_guard", "_local", "_pid", "_pool", "_sentinel", "_slots")
+    __slots__ = ("_client", "_pool", "_sentinel", "_threads")
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -113,14 +77,7 @@ class Held:
         # A Sentinel's pool, whose connections may be left on a demoted master.
         pool = self._pool
         self._sentinel = pool if isinstance(pool, SentinelConnectionPool) else None
-        self._start()
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        self._local = threading.local()
-        # Every live thread's slot, for release(); a thread that ends drops its own.
-        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
-        self._guard = threading.Lock()
+        self._threads = PerThread(pool.release)
 
     @staticmethod
     def suits(client: object) -> TypeGuard[redis.Redis]:
@@ -163,14 +120,7 @@ class Held:
     def _call(self, send: Callable[[Any], Any], through_client: Callable[[], Any]) -> Any:
         """``send(connection)`` on this thread's connection, or *through_client* while
         the thread is already sending one or redis-py's observability is on."""
-        if self._pid != os.getpid():
-            self._start()  # a forked child: the parent's connections stay the parent's
-        try:
-            slot: _Slot = self._local.slot
-        except AttributeError:
-            slot = self._local.slot = _Slot(self._pool)
-            with self._guard:
-                self._slots.add(slot)
+        slot = self._threads.slot()
         lock = slot.lock
         if _observed() or not lock.acquire(blocking=False):
             return through_client()
@@ -196,7 +146,7 @@ class Held:
         finally:
             lock.release()
 
-    def _ready(self, slot: _Slot) -> Any:
+    def _ready(self, slot: Slot) -> Any:
         """The slot's connection, checked as the pool checks one it hands out when it
         has sat idle (the server or a proxy may have closed it), or when a Sentinel has
         named another master since it connected."""
@@ -216,7 +166,7 @@ class Held:
                 raise
         return connection
 
-    def _drop(self, slot: _Slot, connection: Any) -> None:
+    def _drop(self, slot: Slot, connection: Any) -> None:
         """Close *connection* and give it back: the slot's next command checks one out
         through the pool, which connects it as the client would (to the master a
         Sentinel names now, say)."""
@@ -226,14 +176,7 @@ class Held:
     def release(self) -> None:
         """Give every thread's connection back to the pool, each once its command is
         done; a thread's next command checks out another."""
-        if self._pid != os.getpid():
-            self._start()
-            return
-        with self._guard:
-            slots = list(self._slots)
-        for slot in slots:
-            with slot.lock:
-                slot.give_back()
+        self._threads.release()
 
 
 def _ensure(pool: Any, connection: Any) -> None:

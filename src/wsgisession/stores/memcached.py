@@ -117,7 +117,10 @@ class MemcachedStore(Store):
         :raises ConfigError: The URL is malformed or an option unknown or wrong.
         """
         plan = plan_servers(url, options)
-        return cls(plan.connect(), key_prefix=plan.key_prefix, name=url)
+        store = cls(plan.connect(), key_prefix=plan.key_prefix, name=url)
+        if plan.hold:
+            store._servers.hold()
+        return store
 
     @property
     def client(self) -> Any:
@@ -132,7 +135,8 @@ class MemcachedStore(Store):
         """
         name, lock = self.key_prefix + key, self._reader.lock_name(key)
         with self._errors():
-            found = self._servers.for_key(key).gets_many([name, lock])
+            servers = self._servers
+            found = servers.sender(servers.for_key(key)).gets_many([name, lock])
         got = found.get(name)
         if got is None:
             self._recent.take(key)
