@@ -18,8 +18,9 @@ its access and creation times in the session, Flask-Session its ``_permanent`` f
 and neither is a key the client wrote.
 
 The server process reads what to build from the environment: ``LOAD_LIBRARY``,
-``LOAD_STORE`` (the store's kind), ``LOAD_URL`` (a database or Redis URL, or the file
-store's directory), ``LOAD_NAMESPACE`` (the table name or key prefix of the run) and
+``LOAD_STORE`` (the store's kind), ``LOAD_URL`` (a database, Redis or memcached URL,
+or the file store's directory), ``LOAD_NAMESPACE`` (the table name or key prefix of the
+run) and
 ``LOAD_SECRET_KEY``.
 """
 
@@ -39,6 +40,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 LIBRARIES = ("wsgisession", "beaker", "flask-session")
+#: The stores a library has no backend for here: Beaker's memcached backends need a
+#: driver other than pymemcache.
+NOT_SERVED = {"beaker": frozenset({"memcached"})}
 
 #: The session cookie each library sets.
 COOKIES = {"wsgisession": "session_id", "beaker": "beaker.session.id", "flask-session": "session"}
@@ -161,7 +165,7 @@ def _wsgisession(example: ModuleType, store: str, url: str, namespace: str, key:
 
     if store == "file":
         options: dict[str, Any] = {"store": f"file:{Path(url) / 'wsgisession'}"}
-    elif store == "redis":
+    elif store in ("redis", "memcached"):
         options = {"store": url, "store_options": {"key_prefix": namespace}}
     else:
         options = {"store": url, "store_options": {"table_name": namespace}}
@@ -222,6 +226,18 @@ def _flask_session(example: ModuleType, store: str, url: str, namespace: str, ke
         app.config.update(
             SESSION_TYPE="redis",
             SESSION_REDIS=redis.Redis.from_url(url),
+            SESSION_KEY_PREFIX=namespace,
+        )
+    elif store == "memcached":
+        from pymemcache.client.base import PooledClient
+
+        # bench.py gives it the plain Client its documentation shows, one socket: here
+        # 8 threads share it, so the same client pooled, with the same defaults (writes
+        # sent without waiting for the reply among them).
+        host, _, port = url.removeprefix("memcached://").partition(":")
+        app.config.update(
+            SESSION_TYPE="memcached",
+            SESSION_MEMCACHED=PooledClient((host, int(port))),
             SESSION_KEY_PREFIX=namespace,
         )
     else:

@@ -3,7 +3,7 @@
 Run it by hand, from the repository root (it is never part of the test suite)::
 
     python benchmarks/load.py [--libraries wsgisession,beaker,flask-session]
-                              [--stores file,sqlite,postgresql,mariadb,redis]
+                              [--stores file,sqlite,postgresql,mariadb,redis,memcached]
                               [--servers waitress,gunicorn] [--seconds 10]
                               [--repeat 3] [--clients 32]
 
@@ -14,7 +14,8 @@ are the demo's counter ``/``, ``/put?k=&v=`` (set one key, answer the session as
 and ``/get`` (answer it unchanged). Each run has its own process on a free loopback
 port, under waitress (one process of ``--threads`` threads) or gunicorn (``--workers``
 gthread workers of ``--worker-threads`` threads, or ``--worker-class sync``), and its
-own directory, table or key prefix.
+own directory, table or key prefix. Beaker has no backend for memcached here, so on
+memcached wsgisession runs against Flask-Session alone.
 
 The clients (``_load_clients.py``) each hold their own session, change it, and check
 every answer. Reported per run: requests per second, p50 and p99 latency (measured by
@@ -31,11 +32,11 @@ wsgisession run failed a request, read stale data or lost an update; a peer's fa
 are in its rows and on stderr.
 
 Everything a run creates (a temporary directory, a table named
-``bench_sessions_<random>``, Redis keys under ``bench:<random>:`` or, for Beaker, which
-has no prefix, under the ids of its clients' sessions) is removed at the end. Server
-stores are found as the tests find them: ``WSGISESSION_TEST_POSTGRESQL_URL``,
-``WSGISESSION_TEST_MARIADB_URL`` and ``WSGISESSION_TEST_REDIS_URL``, else the loopback
-defaults.
+``bench_sessions_<random>``, Redis and memcached keys under ``bench:<random>:`` or, for
+Beaker, which has no prefix, under the ids of its clients' sessions) is removed at the
+end. Server stores are found as the tests find them: ``WSGISESSION_TEST_POSTGRESQL_URL``,
+``WSGISESSION_TEST_MARIADB_URL``, ``WSGISESSION_TEST_REDIS_URL`` and
+``WSGISESSION_TEST_MEMCACHED_URL``, else the loopback defaults.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from _load_apps import COOKIES, LIBRARIES
+from _load_apps import COOKIES, LIBRARIES, NOT_SERVED
 from _load_clients import START_TIMEOUT, ClientResult, drive
 from _load_report import Row, compare, comparison_markdown, markdown, summarize
 
@@ -70,13 +71,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 
-STORES = ("file", "sqlite", "postgresql", "mariadb", "redis")
+STORES = ("file", "sqlite", "postgresql", "mariadb", "redis", "memcached")
 SERVERS = ("waitress", "gunicorn")
-DEFAULT_STORES = ("file", "sqlite", "postgresql", "redis")
+DEFAULT_STORES = ("file", "sqlite", "postgresql", "redis", "memcached")
 SERVER_URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mariadb": "mariadb+pymysql://root@127.0.0.1:3306/test",
     "redis": "redis://127.0.0.1:6379/0",
+    "memcached": "memcached://127.0.0.1:11211",
 }
 SQL_STORES = ("sqlite", "postgresql", "mariadb")
 
@@ -88,9 +90,9 @@ SQL_STORES = ("sqlite", "postgresql", "mariadb")
 class StoreSetup:
     """A store for one run: where it is, the run's namespace in it, how to empty it.
 
-    *url* is a database or Redis URL, or for the file store the run's directory.
-    *namespace* is the run's table name or Redis key prefix, used by every library that
-    has one; Beaker has no Redis key prefix, and its keys are found by session id.
+    *url* is a database, Redis or memcached URL, or for the file store the run's directory.
+    *namespace* is the run's table name or key prefix, used by every library that has
+    one; Beaker has no Redis key prefix, and its keys are found by session id.
     """
 
     name: str
@@ -98,7 +100,7 @@ class StoreSetup:
     namespace: str
 
     def clean(self, library: str, cookies: list[str]) -> None:
-        """Drop the run's table or delete its Redis keys; files go with the temp dir.
+        """Drop the run's table or delete its keys; files go with the temp dir.
 
         *cookies* are the session cookies the clients held at the end: Beaker's Redis
         keys are named after the session ids in them.
@@ -124,6 +126,11 @@ class StoreSetup:
                     names = list(client.scan_iter(match=self.namespace + "*"))
                 for start in range(0, len(names), 500):
                     client.delete(*names[start : start + 500])
+        elif self.name == "memcached":
+            from _contenders import delete_memcached_prefixes
+
+            host, _, port = self.url.removeprefix("memcached://").partition(":")
+            delete_memcached_prefixes((host, int(port)), [self.namespace])
 
 
 def store_setup(name: str, directory: Path) -> StoreSetup:
@@ -134,7 +141,7 @@ def store_setup(name: str, directory: Path) -> StoreSetup:
     if name == "sqlite":
         return StoreSetup(name, f"sqlite:///{directory / 'sessions.db'}", "sessions")
     url = os.environ.get(f"WSGISESSION_TEST_{name.upper()}_URL", SERVER_URLS[name])
-    if name == "redis":
+    if name in ("redis", "memcached"):
         return StoreSetup(name, url, f"bench:{token}:")
     return StoreSetup(name, url, f"bench_sessions_{token}")
 
@@ -358,7 +365,7 @@ def machine() -> dict[str, str]:
         **{name: version(name) for name in ("wsgisession", "flask", "waitress", "gunicorn")},
         **{name: version(name) for name in ("beaker", "flask-session", "cachelib")},
         **{name: version(name) for name in ("flask-sqlalchemy", "sqlalchemy", "psycopg")},
-        **{name: version(name) for name in ("pymysql", "redis")},
+        **{name: version(name) for name in ("pymysql", "redis", "pymemcache")},
     }
 
 
@@ -411,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     for store_name, server, round_, order in schedule(
         args.libraries, args.stores, args.servers, args.repeat
     ):
+        order = [lib for lib in order if store_name not in NOT_SERVED.get(lib, ())]
         for position, library in enumerate(order):
             print(
                 f"{store_name} / {plan.describe(server)} / round {round_ + 1} / {library} ...",
