@@ -12,6 +12,7 @@ pymemcache.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,7 @@ from tests.helpers import (
 from tests.memcached_servers import MemcachedServer, started
 from tests.tcp_proxy import SlowReplies
 from wsgisession.errors import StoreError
+from wsgisession.stores import _memcached_direct
 from wsgisession.stores._memcached_direct import Held
 from wsgisession.stores.memcached import MemcachedStore
 from wsgisession.testing import make_record, new_key
@@ -71,11 +73,12 @@ def _every_kind_of_request(store: MemcachedStore) -> None:
     assert loaded is not None and (loaded.data, loaded.version) == (b"two", 2)
 
 
-def _connections(server: MemcachedServer) -> int:
-    """The server's open connections, the listener and this question's own included."""
+def _connections(server: MemcachedServer, stat: str = "curr_connections") -> int:
+    """The server's open connections, the listener and this question's own included (or
+    another of its ``stats``)."""
     watcher = Client(("127.0.0.1", server.port))
     try:
-        return int(watcher.stats()[b"curr_connections"])
+        return int(watcher.stats()[stat.encode()])
     finally:
         watcher.close()
 
@@ -195,6 +198,35 @@ def test_a_connection_the_server_closed_while_idle_costs_no_failed_request() -> 
             assert loaded is not None and loaded.data == b"kept"
     finally:
         server.kill()
+
+
+def test_an_idle_connection_past_descriptor_1023_is_looked_at_not_dialled_again(
+    private_memcached: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy server holds more than a thousand descriptors; select() can't take one
+    past 1023, and a look that failed would dial again after every idle second."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler: list[int] = []
+    try:
+        while not filler or filler[-1] < 1024:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        monkeypatch.setattr(_memcached_direct, "_IDLE", 0.0)  # look before every command
+        with MemcachedStore.from_url(private_memcached.url) as store:
+            key = new_key()
+            assert store.save(key, make_record(b"kept"), expected_version=None)
+            before = _connections(private_memcached, "total_connections")
+            for _ in range(5):
+                loaded = store.load(key)
+                assert loaded is not None and loaded.data == b"kept"
+            # One more: the question's own.
+            assert _connections(private_memcached, "total_connections") == before + 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_a_restart_between_requests_costs_no_failed_request(

@@ -55,6 +55,9 @@ _IDLE: Final = 1.0
 _CHUNK: Final = 65_536
 # The longest key memcached takes, in bytes.
 _LONGEST_KEY: Final = 250
+# select() takes no descriptor past 1023, which a busy server's sockets pass: poll()
+# where the platform has it.
+_poll: Final = getattr(select, "poll", None)
 _ADD_REPLIES: Final[Mapping[bytes, bool]] = {b"STORED": True, b"NOT_STORED": False}
 _CAS_REPLIES: Final[Mapping[bytes, bool | None]] = {
     b"STORED": True,
@@ -179,10 +182,14 @@ def _closed(sock: socket.socket) -> bool:
     if type(sock) is not socket.socket:
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        if _poll is None:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable)
+        poller = _poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _more(sock: Any, want: int) -> bytes:
