@@ -13,7 +13,9 @@ could read as gone, or a logged-out session come back when the first server
 returns. :class:`Servers` uses the ``HashClient``'s hasher and clients instead, so a
 down server is a :exc:`~wsgisession.StoreError` for its keys and never moves them;
 and it picks the server by a key's *tag*, so a session and its save lock live on
-one server and one multi-get reads both.
+one server and one multi-get reads both. For a store built from a URL, it also keeps
+a client of each server's pool per thread for the request path's commands
+(:mod:`~wsgisession.stores._memcached_direct`).
 
 Memcached reads an expiry time of more than 30 days as an absolute Unix time, by its
 own clock. :meth:`Servers.exptime` gives a shorter lifetime as seconds and a longer
@@ -162,7 +164,8 @@ def check_prefix(prefix: str, shown: str) -> None:
 
 
 class Servers:
-    """Which server, that is which pymemcache client, holds a key; and their clocks.
+    """Which server, that is which pymemcache client, holds a key; what sends the
+    request path's commands to it; and the servers' clocks.
 
     :param client: A ``Client`` or ``PooledClient`` of one server, or a ``HashClient``
         of several, whose hasher and clients are used.

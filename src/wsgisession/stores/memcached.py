@@ -8,7 +8,8 @@ before writing it, in :mod:`~wsgisession.stores._memcached_slots`; the writes an
 order of their steps, in :mod:`~wsgisession.stores._memcached_writes`; the servers,
 the URL and expiry times, in :mod:`~wsgisession.stores._memcached_servers`; the user
 index, in :mod:`~wsgisession.stores._memcached_index`; the save lock, in
-:mod:`~wsgisession.stores._memcached_lock`.
+:mod:`~wsgisession.stores._memcached_lock`; the request path's commands on connections
+kept per thread, in :mod:`~wsgisession.stores._memcached_direct`.
 """
 
 from __future__ import annotations
