@@ -66,7 +66,8 @@ def _every_kind_of_request(store: MemcachedStore) -> None:
     assert store.save(key, make_record(b"one"), expected_version=None)  # add
     loaded = store.load(key)  # gets of the record and its lock
     assert loaded is not None and loaded.data == b"one"
-    assert store.save(key, make_record(b"two", version=2), expected_version=1)  # gets, cas
+    # cas, on the token the load kept
+    assert store.save(key, make_record(b"two", version=2), expected_version=1)
     assert store.load(key) is not None
     assert store.refresh(key, time.time() + 7200, time.time())  # cas
     loaded = store.load(key)
