@@ -71,6 +71,27 @@ def run(app: WSGIApp, environ: Mapping[str, Any] | Sequence[Mapping[str, Any]], 
     return time.perf_counter() - start
 
 
+def request(app: WSGIApp, environ: Mapping[str, Any]) -> Callable[[], None]:
+    """One request of *app*, made as :func:`run` makes each: a fresh copy of *environ*
+    per call, the body iterated and closed."""
+    base = dict(environ)
+
+    def one() -> None:
+        run_once(app, dict(base))
+
+    return one
+
+
+def run_once(app: WSGIApp, environ: dict[str, Any]) -> None:
+    """Call *app* with *environ* (used up), iterate its body and close it."""
+    body = app(environ, _start_response)
+    for _chunk in body:
+        pass
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
 @dataclass
 class Response:
     """What one call of an app answered, for the untimed checks."""

@@ -33,7 +33,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 from pymemcache.client.base import Client as MemcacheClient
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _compare import Comparison
 from _contenders import Backends
 from _scenarios import SCENARIOS
-from _timing import WSGIApp, run
+from _timing import request
 
 #: Calls of each kind in one batch.
 BATCH = 50
@@ -51,11 +50,6 @@ BATCH = 50
 VALUE = 2000
 
 Work = Callable[[], object]
-
-
-def _request(app: WSGIApp, environ: dict[str, Any]) -> Work:
-    """One request of *app*, as ``bench.py`` makes it."""
-    return lambda: run(app, environ, 1)
 
 
 def _waits(args: argparse.Namespace) -> tuple[dict[str, Work], list[Work]]:
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         comparison = Comparison("memory", backends)
         scenario = SCENARIOS["read"]
         requests = {
-            name: _request(comparison.built[name].app, comparison.environ(built, scenario))
+            name: request(comparison.built[name].app, comparison.environ(built, scenario))
             for name, built in comparison.built.items()
             if name in ("wsgisession", "raw")
         }
