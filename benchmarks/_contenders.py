@@ -74,8 +74,7 @@ class Backends:
     @property
     def memcached_server(self) -> tuple[str, int]:
         """The host and port of the memcached server."""
-        host, _, port = self.memcached_url.removeprefix("memcached://").partition(":")
-        return host, int(port or 11211)
+        return memcached_address(self.memcached_url)
 
     def ws_options(self, store: str, name: str = "ws") -> dict[str, Any]:
         """wsgisession's store options for *store*, in this run's namespace."""
@@ -126,6 +125,12 @@ def delete_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         removed += client.unlink(*batch)
     return removed
+
+
+def memcached_address(url: str) -> tuple[str, int]:
+    """The host and port of a one-server ``memcached://host[:port]`` URL."""
+    host, _, port = url.removeprefix("memcached://").partition(":")
+    return host, int(port or 11211)
 
 
 def delete_memcached_prefixes(server: tuple[str, int], prefixes: list[str]) -> int:

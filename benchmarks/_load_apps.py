@@ -229,15 +229,15 @@ def _flask_session(example: ModuleType, store: str, url: str, namespace: str, ke
             SESSION_KEY_PREFIX=namespace,
         )
     elif store == "memcached":
+        from _contenders import memcached_address
         from pymemcache.client.base import PooledClient
 
         # bench.py gives it the plain Client its documentation shows, one socket: here
         # 8 threads share it, so the same client pooled, with the same defaults (writes
         # sent without waiting for the reply among them).
-        host, _, port = url.removeprefix("memcached://").partition(":")
         app.config.update(
             SESSION_TYPE="memcached",
-            SESSION_MEMCACHED=PooledClient((host, int(port))),
+            SESSION_MEMCACHED=PooledClient(memcached_address(url)),
             SESSION_KEY_PREFIX=namespace,
         )
     else:

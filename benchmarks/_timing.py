@@ -77,19 +77,14 @@ def request(app: WSGIApp, environ: Mapping[str, Any]) -> Callable[[], None]:
     base = dict(environ)
 
     def one() -> None:
-        run_once(app, dict(base))
+        body = app(dict(base), _start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
     return one
-
-
-def run_once(app: WSGIApp, environ: dict[str, Any]) -> None:
-    """Call *app* with *environ* (used up), iterate its body and close it."""
-    body = app(environ, _start_response)
-    for _chunk in body:
-        pass
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
 
 
 @dataclass

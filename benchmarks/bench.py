@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis
 import sqlalchemy as sa
 from _compare import Comparison
-from _contenders import STORES, Backends
+from _contenders import STORES, Backends, memcached_address
 from _report import (
     cell_figures,
     charts,
@@ -134,8 +134,7 @@ def _reachable(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _memcached_version(url: str) -> str:
-    host, _, port = url.removeprefix("memcached://").partition(":")
-    client = MemcacheClient((host, int(port or 11211)), connect_timeout=2, timeout=2)
+    client = MemcacheClient(memcached_address(url), connect_timeout=2, timeout=2)
     try:
         return str(client.version().decode())
     finally:

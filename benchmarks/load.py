@@ -127,10 +127,9 @@ class StoreSetup:
                 for start in range(0, len(names), 500):
                     client.delete(*names[start : start + 500])
         elif self.name == "memcached":
-            from _contenders import delete_memcached_prefixes
+            from _contenders import delete_memcached_prefixes, memcached_address
 
-            host, _, port = self.url.removeprefix("memcached://").partition(":")
-            delete_memcached_prefixes((host, int(port)), [self.namespace])
+            delete_memcached_prefixes(memcached_address(self.url), [self.namespace])
 
 
 def store_setup(name: str, directory: Path) -> StoreSetup:

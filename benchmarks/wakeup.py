@@ -40,7 +40,7 @@ from pymemcache.client.base import Client as MemcacheClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _compare import Comparison
-from _contenders import Backends
+from _contenders import Backends, memcached_address
 from _scenarios import SCENARIOS
 from _timing import request
 
@@ -66,9 +66,10 @@ def _waits(args: argparse.Namespace) -> tuple[dict[str, Work], list[Work]]:
     else:
         waits["a Redis GET"] = lambda: client.get(key)
         cleanups += [lambda: client.delete(key), client.close]
-    host, _, port = args.memcached_url.removeprefix("memcached://").partition(":")
     try:
-        memcached = MemcacheClient((host, int(port or 11211)), connect_timeout=2, timeout=2)
+        memcached = MemcacheClient(
+            memcached_address(args.memcached_url), connect_timeout=2, timeout=2
+        )
         memcached.set(key, value, expire=600, noreply=False)
     except Exception as exc:
         print(f"memcached left out: {type(exc).__name__}: {exc}", file=sys.stderr)
