@@ -34,7 +34,7 @@ from tests.helpers import (
 from tests.memcached_servers import MemcachedServer, started
 from tests.tcp_proxy import SlowReplies
 from wsgisession.errors import StoreError
-from wsgisession.stores import _memcached_direct
+from wsgisession.stores import _held
 from wsgisession.stores._memcached_direct import Held
 from wsgisession.stores.memcached import MemcachedStore
 from wsgisession.testing import make_record, new_key
@@ -214,7 +214,7 @@ def test_an_idle_connection_past_descriptor_1023_is_looked_at_not_dialled_again(
     try:
         while not filler or filler[-1] < 1024:
             filler.append(os.open(os.devnull, os.O_RDONLY))
-        monkeypatch.setattr(_memcached_direct, "_IDLE", 0.0)  # look before every command
+        monkeypatch.setattr(_held, "IDLE", 0.0)  # look before every command
         with MemcachedStore.from_url(private_memcached.url) as store:
             key = new_key()
             assert store.save(key, make_record(b"kept"), expected_version=None)

@@ -16,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PerThread", "Slot"]
+__all__ = ["IDLE", "PerThread", "Slot"]
+
+#: Seconds a connection may sit idle before its next command checks it first: the
+#: server, or a proxy, may have closed it meanwhile.
+IDLE = 1.0
 
 
 class Slot:
@@ -45,6 +50,10 @@ class Slot:
         self.reconnect: Callable[[], bool] | None = None
         #: When the connection last finished a command: ``time.monotonic()``.
         self.used = 0.0
+
+    def idle(self) -> bool:
+        """Whether the connection has sat idle longer than :data:`IDLE`."""
+        return time.monotonic() - self.used > IDLE
 
     def give_back(self) -> None:
         """Give the connection back to the pool, in the process that took it."""

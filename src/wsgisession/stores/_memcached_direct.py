@@ -48,9 +48,6 @@ __all__ = ["Held"]
 
 _T = TypeVar("_T")
 
-# Seconds a connection may sit idle before a command first looks whether the server
-# closed it.
-_IDLE: Final = 1.0
 # Bytes asked of the socket at a time, or what is left of a value, if more.
 _CHUNK: Final = 65_536
 # The longest key memcached takes, in bytes.
@@ -144,7 +141,7 @@ class Held:
             if client is None:
                 client = slot.connection = self._pool.get()
             sock = client.sock
-            if sock is not None and time.monotonic() - slot.used > _IDLE and _closed(sock):
+            if sock is not None and slot.idle() and _closed(sock):
                 client.close()
                 sock = None
             try:

@@ -58,9 +58,6 @@ else:
 __all__ = ["Held", "pipelined"]
 
 _PLAIN_POOLS: Final = (redis.ConnectionPool, SentinelConnectionPool)
-# Seconds a connection may sit idle before a command checks it as the pool checks one it
-# hands out (a socket the server closed, stray bytes, pending maintenance notices).
-_IDLE: Final = 1.0
 
 
 class Held:
@@ -158,7 +155,9 @@ class Held:
         if self._sentinel is not None and _moved(self._sentinel, connection):
             self._drop(slot, connection)
             return self._ready(slot)
-        if time.monotonic() - slot.used > _IDLE:
+        if slot.idle():
+            # Checked as the pool checks one it hands out: a socket the server closed,
+            # stray bytes, pending maintenance notices.
             try:
                 _ensure(self._pool, connection)
             except BaseException:
